@@ -1,0 +1,167 @@
+"""The usage event: the one contract between proxy, ledger and analytics.
+
+One immutable record per model call (or per re-rating adjustment). Money is an
+``int`` of micro-USD everywhere it is stored, sent or summed: orjson refuses
+``Decimal`` and a float would lose cents over a month of traffic.
+
+Schema evolution: ``decode`` ignores fields it does not know, and every field
+added after v1 has a default, so an older reader keeps working on newer events
+and a newer reader fills defaults for older ones.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# Outcomes a call can end in. Refusals are events too: they cost nothing but
+# analysts and alerts need to see them.
+OK = "ok"
+CANCELLED = "cancelled"            # client went away mid-call
+UPSTREAM_ERROR = "upstream_error"  # provider answered with an error or never answered
+REJECTED_BUDGET = "rejected_budget"
+REJECTED_RATE = "rejected_rate"
+REJECTED_POLICY = "rejected_policy"  # model not allowed, unknown model, bad request
+OUTCOMES = (OK, CANCELLED, UPSTREAM_ERROR, REJECTED_BUDGET, REJECTED_RATE, REJECTED_POLICY)
+
+# Kinds: a call, or a correction produced by re-rating (never a rewrite of history).
+USAGE = "usage"
+ADJUSTMENT = "adjustment"
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A UUIDv7-shaped id: 48 bits of milliseconds then 80 random bits.
+
+    Sorting ids sorts events by mint time, which keeps ClickHouse parts and the
+    local log in time order without a second column.
+    """
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand
+    # set version 7 and RFC 4122 variant bits
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Token counts split the way providers bill them.
+
+    ``input`` excludes cache writes and cache reads (Anthropic reports them
+    apart; OpenAI's prompt_tokens includes cached tokens, so its adapter
+    subtracts them). ``reasoning`` is part of ``output`` (providers bill it as
+    output); it is kept apart only for analysis.
+    """
+
+    input: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_read: int = 0
+    output: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read + self.output
+
+    @property
+    def prompt(self) -> int:
+        return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    event_id: str
+    ts_start_ms: int
+    ts_end_ms: int
+    org: str
+    workspace: str
+    user: str
+    key_id: str                    # the key's public id, never the secret
+    provider: str                  # "openai", "anthropic", "azure", or a configured upstream name
+    api: str                       # "messages", "chat", "responses", "embeddings"
+    model_requested: str
+    model_served: str
+    tokens: Tokens = Tokens()
+    cost_micro_usd: int = 0
+    price_version: str = ""
+    outcome: str = OK
+    http_status: int = 200
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    project: str = ""
+    tags: tuple[str, ...] = ()     # "name:value" strings, sorted
+    session_id: str = ""
+    request_id: str = ""
+    gateway_id: str = ""
+    stream: bool = False
+    usage_estimated: bool = False  # some token counts were estimated (client left early, unknown model fallback)
+    cost_estimated: bool = False   # priced with a fallback entry
+    error_type: str = ""
+    kind: str = USAGE
+    adjusts_event_id: str = ""     # for ADJUSTMENT: the event whose cost it corrects
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ledger_key(self) -> str:
+        """Kafka key: every event of one organization lands in one partition.
+
+        All budgets of an org (org, workspace, user, key, tag) then fold in
+        order in one place, so a fold can be exact per partition.
+        """
+        return self.org
+
+    def tag_map(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in self.tags:
+            name, _, value = t.partition(":")
+            out[name] = value
+        return out
+
+    def with_(self, **changes: Any) -> "UsageEvent":
+        return replace(self, **changes)
+
+
+_EVENT_FIELDS = frozenset(f.name for f in fields(UsageEvent))
+_TOKEN_FIELDS = frozenset(f.name for f in fields(Tokens))
+
+
+def encode(event: UsageEvent) -> bytes:
+    return orjson.dumps(asdict(event))
+
+
+def decode(data: bytes | str | Mapping[str, Any]) -> UsageEvent:
+    raw = orjson.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+    known = {k: v for k, v in raw.items() if k in _EVENT_FIELDS}
+    tok = known.get("tokens") or {}
+    known["tokens"] = Tokens(**{k: int(v) for k, v in tok.items() if k in _TOKEN_FIELDS})
+    known["tags"] = tuple(known.get("tags") or ())
+    return UsageEvent(**known)
+
+
+def normalize_tags(tags: Mapping[str, str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Tags as sorted unique "name:value" strings (a bare name gets an empty value)."""
+    items = [f"{k}:{v}" for k, v in tags.items()] if isinstance(tags, Mapping) else list(tags)
+    out = set()
+    for t in items:
+        t = t.strip()
+        if not t:
+            continue
+        out.add(t if ":" in t else f"{t}:")
+    return tuple(sorted(out))
+
+
+__all__ = [
+    "ADJUSTMENT", "CANCELLED", "OK", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
+    "REJECTED_RATE", "SCHEMA_VERSION", "Tokens", "UPSTREAM_ERROR", "USAGE", "UsageEvent",
+    "decode", "encode", "new_event_id", "normalize_tags",
+]

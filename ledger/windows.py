@@ -1,0 +1,85 @@
+"""Budget windows: hour, day, ISO week, calendar month.
+
+Boundaries are computed in the organization's time zone (UTC unless an org
+says otherwise) and expressed as epoch milliseconds, so a window is a plain
+``[start_ms, end_ms)`` interval everywhere else in the code.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+HOUR, DAY, WEEK, MONTH = "hour", "day", "week", "month"
+WINDOWS = (HOUR, DAY, WEEK, MONTH)
+
+
+@lru_cache(maxsize=256)
+def _zone(tz: str) -> ZoneInfo | timezone:
+    return timezone.utc if tz in ("", "UTC") else ZoneInfo(tz)
+
+
+def _local(ts_ms: int, tz: str) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, _zone(tz))
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _floor(window: str, local: datetime) -> datetime:
+    if window == HOUR:
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == DAY:
+        return day
+    if window == WEEK:
+        return day - timedelta(days=day.weekday())   # ISO week starts on Monday
+    if window == MONTH:
+        return day.replace(day=1)
+    raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
+
+
+def _next(window: str, start: datetime) -> datetime:
+    if window == HOUR:
+        return start + timedelta(hours=1)
+    if window == DAY:
+        return start + timedelta(days=1)
+    if window == WEEK:
+        return start + timedelta(days=7)
+    if start.month == 12:
+        return start.replace(year=start.year + 1, month=1)
+    return start.replace(month=start.month + 1)
+
+
+def _reattach(local_naive_like: datetime, tz: str) -> datetime:
+    """Re-resolve a wall-clock time in its zone after date arithmetic (DST-safe)."""
+    return local_naive_like.replace(tzinfo=None).replace(tzinfo=_zone(tz))
+
+
+def window_bounds(window: str, ts_ms: int, tz: str = "UTC") -> tuple[int, int]:
+    """``[start_ms, end_ms)`` of the window that contains ``ts_ms``.
+
+    Hours are real elapsed hours (floored in UTC offsets of the zone); days,
+    weeks and months follow the zone's wall clock, so a DST day is 23 or 25 h.
+    """
+    local = _local(ts_ms, tz)
+    if window == HOUR:
+        start = local.replace(minute=0, second=0, microsecond=0)
+        return _ms(start), _ms(start) + 3_600_000
+    start = _reattach(_floor(window, local), tz)
+    end = _reattach(_next(window, start), tz)
+    return _ms(start), _ms(end)
+
+
+def window_start(window: str, ts_ms: int, tz: str = "UTC") -> int:
+    return window_bounds(window, ts_ms, tz)[0]
+
+
+def seconds_until_reset(window: str, now_ms: int, tz: str = "UTC") -> int:
+    end = window_bounds(window, now_ms, tz)[1]
+    return max(1, -(-(end - now_ms) // 1000))
+
+
+def iso_utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

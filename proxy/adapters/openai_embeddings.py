@@ -1,0 +1,59 @@
+"""OpenAI Embeddings (``POST /v1/embeddings``): input tokens only, never streamed."""
+from __future__ import annotations
+
+import orjson
+
+from ..errors import GatewayError
+from ..types import Call, Usage
+from ._common import parse_object, require_model, take_metadata_tags
+from .openai_chat import error_object, openai_usage_tokens
+
+
+class EmbeddingsMeter:
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def finish_json(self, body: bytes) -> None:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+            self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens")
+            self.usage.model_served = obj.get("model") or ""
+            self.usage.complete = True
+
+    def result(self) -> Usage:
+        return self.usage
+
+    def tail(self) -> bytes:
+        return b""
+
+    def saw_output(self) -> bool:
+        return False
+
+
+class OpenAIEmbeddings:
+    api = "embeddings"
+    family = "openai"
+    upstream_path = "/embeddings"
+
+    def parse(self, body: bytes) -> Call:
+        obj = parse_object(body)
+        tags, changed = take_metadata_tags(obj, string_values_are_tags=False)
+        return Call(model=require_model(obj), stream=False, body=orjson.dumps(obj) if changed else body,
+                    max_output_tokens=0, tags=tags)
+
+    def meter(self, call: Call) -> EmbeddingsMeter:
+        return EmbeddingsMeter()
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return orjson.dumps(error_object(err))
+
+    def stream_error_event(self, err: GatewayError) -> bytes:
+        return self.error_body(err)

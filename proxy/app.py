@@ -1,0 +1,139 @@
+"""``create_app``: routes, the error edge, and every long-lived client's owner."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from ledger.configlog import open_config_log
+from pricing import load_catalog
+
+from . import pipeline
+from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
+from .adapters.openai_chat import OpenAIChat
+from .adapters.openai_embeddings import OpenAIEmbeddings
+from .adapters.openai_responses import OpenAIResponses
+from .context import GATEWAY, REQUEST_ID, Gateway, Ledger, org_timezones, prices_path
+from .errors import GatewayError, NotFound
+from .routing import RoutingTable, Target
+from .settings import Settings
+from .types import Adapter
+from .websocket import responses_ws
+
+log = logging.getLogger("llmgw.proxy")
+ADAPTER = web.RequestKey("adapter", object)
+_OPENAI = OpenAIChat()
+_ANTHROPIC = AnthropicMessages()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _adapter_for(request: web.Request) -> Adapter:
+    a = request.get(ADAPTER)
+    if a is not None:
+        return a
+    return _ANTHROPIC if "anthropic-version" in request.headers else _OPENAI
+
+
+@web.middleware
+async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place a ``GatewayError`` becomes a response, in the caller's API shape."""
+    request[REQUEST_ID] = rid = "req_" + secrets.token_hex(12)
+    try:
+        resp = await handler(request)
+    except GatewayError as err:
+        resp = _render(request, err)
+    except web.HTTPNotFound:
+        resp = _render(request, NotFound(f"no route for {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        resp = _render(request, NotFound(f"{request.method} is not supported on {request.path}"))
+    if not resp.prepared:
+        resp.headers["x-llmgw-request-id"] = rid
+    return resp
+
+
+def _render(request: web.Request, err: GatewayError) -> web.Response:
+    adapter = _adapter_for(request)
+    return web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
+                        headers=err.response_headers())
+
+
+def model_route(adapter: Adapter) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[ADAPTER] = adapter
+        return await pipeline.handle(request, adapter)
+    return handler
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models`` is asked by both SDKs: the anthropic-version header tells which."""
+    gw = request.app[GATEWAY]
+    adapter = _adapter_for(request)
+    request[ADAPTER] = adapter
+    gw.authenticate(request)
+    up = gw.routing.default(adapter.family)
+    path = "/v1/models" if adapter.family == "anthropic" else "/models"
+    return await pipeline.passthrough(request, gw, Target(up, ""), path)
+
+
+async def probe(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def gateway_ctx(settings: Settings, ledger: Ledger | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
+        state = await config_log.load()
+        tzs = org_timezones(dict(settings.file_config))
+        led = ledger or await _default_ledger(settings, tzs)
+        gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
+                     led, state, org_timezones=tzs)
+        app[GATEWAY] = gw
+        await led.start()
+        follower = asyncio.get_running_loop().create_task(config_log.follow(state, gw.config_changed),
+                                                          name="llmgw-config-follow")
+        try:
+            yield
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await led.stop()
+            await gw.close_sessions()
+    return ctx
+
+
+async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
+    tz_of = lambda org: tzs.get(org, "UTC")  # noqa: E731
+    if settings.embedded:
+        from ledger.embedded import EmbeddedLedger
+        hook = None
+        if settings.analytics:
+            from analytics.embedded import analytics_hook
+            hook = await analytics_hook(settings.analytics_dsn)
+        return EmbeddedLedger(settings.data_dir, tz_of=tz_of, on_batch=hook)
+    from ledger.kafka_ledger import KafkaLedger
+    return KafkaLedger.from_settings(settings, tz_of=tz_of)
+
+
+def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_edge], client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(gateway_ctx(settings, ledger))
+    r = app.router
+    r.add_route("HEAD", "/", probe)
+    r.add_route("HEAD", "/api/hello", probe)
+    r.add_get("/healthz", healthz)
+    r.add_post("/v1/messages", model_route(AnthropicMessages()))
+    r.add_post("/v1/messages/count_tokens", model_route(AnthropicCountTokens()))
+    r.add_post("/v1/chat/completions", model_route(OpenAIChat()))
+    r.add_post("/v1/responses", model_route(OpenAIResponses()))
+    r.add_post("/v1/embeddings", model_route(OpenAIEmbeddings()))
+    r.add_get("/v1/models", list_models, allow_head=False)
+    r.add_get("/v1/responses", responses_ws, allow_head=False)
+    return app

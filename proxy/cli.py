@@ -1,0 +1,255 @@
+"""``llmgw``: a thin shell over the project's functions.
+
+Each subcommand parses arguments, calls one function and prints the result.
+Settings come from flags, then ``LLMGW_*`` variables, then the config file.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from ledger.configlog import ConfigRecord, ConfigState, open_config_log
+
+from . import keys as K
+from .budgets import Budget, BudgetBook, micro_to_usd, parse_scope, usd_to_micro
+from .settings import Settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    flags = {k: getattr(args, k, None) for k in ("config", "data_dir", "kafka_bootstrap")}
+    return Settings.load(**{k: v for k, v in {**flags, **extra}.items() if v is not None})
+
+
+def _config_io(args: argparse.Namespace):
+    s = _settings(args)
+    return open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)
+
+
+def _append(args: argparse.Namespace, rec: ConfigRecord) -> None:
+    asyncio.run(_config_io(args).append(rec))
+
+
+def _state(args: argparse.Namespace) -> ConfigState:
+    return asyncio.run(_config_io(args).load())
+
+
+# -- serve ------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    s = _settings(args, host=args.host, port=args.port)
+    logging.basicConfig(level=s.log_level, format="%(message)s")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
+    print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
+    web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None,
+                shutdown_timeout=30.0)
+    return 0
+
+
+# -- keys ---------------------------------------------------------------------------
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    expires = _parse_until(args.expires) if args.expires else 0
+    key, rec = K.mint(args.org, args.workspace, args.user, tags=tuple(args.tag or ()),
+                      allowed_models=tuple(args.models.split(",")) if args.models else (), expires_ms=expires)
+    _append(args, rec)
+    print(key)
+    print(f"# key id {rec.data['key_id']} for {args.org}/{args.workspace}/{args.user}; "  # type: ignore[index]
+          "shown once, store it now", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    for r in sorted(_state(args).of_type("key"), key=lambda r: r.ts_ms):
+        d = r.data or {}
+        models = ",".join(d.get("allowed_models") or []) or "*"
+        print(f"{d['key_id']}\t{d['org']}/{d['workspace']}/{d['user']}\tmodels={models}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if _state(args).get("key", args.key_id) is None:
+        print(f"no key {args.key_id}", file=sys.stderr)
+        return 1
+    _append(args, K.revoke(args.key_id, reason=args.reason or ""))
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+# -- budgets ---------------------------------------------------------------------------
+def _parse_until(text: str) -> int:
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_budgets_set(args: argparse.Namespace) -> int:
+    kind, name = parse_scope(args.scope)
+    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=args.org or "", tag=args.tag or "",
+               kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0)
+    if b.kind == "exception" and not b.tag:
+        print("--until makes an exception, which needs --tag (the project it lifts)", file=sys.stderr)
+        return 2
+    _append(args, b.record(reason=args.reason or ""))
+    print(f"set: {b.describe()}" + (f" until {args.until}" if args.until else ""))
+    return 0
+
+
+def cmd_budgets_default(args: argparse.Namespace) -> int:
+    b = Budget(args.kind, "*", args.window, usd_to_micro(args.limit_usd), org=args.org or "", kind="default")
+    _append(args, b.record(reason=args.reason or ""))
+    print(f"default: {b.describe()}")
+    return 0
+
+
+def cmd_budgets_list(args: argparse.Namespace) -> int:
+    for r in sorted(_state(args).of_type("budget"), key=lambda r: r.id):
+        b = Budget.from_record(r)
+        until = f" until {datetime.fromtimestamp(b.until_ms / 1000, timezone.utc):%Y-%m-%d}" if b.until_ms else ""
+        print(f"{b.kind:9} {b.describe()}{until}")
+    return 0
+
+
+def cmd_budgets_explain(args: argparse.Namespace) -> int:
+    state = _state(args)
+    rec = state.get("key", args.key)
+    if rec is None or rec.data is None:
+        print(f"no key {args.key}", file=sys.stderr)
+        return 1
+    d = rec.data
+    p = K.Principal(d["key_id"], d["org"], d["workspace"], d["user"], tuple(d.get("tags") or ()))
+    tags = tuple(sorted({*p.tags, *(args.tag or ())}))
+    applied = BudgetBook.from_state(state).effective(p, tags, int(time.time() * 1000))
+    print(f"key {p.key_id}: org {p.org}, workspace {p.workspace}, user {p.user}, tags {', '.join(tags) or '-'}")
+    if not applied:
+        print("no budget applies")
+    for a in applied:
+        src = {"default": "default for every " + a.budget.scope_kind, "exception": "exception",
+               "budget": "explicit"}[a.budget.kind]
+        carve = f"; not counting {', '.join(e for _, e in a.carve_out)}" if a.carve_out else ""
+        print(f"  {a.budget.window:5} {micro_to_usd(a.budget.limit_micro_usd):>12} on {a.spend_dim} {a.entity}"
+              f"  <- {src} ({a.budget.origin}){carve}")
+    return 0
+
+
+# -- ledger ----------------------------------------------------------------------------
+def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if s.embedded:
+        from ledger.embedded import Checkpoint, EmbeddedLedger, rebuild
+        from pathlib import Path
+        rebuilt = rebuild(s.data_dir)
+        position, live = Checkpoint(Path(s.data_dir) / "ledger" / "totals.json").load()
+        same = rebuilt == live
+        print(f"rebuilt {len(rebuilt)} spend keys from the log; checkpoint has {len(live)}: "
+              + ("identical" if same else "DIFFERENT (the checkpoint may be behind a running gateway)"))
+        return 0 if same else 1
+    from ledger.kafka_rebuild import main as kafka_rebuild
+    return kafka_rebuild(s)
+
+
+def cmd_ledger_worker(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if s.embedded:
+        print("the ledger worker needs Kafka (set LLMGW_KAFKA_BOOTSTRAP); embedded mode folds in-process",
+              file=sys.stderr)
+        return 2
+    from ledger.worker import run_worker
+    return run_worker(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmgw", description="LLM budget gateway: meter every model call, "
+                                "refuse calls that would break a budget.")
+    p.add_argument("--config", help="YAML config file (also LLMGW_CONFIG)")
+    p.add_argument("--data-dir", help="local data directory (also LLMGW_DATA_DIR; default ./llmgw-data)")
+    p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers; unset means embedded mode")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway (embedded ledger unless Kafka is configured)")
+    s.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="listen port (default 4000)")
+    s.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="create, list and revoke gateway API keys").add_subparsers(
+        dest="keys_cmd", required=True, metavar="ACTION")
+    kc = k.add_parser("create", help="mint a key for org/workspace/user; prints it once")
+    kc.add_argument("--org", required=True)
+    kc.add_argument("--workspace", required=True)
+    kc.add_argument("--user", required=True)
+    kc.add_argument("--tag", action="append", help="tag every call with NAME:VALUE (repeatable)")
+    kc.add_argument("--models", help="comma-separated allowed model patterns, e.g. 'claude-haiku-*,gpt-4o-mini'")
+    kc.add_argument("--expires", help="expiry, ISO date or time (UTC unless stated)")
+    kc.set_defaults(func=cmd_keys_create)
+    k.add_parser("list", help="list keys (never their secrets)").set_defaults(func=cmd_keys_list)
+    kr = k.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("key_id")
+    kr.add_argument("--reason")
+    kr.set_defaults(func=cmd_keys_revoke)
+
+    b = sub.add_parser("budgets", help="set, list and explain budgets").add_subparsers(
+        dest="budgets_cmd", required=True, metavar="ACTION")
+    bs = b.add_parser("set", help="cap a scope over a window, e.g. `budgets set user:alice day 50`")
+    bs.add_argument("scope", help="org:NAME, workspace:NAME, user:NAME, key:KEY_ID or tag:NAME:VALUE")
+    bs.add_argument("window", choices=["hour", "day", "week", "month"])
+    bs.add_argument("limit_usd", help="cap in US dollars, e.g. 50 or 12.50")
+    bs.add_argument("--org", help="only in this organization (default: the name in any org)")
+    bs.add_argument("--tag", help="only calls tagged NAME:VALUE, e.g. project:payments")
+    bs.add_argument("--until", help="makes an exception (needs --tag) that ends at this ISO date/time")
+    bs.add_argument("--reason")
+    bs.set_defaults(func=cmd_budgets_set)
+    bd = b.add_parser("default", help="a budget for every scope of a kind, e.g. `budgets default user day 20`")
+    bd.add_argument("kind", choices=["org", "workspace", "user", "key"])
+    bd.add_argument("window", choices=["hour", "day", "week", "month"])
+    bd.add_argument("limit_usd")
+    bd.add_argument("--org")
+    bd.add_argument("--reason")
+    bd.set_defaults(func=cmd_budgets_default)
+    b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)
+    be = b.add_parser("explain", help="every budget that applies to a key, and where it came from")
+    be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX)")
+    be.add_argument("--tag", action="append", help="as if the call carried this tag")
+    be.set_defaults(func=cmd_budgets_explain)
+
+    lg = sub.add_parser("ledger", help="the event-sourced ledger").add_subparsers(
+        dest="ledger_cmd", required=True, metavar="ACTION")
+    lg.add_parser("rebuild", help="refold the whole log and compare with the live aggregates").set_defaults(
+        func=cmd_ledger_rebuild)
+    lg.add_parser("worker", help="run a ledger processor (Kafka mode; run several to scale)").set_defaults(
+        func=cmd_ledger_worker)
+
+    for module in ("pricing.cli", "analytics.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError as exc:           # pragma: no cover - only while a part is missing
+            logging.getLogger("llmgw").debug("no %s: %s", module, exc)
+            continue
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"llmgw: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The gateway's long-lived state, owned by the app and handed to the pipeline.
+
+One ``Gateway`` per process: settings, the routing table, the price catalog,
+the config state followed from the config log, the ledger (embedded or
+Kafka), the budget policy and one pooled HTTP session per upstream.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from ledger.configlog import ConfigState
+from ledger.events import UsageEvent, normalize_tags
+from ledger.spend import SpendView
+from pricing import Catalog, Price, UnknownModel
+
+from .budgets import BudgetBook
+from .errors import AuthError, NotFound
+from .keys import Principal, authenticate, presented_key
+from .policy import Policy
+from .routing import RoutingTable, Target, Upstream
+from .settings import Settings
+
+
+class Ledger(Protocol):
+    view: SpendView
+
+    def submit(self, event: UsageEvent) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    routing: RoutingTable
+    catalog: Catalog
+    ledger: Ledger
+    config: ConfigState
+    policy: Policy = field(init=False)
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+    org_timezones: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.ledger.view, BudgetBook.from_state(self.config), tz_of=self.tz_of)
+
+    def tz_of(self, org: str) -> str:
+        return self.org_timezones.get(org, "UTC")
+
+    def config_changed(self) -> None:
+        """Rebuild indexes derived from the config log (called by the follower)."""
+        self.policy.book = BudgetBook.from_state(self.config)
+
+    def authenticate(self, request: web.Request) -> Principal:
+        key = presented_key(request.headers)
+        if not key:
+            raise AuthError("missing API key: send your gateway key as `x-api-key` or `Authorization: Bearer`")
+        p = authenticate(self.config, key, int(time.time() * 1000))
+        if p is None:
+            raise AuthError("invalid, revoked or expired gateway API key")
+        return p
+
+    @staticmethod
+    def header_tags(request: web.Request) -> tuple[str, ...]:
+        raw = request.headers.get("x-llmgw-tags", "")
+        return normalize_tags([t for t in raw.split(",") if t.strip()]) if raw else ()
+
+    def price(self, target: Target, model: str, ts_ms: int) -> tuple[Price, bool]:
+        s = self.settings
+        try:
+            return self.catalog.resolve(target.price_model, ts_ms, provider=target.upstream.price_provider,
+                                        policy=s.unknown_model, fallback_entry=s.fallback_price or None)
+        except UnknownModel:
+            raise NotFound(f"model {model!r} has no price in the catalog, so its cost cannot be capped; "
+                           "add it with `llmgw pricing import` or set LLMGW_UNKNOWN_MODEL=fallback "
+                           "with LLMGW_FALLBACK_PRICE") from None
+
+    def session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        s = self.sessions.get(upstream.name)
+        if s is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s,
+                                            sock_read=self.settings.first_byte_timeout_s)
+            s = aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
+                                      connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+            self.sessions[upstream.name] = s
+        return s
+
+    async def close_sessions(self) -> None:
+        for s in self.sessions.values():
+            await s.close()
+        self.sessions.clear()
+
+
+def org_timezones(file_config: dict[str, Any]) -> dict[str, str]:
+    orgs = file_config.get("orgs") or {}
+    return {name: str(o.get("timezone", "UTC")) for name, o in orgs.items() if isinstance(o, dict)}
+
+
+def prices_path(settings: Settings) -> Path | None:
+    if settings.prices:
+        return Path(settings.prices)
+    p = Path(settings.data_dir) / "prices.json"
+    return p if p.exists() else None
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,0 +1,149 @@
+"""The request path, in one sitting: auth, budget check, forward, stream, meter, emit.
+
+Every metered call ends in exactly one usage event, whatever happens: the
+``finally`` of ``handle`` builds it from what the meter saw and hands it to
+the ledger synchronously (no await), so a client that leaves mid-stream still
+pays for what the provider generated.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from ledger import events as E
+from pricing import RequestShape, UnknownModel, cost, worst_case
+
+from . import forward
+from .context import GATEWAY, REQUEST_ID, Gateway
+from .errors import BodyTooLarge, GatewayError, NotFound
+from .keys import Principal
+from .routing import Target
+from .types import Adapter, Call, Usage
+
+
+async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    started_ms, t0 = int(time.time() * 1000), time.monotonic()
+    principal = gw.authenticate(request)                                     # auth
+    call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
+    call = replace(call, tags=E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request))))
+    gw.policy.check_model(principal, call.model)
+    target = gw.routing.resolve(adapter.family, call.model)
+    if not call.metered:
+        return await passthrough(request, gw, target, adapter.upstream_path, call)
+    price, price_estimated = gw.price(target, call.model, started_ms)
+    estimate = worst_case(price, RequestShape(len(call.body), call.max_output_tokens or None,
+                                              call.service_tier, call.image_count, call.web_search))
+    ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request)
+    try:
+        reservation = gw.policy.reserve(principal, call.tags, estimate, started_ms)   # budget check
+    except GatewayError as err:
+        gw.ledger.submit(ctx.event(gw, Usage(), E.REJECTED_BUDGET if err.kind == "budget" else E.REJECTED_RATE,
+                                   err.status, t0, None, 0, ""))
+        raise
+    outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
+    try:
+        upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
+                                               call, request.headers)                    # forward
+        async with upstream:
+            status = upstream.status
+            meter = adapter.meter(call)
+            relay = forward.Relay(meter)
+            extra = gw.policy.remaining_headers(reservation)
+            if forward.is_stream(upstream):
+                resp = await relay.stream(request, upstream, extra)                      # stream
+            else:
+                body = await upstream.read()
+                meter.finish_json(body)
+                resp = web.Response(status=status, body=body,
+                                    headers=forward.downstream_headers(upstream, extra))
+            usage = meter.result()                                                        # meter
+            outcome = _outcome(status, relay, usage)
+            return resp
+    except BaseException as exc:
+        if isinstance(exc, GatewayError):
+            status = exc.status
+            usage.error_type = exc.kind
+        elif relay is not None and relay.meter is not None:
+            usage = relay.meter.result()
+            outcome = E.CANCELLED
+        raise
+    finally:                                                                              # emit
+        priced = cost(usage.tokens, price, service_tier=call.service_tier,
+                      web_search_calls=usage.web_search_calls)
+        ttft = relay.first_output_s if relay else None
+        gw.ledger.submit(ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd,
+                                   priced.price_version, cost_estimated=price_estimated))
+        gw.policy.release(reservation)
+
+
+def _outcome(status: int, relay: "forward.Relay | None", usage: Usage) -> str:
+    if relay is not None and relay.client_gone:
+        return E.CANCELLED
+    if status >= 400 or usage.error_type or (relay is not None and relay.upstream_broke):
+        return E.UPSTREAM_ERROR
+    return E.OK
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def passthrough(request: web.Request, gw: Gateway, target: Target, path: str,
+                      call: Call | None = None) -> web.StreamResponse:
+    """Calls that cost nothing (count_tokens, model lists): authenticated, routed, not metered."""
+    method = "POST" if call is not None else "GET"
+    upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
+                                           call or Call(model="", stream=False, body=b""), request.headers, method)
+    async with upstream:
+        body = await upstream.read()
+        return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))
+
+
+class CallRecord:
+    """Attribution of one call, fixed before forwarding; turns a usage into an event."""
+
+    __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id")
+
+    def __init__(self, principal: Principal, adapter: Adapter, call: Call, provider: str,
+                 started_ms: int, request: web.Request) -> None:
+        self.principal, self.adapter, self.call, self.provider = principal, adapter, call, provider
+        self.started_ms = started_ms
+        self.request_id = request.get(REQUEST_ID, "")
+        h = request.headers
+        self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+
+    def event(self, gw: Gateway, usage: Usage, outcome: str, status: int, t0: float,
+              ttft_s: float | None, cost_micro_usd: int, price_version: str,
+              cost_estimated: bool = False) -> E.UsageEvent:
+        p, call = self.principal, self.call
+        now = time.monotonic()
+        tags = call.tags
+        return E.UsageEvent(
+            event_id=E.new_event_id(self.started_ms), ts_start_ms=self.started_ms,
+            ts_end_ms=self.started_ms + int((now - t0) * 1000),
+            org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
+            provider=self.provider, api=self.adapter.api, model_requested=call.model,
+            model_served=usage.model_served or call.model, tokens=usage.tokens,
+            cost_micro_usd=cost_micro_usd, price_version=price_version, outcome=outcome,
+            http_status=status, latency_ms=int((now - t0) * 1000),
+            ttft_ms=int((ttft_s - t0) * 1000) if ttft_s is not None else None,
+            project=dict(t.split(":", 1) for t in tags).get("project", ""), tags=tags,
+            session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
+            stream=call.stream, usage_estimated=bool(outcome != E.OK and not usage.complete and usage.tokens.total),
+            cost_estimated=cost_estimated, error_type=usage.error_type,
+        )
+
+
+__all__ = ["handle", "read_body", "NotFound", "UnknownModel"]
