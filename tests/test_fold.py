@@ -1,0 +1,84 @@
+"""Windows and the pure fold: rollover instants, time zones, idempotent rebuild."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings, strategies as st
+
+from ledger import events as E
+from ledger.fold import Totals, fold, fold_all, keys_of, parse_spend_key
+from ledger.windows import window_bounds
+
+
+def ms(*args, tz=timezone.utc) -> int:
+    return int(datetime(*args, tzinfo=tz).timestamp() * 1000)
+
+
+def test_windows_roll_over_at_the_right_instants_utc():
+    t = ms(2026, 11, 30, 23, 59, 59)               # last second of November, a Monday
+    assert window_bounds("hour", t) == (ms(2026, 11, 30, 23), ms(2026, 12, 1, 0))
+    assert window_bounds("day", t) == (ms(2026, 11, 30), ms(2026, 12, 1))
+    assert window_bounds("week", t) == (ms(2026, 11, 30), ms(2026, 12, 7))      # ISO week: Monday
+    assert window_bounds("month", t) == (ms(2026, 11, 1), ms(2026, 12, 1))
+    nxt = t + 1000
+    assert window_bounds("month", nxt)[0] == ms(2026, 12, 1)
+    assert window_bounds("month", ms(2026, 12, 31, 12)) == (ms(2026, 12, 1), ms(2027, 1, 1))
+    assert window_bounds("month", ms(2028, 2, 29, 12)) == (ms(2028, 2, 1), ms(2028, 3, 1))   # leap year
+
+
+def test_windows_in_an_org_time_zone():
+    ny = ZoneInfo("America/New_York")
+    t = ms(2026, 12, 1, 3, 0)                      # 22:00 on Nov 30 in New York
+    assert window_bounds("day", t, "America/New_York") == (ms(2026, 11, 30, tz=ny), ms(2026, 12, 1, tz=ny))
+    assert window_bounds("month", t, "America/New_York") == (ms(2026, 11, 1, tz=ny), ms(2026, 12, 1, tz=ny))
+    # DST ends on 2026-11-01 in New York: that day lasts 25 hours
+    start, end = window_bounds("day", ms(2026, 11, 1, 12, tz=ny), "America/New_York")
+    assert end - start == 25 * 3_600_000
+
+
+def ev(cost: int, ts: int, user: str = "alice", tags=(), outcome=E.OK, **kw) -> E.UsageEvent:
+    return E.UsageEvent(event_id=E.new_event_id(ts), ts_start_ms=ts, ts_end_ms=ts, org="acme", workspace="be",
+                        user=user, key_id="k1", provider="openai", api="chat", model_requested="m",
+                        model_served="m", tokens=E.Tokens(input=10, output=5), cost_micro_usd=cost,
+                        outcome=outcome, tags=tags, **kw)
+
+
+def test_fold_counts_every_dimension_and_window():
+    t = ms(2026, 11, 25, 10)
+    changed = fold({}, ev(700, t, tags=("project:pay", "agent:x")))
+    dims = {parse_spend_key(k)[0] for k in changed}
+    assert dims == {"org", "workspace", "user", "key", "tag", "workspace.tag", "user.tag"}
+    assert len(changed) == 7 * 4
+    assert all(v == Totals(700, 1, 10, 5) for v in changed.values())
+    assert f"user|acme/alice|day|{ms(2026, 11, 25)}" in changed
+    assert f"user.tag|acme/alice/project:pay|month|{ms(2026, 11, 1)}" in changed
+    assert not any("agent:x" in k for k in changed)        # only budget tags become dimensions
+
+
+def test_rejections_cost_nothing_and_adjustments_add_money_only():
+    t = ms(2026, 11, 25, 10)
+    assert fold({}, ev(0, t, outcome=E.REJECTED_BUDGET)) == {}
+    adj = ev(-150, t, kind=E.ADJUSTMENT, adjusts_event_id="x")
+    state = fold_all([ev(1000, t), adj])
+    assert state[f"user|acme/alice|day|{ms(2026, 11, 25)}"] == Totals(850, 1, 10, 5)
+
+
+def test_late_event_lands_in_the_window_it_started_in():
+    late = ev(5, ms(2026, 11, 30, 23, 59, 59))
+    keys = keys_of(late)
+    assert f"org|acme|month|{ms(2026, 11, 1)}" in keys and not any(str(ms(2026, 12, 1)) in k for k in keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**9), st.sampled_from(["a", "b", "c"])),
+                max_size=60), st.randoms())
+def test_fold_is_order_insensitive_and_loses_nothing(items, rnd):
+    base = ms(2026, 11, 1)
+    events = [ev(c, base + dt, user=u) for c, dt, u in items]
+    state = fold_all(events)
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    assert fold_all(shuffled) == state
+    org_total = sum(v.spend_micro_usd for k, v in state.items() if k.startswith("org|") and "|month|" in k)
+    assert org_total == sum(c for c, _, _ in items)
