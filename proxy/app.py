@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from importlib import import_module
 import logging
 import secrets
 from typing import AsyncIterator, Awaitable, Callable
@@ -136,4 +137,10 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     r.add_post("/v1/embeddings", model_route(OpenAIEmbeddings()))
     r.add_get("/v1/models", list_models, allow_head=False)
     r.add_get("/v1/responses", responses_ws, allow_head=False)
+    for part in EXTENSIONS:
+        import_module(part).register(app)
     return app
+
+
+# Parts that add their own routes and middlewares: ``register(app)`` each.
+EXTENSIONS = ("proxy.admin.routes", "proxy.ops.routes")

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_parser("worker", help="run a ledger processor (Kafka mode; run several to scale)").set_defaults(
         func=cmd_ledger_worker)
 
-    for module in ("pricing.cli", "analytics.cli"):
+    for module in ("pricing.cli", "analytics.cli", "proxy.admin.cli", "proxy.ops.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as exc:           # pragma: no cover - only while a part is missing

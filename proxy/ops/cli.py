@@ -1,0 +1,5 @@
+"""CLI of this part (being written)."""
+
+
+def register(subparsers) -> None:
+    """Add this part's subcommands to `llmgw`."""
