@@ -536,6 +536,7 @@ class FakeProvider:
         self._stored_response_ids: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self.default_reply = Reply()  # served when no reply is scripted (benchmarks pace streams with it)
 
     # ---- lifecycle and test API
 
@@ -549,6 +550,7 @@ class FakeProvider:
         app.router.add_get("/openai/v1/responses", self._openai_responses_ws)
         app.router.add_post("/openai/v1/embeddings", self._openai_embeddings)
         app.router.add_get("/openai/v1/models", self._openai_models)
+        app.router.add_post("/_fake/default_reply", self._set_default_reply)
         app.router.add_route("*", "/anthropic/{tail:.*}", self._anthropic_unknown)
         app.router.add_route("*", "/openai/{tail:.*}", self._openai_unknown)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -602,6 +604,12 @@ class FakeProvider:
                 await asyncio.sleep(0.01)
         return self.abandoned_streams
 
+    async def _set_default_reply(self, request: web.Request) -> web.Response:
+        """Not a provider route: lets a benchmark in another process pace the default reply."""
+        body = await request.json()
+        self.default_reply = Reply(chunks=body.get("chunks"), chunk_delay_s=float(body.get("chunk_delay_s", 0)))
+        return web.json_response({"ok": True})
+
     # ---- plumbing shared by the handlers
 
     def _next_reply(self, api: str) -> Reply:
@@ -609,7 +617,7 @@ class FakeProvider:
             queue = self._queues.get(key)
             if queue:
                 return queue.popleft()
-        return Reply()
+        return self.default_reply
 
     async def _record(self, request: web.Request, api: str) -> tuple[bytes, Any]:
         raw = await request.read() if request.can_read_body else b""
@@ -913,6 +921,7 @@ def _ws_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeProvider(anthropic_key=args.anthropic_key, openai_key=args.openai_key, host=args.host, port=args.port)
+    fake.default_reply = Reply(chunks=args.chunks, chunk_delay_s=args.chunk_delay_s)
     await fake.start()
     print(f"fake provider on {fake.base_url}\n  ANTHROPIC_BASE_URL={fake.anthropic_base_url} (x-api-key "
           f"{fake.anthropic_key})\n  OPENAI_BASE_URL={fake.openai_base_url} (Bearer {fake.openai_key})", flush=True)
@@ -928,6 +937,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9999)
     parser.add_argument("--anthropic-key", default=ANTHROPIC_KEY)
     parser.add_argument("--openai-key", default=OPENAI_KEY)
+    parser.add_argument("--chunks", type=int, default=None, help="text deltas per default reply")
+    parser.add_argument("--chunk-delay-s", type=float, default=0.0, help="pause between stream events")
     try:
         asyncio.run(_serve(parser.parse_args(argv)))
     except KeyboardInterrupt:

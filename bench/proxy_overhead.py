@@ -1,0 +1,232 @@
+"""Proxy overhead: the same load straight to the fake provider, through llmgw, and through LiteLLM.
+
+Run by hand (not part of the test suite), loopback only:
+
+    python bench/proxy_overhead.py                       # llmgw vs direct
+    python bench/proxy_overhead.py --litellm /tmp/litellm-venv/bin/litellm   # also LiteLLM's proxy
+    python bench/proxy_overhead.py --seconds 10 --concurrency 1,64,512
+
+LiteLLM installs with ``python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``.
+Every target runs in its own process; the load generator is one asyncio process with keep-alive.
+All targets share the machine's 2 cores with the load generator and the fake, so read ratios
+measured in one run, not absolute numbers. Added latency is the target's p50/p99 minus the direct
+call's in the same run. CPU is the target process's user+sys CPU-ms per 1,000 calls.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) * 1000 / ticks
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} never came up")
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    ttfb: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    def pct(self, xs: list[float], q: float) -> float:
+        if not xs:
+            return float("nan")
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+async def load(url: str, key: str, concurrency: int, seconds: float, stream: bool) -> Result:
+    body = orjson.dumps({"model": "gpt-4o-mini", "stream": stream,
+                         "messages": [{"role": "user", "content": "Say hello in five words."}]})
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    res = Result()
+    stop = time.monotonic() + seconds
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async def worker() -> None:
+            while time.monotonic() < stop:
+                t0 = time.monotonic()
+                try:
+                    async with http.post(url + "/chat/completions", data=body, headers=headers) as r:
+                        first = None
+                        async for _ in r.content.iter_any():
+                            if first is None:
+                                first = time.monotonic()
+                        if r.status != 200:
+                            res.errors += 1
+                            continue
+                    res.latencies.append(time.monotonic() - t0)
+                    res.ttfb.append((first or time.monotonic()) - t0)
+                except aiohttp.ClientError:
+                    res.errors += 1
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        res.elapsed = time.monotonic() - t0
+    return res
+
+
+async def open_streams(url: str, key: str, n: int, pid: int) -> float:
+    """RSS growth of the target per 1,000 concurrently open streams."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 64,
+                         "messages": [{"role": "user", "content": "slow"}]})
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    before = rss_mb(pid)
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as http:
+        opened = asyncio.Event()
+        count = 0
+        peak = before
+
+        async def one() -> None:
+            nonlocal count, peak
+            async with http.post(url + "/chat/completions", data=body, headers=headers) as r:
+                await r.content.readany()
+                count += 1
+                if count == n:
+                    peak = rss_mb(pid)
+                    opened.set()
+                await opened.wait()
+                async for _ in r.content.iter_any():
+                    pass
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    return (peak - before) * 1000 / n
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def litellm_config(path: Path, fake_openai: str) -> None:
+    path.write_text(
+        "model_list:\n"
+        "  - model_name: gpt-4o-mini\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o-mini\n"
+        f"      api_base: {fake_openai}\n"
+        "      api_key: sk-openai-upstream-test\n"
+        "general_settings:\n"
+        "  master_key: sk-bench-master\n"
+        "litellm_settings:\n"
+        "  drop_params: true\n")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--concurrency", default="1,64,512")
+    ap.add_argument("--litellm", default="", help="path to the litellm CLI (its own venv)")
+    ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS measurement")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
+    env = dict(os.environ)
+    procs: list[subprocess.Popen] = []
+    try:
+        fport = free_port()
+        procs.append(start([sys.executable, "-m", "tests.fake_provider", "--port", str(fport)], env, tmp / "fake.log"))
+        fake = f"http://127.0.0.1:{fport}"
+        await wait_http(fake + "/openai/v1/models")
+        genv = {**env, "LLMGW_DATA_DIR": str(tmp / "gw"), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
+                "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
+        key = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--org", "bench",
+                              "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
+                             check=True, cwd=ROOT).stdout.strip()
+        gport = free_port()
+        gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(gport)], genv, tmp / "gw.log")
+        procs.append(gw)
+        await wait_http(f"http://127.0.0.1:{gport}/healthz")
+        targets = {"direct": (fake + "/openai/v1", "sk-openai-upstream-test", None),
+                   "llmgw": (f"http://127.0.0.1:{gport}/v1", key, gw.pid)}
+        if args.litellm:
+            lport = free_port()
+            litellm_config(tmp / "litellm.yaml", fake + "/openai/v1")
+            lp = start([args.litellm, "--config", str(tmp / "litellm.yaml"), "--port", str(lport),
+                        "--num_workers", "1"], env, tmp / "litellm.log")
+            procs.append(lp)
+            await wait_http(f"http://127.0.0.1:{lport}/health/liveliness", timeout_s=180)
+            targets["litellm"] = (f"http://127.0.0.1:{lport}/v1", "sk-bench-master", lp.pid)
+        print(f"# {time.strftime('%Y-%m-%d %H:%M')} commit {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()} "
+              f"cores {os.cpu_count()} seconds/cell {args.seconds}")
+        print("| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb | CPU ms/1k | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for stream in (False, True):
+            for c in levels:
+                base: Result | None = None
+                for name, (url, k, pid) in targets.items():
+                    await load(url, k, min(c, 8), 1.0, stream)            # warm-up
+                    c0 = cpu_ms(pid) if pid else 0.0
+                    r = await load(url, k, c, args.seconds, stream)
+                    cpu = (cpu_ms(pid) - c0) * 1000 / max(len(r.latencies), 1) if pid else float("nan")
+                    if name == "direct":
+                        base = r
+                    p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
+                    t50 = r.pct(r.ttfb, .5)
+                    add = (p50 - base.pct(base.latencies, .5), p99 - base.pct(base.latencies, .99),
+                           t50 - base.pct(base.ttfb, .5)) if base and name != "direct" else (0, 0, 0)
+                    print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
+                          f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
+                          f"| {cpu:.0f} | {r.errors} |", flush=True)
+        async with aiohttp.ClientSession() as http:    # slow streams, so they stay open together
+            await http.post(fake + "/_fake/default_reply", json={"chunks": 100, "chunk_delay_s": 0.05})
+        for name, (url, k, pid) in targets.items():
+            if pid and args.streams:
+                per_k = await open_streams(url, k, args.streams, pid)
+                print(f"# {name}: RSS +{per_k:.1f} MB per 1,000 open streams", flush=True)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
