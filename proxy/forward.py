@@ -74,6 +74,7 @@ class Relay:
         self.first_output_s: float | None = None
         self.client_gone = False
         self.upstream_broke = False
+        self.bytes_out = 0
 
     async def stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                      extra_headers: Mapping[str, str]) -> web.StreamResponse:
@@ -86,6 +87,7 @@ class Relay:
                 if self.first_output_s is None and meter.saw_output():
                     self.first_output_s = time.monotonic()
                 if out:
+                    self.bytes_out += len(out)
                     await resp.write(out)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True

@@ -57,11 +57,14 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
                 body = await upstream.read()
+                relay.bytes_out = len(body)
                 meter.finish_json(body)
                 resp = web.Response(status=status, body=body,
                                     headers=forward.downstream_headers(upstream, extra))
             usage = meter.result()                                                        # meter
             outcome = _outcome(status, relay, usage)
+            if outcome == E.OK and not usage.complete:
+                usage = _estimate_missing(usage, call, relay.bytes_out)
             return resp
     except BaseException as exc:
         if isinstance(exc, GatewayError):
@@ -86,6 +89,18 @@ def _outcome(status: int, relay: "forward.Relay | None", usage: Usage) -> str:
     if status >= 400 or usage.error_type or (relay is not None and relay.upstream_broke):
         return E.UPSTREAM_ERROR
     return E.OK
+
+
+def _estimate_missing(usage: Usage, call: Call, bytes_out: int) -> Usage:
+    """A successful call whose provider never reported usage (an OpenAI-compatible
+    server that ignores ``include_usage``, say) is never priced at zero: bound
+    its tokens by the bytes that went each way and flag the event as estimated."""
+    t = usage.tokens
+    tokens = E.Tokens(input=max(t.input, len(call.body) // 3), cache_write_5m=t.cache_write_5m,
+                      cache_write_1h=t.cache_write_1h, cache_read=t.cache_read,
+                      output=max(t.output, bytes_out // 3), reasoning=t.reasoning)
+    return Usage(tokens=tokens, model_served=usage.model_served, complete=False, error_type=usage.error_type,
+                 web_search_calls=usage.web_search_calls)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -141,7 +156,7 @@ class CallRecord:
             ttft_ms=int((ttft_s - t0) * 1000) if ttft_s is not None else None,
             project=dict(t.split(":", 1) for t in tags).get("project", ""), tags=tags,
             session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
-            stream=call.stream, usage_estimated=bool(outcome != E.OK and not usage.complete and usage.tokens.total),
+            stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
             cost_estimated=cost_estimated, error_type=usage.error_type,
         )
 

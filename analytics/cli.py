@@ -1,0 +1,234 @@
+"""`llmgw spend`, `llmgw trace` and `llmgw chargeback`: thin shells over analytics.queries.
+
+The ``llmgw`` CLI calls ``register(subparsers)`` and then ``args.func(args)``,
+which returns the exit status. The ClickHouse DSN comes from ``--dsn``, else
+the gateway's ``Settings``: ``LLMGW_CLICKHOUSE_DSN``, else
+``chdb://$LLMGW_DATA_DIR/clickhouse`` (the embedded store; ``LLMGW_DATA_DIR``
+defaults to ``./llmgw-data``). The embedded store can be opened by one process
+at a time: stop ``llmgw serve`` first, or point both at a ClickHouse server.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Any, TextIO
+
+import orjson
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from analytics import queries, store
+from analytics.queries import TraceCall, UsageRow
+from proxy.settings import Settings
+
+PROGRESS_EVERY_ROWS = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def resolve_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--dsn``, else the gateway's own setting (LLMGW_CLICKHOUSE_DSN, config file, data dir)."""
+    return dsn or Settings.load(environ).analytics_dsn
+
+
+def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
+    """Add ``spend``, ``trace`` and ``chargeback`` to an argparse subparsers object.
+
+    ``environ`` (default: the process environment) is read through ``Settings``.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", help="ClickHouse DSN (default: $LLMGW_CLICKHOUSE_DSN, else the embedded "
+                                      "chdb://$LLMGW_DATA_DIR/clickhouse)")
+    common.add_argument("--database", help=f"database (default: the DSN's, else {store.DEFAULT_DATABASE})")
+
+    p = subparsers.add_parser("spend", parents=[common], help="spend per group over a time range")
+    p.add_argument("--by", type=_by_list, default=["workspace"],
+                   help="comma list of org,workspace,user,key,model,provider,project,api,outcome,tag:NAME "
+                        "(default: workspace)")
+    p.add_argument("--since", type=_utc_ms, help="UTC date or ISO datetime (default: start of this month)")
+    p.add_argument("--until", type=_utc_ms, help="UTC date or ISO datetime, exclusive (default: now)")
+    p.add_argument("--org", help="only this organization")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=partial(_guarded, _spend, environ))
+
+    t = subparsers.add_parser("trace", parents=[common], help="a session's calls in order, with running cost")
+    t.add_argument("session_id", metavar="SESSION_ID")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.set_defaults(func=partial(_guarded, _trace, environ))
+
+    c = subparsers.add_parser("chargeback", parents=[common], help="a month's spend as CSV for finance")
+    c.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    c.add_argument("--by", type=_by_list, default=["workspace"],
+                   help="comma list, as for spend (default: workspace)")
+    c.add_argument("--org", help="only this organization")
+    c.add_argument("--out", default="-", help="CSV file to write (default: stdout)")
+    c.set_defaults(func=partial(_guarded, _chargeback, environ))
+
+
+def _guarded(command: Callable[[argparse.Namespace, Mapping[str, str] | None], int],
+             environ: Mapping[str, str] | None, args: argparse.Namespace) -> int:
+    """The CLI edge: report expected failures in one line, not a traceback."""
+    try:
+        return command(args, environ)
+    except ValueError as err:
+        print(f"llmgw: {err}", file=sys.stderr)
+        return 2
+    except (store.StoreError, ClickHouseError) as err:
+        print(f"llmgw: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+def _open(args: argparse.Namespace, environ: Mapping[str, str] | None) -> tuple[Client, str]:
+    dsn = resolve_dsn(args.dsn, environ)
+    client = store.connect(dsn, database=args.database)
+    database = str(client.database)
+    if store.Target.from_dsn(dsn).kind == "chdb":
+        store.migrate(client, database)   # the embedded store is ours: a fresh one reads as empty
+    return client, database
+
+
+def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
+    now_ms = time.time_ns() // 1_000_000
+    since_ms = args.since if args.since is not None else _month_start_ms(now_ms)
+    until_ms = args.until if args.until is not None else now_ms
+    client, database = _open(args, environ)
+    rows = queries.spend(client, database, args.by, since_ms, until_ms, org=args.org)
+    if args.json:
+        _print_json_lines(_row_json(r) for r in rows)
+    else:
+        _print_table(_usage_table(rows, args.by))
+    return 0
+
+
+def _trace(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
+    client, database = _open(args, environ)
+    calls = queries.trace(client, database, args.session_id)
+    if not calls:
+        print(f"llmgw: no calls recorded for session {args.session_id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json_lines(_call_json(c) for c in calls)
+    else:
+        _print_table(_trace_table(calls))
+    return 0
+
+
+def _chargeback(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
+    queries.month_bounds_ms(args.month)    # validate before connecting
+    client, database = _open(args, environ)
+    target = "stdout" if args.out == "-" else args.out
+    print(f"chargeback {args.month} by {','.join(args.by) or '-'} -> {target}", file=sys.stderr)
+    rows = _with_progress(queries.chargeback_rows(client, database, args.month, args.by, org=args.org))
+    if args.out == "-":
+        total = queries.write_chargeback_csv(rows, sys.stdout, by=args.by)
+    else:
+        partial_path = f"{args.out}.partial"   # finance never sees a half-written file
+        try:
+            with open(partial_path, "w", newline="", encoding="utf-8") as file:
+                total = queries.write_chargeback_csv(rows, file, by=args.by)
+            os.replace(partial_path, args.out)
+        finally:
+            if os.path.exists(partial_path):
+                os.remove(partial_path)
+    print(f"{total.requests} requests, ${total.cost_usd} ({total.cost_micro_usd} micro-USD) -> {target}",
+          file=sys.stderr)
+    return 0
+
+
+def _with_progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:
+    count = 0
+    for count, row in enumerate(rows, 1):
+        if count % PROGRESS_EVERY_ROWS == 0:
+            print(f"  {count} rows", file=sys.stderr)
+        yield row
+    print(f"  {count} rows", file=sys.stderr)
+
+
+# ---- argument types and output -----------------------------------------------------------
+
+
+def _by_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return queries.check_by(items)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _utc_ms(text: str) -> int:
+    """'2026-11-01', '2026-11-01T12:00' (UTC) or with an offset -> epoch milliseconds."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an ISO date or datetime: {text!r}") from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _month_start_ms(now_ms: int) -> int:
+    now = _EPOCH + timedelta(milliseconds=now_ms)
+    return (datetime(now.year, now.month, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _utc_text(ms: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+_TOKEN_HEADERS = ("input", "cache_w5m", "cache_w1h", "cache_read", "output", "reasoning")
+
+
+def _token_values(row: UsageRow | TraceCall) -> list[str]:
+    t = row.tokens
+    return [str(v) for v in (t.input, t.cache_write_5m, t.cache_write_1h, t.cache_read, t.output, t.reasoning)]
+
+
+def _usage_table(rows: Sequence[UsageRow], by: Sequence[str]) -> list[list[str]]:
+    table = [[*by, "requests", *_TOKEN_HEADERS, "cost_usd"]]
+    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), r.cost_usd] for r in rows]
+    return table
+
+
+def _trace_table(calls: Sequence[TraceCall]) -> list[list[str]]:
+    table = [["start_utc", "model", "outcome", "latency_ms", *_TOKEN_HEADERS, "cost_usd", "running_usd"]]
+    for c in calls:
+        table.append([_utc_text(c.ts_start_ms), c.model, c.outcome, str(c.latency_ms), *_token_values(c),
+                      queries.format_usd(c.cost_micro_usd), queries.format_usd(c.running_cost_micro_usd)])
+    return table
+
+
+def _print_table(table: list[list[str]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _print_json_lines(objects: Iterator[dict[str, object]]) -> None:
+    for obj in objects:
+        sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+
+
+def _row_json(row: UsageRow) -> dict[str, object]:
+    return {**row.dims, "requests": row.requests, "tokens": _tokens_json(row),
+            "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd}
+
+
+def _call_json(call: TraceCall) -> dict[str, object]:
+    return {"event_id": call.event_id, "ts_start_ms": call.ts_start_ms, "ts_end_ms": call.ts_end_ms,
+            "kind": call.kind, "model": call.model, "provider": call.provider, "api": call.api,
+            "outcome": call.outcome, "latency_ms": call.latency_ms, "tokens": _tokens_json(call),
+            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd}
+
+
+def _tokens_json(row: UsageRow | TraceCall) -> dict[str, int]:
+    t = row.tokens
+    return {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
+            "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning}
+
+
+__all__ = ["PROGRESS_EVERY_ROWS", "register", "resolve_dsn"]

@@ -1,0 +1,271 @@
+"""Named SQL over the analytics schema (README: tables, columns, example queries).
+
+Money comes back as ``int`` micro-USD and is only formatted, never computed, as
+a decimal string. ``spend``, ``trace`` and ``chargeback_rows`` read the raw
+events ``FINAL``, so each event_id counts once even before parts merge;
+``rollup`` reads the per-minute/hour/day tables for dashboards.
+
+``by`` items: ``org``, ``workspace``, ``user``, ``key``, ``model``,
+``provider``, ``project``, ``api``, ``outcome`` or ``tag:NAME`` (the tag's
+value, ``""`` when the event lacks it). ``model`` is the served model, or the
+requested one when nothing was served (refusals).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from clickhouse_connect.driver.client import Client
+
+from analytics.store import check_identifier
+from ledger.events import Tokens
+
+DIMENSIONS: dict[str, str] = {
+    "org": "org", "workspace": "workspace", "user": "user", "key": "key_id", "model": "model",
+    "provider": "provider", "project": "project", "api": "api", "outcome": "outcome",
+}
+ROLLUP_DIMENSIONS = ("org", "workspace", "user", "key", "model", "provider")
+GRAINS = ("minute", "hour", "day")
+TOKEN_COLUMNS = ("input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
+                 "cache_read_tokens", "output_tokens", "reasoning_tokens")
+CSV_METRICS = ("requests", *TOKEN_COLUMNS, "cost_usd", "cost_micro_usd")
+
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_RAW_METRICS = ", ".join(
+    ["countIf(kind = 'usage') AS requests"]
+    + [f"sum({c}) AS {c}" for c in TOKEN_COLUMNS]
+    + ["sum(cost_micro_usd) AS cost_micro_usd"]
+)
+_ROLLUP_METRICS = ", ".join(f"sum({c}) AS {c}" for c in ("requests", *TOKEN_COLUMNS, "cost_micro_usd"))
+_WINDOW = ("ts_start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')"
+           " AND ts_start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
+
+
+def format_usd(micro_usd: int) -> str:
+    """Exact decimal string with 6 places: 1234567 -> "1.234567", -5 -> "-0.000005"."""
+    sign = "-" if micro_usd < 0 else ""
+    whole, frac = divmod(abs(micro_usd), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One group of a spend, chargeback or rollup query."""
+
+    group: tuple[tuple[str, str], ...]   # (("workspace", "ws-1"), ("tag:project", "apollo")), in `by` order
+    requests: int                        # calls (adjustments are not requests)
+    tokens: Tokens
+    cost_micro_usd: int
+
+    @classmethod
+    def from_row(cls, names: Sequence[str], row: Sequence[Any]) -> "UsageRow":
+        """``row`` is the group values in ``names`` order, then requests, the 6 token kinds, cost."""
+        n = len(names)
+        counts = [int(v) for v in row[n + 1:n + 7]]
+        return cls(
+            group=tuple((name, str(value)) for name, value in zip(names, row[:n])),
+            requests=int(row[n]),
+            tokens=Tokens(*counts),
+            cost_micro_usd=int(row[n + 7]),
+        )
+
+    @property
+    def dims(self) -> dict[str, str]:
+        return dict(self.group)
+
+    @property
+    def cost_usd(self) -> str:
+        return format_usd(self.cost_micro_usd)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceCall:
+    """One call of a session, with the session's spend up to and including it."""
+
+    event_id: str
+    ts_start_ms: int
+    ts_end_ms: int
+    kind: str
+    model: str
+    provider: str
+    api: str
+    outcome: str
+    latency_ms: int
+    tokens: Tokens
+    cost_micro_usd: int
+    running_cost_micro_usd: int
+
+
+def _dimensions(by: Sequence[str], allowed: Sequence[str] = tuple(DIMENSIONS),
+                tags: bool = True) -> tuple[list[str], list[str], dict[str, str]]:
+    """``by`` -> (output names, SQL expressions, bound parameters). Tag names are bound, never spliced."""
+    names: list[str] = []
+    exprs: list[str] = []
+    params: dict[str, str] = {}
+    for raw in by:
+        item = raw.strip()
+        if item in names:
+            raise ValueError(f"{item!r} appears twice in by")
+        if tags and item.startswith("tag:") and len(item) > 4:
+            param = f"tag{len(params)}"
+            params[param] = item[4:]
+            exprs.append(f"tag_map[{{{param}:String}}]")
+        elif item in allowed:
+            exprs.append(DIMENSIONS[item])
+        else:
+            valid = ", ".join([*allowed, *(["tag:NAME"] if tags else [])])
+            raise ValueError(f"cannot group by {item!r}; use {valid}")
+        names.append(item)
+    return names, exprs, params
+
+
+def check_by(by: Sequence[str]) -> list[str]:
+    """Validate ``by`` items for spend and chargeback; return them stripped."""
+    return _dimensions(by)[0]
+
+
+def _grouped_sql(table: str, exprs: Sequence[str], metrics: str, where: str, order: str) -> str:
+    select = [f"{expr} AS g{i}" for i, expr in enumerate(exprs)]
+    keys = [f"g{i}" for i in range(len(exprs))]
+    sql = f"SELECT {', '.join([*select, metrics])} FROM {table} WHERE {where}"
+    if keys:
+        sql += f" GROUP BY {', '.join(keys)}"
+    ordering = [order, *keys] if order else keys
+    if ordering:
+        sql += f" ORDER BY {', '.join(ordering)}"
+    return sql
+
+
+def spend(client: Client, db: str, by: Sequence[str], since_ms: int, until_ms: int,
+          org: str | None = None) -> list[UsageRow]:
+    """Spend in [since_ms, until_ms) by call start, grouped by ``by``, most expensive first."""
+    names, exprs, params = _dimensions(by)
+    where = _WINDOW + (" AND org = {org:String}" if org is not None else "")
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, where,
+                       "cost_micro_usd DESC")
+    rows = client.query(sql, parameters={**params, "since_ms": since_ms, "until_ms": until_ms,
+                                         "org": org or ""}).result_rows
+    return [UsageRow.from_row(names, row) for row in rows]
+
+
+def month_bounds_ms(month: str) -> tuple[int, int]:
+    """'2026-11' -> [2026-11-01T00:00Z, 2026-12-01T00:00Z) in epoch milliseconds."""
+    match = _MONTH.match(month)
+    if not match:
+        raise ValueError(f"month must look like 2026-11, not {month!r}")
+    year, mon = int(match[1]), int(match[2])
+    start = datetime(year, mon, 1, tzinfo=timezone.utc)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=timezone.utc)
+    return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000
+
+
+def chargeback_rows(client: Client, db: str, month: str,
+                    by: Sequence[str] = ("workspace",), org: str | None = None) -> Iterator[UsageRow]:
+    """Stream a month's spend grouped by ``by``, in group order; each row's group starts with ("month", month).
+
+    The result streams from ClickHouse while it is iterated: finish (or close)
+    the iterator before running another query on the same client.
+    """
+    since_ms, until_ms = month_bounds_ms(month)
+    names, exprs, params = _dimensions(by)
+    where = _WINDOW + (" AND org = {org:String}" if org is not None else "")
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, where, "")
+    parameters = {**params, "since_ms": since_ms, "until_ms": until_ms, "org": org or ""}
+    with client.query_rows_stream(sql, parameters=parameters) as stream:
+        for row in stream:
+            yield UsageRow.from_row(["month", *names], [month, *row])
+
+
+def write_chargeback_csv(rows: Iterable[UsageRow], file: TextIO, *, by: Sequence[str] | None = None) -> UsageRow:
+    """Write rows and a final TOTAL row (their exact sum) as CSV; return the total.
+
+    Columns: the group names (``month``, then ``by``), then ``requests``, the
+    six ``*_tokens`` columns, ``cost_usd`` (6 decimals) and ``cost_micro_usd``.
+    The TOTAL row has ``TOTAL`` in the first column and the rest of the group
+    empty. ``by`` is needed only to write the header when there are no rows.
+    """
+    writer = csv.writer(file, lineterminator="\n")
+    names: list[str] | None = None if by is None else ["month", *by]
+    if names is not None:
+        writer.writerow([*names, *CSV_METRICS])
+    requests, cost, counts = 0, 0, [0] * 6
+    for row in rows:
+        if names is None:
+            names = [name for name, _ in row.group] or ["group"]
+            writer.writerow([*names, *CSV_METRICS])
+        writer.writerow([*([value for _, value in row.group] or [""]), *_metrics(row)])
+        requests += row.requests
+        counts = [a + b for a, b in zip(counts, _token_counts(row.tokens))]
+        cost += row.cost_micro_usd
+    if names is None:
+        names = ["month"]
+        writer.writerow([*names, *CSV_METRICS])
+    total = UsageRow(group=tuple((name, "TOTAL" if i == 0 else "") for i, name in enumerate(names)),
+                     requests=requests, tokens=Tokens(*counts), cost_micro_usd=cost)
+    writer.writerow([value for _, value in total.group] + _metrics(total))
+    return total
+
+
+def _token_counts(tokens: Tokens) -> list[int]:
+    return [tokens.input, tokens.cache_write_5m, tokens.cache_write_1h, tokens.cache_read,
+            tokens.output, tokens.reasoning]
+
+
+def _metrics(row: UsageRow) -> list[object]:
+    return [row.requests, *_token_counts(row.tokens), row.cost_usd, row.cost_micro_usd]
+
+
+def trace(client: Client, db: str, session_id: str) -> list[TraceCall]:
+    """A session's calls in start order, each with the session's running cost."""
+    sql = f"""
+        SELECT event_id, toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), kind,
+               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_micro_usd,
+               sum(cost_micro_usd) OVER (ORDER BY ts_start, event_id
+                                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
+        FROM {check_identifier(db)}.usage_events FINAL
+        WHERE session_id = {{session_id:String}}
+        ORDER BY ts_start, event_id
+    """
+    rows = client.query(sql, parameters={"session_id": session_id}).result_rows
+    return [
+        TraceCall(
+            event_id=r[0], ts_start_ms=int(r[1]), ts_end_ms=int(r[2]), kind=r[3], model=r[4],
+            provider=r[5], api=r[6], outcome=r[7], latency_ms=int(r[8]),
+            tokens=Tokens(*(int(v) for v in r[9:15])), cost_micro_usd=int(r[15]),
+            running_cost_micro_usd=int(r[16]),
+        )
+        for r in rows
+    ]
+
+
+def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
+           by: Sequence[str] = (), org: str | None = None) -> list[UsageRow]:
+    """Dashboard series from ``usage_by_{grain}``: one row per bucket and group, in time order.
+
+    Each row's group starts with (grain, bucket start as 'YYYY-MM-DD[ hh:mm:ss]' UTC).
+    Buckets overlapping [since_ms, until_ms) by their start are included.
+    """
+    if grain not in GRAINS:
+        raise ValueError(f"grain must be one of {GRAINS}, not {grain!r}")
+    names, exprs, params = _dimensions(by, ROLLUP_DIMENSIONS, tags=False)
+    exprs = [f"toString({grain})", *exprs]
+    bucket = f"toStartOf{grain.capitalize()}(fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC'))"
+    if grain == "day":
+        bucket = "toDate(fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC'))"
+    where = (f"{grain} >= {bucket} AND {grain} < fromUnixTimestamp64Milli({{until_ms:Int64}}, 'UTC')"
+             + (" AND org = {org:String}" if org is not None else ""))
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_by_{grain}", exprs, _ROLLUP_METRICS, where, "")
+    rows = client.query(sql, parameters={**params, "since_ms": since_ms, "until_ms": until_ms,
+                                         "org": org or ""}).result_rows
+    return [UsageRow.from_row([grain, *names], row) for row in rows]
+
+
+__all__ = [
+    "CSV_METRICS", "DIMENSIONS", "GRAINS", "ROLLUP_DIMENSIONS", "TOKEN_COLUMNS", "TraceCall", "UsageRow",
+    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "trace",
+    "write_chargeback_csv",
+]

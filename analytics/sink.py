@@ -1,0 +1,193 @@
+"""Batched columnar inserts of usage events into ClickHouse.
+
+Used in-process by the embedded gateway and by the Kafka sink consumer. The
+calls block: from asyncio, run them in a thread (``await asyncio.to_thread(sink.insert, batch, token)``).
+
+Exactly-once, in three layers (README "Counting each event once"):
+
+1. Every insert carries an ``insert_deduplication_token`` derived from the
+   caller's ``dedup_token`` and the batch's event ids, so a re-sent batch is
+   dropped by the raw table *and* by the rollup views
+   (``deduplicate_blocks_in_dependent_materialized_views``). The Kafka consumer
+   passes ``kafka:{topic}:{partition}:{first_offset}-{last_offset}``.
+2. Before inserting, the sink drops events whose event_id is already in
+   ``usage_events`` (``skip_known=True``), so an event re-delivered in a
+   *different* batch does not reach the rollups twice.
+3. ``usage_events`` is a ReplacingMergeTree ending its key with event_id, and
+   exact queries read it ``FINAL``: whatever slips past 1 and 2 (two writers
+   racing on one event) is still counted once there.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from itertools import groupby
+
+from clickhouse_connect.driver.client import Client
+
+from analytics import store
+from ledger.events import UsageEvent
+
+# (column, ClickHouse type, value) in the order of migrations/001_usage_events.sql.
+# tests/test_analytics_sink.py checks this list against the table.
+_COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
+    ("event_id", "String", lambda e: e.event_id),
+    ("ts_start", "DateTime64(3, 'UTC')", lambda e: e.ts_start_ms),
+    ("ts_end", "DateTime64(3, 'UTC')", lambda e: e.ts_end_ms),
+    ("org", "LowCardinality(String)", lambda e: e.org),
+    ("workspace", "LowCardinality(String)", lambda e: e.workspace),
+    ("user", "LowCardinality(String)", lambda e: e.user),
+    ("key_id", "LowCardinality(String)", lambda e: e.key_id),
+    ("provider", "LowCardinality(String)", lambda e: e.provider),
+    ("api", "LowCardinality(String)", lambda e: e.api),
+    ("model_requested", "LowCardinality(String)", lambda e: e.model_requested),
+    ("model_served", "LowCardinality(String)", lambda e: e.model_served),
+    ("input_tokens", "UInt64", lambda e: e.tokens.input),
+    ("cache_write_5m_tokens", "UInt64", lambda e: e.tokens.cache_write_5m),
+    ("cache_write_1h_tokens", "UInt64", lambda e: e.tokens.cache_write_1h),
+    ("cache_read_tokens", "UInt64", lambda e: e.tokens.cache_read),
+    ("output_tokens", "UInt64", lambda e: e.tokens.output),
+    ("reasoning_tokens", "UInt64", lambda e: e.tokens.reasoning),
+    ("cost_micro_usd", "Int64", lambda e: e.cost_micro_usd),
+    ("price_version", "LowCardinality(String)", lambda e: e.price_version),
+    ("outcome", "LowCardinality(String)", lambda e: e.outcome),
+    ("http_status", "UInt16", lambda e: e.http_status),
+    ("latency_ms", "UInt32", lambda e: e.latency_ms),
+    ("ttft_ms", "Nullable(UInt32)", lambda e: e.ttft_ms),
+    ("project", "LowCardinality(String)", lambda e: e.project),
+    ("tags", "Array(String)", lambda e: list(e.tags)),
+    ("tag_map", "Map(String, String)", lambda e: e.tag_map()),
+    ("session_id", "String", lambda e: e.session_id),
+    ("request_id", "String", lambda e: e.request_id),
+    ("gateway_id", "LowCardinality(String)", lambda e: e.gateway_id),
+    ("stream", "Bool", lambda e: e.stream),
+    ("usage_estimated", "Bool", lambda e: e.usage_estimated),
+    ("cost_estimated", "Bool", lambda e: e.cost_estimated),
+    ("error_type", "LowCardinality(String)", lambda e: e.error_type),
+    ("kind", "LowCardinality(String)", lambda e: e.kind),
+    ("adjusts_event_id", "String", lambda e: e.adjusts_event_id),
+    ("schema_version", "UInt16", lambda e: e.schema_version),
+)
+COLUMN_NAMES = tuple(name for name, _, _ in _COLUMNS)
+_COLUMN_TYPES = tuple(type_name for _, type_name, _ in _COLUMNS)
+
+_INSERT_SETTINGS = {
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "async_insert": 0,
+}
+
+
+class Sink:
+    """Writes usage events to ``{database}.usage_events`` (and, through views, the rollups)."""
+
+    def __init__(self, client: Client, database: str, *, skip_known: bool = True,
+                 max_rows_per_insert: int = 100_000) -> None:
+        self._client = client
+        self._database = store.check_identifier(database)
+        self._skip_known = skip_known
+        self._max_rows = max_rows_per_insert
+        self._lock = threading.Lock()  # known-id check and insert act as one step per process
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    def ensure_schema(self) -> list[int]:
+        """Apply missing migrations; return the versions applied now."""
+        return store.migrate(self._client, self._database)
+
+    def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None) -> int:
+        """Insert a batch; return how many events were sent (after dropping known ones).
+
+        Idempotent: the same batch again, with the same ``dedup_token``, adds
+        nothing, to the raw table or to the rollups. Events are grouped by
+        month (one partition, so each insert writes one part atomically),
+        sorted by event_id and cut into chunks of ``max_rows_per_insert``: the
+        chunks, and so their tokens, are the same on every retry.
+        """
+        batch = _unique(events)
+        for event in batch:
+            _check(event)
+        sent = 0
+        with self._lock:
+            for month, group in groupby(sorted(batch, key=_month_then_id), key=_month):
+                ordered = list(group)
+                for start in range(0, len(ordered), self._max_rows):
+                    chunk = ordered[start:start + self._max_rows]
+                    if self._skip_known:
+                        known = self._known_ids(chunk)
+                        chunk = [e for e in chunk if e.event_id not in known]
+                    if chunk:
+                        self._insert_chunk(chunk, _token(dedup_token, month, chunk))
+                        sent += len(chunk)
+        return sent
+
+    def _insert_chunk(self, chunk: Sequence[UsageEvent], token: str) -> None:
+        columns = [[value(e) for e in chunk] for _, _, value in _COLUMNS]
+        self._client.insert(
+            "usage_events", columns, column_names=COLUMN_NAMES, column_type_names=_COLUMN_TYPES,
+            column_oriented=True, database=self._database,
+            settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+        )
+
+    def _known_ids(self, chunk: Sequence[UsageEvent]) -> set[str]:
+        """Ids of ``chunk`` already stored; the org and time bounds let ClickHouse skip most parts."""
+        result = self._client.query(
+            f"SELECT DISTINCT event_id FROM {self._database}.usage_events"
+            " WHERE org IN {orgs:Array(String)}"
+            " AND ts_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+            " AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+            " AND event_id IN {ids:Array(String)}",
+            parameters={
+                "orgs": sorted({e.org for e in chunk}),
+                "lo": min(e.ts_start_ms for e in chunk),
+                "hi": max(e.ts_start_ms for e in chunk),
+                "ids": [e.event_id for e in chunk],
+            },
+        )
+        return {row[0] for row in result.result_rows}
+
+
+def _unique(events: Iterable[UsageEvent]) -> list[UsageEvent]:
+    seen: dict[str, UsageEvent] = {}
+    for event in events:
+        seen.setdefault(event.event_id, event)
+    return list(seen.values())
+
+
+def _check(event: UsageEvent) -> None:
+    if not event.event_id:
+        raise ValueError("usage event without event_id")
+    tokens = event.tokens
+    counts = (tokens.input, tokens.cache_write_5m, tokens.cache_write_1h, tokens.cache_read,
+              tokens.output, tokens.reasoning)
+    if min(counts) < 0:
+        raise ValueError(f"event {event.event_id}: negative token count {counts}")
+
+
+def _month(event: UsageEvent) -> str:
+    """The partition (toYYYYMM of ts_start, UTC) the event lands in."""
+    return datetime.fromtimestamp(event.ts_start_ms // 1000, tz=timezone.utc).strftime("%Y%m")
+
+
+def _month_then_id(event: UsageEvent) -> tuple[str, str]:
+    return _month(event), event.event_id
+
+
+def _token(prefix: str | None, month: str, chunk: Sequence[UsageEvent]) -> str:
+    """Same caller token and same events -> same token; different events never share one.
+
+    A token reused for different rows would make ClickHouse drop rows it never
+    stored (and the views drop them too), so the ids are always part of it.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for event in chunk:
+        digest.update(event.event_id.encode())
+        digest.update(b"\0")
+    return f"{prefix or 'events'}|{month}|{len(chunk)}|{digest.hexdigest()}"
+
+
+__all__ = ["COLUMN_NAMES", "Sink"]

@@ -1,0 +1,274 @@
+"""ClickHouse connections and versioned schema migrations.
+
+DSNs (``LLMGW_CLICKHOUSE_DSN``):
+
+- ``chdb:///abs/path`` or ``chdb://relative/path``: an embedded chDB engine in
+  this process, data under that directory (``chdb://:memory:`` keeps nothing).
+- ``clickhousedb://user:pass@host:8123/db``, ``http://...``, ``https://...``:
+  a ClickHouse server over HTTP(S).
+
+A database named in the DSN (``/db`` for a server, ``?database=db`` for chDB)
+is the client's default database; otherwise ``DEFAULT_DATABASE``.
+
+chDB hosts one engine, on one data path, per process. ``connect`` caches one
+client per (target, database) for the whole process and refuses, with
+``EngineConflict``, a second chDB path while the first is open.
+
+Migrations are ``analytics/migrations/NNN_name.sql`` files applied in version
+order. Each file holds ``;``-terminated statements written with
+``IF NOT EXISTS`` and ``{db}`` for the database; the applied versions are
+recorded in ``{db}.schema_migrations``, so ``migrate`` run twice is a no-op.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ProgrammingError
+
+DEFAULT_DATABASE = "llmgw"
+_MEMORY = ":memory:"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MIGRATION_FILE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+_HTTP_SCHEMES = {"clickhousedb": "http", "clickhouse": "http", "http": "http", "https": "https"}
+
+
+class StoreError(RuntimeError):
+    """Base of the analytics store errors."""
+
+
+class EngineConflict(StoreError):
+    """A second chDB data path was requested in a process that already runs one."""
+
+
+class MigrationError(StoreError):
+    """A migration file is malformed, or an applied one was edited afterwards."""
+
+
+def check_identifier(name: str) -> str:
+    """Database names are spliced into SQL, so they must be plain identifiers."""
+    if not _IDENTIFIER.match(name):
+        raise StoreError(f"invalid ClickHouse identifier {name!r}: use letters, digits and _")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed DSN. ``location`` is the chDB data path or the server's DSN without its database."""
+
+    kind: str                              # "chdb" or "http"
+    location: str = field(repr=False)      # may hold a password
+    database: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str, default_database: str = DEFAULT_DATABASE) -> "Target":
+        scheme, sep, rest = dsn.partition("://")
+        if not sep:
+            raise StoreError(f"not a DSN: {dsn!r} (expected chdb://PATH or clickhousedb://HOST...)")
+        scheme = scheme.lower()
+        if scheme == "chdb":
+            path, _, query = rest.partition("?")
+            database = parse_qs(query).get("database", [default_database])[0]
+            path = unquote(path)
+            if path in ("", "memory", _MEMORY):
+                return cls("chdb", _MEMORY, check_identifier(database))
+            return cls("chdb", os.path.realpath(os.path.abspath(path)), check_identifier(database))
+        if scheme in _HTTP_SCHEMES:
+            parts = urlsplit(dsn)
+            database = unquote(parts.path.strip("/").split("/")[0]) or default_database
+            return cls("http", parts._replace(path="").geturl(), check_identifier(database))
+        raise StoreError(f"unsupported DSN scheme {scheme!r}: use chdb, clickhousedb, http or https")
+
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, str, str], Client] = {}
+_chdb_path: str | None = None
+
+
+def connect(dsn: str, *, database: str | None = None) -> Client:
+    """The process-wide client for ``dsn``; ``database`` overrides the DSN's default database.
+
+    The database is created if it does not exist. The client is shared: it is
+    thread-safe for queries and inserts (chDB calls are serialized per client),
+    but a streamed result must be consumed before the same client runs anything else.
+    """
+    target = Target.from_dsn(dsn)
+    db = check_identifier(database) if database else target.database
+    key = (target.kind, target.location, db)
+    global _chdb_path
+    with _lock:
+        client = _clients.get(key)
+        if client is not None:
+            return client
+        if target.kind == "chdb":
+            if _chdb_path is not None and _chdb_path != target.location:
+                raise EngineConflict(
+                    f"chDB runs one engine per process and it is open at {_chdb_path!r}; "
+                    f"refusing a second path {target.location!r}. Use one LLMGW_CLICKHOUSE_DSN per "
+                    "process (in tests, the session-scoped chdb_dsn fixture) or close_all() first."
+                )
+            if target.location != _MEMORY:
+                os.makedirs(target.location, exist_ok=True)
+            try:
+                client = clickhouse_connect.get_client(interface="chdb", path=target.location)
+            except ProgrammingError as err:
+                raise StoreError(
+                    f"cannot open the chDB store at {target.location!r} (one process at a time: "
+                    f"is the gateway running on it?): {err}"
+                ) from err
+        else:
+            interface = _HTTP_SCHEMES[urlsplit(target.location).scheme.lower()]
+            # No session id: one session cannot run two queries at once, and this client is shared.
+            client = clickhouse_connect.get_client(
+                dsn=target.location, interface=interface, autogenerate_session_id=False
+            )
+        try:
+            _ensure_database(client, db)
+        except BaseException:
+            client.close()
+            raise
+        client.database = db
+        _clients[key] = client
+        if target.kind == "chdb":
+            _chdb_path = target.location
+        return client
+
+
+def _ensure_database(client: Client, database: str) -> None:
+    # EXISTS first: a read-only analyst may not create, even IF NOT EXISTS.
+    if not int(client.command(f"EXISTS DATABASE {database}", use_database=False)):  # type: ignore[arg-type]
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}", use_database=False)
+
+
+def disconnect(dsn: str, *, database: str | None = None) -> None:
+    """Close and forget one cached client (a test that dropped its database)."""
+    target = Target.from_dsn(dsn)
+    key = (target.kind, target.location, check_identifier(database) if database else target.database)
+    with _lock:
+        client = _clients.pop(key, None)
+        _forget_engine_if_unused()
+    if client is not None:
+        client.close()
+
+
+def close_all() -> None:
+    """Close every cached client; afterwards another chDB path may be opened."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+        _forget_engine_if_unused()
+    for client in clients:
+        client.close()
+
+
+def _forget_engine_if_unused() -> None:
+    global _chdb_path
+    if not any(kind == "chdb" for kind, _, _ in _clients):
+        _chdb_path = None
+
+
+# ---- migrations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+    def statements(self, database: str) -> list[str]:
+        """The file's statements for ``database``: split on ``;`` at a line end, comments dropped."""
+        text = self.sql.replace("{db}", check_identifier(database))
+        out = []
+        for chunk in re.split(r";[ \t]*(?:\n|$)", text):
+            code = "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--"))
+            if code.strip():
+                out.append(code.strip())
+        return out
+
+
+def load_migrations() -> list[Migration]:
+    """The packaged migrations, in version order."""
+    found = []
+    for entry in resources.files("analytics").joinpath("migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+        elif entry.name.endswith(".sql"):
+            raise MigrationError(f"migration file {entry.name!r} must be named NNN_name.sql")
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {versions}")
+    return found
+
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS {db}.schema_migrations
+(
+    version    UInt32,
+    name       String,
+    checksum   String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+
+def applied_migrations(client: Client, database: str) -> dict[int, str]:
+    """version -> checksum of the migrations recorded in ``database``."""
+    db = check_identifier(database)
+    rows = client.query(f"SELECT version, checksum FROM {db}.schema_migrations FINAL").result_rows
+    return {int(version): str(checksum) for version, checksum in rows}
+
+
+def migrate(client: Client, database: str, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply the migrations ``database`` lacks, in order; return the versions applied now.
+
+    An applied migration whose file changed since is an error: write a new
+    migration instead of editing one that has shipped.
+    """
+    db = check_identifier(database)
+    _ensure_database(client, db)
+    client.command(_MIGRATIONS_TABLE.replace("{db}", db))
+    done = applied_migrations(client, db)
+    applied = []
+    for migration in migrations if migrations is not None else load_migrations():
+        recorded = done.get(migration.version)
+        if recorded is not None:
+            if recorded != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:03d}_{migration.name} changed after it was applied "
+                    f"to {db} (checksum {recorded} -> {migration.checksum})"
+                )
+            continue
+        for statement in migration.statements(db):
+            client.command(statement)
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["version", "name", "checksum"],
+            database=db,
+        )
+        applied.append(migration.version)
+    return applied
+
+
+__all__ = [
+    "DEFAULT_DATABASE", "EngineConflict", "Migration", "MigrationError", "StoreError", "Target",
+    "applied_migrations", "check_identifier", "close_all", "connect", "disconnect",
+    "load_migrations", "migrate",
+]
