@@ -116,7 +116,7 @@ class EmbeddedLedger:
     """Durable log + in-process fold + optional analytics hook, behind ``submit``."""
 
     def __init__(self, data_dir: str | Path, tz_of: TzOf = utc, on_batch: BatchHook | None = None,
-                 checkpoint_every: int = 1000) -> None:
+                 checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0) -> None:
         root = Path(data_dir) / "ledger"
         self.log = EventLog(root / "events.log")
         self.checkpoint = Checkpoint(root / "totals.json")
@@ -126,6 +126,11 @@ class EmbeddedLedger:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._analytics_task: asyncio.Task[None] | None = None
+        self._analytics_pending: list[UsageEvent] = []
+        self._analytics_first = 0
+        self._analytics_end = 0
+        self._analytics_interval_s = analytics_interval_s
         self._since_checkpoint = 0
         self._checkpoint_every = checkpoint_every
         self.events_written = 0
@@ -137,7 +142,10 @@ class EmbeddedLedger:
         self.view.advance(0, end)
         self.checkpoint.save(end, totals)
         await self._catch_up_analytics()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="llmgw-ledger-writer")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="llmgw-ledger-writer")
+        if self.on_batch is not None:
+            self._analytics_task = loop.create_task(self._analytics_loop(), name="llmgw-analytics-batcher")
 
     def submit(self, event: UsageEvent) -> None:
         """Never blocks the request: the writer task owns durability."""
@@ -158,19 +166,37 @@ class EmbeddedLedger:
                 await asyncio.sleep(0.5)
 
     async def _write(self, batch: list[UsageEvent]) -> None:
-        positions = self.log.append(batch)
+        # fsync off the event loop: the loop keeps relaying streams meanwhile
+        positions = await asyncio.to_thread(self.log.append, batch)
+        end = self.log.end
         totals = self.view.folded
         for ev, pos in zip(batch, positions):
             totals.update(fold(totals, ev, self.tz_of))
             self.view.placed(ev.event_id, 0, pos)
         self.view.advance(0, positions[-1])
         self.events_written += len(batch)
+        if self.on_batch is not None:
+            if not self._analytics_pending:
+                self._analytics_first = positions[0]
+            self._analytics_pending.extend(batch)
+            self._analytics_end = end
         self._since_checkpoint += len(batch)
         if self._since_checkpoint >= self._checkpoint_every:
-            self.checkpoint.save(self.log.end, totals)
             self._since_checkpoint = 0
-        if self.on_batch is not None:
-            await self._analytics(batch, positions[0], self.log.end)
+            await asyncio.to_thread(self.checkpoint.save, end, dict(totals))
+
+    async def _analytics_loop(self) -> None:
+        """ClickHouse wants few large inserts: hand it what accumulated, once a second."""
+        while True:
+            await asyncio.sleep(self._analytics_interval_s)
+            await self._flush_analytics()
+
+    async def _flush_analytics(self) -> None:
+        if not self._analytics_pending:
+            return
+        batch, first, end = self._analytics_pending, self._analytics_first, self._analytics_end
+        self._analytics_pending = []
+        await self._analytics(batch, first, end)
 
     async def _analytics(self, batch: Sequence[UsageEvent], first: int, end: int) -> None:
         try:
@@ -207,12 +233,14 @@ class EmbeddedLedger:
             await self.flush(timeout_s)
         except TimeoutError:
             log.error("ledger stop: %d events still queued after %.1fs", self._queue.qsize(), timeout_s)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._analytics_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        await self._flush_analytics()
         self.checkpoint.save(self.log.end, self.view.folded)
         self.log.close()
 

@@ -110,6 +110,9 @@ class UsageEvent:
     kind: str = USAGE
     adjusts_event_id: str = ""     # for ADJUSTMENT: the event whose cost it corrects
     schema_version: int = SCHEMA_VERSION
+    # What else the price depended on, so re-rating can reproduce the charge.
+    service_tier: str = ""
+    web_search_calls: int = 0
 
     @property
     def ledger_key(self) -> str:

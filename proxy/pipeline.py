@@ -35,8 +35,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     if not call.metered:
         return await passthrough(request, gw, target, adapter.upstream_path, call)
     price, price_estimated = gw.price(target, call.model, started_ms)
-    estimate = worst_case(price, RequestShape(len(call.body), call.max_output_tokens or None,
-                                              call.service_tier, call.image_count, call.web_search))
+    estimate = worst_case(price, RequestShape(len(call.body), call.max_output_tokens, call.service_tier,
+                                              call.image_count, call.web_search, n=call.choices))
     ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request)
     try:
         reservation = gw.policy.reserve(principal, call.tags, estimate, started_ms)   # budget check
@@ -158,6 +158,7 @@ class CallRecord:
             session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
             stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
             cost_estimated=cost_estimated, error_type=usage.error_type,
+            service_tier=call.service_tier or "", web_search_calls=usage.web_search_calls,
         )
 
 

@@ -39,6 +39,10 @@ class Settings:
     gateway_id: str = ""
     admin_key: str = ""
     log_level: str = "INFO"
+    log_format: str = "json"           # "json": one object per line (proxy/ops/logs.py); "text": plain
+    snapshot_max_age_s: float = 30.0   # /readyz fails once the budget snapshot is older (Kafka mode)
+    shutdown_timeout_s: float = 30.0   # SIGTERM: open streams get this long to finish, then events flush
+    otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
     file_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -26,7 +26,7 @@ class Call:
     web_search: bool = False
     tags: tuple[str, ...] = ()         # from the body's metadata
     metered: bool = True               # False for calls that cost nothing (count_tokens, models)
-    choices: int = 1                   # OpenAI `n`: output limits apply per choice
+    choices: int = 1                   # OpenAI `n`: the output limit applies to each choice
     hide_usage_chunk: bool = False     # the gateway asked for stream usage the client did not
 
 

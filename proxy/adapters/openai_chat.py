@@ -116,7 +116,7 @@ class OpenAIChat:
         max_out = optional_int(obj, "max_completion_tokens", "max_tokens")
         return Call(
             model=model, stream=stream, body=orjson.dumps(obj) if changed else body,
-            max_output_tokens=max_out * n if max_out is not None else None,
+            max_output_tokens=max_out,
             service_tier=obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None,
             image_count=count_url_images(obj.get("messages")),
             web_search=has_web_search(obj.get("tools")) or "web_search_options" in obj,

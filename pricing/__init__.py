@@ -1,0 +1,21 @@
+"""Pricing: exact cost per call over a dated catalog, worst-case estimates, imports and re-rating.
+
+Pure functions; money leaves this package as ``int`` micro-USD. ``Decimal`` lives
+only in here, built from the catalog's strings and rounded once per call.
+
+    catalog = load_catalog(overrides)                       # shipped data + overrides
+    price = catalog.price_at(model, ts_ms, provider)        # raises UnknownModel
+    price, estimated = catalog.resolve(model, ts_ms, policy="fallback", fallback_entry="...")
+    cost(tokens, price, service_tier=..., batch=..., web_search_calls=...) -> Cost
+    worst_case(price, RequestShape(...)) -> int             # the reservation's hold
+"""
+from pricing.catalog import Catalog, UnknownModel, load_catalog
+from pricing.cost import Cost, cost
+from pricing.estimate import RequestShape, worst_case
+from pricing.price import CatalogError, Price
+from pricing.rerate import CallOptions, rerate
+
+__all__ = [
+    "CallOptions", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",
+    "cost", "load_catalog", "rerate", "worst_case",
+]

@@ -1,0 +1,93 @@
+"""Exact cost of one call: token counts times dated rates, rounded once to integer micro-USD.
+
+USD per million tokens times tokens is micro-USD, exactly, in Decimal. The sum of
+every part (tokens and per-request fees) is rounded once, half to even, at the
+very end; no part is rounded on its own and no float is ever involved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+
+from ledger.events import Tokens
+from pricing.price import STANDARD_TIERS, Price, Rates
+
+# Wide enough that no product or sum of catalog decimals and token counts is ever
+# rounded before the final quantize (28 digits, the default, would also do; this
+# removes the question).
+MONEY_CONTEXT = Context(prec=60)
+WEB_SEARCH = "web_search"
+_ONE = Decimal(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    micro_usd: int
+    price_version: str
+
+
+def tier_name(service_tier: str | None, batch: bool) -> str | None:
+    """The tier a call is billed at. ``batch`` is the tier named ``batch``."""
+    if not batch:
+        return service_tier
+    if service_tier not in (None, "auto", "batch") and service_tier not in STANDARD_TIERS:
+        raise ValueError(f"a batch call cannot also use service tier {service_tier!r}")
+    return "batch"
+
+
+def token_cost_exact(tokens: Tokens, rates: Rates) -> Decimal:
+    """Micro-USD, unrounded. ``tokens.input`` excludes cache reads/writes; reasoning is part of output."""
+    with localcontext(MONEY_CONTEXT):
+        exact = (rates.input * tokens.input
+                 + rates.cache_write_5m * tokens.cache_write_5m
+                 + rates.cache_write_1h * tokens.cache_write_1h
+                 + rates.cache_read * tokens.cache_read)
+        if rates.reasoning is None:
+            exact += rates.output * tokens.output
+        else:
+            exact += rates.output * (tokens.output - tokens.reasoning) + rates.reasoning * tokens.reasoning
+        return exact
+
+
+def fee_exact(price: Price, name: str, calls: int) -> Decimal:
+    """Micro-USD for ``calls`` requests of a per-1k-requests fee: USD/1k x calls x 1e6 / 1e3."""
+    if calls == 0:
+        return Decimal(0)
+    per_1k = price.fee_usd_per_1k(name)
+    if per_1k is None:
+        raise ValueError(f"{price.version} has no '{name}' fee but the call made {calls} such request(s); "
+                         f"add usd_per_1k_requests.{name} to the entry")
+    with localcontext(MONEY_CONTEXT):
+        return per_1k * calls * 1000
+
+
+def round_micro(exact: Decimal) -> int:
+    with localcontext(MONEY_CONTEXT):
+        return int(exact.quantize(_ONE, rounding=ROUND_HALF_EVEN))
+
+
+def _check(tokens: Tokens) -> None:
+    for name in ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output", "reasoning"):
+        if getattr(tokens, name) < 0:
+            raise ValueError(f"negative token count {name}={getattr(tokens, name)}")
+    if tokens.reasoning > tokens.output:
+        raise ValueError(f"reasoning ({tokens.reasoning}) is part of output ({tokens.output}) and cannot exceed it")
+
+
+def cost(tokens: Tokens, price: Price, *, service_tier: str | None = None, batch: bool = False,
+         web_search_calls: int = 0) -> Cost:
+    """The exact cost of one call, rounded once (half to even) to integer micro-USD.
+
+    Long-context rates apply to the whole request when ``tokens.prompt`` (input +
+    cache writes + cache reads) exceeds the entry's threshold. ``service_tier`` is
+    the tier the provider reports it served (``flex``, ``priority``, Anthropic's
+    ``batch``...); a tier this entry lists no rates for is billed at base rates.
+    ``batch`` selects the ``batch`` tier. Per-request fees are not discounted by tiers.
+    """
+    _check(tokens)
+    if web_search_calls < 0:
+        raise ValueError("web_search_calls must be >= 0")
+    rates = price.rates_for(tokens.prompt, tier_name(service_tier, batch))
+    with localcontext(MONEY_CONTEXT):
+        exact = token_cost_exact(tokens, rates) + fee_exact(price, WEB_SEARCH, web_search_calls)
+    return Cost(round_micro(exact), price.version)
