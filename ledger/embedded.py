@@ -134,6 +134,7 @@ class EmbeddedLedger:
         self._since_checkpoint = 0
         self._checkpoint_every = checkpoint_every
         self.events_written = 0
+        self.events_submitted = 0
 
     async def start(self) -> None:
         position, totals = self.checkpoint.load()
@@ -151,6 +152,7 @@ class EmbeddedLedger:
         """Never blocks the request: the writer task owns durability."""
         self.view.add_local(event)
         self._queue.put_nowait(event)
+        self.events_submitted += 1
 
     async def _run(self) -> None:
         while True:
@@ -225,7 +227,7 @@ class EmbeddedLedger:
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is durable and folded."""
         async with asyncio.timeout(timeout_s):
-            while not self._queue.empty() or self.view.local_backlog:
+            while self.events_written < self.events_submitted:
                 await asyncio.sleep(0.005)
 
     async def stop(self, timeout_s: float = 5.0) -> None:

@@ -11,6 +11,7 @@ and a newer reader fills defaults for older ones.
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
@@ -34,6 +35,11 @@ USAGE = "usage"
 ADJUSTMENT = "adjustment"
 
 
+# Ids need uniqueness, not secrecy: a PRNG seeded from os.urandom, reseeded in forked children.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+
+
 def new_event_id(now_ms: int | None = None) -> str:
     """A UUIDv7-shaped id: 48 bits of milliseconds then 80 random bits.
 
@@ -41,7 +47,7 @@ def new_event_id(now_ms: int | None = None) -> str:
     local log in time order without a second column.
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _random.getrandbits(80)
     value = (ms & ((1 << 48) - 1)) << 80 | rand
     # set version 7 and RFC 4122 variant bits
     value &= ~(0xF << 76)

@@ -62,8 +62,16 @@ def window_bounds(window: str, ts_ms: int, tz: str = "UTC") -> tuple[int, int]:
 
     Hours are real elapsed hours (floored in UTC offsets of the zone); days,
     weeks and months follow the zone's wall clock, so a DST day is 23 or 25 h.
+    Every boundary falls on a whole minute (zone offsets are whole minutes),
+    so bounds are cached per minute: the request path computes them for every
+    call and every budget.
     """
-    local = _local(ts_ms, tz)
+    return _bounds_in_minute(window, ts_ms // 60_000, tz)
+
+
+@lru_cache(maxsize=8192)
+def _bounds_in_minute(window: str, minute: int, tz: str) -> tuple[int, int]:
+    local = _local(minute * 60_000, tz)
     if window == HOUR:
         start = local.replace(minute=0, second=0, microsecond=0)
         return _ms(start), _ms(start) + 3_600_000
