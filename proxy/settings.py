@@ -34,6 +34,7 @@ class Settings:
     unknown_model: str = "reject"      # or "fallback"
     fallback_price: str = ""           # named catalog entry used when unknown_model=fallback
     max_body_bytes: int = 32 * 1024 * 1024
+    spool_max_bytes: int = 256 * 1024 * 1024   # Kafka mode: local spool bound while the broker is away
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 600.0
     gateway_id: str = ""
