@@ -52,12 +52,12 @@ class AdminPrincipal:
     name: str
     role: str
     workspaces: tuple[str, ...] = ()     # "ORG/WORKSPACE"; only a workspace admin is limited by it
-    via: str = "credential"              # credential, admin_key, oidc
+    via: str = "credential"              # credential, admin_key, oidc, cli
 
     @property
     def actor(self) -> str:
         """The ``actor`` written on every config record this admin causes."""
-        return f"{'oidc' if self.via == 'oidc' else 'admin'}:{self.name}"
+        return f"{self.via if self.via in ('oidc', 'cli') else 'admin'}:{self.name}"
 
     def can(self, permission: str) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())

@@ -1,6 +1,50 @@
-"""Routes of this part (being written)."""
+"""Routes of the governance part: ``/admin/...``, the LiteLLM-compatible calls, and the one
+client-key call (``/v1/llmgw/increase-requests``). ``register(app)`` is called by ``create_app``.
+
+Every route here answers errors as ``{"error": {"message", "type", "code"}}``
+(``errors.render``), whatever API shape the rest of the gateway speaks.
+"""
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import yaml
 from aiohttp import web
+
+from proxy.errors import GatewayError
+
+from . import http_budgets, http_entities, http_governance, http_keys, http_limits, litellm
+from .errors import BadRequest, NotFound, render
+from .runtime import admin_ctx
+
+PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_admin_path(path: str) -> bool:
+    return path == "/admin" or any(path.startswith(p) for p in PREFIXES)
+
+
+@web.middleware
+async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render this part's errors in its own JSON shape; other paths pass through untouched."""
+    if not is_admin_path(request.path):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except GatewayError as err:
+        return render(err)
+    except (ValueError, yaml.YAMLError) as exc:        # validation in the pure functions
+        return render(BadRequest(str(exc)))
+    except web.HTTPNotFound:
+        return render(NotFound(f"no route for {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return render(NotFound(f"{request.method} is not supported on {request.path}"))
 
 
 def register(app: web.Application) -> None:
-    """Add this part's routes and middlewares to the gateway app."""
+    """Add this part's routes, its error middleware and its cleanup context to the gateway app."""
+    app.middlewares.append(admin_errors)
+    app.cleanup_ctx.append(admin_ctx)
+    for module in (http_entities, http_keys, http_budgets, http_limits, http_governance, litellm):
+        app.router.add_routes(module.routes)
