@@ -101,8 +101,14 @@ PY
 }
 
 new_cluster_id() {
-  # 16 random bytes, url-safe base64 without padding (what `kafka-storage random-uuid` prints)
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  # 16 random bytes, url-safe base64 without padding (what `kafka-storage random-uuid` prints);
+  # drawn again when it starts with "-", which StorageTool would read as an option
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [[ $id == -* ]] || break
+  done
+  printf '%s' "$id"
 }
 
 write_server_properties() {
