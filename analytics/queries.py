@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -43,6 +43,16 @@ _RAW_METRICS = ", ".join(
 _ROLLUP_METRICS = ", ".join(f"sum({c}) AS {c}" for c in ("requests", *TOKEN_COLUMNS, "cost_micro_usd"))
 _WINDOW = ("ts_start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')"
            " AND ts_start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
+
+
+def _scope(org: str | None, workspaces: Sequence[str] | None) -> tuple[str, dict[str, object]]:
+    """Extra WHERE terms for an org and/or a set of "ORG/WORKSPACE"s (an admin's scope), and their parameters."""
+    sql = ""
+    if org is not None:
+        sql += " AND org = {org:String}"
+    if workspaces is not None:
+        sql += " AND concat(org, '/', workspace) IN {workspaces:Array(String)}"
+    return sql, {"org": org or "", "workspaces": list(workspaces or ())}
 
 
 def format_usd(micro_usd: int) -> str:
@@ -141,14 +151,17 @@ def _grouped_sql(table: str, exprs: Sequence[str], metrics: str, where: str, ord
 
 
 def spend(client: Client, db: str, by: Sequence[str], since_ms: int, until_ms: int,
-          org: str | None = None) -> list[UsageRow]:
-    """Spend in [since_ms, until_ms) by call start, grouped by ``by``, most expensive first."""
+          org: str | None = None, workspaces: Sequence[str] | None = None) -> list[UsageRow]:
+    """Spend in [since_ms, until_ms) by call start, grouped by ``by``, most expensive first.
+
+    ``workspaces`` ("ORG/WORKSPACE" strings) limits it to those workspaces.
+    """
     names, exprs, params = _dimensions(by)
-    where = _WINDOW + (" AND org = {org:String}" if org is not None else "")
-    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, where,
+    scope, scope_params = _scope(org, workspaces)
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, _WINDOW + scope,
                        "cost_micro_usd DESC")
-    rows = client.query(sql, parameters={**params, "since_ms": since_ms, "until_ms": until_ms,
-                                         "org": org or ""}).result_rows
+    rows = client.query(sql, parameters={**params, **scope_params, "since_ms": since_ms,
+                                         "until_ms": until_ms}).result_rows
     return [UsageRow.from_row(names, row) for row in rows]
 
 
@@ -163,8 +176,9 @@ def month_bounds_ms(month: str) -> tuple[int, int]:
     return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000
 
 
-def chargeback_rows(client: Client, db: str, month: str,
-                    by: Sequence[str] = ("workspace",), org: str | None = None) -> Iterator[UsageRow]:
+def chargeback_rows(client: Client, db: str, month: str, by: Sequence[str] = ("workspace",),
+                    org: str | None = None, workspaces: Sequence[str] | None = None,
+                    ) -> Generator[UsageRow, None, None]:
     """Stream a month's spend grouped by ``by``, in group order; each row's group starts with ("month", month).
 
     The result streams from ClickHouse while it is iterated: finish (or close)
@@ -172,9 +186,9 @@ def chargeback_rows(client: Client, db: str, month: str,
     """
     since_ms, until_ms = month_bounds_ms(month)
     names, exprs, params = _dimensions(by)
-    where = _WINDOW + (" AND org = {org:String}" if org is not None else "")
-    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, where, "")
-    parameters = {**params, "since_ms": since_ms, "until_ms": until_ms, "org": org or ""}
+    scope, scope_params = _scope(org, workspaces)
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, _WINDOW + scope, "")
+    parameters = {**params, **scope_params, "since_ms": since_ms, "until_ms": until_ms}
     with client.query_rows_stream(sql, parameters=parameters) as stream:
         for row in stream:
             yield UsageRow.from_row(["month", *names], [month, *row])
@@ -243,7 +257,8 @@ def trace(client: Client, db: str, session_id: str) -> list[TraceCall]:
 
 
 def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
-           by: Sequence[str] = (), org: str | None = None) -> list[UsageRow]:
+           by: Sequence[str] = (), org: str | None = None,
+           workspaces: Sequence[str] | None = None) -> list[UsageRow]:
     """Dashboard series from ``usage_by_{grain}``: one row per bucket and group, in time order.
 
     Each row's group starts with (grain, bucket start as 'YYYY-MM-DD[ hh:mm:ss]' UTC).
@@ -256,11 +271,11 @@ def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
     bucket = f"toStartOf{grain.capitalize()}(fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC'))"
     if grain == "day":
         bucket = "toDate(fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC'))"
-    where = (f"{grain} >= {bucket} AND {grain} < fromUnixTimestamp64Milli({{until_ms:Int64}}, 'UTC')"
-             + (" AND org = {org:String}" if org is not None else ""))
+    scope, scope_params = _scope(org, workspaces)
+    where = f"{grain} >= {bucket} AND {grain} < fromUnixTimestamp64Milli({{until_ms:Int64}}, 'UTC')" + scope
     sql = _grouped_sql(f"{check_identifier(db)}.usage_by_{grain}", exprs, _ROLLUP_METRICS, where, "")
-    rows = client.query(sql, parameters={**params, "since_ms": since_ms, "until_ms": until_ms,
-                                         "org": org or ""}).result_rows
+    rows = client.query(sql, parameters={**params, **scope_params, "since_ms": since_ms,
+                                         "until_ms": until_ms}).result_rows
     return [UsageRow.from_row([grain, *names], row) for row in rows]
 
 

@@ -158,6 +158,11 @@ def _unique(events: Iterable[UsageEvent]) -> list[UsageEvent]:
     return list(seen.values())
 
 
+def check_event(event: UsageEvent) -> None:
+    """Raise ``ValueError`` for an event ``Sink.insert`` would refuse (no id, a negative count)."""
+    _check(event)
+
+
 def _check(event: UsageEvent) -> None:
     if not event.event_id:
         raise ValueError("usage event without event_id")
@@ -190,4 +195,4 @@ def _token(prefix: str | None, month: str, chunk: Sequence[UsageEvent]) -> str:
     return f"{prefix or 'events'}|{month}|{len(chunk)}|{digest.hexdigest()}"
 
 
-__all__ = ["COLUMN_NAMES", "Sink"]
+__all__ = ["COLUMN_NAMES", "Sink", "check_event"]

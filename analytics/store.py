@@ -89,20 +89,23 @@ class Target:
 
 
 _lock = threading.Lock()
-_clients: dict[tuple[str, str, str], Client] = {}
+_clients: dict[tuple[str, str, str, str], Client] = {}
 _chdb_path: str | None = None
 
 
-def connect(dsn: str, *, database: str | None = None) -> Client:
+def connect(dsn: str, *, database: str | None = None, role: str = "default") -> Client:
     """The process-wide client for ``dsn``; ``database`` overrides the DSN's default database.
 
     The database is created if it does not exist. The client is shared: it is
     thread-safe for queries and inserts (chDB calls are serialized per client),
     but a streamed result must be consumed before the same client runs anything else.
+    ``role`` asks for a separate client (for chDB, another handle on the same
+    engine): readers that stream long results (``role="reader"``) then never
+    hold up the writer's inserts.
     """
     target = Target.from_dsn(dsn)
     db = check_identifier(database) if database else target.database
-    key = (target.kind, target.location, db)
+    key = (target.kind, target.location, db, role)
     global _chdb_path
     with _lock:
         client = _clients.get(key)
@@ -149,13 +152,13 @@ def _ensure_database(client: Client, database: str) -> None:
 
 
 def disconnect(dsn: str, *, database: str | None = None) -> None:
-    """Close and forget one cached client (a test that dropped its database)."""
+    """Close and forget the cached clients of one database, every role (a test that dropped it)."""
     target = Target.from_dsn(dsn)
-    key = (target.kind, target.location, check_identifier(database) if database else target.database)
+    db = check_identifier(database) if database else target.database
     with _lock:
-        client = _clients.pop(key, None)
+        dropped = [_clients.pop(key) for key in list(_clients) if key[:3] == (target.kind, target.location, db)]
         _forget_engine_if_unused()
-    if client is not None:
+    for client in dropped:
         client.close()
 
 
@@ -171,7 +174,7 @@ def close_all() -> None:
 
 def _forget_engine_if_unused() -> None:
     global _chdb_path
-    if not any(kind == "chdb" for kind, _, _ in _clients):
+    if not any(key[0] == "chdb" for key in _clients):
         _chdb_path = None
 
 

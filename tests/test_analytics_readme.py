@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
-from analytics import store
+from analytics import audit, reconcile, store
+from analytics.reconcile import BilledCost
+from ledger.configlog import ConfigRecord
 from ledger.events import REJECTED_BUDGET, Tokens
+from proxy.budgets import Budget
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 
 README = Path(__file__).resolve().parents[1] / "analytics" / "README.md"
@@ -22,6 +26,13 @@ def test_readme_queries_run_as_written(analytics_db: AnalyticsDB) -> None:
     events.append(usage_event(9000, outcome=REJECTED_BUDGET, model_served="", tokens=Tokens(), cost_micro_usd=0))
     analytics_db.sink.insert(events)
     analytics_db.sink.insert(events[:3])                  # a re-delivery changes nothing below
+    budget = Budget("workspace", "ws-a", "month", 100_000_000, org="acme").record(actor="admin:ops", reason="Q4")
+    raised = ConfigRecord(budget.id, "budget", {**(budget.data or {}), "limit_micro_usd": 150_000_000},
+                          budget.ts_ms + 1, "admin:finance", "launch")
+    audit.insert_records(analytics_db.client, analytics_db.database, [budget, raised])
+    billed = [BilledCost("anthropic", date(2026, 11, 4), "Claude Sonnet 4.5 Usage - Input Tokens", "wrkspc_1",
+                         "claude-sonnet-4-5", 20_000_000)]
+    reconcile.import_costs(analytics_db.client, analytics_db.database, billed, "report.json")
     client = store.connect(analytics_db.dsn, database=analytics_db.database)   # README queries are unqualified
     results = {}
     for sql in SQL_BLOCKS:
@@ -37,3 +48,7 @@ def test_readme_queries_run_as_written(analytics_db: AnalyticsDB) -> None:
     assert [r["diff"] for r in reconciliation] == [0]
     session = next(rows for sql, rows in results.items() if "running_cost_micro_usd" in sql)
     assert session[-1]["running_cost_micro_usd"] == sum(e.cost_micro_usd for e in events)
+    changes = next(rows for sql, rows in results.items() if "FROM audit_log" in sql)
+    assert [(r["limit_before"], r["limit_after"]) for r in changes] == [(100_000_000, 150_000_000), (0, 100_000_000)]
+    [day] = next(rows for sql, rows in results.items() if "delta_micro_usd" in sql)
+    assert day["delta_micro_usd"] == 20_000_000 - sum(e.cost_micro_usd for e in events)
