@@ -16,6 +16,7 @@ Resolution for one call (``effective``):
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -49,6 +50,16 @@ def parse_scope(scope: str) -> tuple[str, str]:
     if kind == "tag" and ":" not in name:
         raise ValueError("a tag scope reads tag:NAME:VALUE, e.g. tag:project:payments")
     return kind, name
+
+
+def parse_action(text: str) -> tuple[str, str]:
+    """``refuse`` or ``downgrade:MODEL`` as (action, downgrade_to)."""
+    action, _, model = text.partition(":")
+    if action == "refuse" and not model:
+        return "refuse", ""
+    if action == "downgrade" and model.strip():
+        return "downgrade", model.strip()
+    raise ValueError(f"action {text!r}: expected `refuse` or `downgrade:MODEL` (a cheaper model of the same API)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,10 @@ class Budget:
         adj = {"hour": "hourly", "day": "daily", "week": "weekly", "month": "monthly"}[self.window]
         return f"{who} {adj} budget {micro_to_usd(self.limit_micro_usd)}"
 
+    def at_cap(self) -> str:
+        """What happens to a call that would go over: for listings and ``explain``."""
+        return f"downgrade to {self.downgrade_to}" if self.action == "downgrade" else "refuse"
+
 
 @dataclass(frozen=True, slots=True)
 class Applied:
@@ -104,26 +119,41 @@ class Applied:
 
 
 def _entity(p: Principal, kind: str) -> str:
-    return {"org": p.org, "workspace": f"{p.org}/{p.workspace}", "user": f"{p.org}/{p.user}",
-            "key": p.key_id}[kind]
+    if kind == "org":
+        return p.org
+    if kind == "workspace":
+        return f"{p.org}/{p.workspace}"
+    if kind == "user":
+        return f"{p.org}/{p.user}"
+    return p.key_id
 
 
-def _name(p: Principal, kind: str) -> str:
-    return {"org": p.org, "workspace": p.workspace, "user": p.user, "key": p.key_id}[kind]
+_KINDS = ("org", "workspace", "user", "key")
+_NONE: dict[str, list[Budget]] = {}
 
 
 class BudgetBook:
-    """All budgets from the config log, indexed for a per-call lookup in microseconds."""
+    """All budgets from the config log, indexed for a per-call lookup in microseconds:
+    per (scope kind, name) and per window, so a call touches only its own scopes' budgets."""
 
     def __init__(self, budgets: list[Budget]) -> None:
-        self._by_scope: dict[tuple[str, str], list[Budget]] = {}
-        self._defaults: dict[str, list[Budget]] = {}
+        self._by_scope: dict[tuple[str, str], dict[str, list[Budget]]] = {}
+        self._defaults: dict[str, dict[str, list[Budget]]] = {}
+        self._tags: dict[str, list[Budget]] = {}
         for b in budgets:
             if b.kind == "default":
-                self._defaults.setdefault(b.scope_kind, []).append(b)
+                self._defaults.setdefault(b.scope_kind, {}).setdefault(b.window, []).append(b)
+            elif b.scope_kind == "tag":
+                self._tags.setdefault(b.name, []).append(b)
             else:
-                self._by_scope.setdefault((b.scope_kind, b.name), []).append(b)
+                self._by_scope.setdefault((b.scope_kind, b.name), {}).setdefault(b.window, []).append(b)
         self.count = len(budgets)
+        self._expiries = sorted({b.until_ms for b in budgets if b.kind == "exception" and b.until_ms})
+
+    def next_expiry_ms(self, now_ms: int) -> int:
+        """When the next exception ends (after which ``effective`` may answer differently)."""
+        i = bisect.bisect_right(self._expiries, now_ms)
+        return self._expiries[i] if i < len(self._expiries) else 1 << 62
 
     @classmethod
     def from_state(cls, state: ConfigState) -> "BudgetBook":
@@ -131,25 +161,33 @@ class BudgetBook:
 
     def effective(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> list[Applied]:
         out: list[Applied] = []
-        for kind in ("org", "workspace", "user", "key"):
-            own = [b for b in self._by_scope.get((kind, _name(p, kind)), ()) if b.org in ("", p.org)]
+        names = (p.org, p.workspace, p.user, p.key_id)
+        for kind, name in zip(_KINDS, names):
+            own = self._by_scope.get((kind, name), _NONE)
+            defaults = self._defaults.get(kind, _NONE)
+            if not own and not defaults:
+                continue
+            entity = _entity(p, kind)
             for window in WINDOWS:
-                out.extend(self._for_scope_window(p, kind, window, own, tags, now_ms))
+                mine = [b for b in own.get(window, ()) if b.org in ("", p.org)]
+                base = [d for d in defaults.get(window, ()) if d.org in ("", p.org)]
+                if mine or base:
+                    out.extend(self._for_scope_window(kind, entity, mine, base, tags, now_ms))
         for t in tags:
-            for b in self._by_scope.get(("tag", t), ()):
+            for b in self._tags.get(t, ()):
                 if b.org in ("", p.org) and b.kind == "budget":
                     out.append(Applied(b, F.TAG, f"{p.org}/{t}"))
         return out
 
-    def _for_scope_window(self, p: Principal, kind: str, window: str, own: list[Budget],
+    @staticmethod
+    def _for_scope_window(kind: str, entity: str, mine: list[Budget], defaults: list[Budget],
                           tags: tuple[str, ...], now_ms: int) -> list[Applied]:
-        entity = _entity(p, kind)
-        mine = [b for b in own if b.window == window]
-        exceptions = [b for b in mine if b.kind == "exception" and b.tag and (not b.until_ms or now_ms < b.until_ms)
-                      and kind in _TAG_DIM]
         plain = [b for b in mine if b.kind == "budget" and not b.tag]
-        narrowed = [b for b in mine if b.kind == "budget" and b.tag and b.tag in tags and kind in _TAG_DIM]
-        base = plain or [d for d in self._defaults.get(kind, ()) if d.window == window and d.org in ("", p.org)]
+        base = plain or defaults
+        if kind not in _TAG_DIM or len(plain) == len(mine):      # the common case: no tag, no exception
+            return [Applied(b, _PLAIN_DIM[kind], entity) for b in base]
+        exceptions = [b for b in mine if b.kind == "exception" and b.tag and (not b.until_ms or now_ms < b.until_ms)]
+        narrowed = [b for b in mine if b.kind == "budget" and b.tag and b.tag in tags]
         out = [Applied(b, _TAG_DIM[kind], f"{entity}/{b.tag}") for b in narrowed]
         covering = [e for e in exceptions if e.tag in tags]
         if covering:

@@ -16,7 +16,9 @@ from typing import Callable
 from ledger.configlog import ConfigRecord, ConfigState, open_config_log
 
 from . import keys as K
-from .budgets import Budget, BudgetBook, micro_to_usd, parse_scope, usd_to_micro
+from .access import ModelAccess, ModelList, parse_patterns
+from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
+from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -47,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     s = _settings(args, host=args.host, port=args.port)
-    logging.basicConfig(level=s.log_level, format="%(message)s")
+    from .ops.logs import configure_logging
+    configure_logging(s)                     # one JSON object per line, secrets redacted
     try:
         import uvloop
         uvloop.install()
@@ -56,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
     print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
     web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None,
-                shutdown_timeout=30.0)
+                shutdown_timeout=s.shutdown_timeout_s)
     return 0
 
 
@@ -99,18 +102,22 @@ def _parse_until(text: str) -> int:
 
 def cmd_budgets_set(args: argparse.Namespace) -> int:
     kind, name = parse_scope(args.scope)
+    action, to = parse_action(args.action)
     b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=args.org or "", tag=args.tag or "",
-               kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0)
+               kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0,
+               action=action, downgrade_to=to)
     if b.kind == "exception" and not b.tag:
         print("--until makes an exception, which needs --tag (the project it lifts)", file=sys.stderr)
         return 2
     _append(args, b.record(reason=args.reason or ""))
-    print(f"set: {b.describe()}" + (f" until {args.until}" if args.until else ""))
+    print(f"set: {b.describe()}" + (f" until {args.until}" if args.until else "") + f"; at cap: {b.at_cap()}")
     return 0
 
 
 def cmd_budgets_default(args: argparse.Namespace) -> int:
-    b = Budget(args.kind, "*", args.window, usd_to_micro(args.limit_usd), org=args.org or "", kind="default")
+    action, to = parse_action(args.action)
+    b = Budget(args.kind, "*", args.window, usd_to_micro(args.limit_usd), org=args.org or "", kind="default",
+               action=action, downgrade_to=to)
     _append(args, b.record(reason=args.reason or ""))
     print(f"default: {b.describe()}")
     return 0
@@ -120,7 +127,7 @@ def cmd_budgets_list(args: argparse.Namespace) -> int:
     for r in sorted(_state(args).of_type("budget"), key=lambda r: r.id):
         b = Budget.from_record(r)
         until = f" until {datetime.fromtimestamp(b.until_ms / 1000, timezone.utc):%Y-%m-%d}" if b.until_ms else ""
-        print(f"{b.kind:9} {b.describe()}{until}")
+        print(f"{b.kind:9} {b.describe()}{until}; at cap: {b.at_cap()}")
     return 0
 
 
@@ -131,7 +138,8 @@ def cmd_budgets_explain(args: argparse.Namespace) -> int:
         print(f"no key {args.key}", file=sys.stderr)
         return 1
     d = rec.data
-    p = K.Principal(d["key_id"], d["org"], d["workspace"], d["user"], tuple(d.get("tags") or ()))
+    p = K.Principal(d["key_id"], d["org"], d["workspace"], d["user"], tuple(d.get("tags") or ()),
+                    tuple(d.get("allowed_models") or ()))
     tags = tuple(sorted({*p.tags, *(args.tag or ())}))
     applied = BudgetBook.from_state(state).effective(p, tags, int(time.time() * 1000))
     print(f"key {p.key_id}: org {p.org}, workspace {p.workspace}, user {p.user}, tags {', '.join(tags) or '-'}")
@@ -142,7 +150,67 @@ def cmd_budgets_explain(args: argparse.Namespace) -> int:
                "budget": "explicit"}[a.budget.kind]
         carve = f"; not counting {', '.join(e for _, e in a.carve_out)}" if a.carve_out else ""
         print(f"  {a.budget.window:5} {micro_to_usd(a.budget.limit_micro_usd):>12} on {a.spend_dim} {a.entity}"
-              f"  <- {src} ({a.budget.origin}){carve}")
+              f"  <- {src} ({a.budget.origin}){carve}; at cap: {a.budget.at_cap()}")
+    limits = RateBook.from_state(state).effective(p)
+    print("rate limits:" if limits else "no rate limit applies")
+    for r in limits:
+        src = "default for every " + r.limit.scope_kind if r.limit.name == "*" else "explicit"
+        burst = f", burst {r.limit.capacity:,}" if r.limit.burst else ""
+        print(f"  {r.limit.metric:5} {r.limit.limit:>11,}{burst} on {r.limit.scope_kind} {r.entity}"
+              f"  <- {src} ({r.limit.origin})")
+    lists = ModelAccess.from_state(state).lists_for(p)
+    print("models: " + ("every list must allow the model" if lists else "any model (no allow-list applies)"))
+    for m in lists:
+        print(f"  {m.scope_kind} {m.name}: {', '.join(m.patterns)}  <- {m.origin}")
+    return 0
+
+
+# -- rate limits and model access ---------------------------------------------------------
+def cmd_limits_set(args: argparse.Namespace) -> int:
+    kind, name = parse_limit_scope(args.scope)
+    lim = RateLimit(kind, name, args.metric, args.limit, args.burst or 0, org=args.org or "")
+    _append(args, lim.record(reason=args.reason or ""))
+    print(f"limit: {lim.describe()}")
+    return 0
+
+
+def cmd_limits_unset(args: argparse.Namespace) -> int:
+    kind, name = parse_limit_scope(args.scope)
+    lim = RateLimit(kind, name, args.metric, 0, org=args.org or "")
+    if _state(args).get("ratelimit", lim.record_name) is None:
+        print(f"no {args.metric} limit on {args.scope}" + (f" in org {args.org}" if args.org else ""), file=sys.stderr)
+        return 1
+    _append(args, ConfigRecord.put("ratelimit", lim.record_name, None, reason=args.reason or ""))
+    print(f"removed the {args.metric} limit on {args.scope}")
+    return 0
+
+
+def cmd_limits_list(args: argparse.Namespace) -> int:
+    for r in sorted(_state(args).of_type("ratelimit"), key=lambda r: r.id):
+        print(RateLimit.from_record(r).describe())
+    return 0
+
+
+def cmd_models_allow(args: argparse.Namespace) -> int:
+    kind, name = parse_limit_scope(args.scope)
+    m = ModelList(kind, name, parse_patterns(args.patterns), org=args.org or "")
+    _append(args, m.record(reason=args.reason or ""))
+    print(f"models: {m.who()} may call {', '.join(m.patterns)}")
+    return 0
+
+
+def cmd_models_clear(args: argparse.Namespace) -> int:
+    kind, name = parse_limit_scope(args.scope)
+    m = ModelList(kind, name, (), org=args.org or "")
+    _append(args, ConfigRecord.put("models", m.record_name, None, reason=args.reason or ""))
+    print(f"models: {m.who()} has no allow-list of its own")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    for r in sorted(_state(args).of_type("models"), key=lambda r: r.id):
+        m = ModelList.from_record(r)
+        print(f"{m.who()}: {', '.join(m.patterns)}")
     return 0
 
 
@@ -210,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--org", help="only in this organization (default: the name in any org)")
     bs.add_argument("--tag", help="only calls tagged NAME:VALUE, e.g. project:payments")
     bs.add_argument("--until", help="makes an exception (needs --tag) that ends at this ISO date/time")
+    bs.add_argument("--action", default="refuse", help="at cap: refuse (default) or downgrade:MODEL, "
+                    "a cheaper model of the same API served instead while it still fits")
     bs.add_argument("--reason")
     bs.set_defaults(func=cmd_budgets_set)
     bd = b.add_parser("default", help="a budget for every scope of a kind, e.g. `budgets default user day 20`")
@@ -217,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("window", choices=["hour", "day", "week", "month"])
     bd.add_argument("limit_usd")
     bd.add_argument("--org")
+    bd.add_argument("--action", default="refuse", help="refuse (default) or downgrade:MODEL")
     bd.add_argument("--reason")
     bd.set_defaults(func=cmd_budgets_default)
     b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)
@@ -225,6 +296,39 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tag", action="append", help="as if the call carried this tag")
     be.set_defaults(func=cmd_budgets_explain)
 
+    scope_help = "org:NAME, workspace:NAME, user:NAME or key:KEY_ID; NAME * sets the default for every one"
+    li = sub.add_parser("limits", help="rate limits: requests and tokens per minute and per day").add_subparsers(
+        dest="limits_cmd", required=True, metavar="ACTION")
+    ls = li.add_parser("set", help="e.g. `limits set user:alice rpm 60 --burst 10`, `limits set user:* tpd 2000000`")
+    ls.add_argument("scope", help=scope_help)
+    ls.add_argument("metric", choices=list(METRICS))
+    ls.add_argument("limit", type=int, help="requests or tokens per minute (rpm, tpm) or per day (rpd, tpd)")
+    ls.add_argument("--burst", type=int, help="most admitted at once (default: the limit itself)")
+    ls.add_argument("--org", help="only in this organization (default: the name in any org)")
+    ls.add_argument("--reason")
+    ls.set_defaults(func=cmd_limits_set)
+    lu = li.add_parser("unset", help="remove one limit")
+    lu.add_argument("scope", help=scope_help)
+    lu.add_argument("metric", choices=list(METRICS))
+    lu.add_argument("--org")
+    lu.add_argument("--reason")
+    lu.set_defaults(func=cmd_limits_unset)
+    li.add_parser("list", help="list rate limits and defaults").set_defaults(func=cmd_limits_list)
+    mo = sub.add_parser("models", help="model allow-lists per user, workspace, org or key").add_subparsers(
+        dest="models_cmd", required=True, metavar="ACTION")
+    ma = mo.add_parser("allow", help="e.g. `models allow workspace:interns 'claude-haiku-*,gpt-4o-mini'`")
+    ma.add_argument("scope", help=scope_help)
+    ma.add_argument("patterns", help="comma-separated model names or glob patterns; replaces the scope's list")
+    ma.add_argument("--org")
+    ma.add_argument("--reason")
+    ma.set_defaults(func=cmd_models_allow)
+    mc = mo.add_parser("clear", help="remove a scope's allow-list")
+    mc.add_argument("scope", help=scope_help)
+    mc.add_argument("--org")
+    mc.add_argument("--reason")
+    mc.set_defaults(func=cmd_models_clear)
+    mo.add_parser("list", help="list model allow-lists").set_defaults(func=cmd_models_list)
+
     lg = sub.add_parser("ledger", help="the event-sourced ledger").add_subparsers(
         dest="ledger_cmd", required=True, metavar="ACTION")
     lg.add_parser("rebuild", help="refold the whole log and compare with the live aggregates").set_defaults(
@@ -232,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_parser("worker", help="run a ledger processor (Kafka mode; run several to scale)").set_defaults(
         func=cmd_ledger_worker)
 
-    for module in ("pricing.cli", "analytics.cli", "proxy.admin.cli", "proxy.ops.cli"):
+    for module in ("pricing.cli", "analytics.cli", "analytics.sink_cli", "analytics.reconcile_cli",
+                   "proxy.admin.cli", "proxy.ops.cli", "ledger.alerts_cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as exc:           # pragma: no cover - only while a part is missing

@@ -19,7 +19,6 @@ from ledger.events import UsageEvent, normalize_tags
 from ledger.spend import SpendView
 from pricing import Catalog, Price, UnknownModel
 
-from .budgets import BudgetBook
 from .errors import AuthError, NotFound
 from .keys import Principal, authenticate, presented_key
 from .policy import Policy
@@ -47,14 +46,15 @@ class Gateway:
     org_timezones: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.policy = Policy(self.ledger.view, BudgetBook.from_state(self.config), tz_of=self.tz_of)
+        self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,
+                                         self.settings.file_config.get("policy"))
 
     def tz_of(self, org: str) -> str:
         return self.org_timezones.get(org, "UTC")
 
     def config_changed(self) -> None:
         """Rebuild indexes derived from the config log (called by the follower)."""
-        self.policy.book = BudgetBook.from_state(self.config)
+        self.policy.reload(self.config)
 
     def authenticate(self, request: web.Request) -> Principal:
         key = presented_key(request.headers)

@@ -14,12 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from ledger import events as E
-from pricing import RequestShape, UnknownModel, cost, worst_case
+from pricing import RequestShape, UnknownModel, cost
 
-from . import forward
+from . import admission, forward
 from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError, NotFound
 from .keys import Principal
+from .ops.failure import admit
 from .routing import Target
 from .types import Adapter, Call, Usage
 
@@ -28,22 +29,28 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started_ms, t0 = int(time.time() * 1000), time.monotonic()
     principal = gw.authenticate(request)                                     # auth
+    stale = admit(request.app, principal)          # failure policy: refuse, or tag llmgw:stale (proxy/ops)
     call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
-    call = replace(call, tags=E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request))))
+    call = replace(call, tags=E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request), *stale)))
     gw.policy.check_model(principal, call.model)
     target = gw.routing.resolve(adapter.family, call.model)
     if not call.metered:
         return await passthrough(request, gw, target, adapter.upstream_path, call)
     price, price_estimated = gw.price(target, call.model, started_ms)
-    estimate = worst_case(price, RequestShape(len(call.body), call.max_output_tokens, call.service_tier,
-                                              call.image_count, call.web_search, n=call.choices))
+    shape = RequestShape(len(call.body), call.max_output_tokens, call.service_tier,
+                         call.image_count, call.web_search, n=call.choices)
     ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request)
-    try:
-        reservation = gw.policy.reserve(principal, call.tags, estimate, started_ms)   # budget check
+    try:                                             # budgets, rate limits; may queue or downgrade (admission.py)
+        admitted = await admission.admit(gw, request, principal, adapter.family, call, shape, target, price,
+                                         price_estimated, started_ms)
     except GatewayError as err:
-        gw.ledger.submit(ctx.event(gw, Usage(), E.REJECTED_BUDGET if err.kind == "budget" else E.REJECTED_RATE,
+        gw.ledger.submit(ctx.event(gw, Usage(), _REJECTED.get(err.kind, E.REJECTED_POLICY),
                                    err.status, t0, None, 0, ""))
         raise
+    reservation, call, target = admitted.reservation, admitted.call, admitted.target
+    price, price_estimated = admitted.price, admitted.price_estimated
+    if admitted.downgraded:                          # the event keeps the model the client asked for
+        ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request, ctx.call.model)
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
@@ -80,7 +87,10 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         ttft = relay.first_output_s if relay else None
         gw.ledger.submit(ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd,
                                    priced.price_version, cost_estimated=price_estimated))
-        gw.policy.release(reservation)
+        gw.policy.release(reservation, usage.tokens.total)
+
+
+_REJECTED = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}
 
 
 def _outcome(status: int, relay: "forward.Relay | None", usage: Usage) -> str:
@@ -129,11 +139,13 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
 class CallRecord:
     """Attribution of one call, fixed before forwarding; turns a usage into an event."""
 
-    __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id")
+    __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id",
+                 "model_requested")
 
     def __init__(self, principal: Principal, adapter: Adapter, call: Call, provider: str,
-                 started_ms: int, request: web.Request) -> None:
+                 started_ms: int, request: web.Request, model_requested: str = "") -> None:
         self.principal, self.adapter, self.call, self.provider = principal, adapter, call, provider
+        self.model_requested = model_requested or call.model
         self.started_ms = started_ms
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
@@ -149,7 +161,7 @@ class CallRecord:
             event_id=E.new_event_id(self.started_ms), ts_start_ms=self.started_ms,
             ts_end_ms=self.started_ms + int((now - t0) * 1000),
             org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
-            provider=self.provider, api=self.adapter.api, model_requested=call.model,
+            provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,
             model_served=usage.model_served or call.model, tokens=usage.tokens,
             cost_micro_usd=cost_micro_usd, price_version=price_version, outcome=outcome,
             http_status=status, latency_ms=int((now - t0) * 1000),

@@ -28,6 +28,7 @@ from .forward import upstream_headers
 from .keys import Principal
 from .pipeline import CallRecord
 from .policy import Reservation
+from .ratelimit import worst_case_tokens
 from .routing import Target
 from .types import Call
 
@@ -122,7 +123,8 @@ def _admit(gw: Gateway, request: web.Request, principal: Principal, obj: dict) -
         shape = RequestShape(len(call.body), call.max_output_tokens, call.service_tier, call.image_count,
                              call.web_search)
     tags = E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request)))
-    reservation = gw.policy.reserve(principal, tags, worst_case(price, shape), now_ms)
+    reservation = gw.policy.reserve(principal, tags, worst_case(price, shape), now_ms,   # no queue, no downgrade
+                                    tokens=worst_case_tokens(price, shape))
     call = replace(call, tags=tags, stream=True)
     return _InFlight(CallRecord(principal, _ADAPTER, call, target.upstream.name, now_ms, request),
                      call, reservation, price, est)
@@ -155,4 +157,4 @@ def _settle(gw: Gateway, f: _InFlight, outcome: str, status: int) -> None:
     priced = cost(usage.tokens, f.price, service_tier=f.call.service_tier, web_search_calls=usage.web_search_calls)
     gw.ledger.submit(f.record.event(gw, usage, outcome, status, f.t0, f.first_output, priced.micro_usd,
                                     priced.price_version, cost_estimated=f.price_estimated))
-    gw.policy.release(f.reservation)
+    gw.policy.release(f.reservation, usage.tokens.total)

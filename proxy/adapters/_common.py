@@ -40,6 +40,16 @@ def optional_int(obj: dict[str, Any], *names: str) -> int | None:
     return None
 
 
+def optional_bool(obj: dict[str, Any], name: str) -> bool:
+    """A flag the gateway acts on (``stream``): true, false or absent, nothing a provider might coerce."""
+    v = obj.get(name)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise BadRequest(f"`{name}` must be true or false")
+    return v
+
+
 def take_metadata_tags(obj: dict[str, Any], string_values_are_tags: bool) -> tuple[tuple[str, ...], bool]:
     """Tags from ``metadata``: LiteLLM-style ``metadata.tags`` (a list, removed
     before forwarding because providers reject it) and, for OpenAI, plain
@@ -48,8 +58,10 @@ def take_metadata_tags(obj: dict[str, Any], string_values_are_tags: bool) -> tup
     Returns the tags and whether the body was changed.
     """
     meta = obj.get("metadata")
-    if not isinstance(meta, dict):
+    if meta is None:
         return (), False
+    if not isinstance(meta, dict):
+        raise BadRequest("`metadata` must be an object")
     tags: list[str] = []
     changed = False
     if "tags" in meta and not isinstance(meta.get("tags"), str):

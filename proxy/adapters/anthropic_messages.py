@@ -13,7 +13,7 @@ from ledger.events import Tokens
 from ..errors import GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, int_of, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -127,7 +127,7 @@ class AnthropicMessages:
         tags, changed = take_metadata_tags(obj, string_values_are_tags=False)
         return Call(
             model=model,
-            stream=obj.get("stream") is True,
+            stream=optional_bool(obj, "stream"),
             body=orjson.dumps(obj) if changed else body,
             max_output_tokens=optional_int(obj, "max_tokens"),
             image_count=count_url_images(obj.get("messages")),

@@ -14,7 +14,7 @@ from ledger.events import Tokens
 from ..errors import GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, int_of, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded",
@@ -24,7 +24,7 @@ _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_to
 
 
 def error_object(err: GatewayError) -> dict:
-    code = "budget_exceeded" if err.kind == "budget" else _ERROR_CODES.get(err.status, err.kind)
+    code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
     etype = "insufficient_quota" if err.kind == "budget" else _ERROR_TYPES.get(err.status, "server_error")
     return {"error": {"message": err.message, "type": etype, "param": None, "code": code}}
 
@@ -105,7 +105,7 @@ class OpenAIChat:
         obj = parse_object(body)
         model = require_model(obj)
         tags, changed = take_metadata_tags(obj, string_values_are_tags=True)
-        stream = obj.get("stream") is True
+        stream = optional_bool(obj, "stream")
         hide = False
         if stream:
             opts = obj.get("stream_options")

@@ -12,7 +12,7 @@ import orjson
 from ..errors import GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 from .openai_chat import error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -88,7 +88,7 @@ def parse_create(obj: dict, body: bytes | None) -> Call:
     tags, changed = take_metadata_tags(obj, string_values_are_tags=True)
     return Call(
         model=model,
-        stream=obj.get("stream") is True,
+        stream=optional_bool(obj, "stream"),
         body=orjson.dumps(obj) if changed or body is None else body,
         max_output_tokens=optional_int(obj, "max_output_tokens"),
         service_tier=obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None,

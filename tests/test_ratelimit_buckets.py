@@ -1,0 +1,181 @@
+"""The rate limiter on its own, on a frozen clock: buckets, bursts, shares, settlement, booked waits."""
+from __future__ import annotations
+
+import pytest
+
+from ledger.configlog import ConfigState
+from proxy.errors import RateLimited
+from proxy.keys import Principal
+from proxy.queueing import WaitQueue
+from proxy.ratelimit import ProxyCount, RateBook, RateLimit, RateLimiter
+
+ALICE = Principal("k1", "acme", "backend", "alice")
+BOB = Principal("k2", "acme", "backend", "bob")
+
+
+class Clock:
+    def __init__(self, ms: int = 1_000_000) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+
+
+def limiter(*limits: RateLimit, proxies: int = 1) -> tuple[RateLimiter, Clock, ProxyCount]:
+    clock, count = Clock(), ProxyCount(proxies)
+    return RateLimiter(RateBook(list(limits)), count, clock), clock, count
+
+
+def test_rpm_admits_the_burst_then_the_sustained_rate_with_a_short_retry_after():
+    rl, clock, _ = limiter(RateLimit("user", "alice", "rpm", 60, burst=3))
+    for _ in range(3):
+        rl.acquire(ALICE, 0)
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 0)
+    assert exc.value.retry_after_s == 1 and exc.value.should_retry is True
+    assert exc.value.response_headers()["x-should-retry"] == "true"
+    clock.advance(1.0)
+    rl.acquire(ALICE, 0)                              # one per second, sustained
+    with pytest.raises(RateLimited):
+        rl.acquire(ALICE, 0)
+    clock.advance(60)
+    for _ in range(3):                                # refilled to the burst, not past it
+        rl.acquire(ALICE, 0)
+    with pytest.raises(RateLimited):
+        rl.acquire(ALICE, 0)
+
+
+def test_retry_after_is_the_time_until_enough_capacity_frees():
+    rl, clock, _ = limiter(RateLimit("user", "alice", "rpm", 2))
+    rl.acquire(ALICE, 0)
+    rl.acquire(ALICE, 0)
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 0)
+    assert exc.value.retry_after_s == 30             # 2 per minute: one slot every 30 s
+    clock.advance(29.999)
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 0)
+    assert exc.value.retry_after_s == 1
+    clock.advance(0.001)
+    rl.acquire(ALICE, 0)
+
+
+def test_tokens_are_charged_at_the_worst_case_and_settled_to_the_real_count():
+    rl, clock, _ = limiter(RateLimit("user", "alice", "tpm", 10_000))
+    t = rl.acquire(ALICE, 8_000)
+    assert rl.available(ALICE, "tpm") == 2_000
+    with pytest.raises(RateLimited):
+        rl.acquire(ALICE, 3_000)
+    rl.settle(t, 1_500)
+    assert rl.available(ALICE, "tpm") == 8_500
+    rl.settle(t, 0)                                   # settling twice changes nothing
+    assert rl.available(ALICE, "tpm") == 8_500
+    rl.acquire(ALICE, 3_000)
+
+
+def test_a_call_larger_than_the_bucket_waits_for_a_full_bucket_and_leaves_a_debt():
+    rl, clock, _ = limiter(RateLimit("user", "alice", "tpm", 6_000))
+    t = rl.acquire(ALICE, 9_000)                      # full bucket: admitted, 3,000 in debt
+    assert rl.available(ALICE, "tpm") == -3_000
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 100)
+    assert exc.value.retry_after_s == 31              # (3,000 + 100) tokens at 100 per second
+    rl.settle(t, 9_000)
+    clock.advance(60)
+    assert rl.available(ALICE, "tpm") == 3_000        # the debt was paid back at the sustained rate
+
+
+def test_a_request_refused_by_one_limit_charges_none():
+    rl2, _, _ = limiter(RateLimit("user", "alice", "rpm", 100), RateLimit("workspace", "backend", "tpm", 1_000))
+    rl2.acquire(ALICE, 600)
+    with pytest.raises(RateLimited) as exc:
+        rl2.acquire(ALICE, 600)
+    assert "workspace backend" in exc.value.message
+    assert rl2.available(ALICE, "rpm") == 99           # the refused call took no request
+
+
+def test_explicit_replaces_the_default_per_metric_and_workspace_limits_are_shared():
+    book = RateBook([RateLimit("user", "*", "rpm", 1), RateLimit("user", "*", "tpm", 50),
+                     RateLimit("user", "alice", "rpm", 5), RateLimit("workspace", "backend", "rpd", 3, org="acme"),
+                     RateLimit("workspace", "backend", "rpd", 1, org="other")])
+    got = {(a.limit.metric, a.limit.scope_kind, a.limit.limit) for a in book.effective(ALICE)}
+    assert got == {("rpm", "user", 5), ("tpm", "user", 50), ("rpd", "workspace", 3)}
+    rl = RateLimiter(book, ProxyCount(), Clock())
+    rl.acquire(ALICE, 1)
+    rl.acquire(BOB, 1)                                # bob: the default rpm of 1
+    with pytest.raises(RateLimited):
+        rl.acquire(BOB, 1)
+    rl.acquire(ALICE, 1)
+    with pytest.raises(RateLimited) as exc:           # the workspace's 3 per day is shared by both
+        rl.acquire(ALICE, 1)
+    assert "3 requests per day" in exc.value.message
+
+
+def test_each_proxy_enforces_its_share_and_follows_the_live_count():
+    rl, clock, count = limiter(RateLimit("user", "alice", "rpm", 60), proxies=3)
+    for _ in range(20):
+        rl.acquire(ALICE, 0)
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 0)
+    assert exc.value.retry_after_s == 3               # 20 per minute here: one every 3 s
+    assert "1/3" in exc.value.message
+    count.set(2)                                      # a peer left: the share grows, the units stay
+    clock.advance(60)
+    assert rl.available(ALICE, "rpm") == 30
+
+
+def test_a_booked_wait_serves_waiters_in_order():
+    rl, clock, _ = limiter(RateLimit("user", "alice", "rpm", 600, burst=1))   # one per 100 ms
+    assert rl.acquire(ALICE, 0, max_wait_ms=1_000).wait_ms == 0
+    waits = [rl.acquire(ALICE, 0, max_wait_ms=1_000).wait_ms for _ in range(3)]
+    assert waits == [100, 200, 300]
+    with pytest.raises(RateLimited) as exc:           # a caller that will not wait is behind the queue
+        rl.acquire(ALICE, 0)
+    assert exc.value.retry_after_s == 1
+    with pytest.raises(RateLimited):                  # nor one whose wait would exceed its bound
+        rl.acquire(ALICE, 0, max_wait_ms=350)
+    t = rl.acquire(ALICE, 0, max_wait_ms=400)
+    assert t.wait_ms == 400
+    rl.cancel(t)                                      # a waiter that leaves gives its slot back
+    assert rl.acquire(ALICE, 0, max_wait_ms=400).wait_ms == 400
+
+
+def test_a_zero_limit_refuses_without_inviting_retries():
+    rl, _, _ = limiter(RateLimit("user", "alice", "rpd", 0))
+    with pytest.raises(RateLimited) as exc:
+        rl.acquire(ALICE, 0, max_wait_ms=60_000)
+    assert exc.value.should_retry is False and exc.value.retry_after_s is None
+
+
+def test_idle_full_buckets_are_forgotten():
+    rl, clock, _ = limiter(RateLimit("user", "*", "rpm", 10))
+    rl._sweep_at = 100
+    for i in range(100):
+        rl.acquire(Principal(f"k{i}", "acme", "backend", f"u{i}"), 0)
+    clock.advance(7)                                  # 1 request refills in 6 s
+    rl.acquire(ALICE, 0)
+    assert len(rl._buckets) == 1
+
+
+def test_records_round_trip_through_the_config_log():
+    lim = RateLimit("workspace", "backend", "tpd", 2_000_000, burst=500_000, org="acme")
+    state = ConfigState()
+    state.apply(lim.record())
+    [back] = RateBook.from_state(state).effective(ALICE)
+    assert back.limit.describe() == "workspace backend (org acme): 2,000,000 tokens per day, burst 500,000"
+    assert back.entity == "acme/backend"
+    with pytest.raises(ValueError):
+        RateLimit("user", "alice", "rph", 5)
+
+
+def test_wait_allowance_is_bounded():
+    q = WaitQueue(max_wait_s=2, max_waiters=1)
+    assert q.allowance_ms({}) == 0
+    assert q.allowance_ms({"x-llmgw-wait": "0.5"}) == 500
+    assert q.allowance_ms({"x-llmgw-wait": "30"}) == 2_000
+    assert q.allowance_ms({"x-llmgw-wait": "-1"}) == 0
+    q.waiting = 1
+    assert q.allowance_ms({"x-llmgw-wait": "1"}) == 0  # the queue is full: refuse instead
