@@ -19,7 +19,7 @@ from ledger.events import UsageEvent, normalize_tags
 from ledger.spend import SpendView
 from pricing import Catalog, Price, UnknownModel
 
-from .errors import AuthError, NotFound
+from .errors import AuthError, BadRequest, NotFound
 from .keys import Principal, authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream
@@ -76,7 +76,9 @@ class Gateway:
             return self.catalog.resolve(target.price_model, ts_ms, provider=target.upstream.price_provider,
                                         policy=s.unknown_model, fallback_entry=s.fallback_price or None)
         except UnknownModel:
-            raise NotFound(f"model {model!r} has no price in the catalog, so its cost cannot be capped; "
+            # 400, not 404: the model may well exist upstream, and clients such as
+            # Claude Code show a 400's message where they hide a 404 behind "model not found"
+            raise BadRequest(f"model {model!r} has no price in the gateway's catalog, so its cost cannot be capped; "
                            "add it with `llmgw pricing import` or set LLMGW_UNKNOWN_MODEL=fallback "
                            "with LLMGW_FALLBACK_PRICE") from None
 

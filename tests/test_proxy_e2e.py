@@ -188,7 +188,7 @@ async def test_gateway_errors_speak_each_api_shape(gw, fake_provider):
         assert r.status == 400 and "not valid JSON" in (await r.json())["error"]["message"]
         r = await http.post(gw.url + "/v1/chat/completions", json={"model": "no-such-model", "messages": []},
                             headers={"authorization": f"Bearer {key}"})
-        assert r.status == 404 and "no price" in (await r.json())["error"]["message"]
+        assert r.status == 400 and "no price" in (await r.json())["error"]["message"]
         r = await http.head(gw.url + "/api/hello")
         assert r.status == 200
     assert fake_provider.requests == []            # nothing reached the provider
