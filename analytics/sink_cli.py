@@ -63,10 +63,25 @@ def _sink(environ: Mapping[str, str] | None, args: argparse.Namespace) -> int:
         max_wait_s=args.max_wait_s, session_timeout_ms=args.session_timeout_ms,
         pause_after_insert_s=args.pause_after_insert_s)
     try:
-        return asyncio.run(consumer.serve(args.dsn or settings.analytics_dsn, options, database=args.database))
+        return asyncio.run(_serve_with_audit(settings, args.dsn or settings.analytics_dsn, options, args.database))
     except store.StoreError as err:
         print(f"llmgw: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+
+
+async def _serve_with_audit(settings: Settings, dsn: str, options: consumer.SinkOptions,
+                            database: str | None) -> int:
+    """The usage sink, and beside it the audit trail from the config topic."""
+    from analytics.audit_landing import land_forever
+    from ledger.configlog import open_config_log
+
+    config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
+    audit_task = asyncio.get_running_loop().create_task(land_forever(config_log, dsn, database, interval_s=10.0))
+    try:
+        return await consumer.serve(dsn, options, database=database)
+    finally:
+        audit_task.cancel()
+        await asyncio.gather(audit_task, return_exceptions=True)
 
 
 __all__ = ["register", "settings_of"]
