@@ -23,7 +23,10 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
 # Credentials and identity of the client's side never travel upstream: the
 # gateway's own credential replaces them.
 _DROP_UP = _HOP | {"authorization", "x-api-key", "api-key", "cookie", "accept-encoding",
-                   "openai-organization", "openai-project", "x-forwarded-for", "forwarded"}
+                   "openai-organization", "openai-project", "x-forwarded-for", "forwarded",
+                   # the body goes up as the bytes aiohttp already inflated; proxy topology stays here
+                   "content-encoding", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+                   "x-real-ip", "via"}
 _DROP_DOWN = _HOP | {"set-cookie"}
 
 
