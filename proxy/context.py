@@ -70,6 +70,12 @@ class Gateway:
         raw = request.headers.get("x-llmgw-tags", "")
         return normalize_tags([t for t in raw.split(",") if t.strip()]) if raw else ()
 
+    @classmethod
+    def client_tags(cls, request: web.Request, body_tags: tuple[str, ...]) -> tuple[str, ...]:
+        """Tags the caller chose (header and body metadata). Names starting with
+        ``llmgw`` are the gateway's own (e.g. ``llmgw:stale``): a client cannot set them."""
+        return tuple(t for t in (*body_tags, *cls.header_tags(request)) if not t.startswith("llmgw"))
+
     def price(self, target: Target, model: str, ts_ms: int) -> tuple[Price, bool]:
         s = self.settings
         try:

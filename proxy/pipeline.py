@@ -31,7 +31,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     principal = gw.authenticate(request)                                     # auth
     stale = admit(request.app, principal)          # failure policy: refuse, or tag llmgw:stale (proxy/ops)
     call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
-    call = replace(call, tags=E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request), *stale)))
+    call = replace(call, tags=E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale)))
     gw.policy.check_model(principal, call.model)
     target = gw.routing.resolve(adapter.family, call.model)
     if not call.metered:

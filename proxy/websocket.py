@@ -26,6 +26,7 @@ from .context import GATEWAY, Gateway
 from .errors import BadRequest, GatewayError, UpstreamError
 from .forward import upstream_headers
 from .keys import Principal
+from .ops.failure import admit
 from .pipeline import CallRecord
 from .policy import Reservation
 from .ratelimit import worst_case_tokens
@@ -122,7 +123,8 @@ def _admit(gw: Gateway, request: web.Request, principal: Principal, obj: dict) -
     else:
         shape = RequestShape(len(call.body), call.max_output_tokens, call.service_tier, call.image_count,
                              call.web_search)
-    tags = E.normalize_tags((*principal.tags, *call.tags, *gw.header_tags(request)))
+    stale = admit(request.app, principal)          # the failure policy applies per call, as over HTTP
+    tags = E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale))
     reservation = gw.policy.reserve(principal, tags, worst_case(price, shape), now_ms,   # no queue, no downgrade
                                     tokens=worst_case_tokens(price, shape))
     call = replace(call, tags=tags, stream=True)

@@ -232,3 +232,13 @@ async def test_model_allow_list(gw, fake_provider):
                                            messages=[{"role": "user", "content": "x"}])
     assert "claude-haiku-*" in exc.value.body["error"]["message"]
     assert fake_provider.requests == []
+
+
+async def test_clients_cannot_set_the_gateways_own_tags(gw, fake_provider):
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=5, output=5)))
+    await oai(gw, key).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+        extra_headers={"x-llmgw-tags": "llmgw:stale,project:ok"}, metadata={"llmgw": "forged"})
+    [ev] = await gw.events()
+    assert ev.tags == ("project:ok",)
