@@ -1,0 +1,88 @@
+"""Issue 6 (b) on the real stack: three gateways on Kafka, one ledger worker, one $1 budget.
+
+Each proxy sees the others' spend only once it is settled, on the usage topic,
+folded by the worker and back through the snapshot topic. docs/budgets.md
+states the overshoot bound for N proxies as (N-1) x (e_max + L/N) plus
+snapshot skew in the worst case; here the final spend, read back from the
+usage topic itself, must stay within it, refused calls must never reach the
+provider, and the cap must actually be used.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anthropic
+
+from ledger.fold import spend_key
+from ledger.kafka_rebuild import fold_topic
+from ledger.topics import Topics, ensure_topics
+from ledger.windows import window_start
+from ledger.worker import LedgerWorker
+from pricing import RequestShape, load_catalog, worst_case
+from proxy import keys as K
+from proxy.budgets import Budget
+from tests.fake_provider import Reply, Usage
+from tests.fixtures.kafka import unique_topic
+from tests.gateway_harness import GatewayHarness
+
+N, CAP, CALLS = 3, 1_000_000, 150
+
+
+async def test_three_kafka_proxies_overshoot_only_within_the_bound(kafka_bootstrap, fake_provider, tmp_path):
+    prefix = unique_topic("overshoot")
+    topics = await ensure_topics(kafka_bootstrap, Topics(prefix, partitions=2))
+    worker = LedgerWorker(kafka_bootstrap, topics, group_id=f"{prefix}-ledger", session_timeout_ms=6_000,
+                          heartbeat_interval_ms=1_000)
+    await worker.start()
+    proxies = [GatewayHarness(fake_provider, tmp_path / f"p{i}", kafka_bootstrap=kafka_bootstrap,
+                              topic_prefix=prefix, gateway_id=f"gw-{i}", file_config={"policy": {"proxies": N}})
+               for i in range(N)]
+    for p in proxies:
+        await p.start()
+    try:
+        key, key_rec = K.mint("acme", "backend", "gina")
+        budget = Budget("user", "gina", "day", CAP).record()
+        for p in proxies:                       # the same config records every proxy would read from the topic
+            for rec in (key_rec, budget):
+                p.gw.config.apply(rec)
+            p.gw.config_changed()
+        # claude-haiku-4-5 ($1 in, $5 out per M): each call really costs 3000 in + 1500 out = $0.0105
+        fake_provider.script(*[Reply(chunks=4, chunk_delay_s=0.02, usage=Usage(input=3000, output=1500))
+                               for _ in range(CALLS)])
+        clients = [anthropic.AsyncAnthropic(base_url=p.url, api_key=key, max_retries=0) for p in proxies]
+
+        async def one(i: int) -> str:
+            await asyncio.sleep(i * 0.01)       # a steady arrival, spread over the three proxies
+            try:
+                async with clients[i % N].messages.stream(model="claude-haiku-4-5", max_tokens=1500,
+                                                          messages=[{"role": "user", "content": "go"}]) as s:
+                    await s.get_final_message()
+                return "ok"
+            except anthropic.RateLimitError:
+                return "refused"
+
+        t0 = int(time.time() * 1000)
+        results = await asyncio.gather(*(one(i) for i in range(CALLS)))
+        served = results.count("ok")
+        for p in proxies:
+            await p.gw.ledger.flush(10.0)
+        key = spend_key("user", "acme/gina", "day", window_start("day", t0))
+        for _ in range(50):                     # every served call's event is on the usage topic
+            totals = await fold_topic(kafka_bootstrap, topics)
+            spent = totals[key].spend_micro_usd if key in totals else 0
+            if spent == served * 10_500:
+                break
+            await asyncio.sleep(0.2)
+        # the largest hold one call places (its body is well under 4 KB)
+        e_max = worst_case(load_catalog().price_at("claude-haiku-4-5", t0), RequestShape(4096, 1500))
+        bound = (N - 1) * (e_max + CAP // N)
+        assert served == len(fake_provider.requests), "a refused call reached the provider"
+        assert spent == served * 10_500, "the ledger total is not the sum of the served calls"
+        assert spent <= CAP + bound, f"overshoot {spent - CAP} exceeds the bound {bound}"
+        assert spent >= CAP * 0.8, f"only {spent} of the cap was used: the margin refused too much"
+        print(f"served {served}/{CALLS}, spent {spent} of {CAP} (overshoot {spent - CAP}, bound {bound})")
+    finally:
+        for p in proxies:
+            await p.stop()
+        await worker.stop()
