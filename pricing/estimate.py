@@ -31,7 +31,9 @@ DEFAULT_IMAGE_TOKENS = 6_000
 WEB_SEARCH_DEFAULT_USES = 5
 WEB_SEARCH_TOKENS_PER_USE = 25_000
 
-_OPT_IN_TIERS = frozenset({"flex", "batch"})  # never chosen by the provider on its own
+# Never chosen by the provider on its own: a request must name them (ultrafast is per request,
+# never a project default), so a request that names no tier is not held at their rates.
+_OPT_IN_TIERS = frozenset({"flex", "batch", "ultrafast"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,16 +118,6 @@ class Applied:
     carve_out: tuple[tuple[str, str], ...] = ()   # (dim, entity) whose spend is not counted here
 
 
-def _entity(p: Principal, kind: str) -> str:
-    if kind == "org":
-        return p.org
-    if kind == "workspace":
-        return f"{p.org}/{p.workspace}"
-    if kind == "user":
-        return f"{p.org}/{p.user}"
-    return p.key_id
-
-
 _KINDS = ("org", "workspace", "user", "key")
 _NONE: dict[str, list[Budget]] = {}
 
@@ -167,7 +157,7 @@ class BudgetBook:
             defaults = self._defaults.get(kind, _NONE)
             if not own and not defaults:
                 continue
-            entity = _entity(p, kind)
+            entity = p.entity(kind)
             for window in WINDOWS:
                 mine = [b for b in own.get(window, ()) if b.org in ("", p.org)]
                 base = [d for d in defaults.get(window, ()) if d.org in ("", p.org)]

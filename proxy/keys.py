@@ -30,6 +30,16 @@ class Principal:
     allowed_models: tuple[str, ...] = ()     # glob patterns; empty means any
     expires_ms: int = 0                      # 0: never
 
+    def entity(self, kind: str) -> str:
+        """The entity a scope kind names for this caller, org-qualified as spend keys are."""
+        if kind == "org":
+            return self.org
+        if kind == "workspace":
+            return f"{self.org}/{self.workspace}"
+        if kind == "user":
+            return f"{self.org}/{self.user}"
+        return self.key_id
+
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
@@ -59,18 +69,28 @@ def key_id_of(key: str) -> str | None:
     return key_id if sep and key_id else None
 
 
-def authenticate(state: ConfigState, key: str, now_ms: int) -> Principal | None:
-    key_id = key_id_of(key)
-    if key_id is None:
-        return None
-    rec = state.get("key", key_id)
+def verified(state: ConfigState, type_: str, record_id: str | None, secret: str,
+             now_ms: int) -> dict | None:
+    """The record's data if ``secret`` hashes to its stored hash and it has not expired.
+
+    The hash is compared in constant time, and the same work is done whether
+    or not the id exists, so timing tells nothing about which ids are valid.
+    """
+    rec = state.get(type_, record_id) if record_id else None
     if rec is None or rec.data is None:
-        _ = hmac.compare_digest(_hash(key), "0" * 64)   # same work whether or not the id exists
+        _ = hmac.compare_digest(_hash(secret), "0" * 64)
         return None
     d = rec.data
-    if not hmac.compare_digest(_hash(key), d["sha256"]):
+    if not hmac.compare_digest(_hash(secret), d["sha256"]):
         return None
     if d.get("expires_ms") and now_ms >= d["expires_ms"]:
+        return None
+    return d
+
+
+def authenticate(state: ConfigState, key: str, now_ms: int) -> Principal | None:
+    d = verified(state, "key", key_id_of(key), key, now_ms)
+    if d is None:
         return None
     return Principal(key_id=d["key_id"], org=d["org"], workspace=d["workspace"], user=d["user"],
                      tags=tuple(d.get("tags") or ()), allowed_models=tuple(d.get("allowed_models") or ()),

@@ -63,17 +63,6 @@ def parse_limit_scope(scope: str) -> tuple[str, str]:
     return kind, name
 
 
-def entity_of(p: Principal, kind: str) -> str:
-    """The entity a scope kind names for a caller (org-qualified, as spend keys are)."""
-    if kind == "org":
-        return p.org
-    if kind == "workspace":
-        return f"{p.org}/{p.workspace}"
-    if kind == "user":
-        return f"{p.org}/{p.user}"
-    return p.key_id
-
-
 def name_of(p: Principal, kind: str) -> str:
     return {"org": p.org, "workspace": p.workspace, "user": p.user, "key": p.key_id}[kind]
 
@@ -178,7 +167,7 @@ class RateBook:
                 for metric in METRICS:
                     chosen = [x for x in own if x.metric == metric] or [
                         d for d in self._defaults.get(kind, ()) if d.metric == metric and d.org in ("", p.org)]
-                    out.extend(AppliedLimit.of(x, entity_of(p, kind)) for x in chosen)
+                    out.extend(AppliedLimit.of(x, p.entity(kind)) for x in chosen)
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[ck] = res = tuple(out)

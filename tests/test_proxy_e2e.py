@@ -242,3 +242,12 @@ async def test_clients_cannot_set_the_gateways_own_tags(gw, fake_provider):
         extra_headers={"x-llmgw-tags": "llmgw:stale,project:ok"}, metadata={"llmgw": "forged"})
     [ev] = await gw.events()
     assert ev.tags == ("project:ok",)
+
+
+async def test_openai_cache_writes_are_split_out_of_the_prompt(gw, fake_provider):
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=100, cache_read=300, cache_write_5m=600, output=5)))
+    resp = await oai(gw, key).responses.create(model="gpt-5-mini", input="hi")
+    assert resp.usage.input_tokens == 1000
+    [ev] = await gw.events()
+    assert ev.tokens == E.Tokens(input=100, cache_write_5m=600, cache_read=300, output=5)

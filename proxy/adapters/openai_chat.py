@@ -30,14 +30,20 @@ def error_object(err: GatewayError) -> dict:
 
 
 def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str) -> Tokens:
-    """OpenAI counts cached tokens inside the prompt total; we keep them apart."""
+    """OpenAI counts cache reads and cache writes inside the prompt total; we keep them apart.
+
+    Cache writes (billed from GPT-5.6 on) land in ``cache_write_5m``, where the
+    catalog keeps OpenAI's short-retention write rate.
+    """
+    details = u.get(prompt_key.replace("tokens", "tokens_details")) or u.get("input_tokens_details") or {}
     prompt = int_of(u, prompt_key)
-    cached = int_of(u, prompt_key.replace("tokens", "tokens_details"), "cached_tokens") or int_of(
-        u, "input_tokens_details", "cached_tokens")
+    cached = int_of(details, "cached_tokens")
+    written = int_of(details, "cache_write_tokens")
     out = int_of(u, completion_key)
     reasoning = int_of(u, completion_key.replace("tokens", "tokens_details"), "reasoning_tokens") or int_of(
         u, "output_tokens_details", "reasoning_tokens")
-    return Tokens(input=max(prompt - cached, 0), cache_read=cached, output=out, reasoning=reasoning)
+    return Tokens(input=max(prompt - cached - written, 0), cache_write_5m=written, cache_read=cached,
+                  output=out, reasoning=reasoning)
 
 
 class ChatMeter:

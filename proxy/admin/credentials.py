@@ -18,6 +18,7 @@ from typing import Any
 
 from ledger.configlog import ConfigRecord, ConfigState
 from proxy.keys import PREFIX as CLIENT_PREFIX
+from proxy.keys import verified
 
 from .roles import OWNER, WORKSPACE_ADMIN, AdminPrincipal, check_role
 
@@ -65,14 +66,8 @@ def authenticate_admin(state: ConfigState, owner_key: str, token: str, now_ms: i
     if not token.startswith(ADMIN_PREFIX):
         return None
     admin_id, sep, _ = token[len(ADMIN_PREFIX):].partition("-")
-    rec = state.get(ADMIN_TYPE, admin_id) if sep else None
-    if rec is None or rec.data is None:
-        _ = hmac.compare_digest(_hash(token), "0" * 64)   # same work whether or not the id exists
-        return None
-    d = rec.data
-    if not hmac.compare_digest(_hash(token), d["sha256"]):
-        return None
-    if d.get("expires_ms") and now_ms >= d["expires_ms"]:
+    d = verified(state, ADMIN_TYPE, admin_id if sep else None, token, now_ms)
+    if d is None:
         return None
     return AdminPrincipal(d["name"], d["role"], tuple(d.get("workspaces") or ()))
 
