@@ -23,7 +23,6 @@ HOME=$T/home ANTHROPIC_BASE_URL=http://127.0.0.1:18778 ANTHROPIC_API_KEY=$KEY DI
 echo "== codex"
 mkdir -p $T/codex
 cat > $T/codex/config.toml <<TOML
-model = "gpt-5"
 model_provider = "llmgw"
 [model_providers.llmgw]
 name = "llmgw"
