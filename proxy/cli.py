@@ -214,6 +214,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- capture ---------------------------------------------------------------------------
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import record
+    on = args.state == "on"
+    _append(args, record(args.org, args.workspace, on, args.max_bytes, reason=args.reason or ""))
+    print(f"body capture {'on' if on else 'off'} for {args.org}/{args.workspace}"
+          + (f" (first {args.max_bytes} bytes each way, secrets redacted, kept 30 days)" if on else ""))
+    return 0
+
+
 # -- ledger ----------------------------------------------------------------------------
 def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     s = _settings(args)
@@ -328,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--reason")
     mc.set_defaults(func=cmd_models_clear)
     mo.add_parser("list", help="list model allow-lists").set_defaults(func=cmd_models_list)
+
+    cp = sub.add_parser("capture", help="store redacted request/response bodies for one workspace (off by default)")
+    cp.add_argument("state", choices=["on", "off"])
+    cp.add_argument("--org", required=True)
+    cp.add_argument("--workspace", required=True)
+    cp.add_argument("--max-bytes", type=int, default=64 * 1024, help="bytes kept of each body (default 65536)")
+    cp.add_argument("--reason")
+    cp.set_defaults(func=cmd_capture)
 
     lg = sub.add_parser("ledger", help="the event-sourced ledger").add_subparsers(
         dest="ledger_cmd", required=True, metavar="ACTION")

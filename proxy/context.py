@@ -44,6 +44,7 @@ class Gateway:
     policy: Policy = field(init=False)
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
     org_timezones: dict[str, str] = field(default_factory=dict)
+    capture_sink: Any = None          # analytics/bodies.py sets it when bodies can be stored
 
     def __post_init__(self) -> None:
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,

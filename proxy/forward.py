@@ -72,8 +72,11 @@ def is_stream(resp: aiohttp.ClientResponse) -> bool:
 class Relay:
     """Streams upstream bytes to the client; records when output first appeared."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, keep_bytes: int = 0) -> None:
         self.meter = meter
+        # a copy of the first ``keep_bytes`` forwarded, for body capture (proxy/capture.py)
+        self.kept: bytearray | None = bytearray() if keep_bytes else None
+        self.keep_bytes = keep_bytes
         self.first_output_s: float | None = None
         self.client_gone = False
         self.upstream_broke = False
@@ -91,6 +94,8 @@ class Relay:
                     self.first_output_s = time.monotonic()
                 if out:
                     self.bytes_out += len(out)
+                    if self.kept is not None and len(self.kept) <= self.keep_bytes:
+                        self.kept += out
                     await resp.write(out)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True

@@ -19,6 +19,7 @@ from pricing import RequestShape, UnknownModel, cost
 from . import admission, forward
 from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError, NotFound
+from .capture import CapturedCall, policy_for
 from .keys import Principal
 from .ops.failure import admit
 from .routing import Target
@@ -58,13 +59,16 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         async with upstream:
             status = upstream.status
             meter = adapter.meter(call)
-            relay = forward.Relay(meter)
+            capture = policy_for(gw.config, principal.org, principal.workspace) if gw.capture_sink else None
+            relay = forward.Relay(meter, capture.max_bytes if capture else 0)
             extra = gw.policy.remaining_headers(reservation)
             if forward.is_stream(upstream):
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
                 body = await upstream.read()
                 relay.bytes_out = len(body)
+                if relay.kept is not None:
+                    relay.kept += body
                 meter.finish_json(body)
                 resp = web.Response(status=status, body=body,
                                     headers=forward.downstream_headers(upstream, extra))
@@ -85,9 +89,13 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         priced = cost(usage.tokens, price, service_tier=call.service_tier,
                       web_search_calls=usage.web_search_calls)
         ttft = relay.first_output_s if relay else None
-        gw.ledger.submit(ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd,
-                                   priced.price_version, cost_estimated=price_estimated))
+        event = ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd, priced.price_version,
+                          cost_estimated=price_estimated)
+        gw.ledger.submit(event)
         gw.policy.release(reservation, usage.tokens.total)
+        if relay is not None and relay.kept is not None:                # opt-in body capture
+            gw.capture_sink.put(CapturedCall.of(event.event_id, event.ts_start_ms, event.org, event.workspace,
+                                                event.api, call.body, bytes(relay.kept), relay.keep_bytes))
 
 
 _REJECTED = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}
