@@ -144,4 +144,4 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
 
 # Parts that add their own routes and middlewares: ``register(app)`` each.
 EXTENSIONS = ("proxy.admin.routes", "proxy.ops.routes", "ledger.alerting", "analytics.web", "analytics.audit_landing",
-              "analytics.bodies")
+              "analytics.bodies", "ledger.presence")
