@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import anthropic
+import pytest
 
 from ledger.fold import spend_key
 from ledger.kafka_rebuild import fold_topic
@@ -27,6 +28,7 @@ from tests.fixtures.kafka import unique_topic
 from tests.gateway_harness import GatewayHarness
 
 N, CAP, CALLS = 3, 1_000_000, 150
+pytestmark = pytest.mark.own_broker
 
 
 async def test_three_kafka_proxies_overshoot_only_within_the_bound(kafka_bootstrap, fake_provider, tmp_path):
