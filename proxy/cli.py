@@ -228,7 +228,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     s = _settings(args)
     if s.embedded:
-        from ledger.embedded import Checkpoint, EmbeddedLedger, rebuild
+        from ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
         rebuilt = rebuild(s.data_dir)
         position, live = Checkpoint(Path(s.data_dir) / "ledger" / "totals.json").load()

@@ -19,7 +19,7 @@ from ledger.events import UsageEvent, normalize_tags
 from ledger.spend import SpendView
 from pricing import Catalog, Price, UnknownModel
 
-from .errors import AuthError, BadRequest, NotFound
+from .errors import AuthError, BadRequest
 from .keys import Principal, authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
 from aiohttp import web
 
 from ledger import events as E
-from pricing import RequestShape, UnknownModel, cost
+from pricing import RequestShape, cost
 
 from . import admission, forward
 from .context import GATEWAY, REQUEST_ID, Gateway
-from .errors import BodyTooLarge, GatewayError, NotFound
+from .errors import BodyTooLarge, GatewayError
 from .capture import CapturedCall, policy_for
 from .keys import Principal
 from .ops.failure import admit
@@ -67,8 +66,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             else:
                 body = await upstream.read()
                 relay.bytes_out = len(body)
-                if relay.kept is not None:
-                    relay.kept += body
+                if relay.kept is not None:                    # capture keeps its bound, as in relay.stream
+                    relay.kept += body[:relay.keep_bytes + 1]
                 meter.finish_json(body)
                 resp = web.Response(status=status, body=body,
                                     headers=forward.downstream_headers(upstream, extra))
@@ -182,4 +181,4 @@ class CallRecord:
         )
 
 
-__all__ = ["handle", "read_body", "NotFound", "UnknownModel"]
+__all__ = ["handle", "passthrough", "read_body"]
