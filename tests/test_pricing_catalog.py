@@ -183,3 +183,40 @@ def test_catalog_built_in_code() -> None:
     catalog = Catalog([p])
     assert catalog.price_at("m", AT) is p
     assert len(catalog) == 1 and catalog.keys() == ["p/m"]
+
+
+def test_lookups_answer_the_same_when_repeated_in_any_order_across_price_changes(tmp_path: Path) -> None:
+    """The proxy asks the same name millions of times: repeated answers come from a memo, which
+    must never hand out a version outside its effective dates, whatever order instants come in."""
+    path = write_overrides(tmp_path / "prices.json", {
+        "provider": "anthropic", "model": "claude-haiku-4-5", "effective_from": "2026-01-01T12:00:00Z",
+        "usd_per_mtok": {"input": "1.5", "output": "7"}})
+    cut = parse_instant_ms("2026-01-01T12:00:00Z")
+    o3_cut = parse_instant_ms("2025-06-10T00:00:00Z")
+    names = ["claude-haiku-4-5", "claude-haiku-4-5-20251001", "o3", "anthropic/claude-haiku-4-5", "gpt-4o-mini"]
+    instants = [o3_cut - 1, cut, o3_cut, cut - 1, AT, cut + 1, o3_cut + 1, cut - 1, cut]
+    def answer(catalog: Catalog, name: str, ts: int) -> str:
+        try:
+            return catalog.price_at(name, ts).version
+        except UnknownModel:                               # haiku 4.5 was not out before Oct 2025
+            return "unknown"
+
+    memoized = load_catalog(path)
+    for ts in instants + instants[::-1]:
+        for name in names:
+            fresh = load_catalog(path)                     # a new catalog has nothing memoized
+            assert answer(memoized, name, ts) == answer(fresh, name, ts), (name, ts)
+    assert answer(memoized, "claude-haiku-4-5", o3_cut) == "unknown"
+    assert memoized.price_at("claude-haiku-4-5", cut - 1).version == "anthropic/claude-haiku-4-5@2025-10-15"
+    assert memoized.price_at("claude-haiku-4-5", cut).version == "anthropic/claude-haiku-4-5@2026-01-01T12:00:00Z"
+
+
+def test_unknown_names_from_clients_cannot_grow_the_lookup_memo_without_bound() -> None:
+    catalog = load_catalog()
+    for i in range(10_000):
+        with pytest.raises(UnknownModel):
+            catalog.price_at(f"no-such-model-{i}", AT)
+    assert len(catalog._memo) <= 4096
+    with pytest.raises(UnknownModel):                      # and a remembered miss still raises
+        catalog.price_at("no-such-model-9999", AT)
+    assert catalog.price_at("gpt-4o-mini", AT).key == "openai/gpt-4o-mini"
