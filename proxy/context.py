@@ -94,7 +94,9 @@ class Gateway:
         if s is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s,
                                             sock_read=self.settings.first_byte_timeout_s)
-            s = aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
+            # No cookie jar: a session is shared by every caller, so a cookie one caller's
+            # response set (Cloudflare's __cf_bm) would otherwise ride on the next caller's call.
+            s = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                                       connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
             self.sessions[upstream.name] = s
         return s

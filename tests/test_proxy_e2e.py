@@ -251,3 +251,24 @@ async def test_openai_cache_writes_are_split_out_of_the_prompt(gw, fake_provider
     assert resp.usage.input_tokens == 1000
     [ev] = await gw.events()
     assert ev.tokens == E.Tokens(input=100, cache_write_5m=600, cache_read=300, output=5)
+
+
+async def test_a_cookie_one_callers_response_set_never_rides_on_another_callers_call(fake_provider, tmp_path):
+    """Providers answer with Set-Cookie (Cloudflare's __cf_bm): one shared upstream session must not
+    keep it and replay it on the next caller's request, nor hand it down to the caller."""
+    upstream = fake_provider.openai_base_url.replace("127.0.0.1", "localhost")   # a cookie jar ignores IP hosts
+    h = GatewayHarness(fake_provider, tmp_path, openai_base_url=upstream)
+    await h.start()
+    try:
+        alice, _ = h.key("acme", "backend", "alice")
+        bob, _ = h.key("other", "ops", "bob")
+        fake_provider.script(Reply(headers={"set-cookie": "__cf_bm=alice-session; Path=/; HttpOnly"}), Reply())
+        async with aiohttp.ClientSession() as http:
+            for key in (alice, bob):
+                async with http.post(h.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}) as r:
+                    assert r.status == 200 and "set-cookie" not in r.headers
+        first, second = fake_provider.requests_for(OPENAI_CHAT)[-2:]
+        assert "cookie" not in first.headers and "cookie" not in second.headers
+    finally:
+        await h.stop()
