@@ -5,12 +5,21 @@ Run by hand (not part of the test suite), loopback only:
     python bench/proxy_overhead.py                       # llmgw vs direct
     python bench/proxy_overhead.py --litellm /tmp/litellm-venv/bin/litellm   # also LiteLLM's proxy
     python bench/proxy_overhead.py --seconds 10 --concurrency 1,64,512
+    python bench/proxy_overhead.py --concurrency '' --paced 64,512   # only model-paced streams
+
+Two kinds of load. *Saturating*: the fake answers at once and every client sends its next call as
+soon as one ends, so the numbers measure throughput and, once the target's core is full, queueing.
+*Paced*: the fake behaves like a model (first token after --ttft-ms, then --chunks deltas
+--chunk-ms apart), so 64 concurrent streams are 64 streams open at once, as behind real agents;
+this is where added latency, added time to first token and the added gap between chunks are read.
 
 LiteLLM installs with ``python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``.
 Every target runs in its own process; the load generator is one asyncio process with keep-alive.
 All targets share the machine's 2 cores with the load generator and the fake, so read ratios
 measured in one run, not absolute numbers. Added latency is the target's p50/p99 minus the direct
-call's in the same run. CPU is the target process's user+sys CPU-ms per 1,000 calls.
+call's in the same run. CPU is the target process's user+sys CPU-ms per 1,000 calls. ``tcp-hop``
+(bench/tcp_hop.py) only copies TCP bytes through one more process: what it adds is the floor for
+any proxy on this machine, so a gateway's own cost is its added latency minus the hop's.
 """
 from __future__ import annotations
 
@@ -70,6 +79,7 @@ async def wait_http(url: str, timeout_s: float = 60) -> None:
 class Result:
     latencies: list[float] = field(default_factory=list)
     ttfb: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)        # between two reads of one response body
     errors: int = 0
     elapsed: float = 0.0
 
@@ -93,10 +103,14 @@ async def load(url: str, key: str, concurrency: int, seconds: float, stream: boo
                 t0 = time.monotonic()
                 try:
                     async with http.post(url + "/chat/completions", data=body, headers=headers) as r:
-                        first = None
+                        first = last = None
                         async for _ in r.content.iter_any():
+                            now = time.monotonic()
                             if first is None:
-                                first = time.monotonic()
+                                first = now
+                            else:
+                                res.gaps.append(now - last)
+                            last = now
                         if r.status != 200:
                             res.errors += 1
                             continue
@@ -156,14 +170,47 @@ def litellm_config(path: Path, fake_openai: str) -> None:
         "  drop_params: true\n")
 
 
+async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[int], seconds: float,
+                gaps: bool, kinds: tuple[bool, ...] = (False, True)) -> None:
+    """One markdown table; every row's added numbers are against the direct row of its cell."""
+    gap_head = " gap p99 | +gap p99 |" if gaps else ""
+    print(f"| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb |{gap_head} CPU ms/1k | errors |")
+    print("|---" * (12 + 2 * gaps) + "|")
+    for stream in kinds:
+        for c in levels:
+            base: Result | None = None
+            for name, (url, k, pid) in targets.items():
+                await load(url, k, min(c, 8), 1.0, stream)            # warm-up
+                c0 = cpu_ms(pid) if pid else 0.0
+                r = await load(url, k, c, seconds, stream)
+                cpu = (cpu_ms(pid) - c0) * 1000 / max(len(r.latencies), 1) if pid else float("nan")
+                if name == "direct":
+                    base = r
+                p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
+                t50, g99 = r.pct(r.ttfb, .5), r.pct(r.gaps, .99)
+                add = (p50 - base.pct(base.latencies, .5), p99 - base.pct(base.latencies, .99),
+                       t50 - base.pct(base.ttfb, .5), g99 - base.pct(base.gaps, .99)
+                       ) if base and name != "direct" else (0, 0, 0, 0)
+                gap_cells = f" {g99:.2f} | {add[3]:+.2f} |" if gaps else ""
+                print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
+                      f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
+                      f"|{gap_cells} {cpu:.0f} | {r.errors} |", flush=True)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--concurrency", default="1,64,512")
     ap.add_argument("--litellm", default="", help="path to the litellm CLI (its own venv)")
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS measurement")
+    ap.add_argument("--paced", default="64", help="concurrency levels of model-paced streams ('' for none)")
+    ap.add_argument("--paced-seconds", type=float, default=15)
+    ap.add_argument("--ttft-ms", type=float, default=200)
+    ap.add_argument("--chunks", type=int, default=40)
+    ap.add_argument("--chunk-ms", type=float, default=25)
     args = ap.parse_args()
-    levels = [int(x) for x in args.concurrency.split(",")]
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    paced = [int(x) for x in args.paced.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
     env = dict(os.environ)
     procs: list[subprocess.Popen] = []
@@ -181,7 +228,13 @@ async def main() -> None:
         gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(gport)], genv, tmp / "gw.log")
         procs.append(gw)
         await wait_http(f"http://127.0.0.1:{gport}/healthz")
+        hport = free_port()
+        hop = start([sys.executable, str(ROOT / "bench" / "tcp_hop.py"), "--port", str(hport),
+                     "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log")
+        procs.append(hop)
+        await wait_http(f"http://127.0.0.1:{hport}/openai/v1/models")
         targets = {"direct": (fake + "/openai/v1", "sk-openai-upstream-test", None),
+                   "tcp-hop": (f"http://127.0.0.1:{hport}/openai/v1", "sk-openai-upstream-test", hop.pid),
                    "llmgw": (f"http://127.0.0.1:{gport}/v1", key, gw.pid)}
         if args.litellm:
             lport = free_port()
@@ -193,25 +246,16 @@ async def main() -> None:
             targets["litellm"] = (f"http://127.0.0.1:{lport}/v1", "sk-bench-master", lp.pid)
         print(f"# {time.strftime('%Y-%m-%d %H:%M')} commit {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()} "
               f"cores {os.cpu_count()} seconds/cell {args.seconds}")
-        print("| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb | CPU ms/1k | errors |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for stream in (False, True):
-            for c in levels:
-                base: Result | None = None
-                for name, (url, k, pid) in targets.items():
-                    await load(url, k, min(c, 8), 1.0, stream)            # warm-up
-                    c0 = cpu_ms(pid) if pid else 0.0
-                    r = await load(url, k, c, args.seconds, stream)
-                    cpu = (cpu_ms(pid) - c0) * 1000 / max(len(r.latencies), 1) if pid else float("nan")
-                    if name == "direct":
-                        base = r
-                    p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
-                    t50 = r.pct(r.ttfb, .5)
-                    add = (p50 - base.pct(base.latencies, .5), p99 - base.pct(base.latencies, .99),
-                           t50 - base.pct(base.ttfb, .5)) if base and name != "direct" else (0, 0, 0)
-                    print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
-                          f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
-                          f"| {cpu:.0f} | {r.errors} |", flush=True)
+        if levels:
+            print("\n## Saturating: an instant 5-word reply, each client sends again at once\n")
+            await table(targets, levels, args.seconds, gaps=False)
+        if paced:
+            reply = {"delay_s": args.ttft_ms / 1000, "chunks": args.chunks, "chunk_delay_s": args.chunk_ms / 1000}
+            async with aiohttp.ClientSession() as http:
+                await http.post(fake + "/_fake/default_reply", json=reply)
+            print(f"\n## Paced like a model: first token after {args.ttft_ms} ms, then {args.chunks} deltas "
+                  f"{args.chunk_ms} ms apart\n")
+            await table(targets, paced, args.paced_seconds, gaps=True, kinds=(True,))
         async with aiohttp.ClientSession() as http:    # slow streams, so they stay open together
             await http.post(fake + "/_fake/default_reply", json={"chunks": 100, "chunk_delay_s": 0.05})
         for name, (url, k, pid) in targets.items():

@@ -109,12 +109,36 @@ class Reply:
     retry_after_s: float | None = None  # `retry-after` header; a 429 gets "1" when None
     headers: Mapping[str, str] = field(default_factory=dict)  # extra response headers, e.g. x-should-retry
     delay_s: float = 0.0  # before the response headers
-    chunk_delay_s: float = 0.0  # between stream events
+    chunk_delay_s: float = 0.0  # between generated deltas of a stream (the model's pace)
     fail_mid_stream: bool = False  # stream: the wire's in-stream error event after half the deltas, then end
     drop_mid_stream: bool = False  # stream or JSON: cut the connection after half the deltas / bytes
     # "failed": response.failed on Responses, the in-stream error event elsewhere; JSON replies get a 500
     finish: Literal["end", "max_tokens", "failed"] = "end"
     model_served: str | None = None  # None: echo the requested model
+
+
+def _generated(event: str | None, payload: Any) -> bool:
+    """A frame that carries newly generated output. Only these wait for the model's pace; the
+    frames around them (starts, stops, the usage chunk, [DONE]) follow at once, as from a provider."""
+    if event is not None:
+        return event == "content_block_delta" or event.endswith(".delta")
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    return bool(choices) and bool((choices[0].get("delta") or {}).get("content"))
+
+
+class _Pace:
+    """Generated frame i of a stream is due ``i * delay_s`` after the stream began, as a model
+    generates on its own clock: a busy event loop here delays one frame, not every later one."""
+
+    __slots__ = ("_delay", "_due")
+
+    def __init__(self, delay_s: float) -> None:
+        self._delay, self._due = delay_s, asyncio.get_running_loop().time()
+
+    async def next(self) -> None:
+        if self._delay:
+            self._due += self._delay
+            await asyncio.sleep(max(0.0, self._due - asyncio.get_running_loop().time()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,7 +631,8 @@ class FakeProvider:
     async def _set_default_reply(self, request: web.Request) -> web.Response:
         """Not a provider route: lets a benchmark in another process pace the default reply."""
         body = await request.json()
-        self.default_reply = Reply(chunks=body.get("chunks"), chunk_delay_s=float(body.get("chunk_delay_s", 0)))
+        self.default_reply = Reply(chunks=body.get("chunks"), chunk_delay_s=float(body.get("chunk_delay_s", 0)),
+                                   delay_s=float(body.get("delay_s", 0)))
         return web.json_response({"ok": True})
 
     # ---- plumbing shared by the handlers
@@ -702,9 +727,10 @@ class FakeProvider:
                                                        "cache-control": "no-cache"})
         await resp.prepare(request)
         try:
+            pace = _Pace(t.reply.chunk_delay_s)
             for i, (event, payload) in enumerate(frames):
-                if i and t.reply.chunk_delay_s:
-                    await asyncio.sleep(t.reply.chunk_delay_s)
+                if i and _generated(event, payload):
+                    await pace.next()
                 head = f"event: {event}\n".encode() if named and event else b""
                 await resp.write(head + b"data: " + _dumps(payload) + b"\n\n")
             if t.reply.drop_mid_stream:
@@ -894,9 +920,10 @@ class FakeProvider:
             if frame.get("store", True) is not False:
                 self._stored_response_ids.add(builder.id)
             frames, cut = builder.frames()
-            for i, (_, payload) in enumerate(_numbered(_cut(frames, cut, t, builder))):
-                if i and t.reply.chunk_delay_s:
-                    await asyncio.sleep(t.reply.chunk_delay_s)
+            pace = _Pace(t.reply.chunk_delay_s)
+            for i, (event, payload) in enumerate(_numbered(_cut(frames, cut, t, builder))):
+                if i and _generated(event, payload):
+                    await pace.next()
                 await ws.send_str(_dumps(_ws_payload(payload)).decode())
             if t.reply.drop_mid_stream:
                 self._drop(request)
