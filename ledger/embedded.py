@@ -116,7 +116,8 @@ class EmbeddedLedger:
     """Durable log + in-process fold + optional analytics hook, behind ``submit``."""
 
     def __init__(self, data_dir: str | Path, tz_of: TzOf = utc, on_batch: BatchHook | None = None,
-                 checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0) -> None:
+                 checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0,
+                 group_commit_s: float = 0.002) -> None:
         root = Path(data_dir) / "ledger"
         self.log = EventLog(root / "events.log")
         self.checkpoint = Checkpoint(root / "totals.json")
@@ -131,6 +132,7 @@ class EmbeddedLedger:
         self._analytics_first = 0
         self._analytics_end = 0
         self._analytics_interval_s = analytics_interval_s
+        self._group_commit_s = group_commit_s
         self._since_checkpoint = 0
         self._checkpoint_every = checkpoint_every
         self.events_written = 0
@@ -157,6 +159,10 @@ class EmbeddedLedger:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Group commit: the calls ending in the next ~2 ms share one write, one fsync and one
+            # hand-off to a thread (that hand-off alone cost ~5% of the proxy's CPU at 650 calls/s).
+            # Budgets do not wait for it: ``submit`` already counted the event in the view.
+            await asyncio.sleep(self._group_commit_s)
             while not self._queue.empty() and len(batch) < 1000:
                 batch.append(self._queue.get_nowait())
             try:
