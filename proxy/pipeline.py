@@ -85,11 +85,11 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             outcome = E.CANCELLED
         raise
     finally:                                                                              # emit
-        priced = cost(usage.tokens, price, service_tier=call.service_tier,
-                      web_search_calls=usage.web_search_calls)
+        tier = usage.service_tier or call.service_tier          # what the provider says it served wins
+        priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
         ttft = relay.first_output_s if relay else None
         event = ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd, priced.price_version,
-                          cost_estimated=price_estimated)
+                          cost_estimated=price_estimated, service_tier=tier)
         gw.ledger.submit(event)
         gw.policy.release(reservation, usage.tokens.total)
         if relay is not None and relay.kept is not None:                # opt-in body capture
@@ -160,7 +160,7 @@ class CallRecord:
 
     def event(self, gw: Gateway, usage: Usage, outcome: str, status: int, t0: float,
               ttft_s: float | None, cost_micro_usd: int, price_version: str,
-              cost_estimated: bool = False) -> E.UsageEvent:
+              cost_estimated: bool = False, service_tier: str | None = None) -> E.UsageEvent:
         p, call = self.principal, self.call
         now = time.monotonic()
         tags = call.tags
@@ -177,7 +177,7 @@ class CallRecord:
             session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
             stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
             cost_estimated=cost_estimated, error_type=usage.error_type,
-            service_tier=call.service_tier or "", web_search_calls=usage.web_search_calls,
+            service_tier=service_tier or call.service_tier or "", web_search_calls=usage.web_search_calls,
         )
 
 

@@ -37,6 +37,9 @@ class Usage:
     complete: bool = False             # the provider's own final usage was seen
     error_type: str = ""               # an in-stream error event's type
     web_search_calls: int = 0
+    # The tier the provider says it served (OpenAI's ``service_tier``, Anthropic's ``usage.speed``):
+    # billing follows it, not the request, since a provider may fall back or apply a project default.
+    service_tier: str | None = None
 
 
 class Meter(Protocol):

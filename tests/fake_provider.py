@@ -115,6 +115,9 @@ class Reply:
     # "failed": response.failed on Responses, the in-stream error event elsewhere; JSON replies get a 500
     finish: Literal["end", "max_tokens", "failed"] = "end"
     model_served: str | None = None  # None: echo the requested model
+    # the tier the provider says it served (OpenAI `service_tier`, Anthropic `usage.speed`);
+    # None: what was asked (OpenAI: "default" unless the request named one; Anthropic: the request's speed)
+    served_tier: str | None = None
 
 
 def _generated(event: str | None, payload: Any) -> bool:
@@ -213,6 +216,17 @@ class _Turn:
         return self.reply.fail_mid_stream or self.reply.finish == "failed"
 
     @property
+    def openai_tier(self) -> str:
+        asked = self.body.get("service_tier")
+        return self.reply.served_tier or (asked if isinstance(asked, str) and asked != "auto" else "default")
+
+    @property
+    def anthropic_speed(self) -> str | None:
+        """Usage reports ``speed`` when the request chose one (fast mode)."""
+        asked = self.body.get("speed")
+        return self.reply.served_tier or (asked if isinstance(asked, str) else None)
+
+    @property
     def text(self) -> str:
         return "".join(self.pieces)
 
@@ -256,7 +270,7 @@ def _mask(key: str) -> str:
 
 # ---------------------------------------------------------------- Anthropic Messages
 
-def _anthropic_usage(u: Usage, output: int) -> dict[str, Any]:
+def _anthropic_usage(u: Usage, output: int, speed: str | None = None) -> dict[str, Any]:
     d: dict[str, Any] = {
         "input_tokens": u.input, "cache_creation_input_tokens": u.cache_write_5m + u.cache_write_1h,
         "cache_read_input_tokens": u.cache_read,
@@ -264,6 +278,8 @@ def _anthropic_usage(u: Usage, output: int) -> dict[str, Any]:
                            "ephemeral_1h_input_tokens": u.cache_write_1h},
         "output_tokens": output, "service_tier": "standard",
     }
+    if speed is not None:
+        d["speed"] = speed
     if u.reasoning:
         d["output_tokens_details"] = {"thinking_tokens": u.reasoning}
     return d
@@ -297,7 +313,8 @@ class _Anthropic:
             blocks.append({"type": "text", "text": self.t.text})
         return {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.t.model,
                 "content": blocks, "stop_reason": None if streaming else self.stop_reason,
-                "stop_sequence": None, "usage": _anthropic_usage(u, min(u.output, 1) if streaming else u.output)}
+                "stop_sequence": None, "usage": _anthropic_usage(u, min(u.output, 1) if streaming else u.output,
+                                                                    self.t.anthropic_speed)}
 
     def frames(self) -> tuple[list[Frame], int]:
         frames: list[Frame] = [("message_start", {"type": "message_start", "message": self.message(streaming=True)})]
@@ -360,7 +377,7 @@ class _Chat:
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.t.created, "model": self.t.model,
-                "service_tier": "default", "system_fingerprint": self.fingerprint}
+                "service_tier": self.t.openai_tier, "system_fingerprint": self.fingerprint}
 
     def body(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.t.text, "refusal": None, "annotations": []}
@@ -420,7 +437,7 @@ class _Responses:
             "instructions": instructions if isinstance(instructions, str) else None,
             "max_output_tokens": b.get("max_output_tokens"), "model": self.t.model, "output": output,
             "parallel_tool_calls": True, "previous_response_id": b.get("previous_response_id"),
-            "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
+            "reasoning": {"effort": None, "summary": None}, "service_tier": self.t.openai_tier,
             "store": b.get("store", True), "temperature": 1.0,
             "text": {"format": {"type": "text"}, "verbosity": "medium"}, "tool_choice": "auto", "tools": [],
             "top_p": 1.0, "truncation": "disabled",

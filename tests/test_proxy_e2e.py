@@ -272,3 +272,58 @@ async def test_a_cookie_one_callers_response_set_never_rides_on_another_callers_
         assert "cookie" not in first.headers and "cookie" not in second.headers
     finally:
         await h.stop()
+
+
+def _price_now(model: str, tokens: E.Tokens, tier: str | None) -> int:
+    from pricing import cost, load_catalog
+    return cost(tokens, load_catalog().price_at(model, int(time.time() * 1000)), service_tier=tier).micro_usd
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_fast_mode_is_billed_at_the_fast_rate(gw, fake_provider, stream):
+    """Claude Code's /fast sends speed: fast; Opus 4.8 then bills x2. Metering at standard
+    rates would let a fast-mode session spend twice its budget."""
+    key, _ = gw.key()
+    fake_provider.script(Reply(text="quick", usage=Usage(input=2_000, cache_read=10_000, output=500)))
+    client = ant(gw, key)
+    kwargs = dict(model="claude-opus-4-8", max_tokens=1_000, messages=[{"role": "user", "content": "go"}],
+                  extra_body={"speed": "fast"})
+    if stream:
+        async with client.messages.stream(**kwargs) as s:
+            final = await s.get_final_message()
+    else:
+        final = await client.messages.create(**kwargs)
+    assert final.content[0].text == "quick"
+    [ev] = await gw.events()
+    tokens = E.Tokens(input=2_000, cache_read=10_000, output=500)
+    standard = _price_now("claude-opus-4-8", tokens, None)
+    # $10 x 2,000 + $1 x 10,000 + $50 x 500 = 55,000 micro-USD: twice the standard 27,500
+    assert (ev.cost_micro_usd, standard) == (55_000, 27_500)
+    assert ev.service_tier == "fast" and ev.tokens == tokens
+
+
+async def test_fast_mode_that_fell_back_to_standard_speed_is_billed_at_standard(gw, fake_provider):
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=2_000, output=500), served_tier="standard"))
+    await ant(gw, key).messages.create(model="claude-opus-4-8", max_tokens=1_000, extra_body={"speed": "fast"},
+                                       messages=[{"role": "user", "content": "go"}])
+    [ev] = await gw.events()
+    assert ev.service_tier == "standard"
+    assert ev.cost_micro_usd == _price_now("claude-opus-4-8", E.Tokens(input=2_000, output=500), None) == 22_500
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_openai_bills_the_tier_it_says_it_served(gw, fake_provider, api):
+    """A project whose default tier is priority (fast) is served and billed at it even when the
+    request names no tier; the response's service_tier is what the invoice follows."""
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=1_000, output=1_000), served_tier="priority"))
+    client = oai(gw, key)
+    if api == "chat":
+        await client.chat.completions.create(model="gpt-5.1", messages=[{"role": "user", "content": "hi"}])
+    else:
+        await client.responses.create(model="gpt-5.1", input="hi")
+    [ev] = await gw.events()
+    tokens = E.Tokens(input=1_000, output=1_000)
+    assert ev.service_tier == "priority"
+    assert ev.cost_micro_usd == _price_now("gpt-5.1", tokens, "priority") == 2 * _price_now("gpt-5.1", tokens, None)

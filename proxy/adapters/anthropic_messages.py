@@ -20,6 +20,12 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
 
 
+def speed_tier(speed: object) -> str:
+    """Fast mode (``speed: "fast"``) bills at the model's ``fast`` tier. Anthropic has no
+    project-wide speed, so a request without it is ``standard``, never held at fast rates."""
+    return "fast" if speed == "fast" else "standard"
+
+
 def error_object(err: GatewayError) -> dict:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
 
@@ -81,6 +87,8 @@ class AnthropicMeter:
         self.usage.tokens = tokens
         self.usage.web_search_calls = max(self.usage.web_search_calls,
                                           int_of(u, "server_tool_use", "web_search_requests"))
+        if isinstance(u.get("speed"), str):
+            self.usage.service_tier = speed_tier(u["speed"])
         if final:
             self.usage.complete = True
 
@@ -133,6 +141,7 @@ class AnthropicMessages:
             image_count=count_url_images(obj.get("messages")),
             web_search=has_web_search(obj.get("tools")),
             tags=tags,
+            service_tier=speed_tier(obj.get("speed")),
         )
 
     def meter(self, call: Call) -> AnthropicMeter:

@@ -82,6 +82,8 @@ class ChatMeter:
     def _take(self, obj: dict) -> None:
         self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens")
         self.usage.model_served = obj.get("model") or self.usage.model_served
+        if isinstance(obj.get("service_tier"), str):
+            self.usage.service_tier = obj["service_tier"]
         self.usage.complete = True
 
     def finish_json(self, body: bytes) -> None:

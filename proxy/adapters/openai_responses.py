@@ -51,6 +51,8 @@ class ResponsesMeter:
             return
         self.usage.tokens = openai_usage_tokens(u, "input_tokens", "output_tokens")
         self.usage.model_served = resp.get("model") or self.usage.model_served
+        if isinstance(resp.get("service_tier"), str):
+            self.usage.service_tier = resp["service_tier"]
         out = resp.get("output")
         if isinstance(out, list):
             self.usage.web_search_calls = sum(1 for i in out if isinstance(i, dict) and i.get("type") == "web_search_call")
