@@ -48,7 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    s = _settings(args, host=args.host, port=args.port)
+    s = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    if args.worker_index is None and s.workers != 1:
+        return _serve_workers(s)
     from .ops.logs import configure_logging
     configure_logging(s)                     # one JSON object per line, secrets redacted
     try:
@@ -56,11 +58,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
-    print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
+    if args.worker_index is None:            # a worker's supervisor has printed the line for all of them
+        mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
+        print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
     web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None,
-                shutdown_timeout=s.shutdown_timeout_s)
+                shutdown_timeout=s.shutdown_timeout_s, reuse_port=True if args.worker_index is not None else None)
     return 0
+
+
+def _serve_workers(s: Settings) -> int:
+    from .ops.logs import configure_logging
+    from .workers import STOP_GRACE_S, plan, share_dashboard_secret, supervise
+
+    workers = plan(s)                        # ValueError: one line, exit 2 (embedded ledger, port 0)
+    configure_logging(s)
+    share_dashboard_secret(s, workers)
+    print(f"llmgw serving on http://{s.host}:{s.port} (Kafka at {s.kafka_bootstrap}, {s.workers} workers)",
+          flush=True)
+    return supervise(workers, s.shutdown_timeout_s + STOP_GRACE_S)
 
 
 # -- keys ---------------------------------------------------------------------------
@@ -261,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway (embedded ledger unless Kafka is configured)")
     s.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="listen port (default 4000)")
+    s.add_argument("--workers", type=int, default=None, help="processes serving the port, one per core "
+                   "(also LLMGW_WORKERS; default 1; more than 1 needs Kafka)")
+    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)   # set by the supervisor
     s.set_defaults(func=cmd_serve)
 
     k = sub.add_parser("keys", help="create, list and revoke gateway API keys").add_subparsers(

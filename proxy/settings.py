@@ -44,6 +44,7 @@ class Settings:
     snapshot_max_age_s: float = 30.0   # /readyz fails once the budget snapshot is older (Kafka mode)
     shutdown_timeout_s: float = 30.0   # SIGTERM: open streams get this long to finish, then events flush
     otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
+    workers: int = 1                   # `llmgw serve` processes on one port (Kafka mode; proxy/workers.py)
     file_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
