@@ -43,6 +43,9 @@ def _state(args: argparse.Namespace) -> ConfigState:
 
 
 # -- serve ------------------------------------------------------------------------
+LISTEN_BACKLOG = 4096          # the kernel caps it at net.core.somaxconn
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -61,7 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.worker_index is None:            # a worker's supervisor has printed the line for all of them
         mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
         print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
-    web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None,
+    # backlog: aiohttp's default of 128 overflows when a fleet of agents (or a load balancer
+    # reconnecting) opens hundreds of connections at once, and each dropped SYN waits 1-3 s to retry
+    web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
                 shutdown_timeout=s.shutdown_timeout_s, reuse_port=True if args.worker_index is not None else None)
     return 0
 

@@ -596,7 +596,7 @@ class FakeProvider:
         app.router.add_route("*", "/openai/{tail:.*}", self._openai_unknown)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, backlog=4096)   # benchmarks open 512 at once
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://{self._host}:{port}"

@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 
 from ledger.events import OK, REJECTED_BUDGET, decode
+from proxy.cli import LISTEN_BACKLOG
 
 
 def free_port() -> int:
@@ -72,6 +74,11 @@ async def test_serve_forwards_records_and_follows_config_from_another_process(en
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, proc)
+        # a fleet connecting at once must not overflow the accept queue (aiohttp's default is 128):
+        # for a listening socket, ss reports the backlog as Send-Q
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert int(listening.split()[2]) == min(LISTEN_BACKLOG, somaxconn) > 128, listening
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
         resp = await client.chat.completions.create(model="gpt-4o-mini",
                                                     messages=[{"role": "user", "content": "hello"}])
