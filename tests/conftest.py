@@ -4,3 +4,28 @@ pytest_plugins = [
     "tests.fixtures.chdb",
     "tests.fixtures.provider",
 ]
+
+
+def _disarm_sdk_client_finalizers() -> None:
+    """Stop leaked anthropic/openai async clients from stealing other connections' fds.
+
+    Their ``AsyncHttpxClientWrapper.__del__`` schedules ``aclose()`` on the running loop. When the GC
+    collects an unclosed client it finalizes the whole cycle at once: asyncio's transport ``__del__``
+    first closes each pooled socket (its fd number is free again), then that task, resurrected by
+    ``__del__``, aborts the same transports and removes their stale fd numbers from the loop, by then
+    often a new proxy connection's (CPython gh-130141). That connection is never read again and
+    its client hangs. Without the finalizer a leaked client just drops its sockets. Tests should
+    still close their clients; this keeps one that does not from hanging a later, unrelated test.
+    """
+    import importlib
+
+    for name in ("anthropic._base_client", "openai._base_client"):
+        try:
+            wrapper = importlib.import_module(name).AsyncHttpxClientWrapper
+        except (ImportError, AttributeError):
+            continue
+        if "__del__" in vars(wrapper):
+            del wrapper.__del__
+
+
+_disarm_sdk_client_finalizers()
