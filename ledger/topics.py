@@ -256,7 +256,9 @@ class PartitionReader:
                 if await consumer.position(tp) >= todo[tp]:
                     consumer.pause(tp)
                     del todo[tp]
-        consumer.assign([])
+        # Every partition read is paused now, and the next read assigns its own. Never ``assign([])``
+        # here: with aiokafka 0.14 a consumer emptied that way hangs for good in ``stop()``, which
+        # stalled a worker taking over partitions and the rebuild command on their ``async with``.
 
 
 async def read_snapshot_partitions(reader: PartitionReader, topics: Topics, partitions: list[int],

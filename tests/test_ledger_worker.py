@@ -152,6 +152,21 @@ async def test_ensure_topics_is_idempotent_and_refuses_topics_that_are_not_co_pa
 
 
 @pytest.mark.kafka
+async def test_a_reader_closes_after_reading_partitions_with_nothing_to_read(kafka_bootstrap: str) -> None:
+    """Empty partitions (a new deployment's snapshot topic) must not leave the reader unable to
+    stop: a worker taking partitions over and ``llmgw ledger rebuild`` both close one."""
+    wanted = Topics(unique_topic("emptyread"), partitions=3)
+    await ensure_topics(kafka_bootstrap, wanted)
+    start: dict[TopicPartition, int | None] = {TopicPartition(wanted.snapshots, p): None for p in range(3)}
+    async with asyncio.timeout(30):                      # covers the reader's __aexit__ (stop) too
+        for _ in range(2):
+            async with PartitionReader(kafka_bootstrap) as reader:
+                assert [batch async for batch in reader.read(start)] == []
+                by_partition, progress = await read_snapshot_partitions(reader, wanted, [0, 1, 2])
+            assert by_partition == {0: {}, 1: {}, 2: {}} and progress == {}
+
+
+@pytest.mark.kafka
 async def test_one_worker_folds_every_event_exactly(kafka_bootstrap: str, topics: Topics,
                                                    worker: LedgerWorker) -> None:
     events = random_events(3_000, seed=1)
