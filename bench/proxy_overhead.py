@@ -152,8 +152,11 @@ async def open_streams(url: str, key: str, n: int, pid: int) -> float:
     return (peak - before) * 1000 / n
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+    """``cpus``: the cores the process (and every thread it starts) may run on."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            preexec_fn=pin)
 
 
 def litellm_config(path: Path, fake_openai: str) -> None:
@@ -208,10 +211,17 @@ async def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=200)
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--chunk-ms", type=float, default=25)
+    ap.add_argument("--pin", action="store_true",
+                    help="targets on the last core, the load generator and the fake on the others: "
+                         "as if the load came from another machine")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",") if x]
     paced = [int(x) for x in args.paced.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
+    cores = os.cpu_count() or 1
+    target_cpus = {cores - 1} if args.pin and cores > 1 else None
+    if target_cpus:
+        os.sched_setaffinity(0, set(range(cores - 1)))          # this load generator, and the fake below
     env = dict(os.environ)
     procs: list[subprocess.Popen] = []
     try:
@@ -225,12 +235,13 @@ async def main() -> None:
                               "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                              check=True, cwd=ROOT).stdout.strip()
         gport = free_port()
-        gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(gport)], genv, tmp / "gw.log")
+        gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(gport)], genv, tmp / "gw.log",
+                   target_cpus)
         procs.append(gw)
         await wait_http(f"http://127.0.0.1:{gport}/healthz")
         hport = free_port()
         hop = start([sys.executable, str(ROOT / "bench" / "tcp_hop.py"), "--port", str(hport),
-                     "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log")
+                     "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log", target_cpus)
         procs.append(hop)
         await wait_http(f"http://127.0.0.1:{hport}/openai/v1/models")
         targets = {"direct": (fake + "/openai/v1", "sk-openai-upstream-test", None),
@@ -240,12 +251,13 @@ async def main() -> None:
             lport = free_port()
             litellm_config(tmp / "litellm.yaml", fake + "/openai/v1")
             lp = start([args.litellm, "--config", str(tmp / "litellm.yaml"), "--port", str(lport),
-                        "--num_workers", "1"], env, tmp / "litellm.log")
+                        "--num_workers", "1"], env, tmp / "litellm.log", target_cpus)
             procs.append(lp)
             await wait_http(f"http://127.0.0.1:{lport}/health/liveliness", timeout_s=180)
             targets["litellm"] = (f"http://127.0.0.1:{lport}/v1", "sk-bench-master", lp.pid)
         print(f"# {time.strftime('%Y-%m-%d %H:%M')} commit {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()} "
-              f"cores {os.cpu_count()} seconds/cell {args.seconds}")
+              f"cores {cores} seconds/cell {args.seconds}"
+              + (f", targets pinned to core {cores - 1}, load and fake to the others" if target_cpus else ""))
         if levels:
             print("\n## Saturating: an instant 5-word reply, each client sends again at once\n")
             await table(targets, levels, args.seconds, gaps=False)
