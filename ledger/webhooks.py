@@ -193,7 +193,10 @@ class Deliverer:
         self.attempts = 0
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        # No cookie jar: many orgs' webhooks share one host (hooks.slack.com), and a cookie set in
+        # answer to one org's delivery would otherwise ride along with the next org's.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16),
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     def submit(self, alert: Alert, hook: Webhook) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(alert, hook),

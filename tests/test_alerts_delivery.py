@@ -35,6 +35,7 @@ class Receiver:
     statuses: deque[int] = field(default_factory=deque)
     bodies: list[dict[str, Any]] = field(default_factory=list)        # acked deliveries only
     attempts: list[tuple[int, str, str]] = field(default_factory=list)  # (status, alert id, attempt header)
+    cookies: list[str] = field(default_factory=list)     # the Cookie header of each attempt
     url: str = ""
     runner: web.AppRunner | None = None
 
@@ -43,10 +44,13 @@ class Receiver:
         status = self.statuses.popleft() if self.statuses else 200
         self.attempts.append((status, request.headers.get("X-Llmgw-Alert-Id", ""),
                               request.headers.get("X-Llmgw-Delivery-Attempt", "")))
+        self.cookies.append(request.headers.get("Cookie", ""))
         if status == 200:
             assert request.content_type == "application/json"
             self.bodies.append(orjson.loads(raw))
-        return web.Response(status=status, text="ok" if status == 200 else "no")
+        # like hooks.slack.com behind a CDN: every answer sets a session cookie
+        return web.Response(status=status, text="ok" if status == 200 else "no",
+                            headers={"Set-Cookie": "cdn_session=from-an-earlier-delivery; Path=/"})
 
     async def start(self) -> "Receiver":
         app = web.Application()
@@ -223,6 +227,22 @@ async def test_a_receiver_failing_twice_then_acking_gets_exactly_one_delivery(tm
     stored = read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key]
     (d,) = stored.deliveries
     assert (d.status, d.attempts, d.http_status) == (DELIVERED, 3, 200)
+
+
+async def test_deliveries_never_carry_a_cookie_an_earlier_delivery_was_given(tmp_path, receiver):
+    """Many orgs' webhooks share one host (hooks.slack.com): a cookie set in answer to one org's
+    delivery must not ride along with the next one."""
+    receiver.statuses.extend([500])
+    state, k = world(receiver.url.replace("127.0.0.1", "localhost"))   # a cookie jar ignores IP hosts
+    e = engine_on(tmp_path)
+    await e.start()
+    try:
+        await fire(e, {k: Totals(91_000_000)}, state)
+        await eventually(lambda: e.deliverer.in_flight == 0)
+    finally:
+        await e.stop()
+    assert [s for s, _, _ in receiver.attempts] == [500, 200]
+    assert receiver.cookies == ["", ""]
 
 
 async def test_a_pending_delivery_is_resumed_after_a_restart_and_then_never_again(tmp_path, receiver):
