@@ -3,6 +3,7 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.chdb",
     "tests.fixtures.provider",
+    "tests.fixtures.gateway",
 ]
 
 

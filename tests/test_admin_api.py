@@ -10,16 +10,13 @@ import openai
 import orjson
 import pytest
 
-from tests.admin_support import OWNER_KEY, Api, admin_harness
+from tests.admin_support import OWNER_KEY, Api
 from tests.fake_provider import Reply, Usage
 
 
 @pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = admin_harness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
+def gw(admin_gw):
+    return admin_gw
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import sys
 import time
 from datetime import datetime, timezone
 
-import aiohttp
 import openai
 import pytest
 
@@ -17,23 +16,14 @@ from ledger.configlog import ConfigState
 from proxy.admin import increase as I
 from proxy.admin.roles import OWNER, AdminPrincipal
 from proxy.budgets import Budget
-from tests.admin_support import OWNER_KEY, Api, admin_harness, admin_with_role
+from tests.admin_support import OWNER_KEY, Api, admin_with_role
 from tests.fake_provider import Reply, Usage
 from tests.test_cli_serve import env, free_port, llmgw, wait_ready  # noqa: F401  (env is a fixture)
 
 
 @pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = admin_harness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
+def gw(admin_gw):
+    return admin_gw
 
 
 async def chat(client: openai.AsyncOpenAI, fake_provider) -> str:

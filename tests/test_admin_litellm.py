@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-import aiohttp
 import openai
 import pytest
 
-from tests.admin_support import OWNER_KEY, Api, admin_harness
+from tests.admin_support import OWNER_KEY, Api
 from tests.fake_provider import Reply, Usage
 
 # Verbatim from LiteLLM's virtual-keys docs ("Generate temporary keys"), master key replaced by ours.
@@ -27,17 +26,8 @@ BUDGET_BODY = """{
 
 
 @pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = admin_harness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
+def gw(admin_gw):
+    return admin_gw
 
 
 async def curl(http, url: str, path: str, body: str, token: str = OWNER_KEY):

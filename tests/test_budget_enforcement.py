@@ -8,15 +8,6 @@ import pytest
 
 from ledger import events as E
 from tests.fake_provider import Reply, Usage
-from tests.gateway_harness import GatewayHarness
-
-
-@pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = GatewayHarness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
 
 
 async def test_200_concurrent_streams_never_overspend_a_1_dollar_budget(gw, fake_provider):

@@ -11,14 +11,6 @@ from tests.fake_provider import OPENAI_CHAT, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
 
-@pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = GatewayHarness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
-
-
 def allow(h: GatewayHarness, scope: str, *patterns: str, org: str = "") -> None:
     kind, name = scope.split(":", 1)
     h._put(ModelList(kind, name, patterns, org=org).record())

@@ -47,12 +47,6 @@ async def oai(fake_provider: FakeProvider) -> AsyncIterator[openai.AsyncOpenAI]:
         yield client
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def sse_events(resp: aiohttp.ClientResponse) -> list[tuple[str | None, str]]:
     """(event, data) pairs exactly as framed on the wire."""
     text = (await resp.read()).decode()

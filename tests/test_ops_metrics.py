@@ -30,14 +30,6 @@ def value(m: dict, name: str, **labels: str) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = GatewayHarness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
-
-
 async def test_metrics_count_what_the_ledger_recorded(gw, fake_provider):
     key, key_id = gw.key("acme", "backend", "alice")
     oai = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)

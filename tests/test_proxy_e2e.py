@@ -14,14 +14,6 @@ from tests.fake_provider import OPENAI_CHAT, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
 
-@pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = GatewayHarness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
-
-
 def oai(gw: GatewayHarness, key: str, **kw) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, **kw)
 

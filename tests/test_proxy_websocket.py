@@ -8,15 +8,6 @@ import pytest
 
 from ledger import events as E
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
-from tests.gateway_harness import GatewayHarness
-
-
-@pytest.fixture
-async def gw(fake_provider, tmp_path):
-    h = GatewayHarness(fake_provider, tmp_path)
-    await h.start()
-    yield h
-    await h.stop()
 
 
 async def until_done(ws: aiohttp.ClientWebSocketResponse) -> list[dict]:

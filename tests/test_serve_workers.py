@@ -24,19 +24,9 @@ from ledger.topics import partitions_of
 from proxy.settings import Settings
 from proxy.workers import plan
 from tests.fixtures.kafka import unique_topic
+from tests.test_cli_serve import free_port, llmgw
 
 CALLS = 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def llmgw(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
 
 
 # -- refusals and the plan: no broker needed ------------------------------------------------
