@@ -131,6 +131,7 @@ class EmbeddedLedger:
         self._analytics_pending: list[UsageEvent] = []
         self._analytics_first = 0
         self._analytics_end = 0
+        self._analytics_behind = False       # a batch failed; the next flush replays from the log
         self._analytics_interval_s = analytics_interval_s
         self._group_commit_s = group_commit_s
         self._since_checkpoint = 0
@@ -144,7 +145,7 @@ class EmbeddedLedger:
         self.view.folded = totals
         self.view.advance(0, end)
         self.checkpoint.save(end, totals)
-        await self._catch_up_analytics()
+        self._analytics_behind = not await self._catch_up_analytics()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name="llmgw-ledger-writer")
         if self.on_batch is not None:
@@ -200,22 +201,32 @@ class EmbeddedLedger:
             await self._flush_analytics()
 
     async def _flush_analytics(self) -> None:
+        if self._analytics_behind:
+            # A batch failed: its events are in the log only. Replay from the mark, which never
+            # passed them, so a later batch that succeeds cannot skip them (the sink drops the
+            # events it already holds, including any the failed insert did write).
+            self._analytics_pending = []
+            self._analytics_behind = not await self._catch_up_analytics()
+            return
         if not self._analytics_pending:
             return
         batch, first, end = self._analytics_pending, self._analytics_first, self._analytics_end
         self._analytics_pending = []
-        await self._analytics(batch, first, end)
+        self._analytics_behind = not await self._analytics(batch, first, end)
 
-    async def _analytics(self, batch: Sequence[UsageEvent], first: int, end: int) -> None:
+    async def _analytics(self, batch: Sequence[UsageEvent], first: int, end: int) -> bool:
         try:
             await self.on_batch(batch, first, end)  # type: ignore[misc]
-            self.analytics_mark.write_text(str(end))
         except Exception:
-            log.exception("analytics insert failed; will be replayed from position %d at restart", first)
+            log.exception("analytics insert of log positions [%d, %d) failed; replaying from %d", first, end, first)
+            return False
+        self.analytics_mark.write_text(str(end))
+        return True
 
-    async def _catch_up_analytics(self) -> None:
+    async def _catch_up_analytics(self) -> bool:
+        """Send the log from the analytics mark on; False if a batch failed (the mark stays before it)."""
         if self.on_batch is None:
-            return
+            return True
         start = int(self.analytics_mark.read_text()) if self.analytics_mark.exists() else 0
         batch: list[UsageEvent] = []
         first = start
@@ -225,10 +236,10 @@ class EmbeddedLedger:
                 first = pos
             batch.append(ev)
             if len(batch) >= 5000:
-                await self._analytics(batch, first, end)
+                if not await self._analytics(batch, first, end):
+                    return False
                 batch = []
-        if batch:
-            await self._analytics(batch, first, end)
+        return not batch or await self._analytics(batch, first, end)
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is durable and folded."""
