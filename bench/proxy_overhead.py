@@ -12,6 +12,8 @@ soon as one ends, so the numbers measure throughput and, once the target's core 
 *Paced*: the fake behaves like a model (first token after --ttft-ms, then --chunks deltas
 --chunk-ms apart), so 64 concurrent streams are 64 streams open at once, as behind real agents;
 this is where added latency, added time to first token and the added gap between chunks are read.
+The paced clients start spread over one stream's length (``--lockstep``: all at once, a burst of
+64 deltas in the same millisecond every 25 ms), and the calls of the ramp are not counted.
 
 LiteLLM installs with ``python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``.
 Every target runs in its own process; the load generator is one asyncio process with keep-alive.
@@ -82,6 +84,7 @@ class Result:
     gaps: list[float] = field(default_factory=list)        # between two reads of one response body
     errors: int = 0
     elapsed: float = 0.0
+    calls: int = 0                                         # counted or not: the CPU is per call
 
     def pct(self, xs: list[float], q: float) -> float:
         if not xs:
@@ -90,37 +93,52 @@ class Result:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-async def load(url: str, key: str, concurrency: int, seconds: float, stream: bool) -> Result:
+async def load(url: str, key: str, concurrency: int, seconds: float, stream: bool,
+               spread_s: float = 0.0, warm_s: float = 0.0) -> Result:
+    """``concurrency`` clients, each sending its next call when the last one ends.
+
+    ``spread_s``: client i starts ``i * spread_s / concurrency`` late. With model-paced streams and
+    no spread, every client starts in the same millisecond and stays in step for the whole run, so
+    all 64 streams deliver a delta in the same millisecond 40 times a second; agents do not
+    synchronize like that, and the tail would measure that burst, not the proxy. Calls that start
+    within ``warm_s`` of the beginning (new connections, the ramp) are not counted.
+    """
     body = orjson.dumps({"model": "gpt-4o-mini", "stream": stream,
                          "messages": [{"role": "user", "content": "Say hello in five words."}]})
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     res = Result()
-    stop = time.monotonic() + seconds
+    begin = time.monotonic()
+    stop = begin + warm_s + seconds
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            await asyncio.sleep(i * spread_s / concurrency)
             while time.monotonic() < stop:
                 t0 = time.monotonic()
+                counted = t0 >= begin + warm_s
                 try:
                     async with http.post(url + "/chat/completions", data=body, headers=headers) as r:
                         first = last = None
+                        gaps = []
                         async for _ in r.content.iter_any():
                             now = time.monotonic()
                             if first is None:
                                 first = now
                             else:
-                                res.gaps.append(now - last)
+                                gaps.append(now - last)
                             last = now
+                        res.calls += 1
                         if r.status != 200:
                             res.errors += 1
                             continue
-                    res.latencies.append(time.monotonic() - t0)
-                    res.ttfb.append((first or time.monotonic()) - t0)
+                    if counted:
+                        res.latencies.append(time.monotonic() - t0)
+                        res.ttfb.append((first or time.monotonic()) - t0)
+                        res.gaps.extend(gaps)
                 except aiohttp.ClientError:
                     res.errors += 1
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        res.elapsed = time.monotonic() - t0
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        res.elapsed = time.monotonic() - begin - warm_s
     return res
 
 
@@ -174,30 +192,35 @@ def litellm_config(path: Path, fake_openai: str) -> None:
 
 
 async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[int], seconds: float,
-                gaps: bool, kinds: tuple[bool, ...] = (False, True)) -> None:
-    """One markdown table; every row's added numbers are against the direct row of its cell."""
+                gaps: bool, kinds: tuple[bool, ...] = (False, True), spread_s: float = 0.0,
+                warm_s: float = 0.0, rounds: int = 1) -> None:
+    """One markdown table; every row's added numbers are against the direct row of its round.
+
+    ``rounds``: the cell again, each target after the other, as often: a p99 over ~800 calls is
+    the 8th slowest, so the spread between rounds is part of the result.
+    """
     gap_head = " gap p99 | +gap p99 |" if gaps else ""
     print(f"| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb |{gap_head} CPU ms/1k | errors |")
     print("|---" * (12 + 2 * gaps) + "|")
-    for stream in kinds:
-        for c in levels:
-            base: Result | None = None
-            for name, (url, k, pid) in targets.items():
+    for stream, c, _ in ((st, c, n) for st in kinds for c in levels for n in range(rounds)):
+        base: Result | None = None
+        for name, (url, k, pid) in targets.items():
+            if not warm_s:
                 await load(url, k, min(c, 8), 1.0, stream)            # warm-up
-                c0 = cpu_ms(pid) if pid else 0.0
-                r = await load(url, k, c, seconds, stream)
-                cpu = (cpu_ms(pid) - c0) * 1000 / max(len(r.latencies), 1) if pid else float("nan")
-                if name == "direct":
-                    base = r
-                p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
-                t50, g99 = r.pct(r.ttfb, .5), r.pct(r.gaps, .99)
-                add = (p50 - base.pct(base.latencies, .5), p99 - base.pct(base.latencies, .99),
-                       t50 - base.pct(base.ttfb, .5), g99 - base.pct(base.gaps, .99)
-                       ) if base and name != "direct" else (0, 0, 0, 0)
-                gap_cells = f" {g99:.2f} | {add[3]:+.2f} |" if gaps else ""
-                print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
-                      f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
-                      f"|{gap_cells} {cpu:.0f} | {r.errors} |", flush=True)
+            c0 = cpu_ms(pid) if pid else 0.0
+            r = await load(url, k, c, seconds, stream, spread_s, warm_s)
+            cpu = (cpu_ms(pid) - c0) * 1000 / max(r.calls, 1) if pid else float("nan")
+            if name == "direct":
+                base = r
+            p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
+            t50, g99 = r.pct(r.ttfb, .5), r.pct(r.gaps, .99)
+            add = (p50 - base.pct(base.latencies, .5), p99 - base.pct(base.latencies, .99),
+                   t50 - base.pct(base.ttfb, .5), g99 - base.pct(base.gaps, .99)
+                   ) if base and name != "direct" else (0, 0, 0, 0)
+            gap_cells = f" {g99:.2f} | {add[3]:+.2f} |" if gaps else ""
+            print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
+                  f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
+                  f"|{gap_cells} {cpu:.0f} | {r.errors} |", flush=True)
 
 
 async def main() -> None:
@@ -211,6 +234,10 @@ async def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=200)
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--chunk-ms", type=float, default=25)
+    ap.add_argument("--lockstep", action="store_true",
+                    help="paced clients all start at once and stay in step (a burst every delta), "
+                         "instead of spread over one stream's length")
+    ap.add_argument("--rounds", type=int, default=1, help="paced cells run this many times each")
     ap.add_argument("--pin", action="store_true",
                     help="targets on the last core, the load generator and the fake on the others: "
                          "as if the load came from another machine")
@@ -265,9 +292,14 @@ async def main() -> None:
             reply = {"delay_s": args.ttft_ms / 1000, "chunks": args.chunks, "chunk_delay_s": args.chunk_ms / 1000}
             async with aiohttp.ClientSession() as http:
                 await http.post(fake + "/_fake/default_reply", json=reply)
+            stream_s = (args.ttft_ms + args.chunks * args.chunk_ms) / 1000
+            spread_s = 0.0 if args.lockstep else stream_s
             print(f"\n## Paced like a model: first token after {args.ttft_ms} ms, then {args.chunks} deltas "
-                  f"{args.chunk_ms} ms apart\n")
-            await table(targets, paced, args.paced_seconds, gaps=True, kinds=(True,))
+                  f"{args.chunk_ms} ms apart; "
+                  + ("clients in lockstep" if args.lockstep else f"client starts spread over {spread_s:.1f} s")
+                  + f"; calls in the first {spread_s + stream_s:.1f} s not counted\n")
+            await table(targets, paced, args.paced_seconds, gaps=True, kinds=(True,), spread_s=spread_s,
+                        warm_s=spread_s + stream_s, rounds=args.rounds)
         async with aiohttp.ClientSession() as http:    # slow streams, so they stay open together
             await http.post(fake + "/_fake/default_reply", json={"chunks": 100, "chunk_delay_s": 0.05})
         for name, (url, k, pid) in targets.items():
