@@ -111,7 +111,7 @@ class UsageEvent:
     gateway_id: str = ""
     stream: bool = False
     usage_estimated: bool = False  # some token counts were estimated (client left early, unknown model fallback)
-    cost_estimated: bool = False   # priced with a fallback entry
+    cost_estimated: bool = False   # priced with a fallback entry, or a served tier the entry has no rates for
     error_type: str = ""
     kind: str = USAGE
     adjusts_event_id: str = ""     # for ADJUSTMENT: the event whose cost it corrects

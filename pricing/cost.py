@@ -24,6 +24,10 @@ _ONE = Decimal(1)
 class Cost:
     micro_usd: int
     price_version: str
+    # The call was served at a tier this entry has no rates for (fast mode on a model whose fast
+    # price is not in the catalog, flex on an entry without flex): billed at base rates, which
+    # is a guess, so the event says so (``cost_estimated``) instead of looking exact.
+    tier_unpriced: bool = False
 
 
 def tier_name(service_tier: str | None, batch: bool) -> str | None:
@@ -83,11 +87,14 @@ def cost(tokens: Tokens, price: Price, *, service_tier: str | None = None, batch
     the tier the provider reports it served (``flex``, ``priority``, Anthropic's
     ``batch``...); a tier this entry lists no rates for is billed at base rates.
     ``batch`` selects the ``batch`` tier. Per-request fees are not discounted by tiers.
+    Base rates for a tier the entry does not list are a guess: ``tier_unpriced`` says so.
     """
     _check(tokens)
     if web_search_calls < 0:
         raise ValueError("web_search_calls must be >= 0")
-    rates = price.rates_for(tokens.prompt, tier_name(service_tier, batch))
+    tier = tier_name(service_tier, batch)
+    rates = price.rates_for(tokens.prompt, tier)
     with localcontext(MONEY_CONTEXT):
         exact = token_cost_exact(tokens, rates) + fee_exact(price, WEB_SEARCH, web_search_calls)
-    return Cost(round_micro(exact), price.version)
+    unpriced = tier not in (None, "auto") and tier not in STANDARD_TIERS and price.tier(tier) is None
+    return Cost(round_micro(exact), price.version, unpriced)

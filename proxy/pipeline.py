@@ -89,7 +89,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
         ttft = relay.first_output_s if relay else None
         event = ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd, priced.price_version,
-                          cost_estimated=price_estimated, service_tier=tier)
+                          cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
         gw.ledger.submit(event)
         gw.policy.release(reservation, usage.tokens.total)
         if relay is not None and relay.kept is not None:                # opt-in body capture

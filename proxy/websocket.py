@@ -159,5 +159,6 @@ def _settle(gw: Gateway, f: _InFlight, outcome: str, status: int) -> None:
     tier = usage.service_tier or f.call.service_tier          # what the provider says it served wins
     priced = cost(usage.tokens, f.price, service_tier=tier, web_search_calls=usage.web_search_calls)
     gw.ledger.submit(f.record.event(gw, usage, outcome, status, f.t0, f.first_output, priced.micro_usd,
-                                    priced.price_version, cost_estimated=f.price_estimated, service_tier=tier))
+                                    priced.price_version, cost_estimated=f.price_estimated or priced.tier_unpriced,
+                                    service_tier=tier))
     gw.policy.release(f.reservation, usage.tokens.total)

@@ -99,9 +99,10 @@ def test_openai_chat_with_cached_input_and_reasoning_tokens() -> None:
     assert cost(tokens, price("gpt-5"), service_tier="priority").micro_usd == 72_000
     # flex: half of standard
     assert cost(tokens, price("gpt-5"), service_tier="flex").micro_usd == 18_000
-    # "default" (and a tier this model does not list) bill at standard
+    # "default" (and a tier this model does not list, flagged as a guess) bill at standard
     assert cost(tokens, price("gpt-5"), service_tier="default").micro_usd == 36_000
-    assert cost(tokens, price("gpt-5-nano"), service_tier="priority") == cost(tokens, price("gpt-5-nano"))
+    nano_priority = cost(tokens, price("gpt-5-nano"), service_tier="priority")
+    assert nano_priority.micro_usd == cost(tokens, price("gpt-5-nano")).micro_usd and nano_priority.tier_unpriced
 
 
 def test_openai_gpt_4o_mini_cached() -> None:
@@ -136,6 +137,21 @@ def test_embeddings_are_input_only() -> None:
     assert cost(tokens, price("text-embedding-3-small"), batch=True).micro_usd == 1_235
     # text-embedding-3-large $0.13: 0.13 x 10,000 = 1,300
     assert cost(Tokens(input=10_000), price("text-embedding-3-large")).micro_usd == 1_300
+
+
+def test_a_served_tier_the_entry_has_no_rates_for_is_billed_at_base_and_flagged() -> None:
+    """Sonnet 4.5 lists no fast or priority rates: base rates are a guess there, and the event must say
+    so; standard tiers, ``auto`` and tiers the entry lists are exact."""
+    tokens = Tokens(input=1_000, output=1_000)
+    sonnet, mini = price("claude-sonnet-4-5-20250929"), price("o4-mini")
+    base = cost(tokens, sonnet).micro_usd
+    assert base == 18_000                                       # $3 x 1,000 + $15 x 1,000
+    for tier in ("fast", "priority", "flex"):
+        assert cost(tokens, sonnet, service_tier=tier) == Cost(base, sonnet.version, tier_unpriced=True)
+    for tier in (None, "", "auto", "default", "standard"):
+        assert not cost(tokens, sonnet, service_tier=tier).tier_unpriced
+    assert not cost(tokens, sonnet, batch=True).tier_unpriced   # Sonnet lists batch rates
+    assert not cost(tokens, mini, service_tier="flex").tier_unpriced
 
 
 def test_rounded_once_not_per_part_and_half_to_even() -> None:

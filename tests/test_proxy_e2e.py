@@ -304,6 +304,27 @@ async def test_fast_mode_that_fell_back_to_standard_speed_is_billed_at_standard(
     assert ev.cost_micro_usd == _price_now("claude-opus-4-8", E.Tokens(input=2_000, output=500), None) == 22_500
 
 
+async def test_fast_mode_on_a_model_without_a_fast_price_is_flagged_as_estimated(gw, fake_provider):
+    """The catalog has no fast price for Fable 5.2: the call is billed at base rates, and the
+    event says that figure is a guess instead of passing it off as exact."""
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=2_000, output=500)))
+    await ant(gw, key).messages.create(model="claude-fable-5-2", max_tokens=1_000, extra_body={"speed": "fast"},
+                                       messages=[{"role": "user", "content": "go"}])
+    [ev] = await gw.events()
+    assert ev.service_tier == "fast" and ev.cost_estimated
+    assert ev.cost_micro_usd == _price_now("claude-fable-5-2", E.Tokens(input=2_000, output=500), None) > 0
+
+
+async def test_a_standard_call_is_not_flagged_as_estimated(gw, fake_provider):
+    key, _ = gw.key()
+    fake_provider.script(Reply(usage=Usage(input=2_000, output=500)))
+    await ant(gw, key).messages.create(model="claude-fable-5-2", max_tokens=1_000,
+                                       messages=[{"role": "user", "content": "go"}])
+    [ev] = await gw.events()
+    assert ev.service_tier == "standard" and not ev.cost_estimated
+
+
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_openai_bills_the_tier_it_says_it_served(gw, fake_provider, api):
     """A project whose default tier is priority (fast) is served and billed at it even when the
