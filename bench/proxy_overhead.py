@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -202,7 +203,7 @@ async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[in
     gap_head = " gap p99 | +gap p99 |" if gaps else ""
     print(f"| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb |{gap_head} CPU ms/1k | errors |")
     print("|---" * (12 + 2 * gaps) + "|")
-    for stream, c, _ in ((st, c, n) for st in kinds for c in levels for n in range(rounds)):
+    for stream, c, _ in itertools.product(kinds, levels, range(rounds)):
         base: Result | None = None
         for name, (url, k, pid) in targets.items():
             if not warm_s:

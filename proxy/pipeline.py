@@ -13,7 +13,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from ledger import events as E
-from pricing import RequestShape, cost
+from pricing import Price, RequestShape, cost
 
 from . import admission, forward
 from .context import GATEWAY, REQUEST_ID, Gateway
@@ -85,11 +85,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             outcome = E.CANCELLED
         raise
     finally:                                                                              # emit
-        tier = usage.service_tier or call.service_tier          # what the provider says it served wins
-        priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
         ttft = relay.first_output_s if relay else None
-        event = ctx.event(gw, usage, outcome, status, t0, ttft, priced.micro_usd, priced.price_version,
-                          cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
+        event = ctx.settle(gw, call, usage, outcome, status, t0, ttft, price, price_estimated)
         gw.ledger.submit(event)
         gw.policy.release(reservation, usage.tokens.total)
         if relay is not None and relay.kept is not None:                # opt-in body capture
@@ -157,6 +154,16 @@ class CallRecord:
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
         self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+
+    def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,
+               ttft_s: float | None, price: Price, price_estimated: bool) -> E.UsageEvent:
+        """The event of a call that reached the provider, priced. It is billed at the tier the provider
+        says it served (a fallback to standard speed, a project's default priority), the request's
+        when it says nothing; base rates for a tier the entry has no price for are flagged as a guess."""
+        tier = usage.service_tier or call.service_tier
+        priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
+        return self.event(gw, usage, outcome, status, t0, ttft_s, priced.micro_usd, priced.price_version,
+                          cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
 
     def event(self, gw: Gateway, usage: Usage, outcome: str, status: int, t0: float,
               ttft_s: float | None, cost_micro_usd: int, price_version: str,

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from ledger import events as E
-from pricing import RequestShape, cost, worst_case
+from pricing import RequestShape, worst_case
 
 from .adapters.openai_responses import TERMINAL, OpenAIResponses, ResponsesMeter, parse_create
 from .context import GATEWAY, Gateway
@@ -156,9 +156,6 @@ async def _upstream_to_client(gw: Gateway, client: web.WebSocketResponse,
 
 def _settle(gw: Gateway, f: _InFlight, outcome: str, status: int) -> None:
     usage = f.meter.result()
-    tier = usage.service_tier or f.call.service_tier          # what the provider says it served wins
-    priced = cost(usage.tokens, f.price, service_tier=tier, web_search_calls=usage.web_search_calls)
-    gw.ledger.submit(f.record.event(gw, usage, outcome, status, f.t0, f.first_output, priced.micro_usd,
-                                    priced.price_version, cost_estimated=f.price_estimated or priced.tier_unpriced,
-                                    service_tier=tier))
+    gw.ledger.submit(f.record.settle(gw, f.call, usage, outcome, status, f.t0, f.first_output, f.price,
+                                     f.price_estimated))
     gw.policy.release(f.reservation, usage.tokens.total)

@@ -45,6 +45,13 @@ class GatewayHarness:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    async def __aenter__(self) -> "GatewayHarness":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     @property
     def gw(self) -> Gateway:
         return self.app[GATEWAY]

@@ -249,9 +249,7 @@ async def test_a_cookie_one_callers_response_set_never_rides_on_another_callers_
     """Providers answer with Set-Cookie (Cloudflare's __cf_bm): one shared upstream session must not
     keep it and replay it on the next caller's request, nor hand it down to the caller."""
     upstream = fake_provider.openai_base_url.replace("127.0.0.1", "localhost")   # a cookie jar ignores IP hosts
-    h = GatewayHarness(fake_provider, tmp_path, openai_base_url=upstream)
-    await h.start()
-    try:
+    async with GatewayHarness(fake_provider, tmp_path, openai_base_url=upstream) as h:
         alice, _ = h.key("acme", "backend", "alice")
         bob, _ = h.key("other", "ops", "bob")
         fake_provider.script(Reply(headers={"set-cookie": "__cf_bm=alice-session; Path=/; HttpOnly"}), Reply())
@@ -262,8 +260,6 @@ async def test_a_cookie_one_callers_response_set_never_rides_on_another_callers_
                     assert r.status == 200 and "set-cookie" not in r.headers
         first, second = fake_provider.requests_for(OPENAI_CHAT)[-2:]
         assert "cookie" not in first.headers and "cookie" not in second.headers
-    finally:
-        await h.stop()
 
 
 def _price_now(model: str, tokens: E.Tokens, tier: str | None) -> int:
