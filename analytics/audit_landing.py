@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
-
-from aiohttp import web
+from typing import Any
 
 from analytics import audit, store
-from ledger.configlog import ConfigLog, open_config_log
+from ledger.configlog import ConfigLog
 from proxy.admin.audit import AuditTrail, read_history_since
-from proxy.context import GATEWAY
 
 log = logging.getLogger("llmgw.audit")
 
@@ -56,19 +53,3 @@ async def land_forever(config_log: ConfigLog, dsn: str, database: str | None = N
         except Exception:          # keep trying: the log and the store are both allowed to be away
             log.exception("could not land the audit log in ClickHouse; retrying")
         await asyncio.sleep(interval_s)
-
-
-def register(app: web.Application) -> None:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        s = app[GATEWAY].settings
-        if not (s.embedded and s.analytics):
-            yield
-            return
-        task = asyncio.get_running_loop().create_task(
-            land_forever(open_config_log(s.data_dir), s.analytics_dsn), name="llmgw-audit-landing")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    app.cleanup_ctx.append(ctx)

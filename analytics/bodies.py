@@ -1,20 +1,16 @@
 """Writes captured bodies (``proxy/capture.py``) to ClickHouse's ``call_bodies``, in batches.
 
-Registered as a gateway extension: it gives the gateway a ``capture_sink`` when
-analytics is reachable. Capture is a debugging aid, not the ledger: a batch that
+The composition root (``proxy/app.py``) builds one when analytics is on and
+hands it to the gateway as its ``capture_sink``. Capture is a debugging aid, not the ledger: a batch that
 cannot be written is logged and dropped, never retried at the cost of memory.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
-
-from aiohttp import web
 
 from analytics import store
 from proxy.capture import CapturedCall
-from proxy.context import GATEWAY
 
 log = logging.getLogger("llmgw.capture")
 _COLUMNS = ("event_id", "ts", "org", "workspace", "api", "request", "response", "truncated")
@@ -59,22 +55,3 @@ class BodySink:
         while True:
             await asyncio.sleep(interval_s)
             await self.flush()
-
-
-def register(app: web.Application) -> None:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        gw = app[GATEWAY]
-        s = gw.settings
-        if s.embedded and not s.analytics:
-            yield
-            return
-        sink = BodySink(s.analytics_dsn)
-        gw.capture_sink = sink
-        task = asyncio.get_running_loop().create_task(sink.run(), name="llmgw-capture")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await sink.flush()
-    app.cleanup_ctx.append(ctx)

@@ -51,7 +51,7 @@ _HEADERS = {
 }
 
 
-def register(app: web.Application) -> None:
+def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/dashboard", page, allow_head=False)
     r.add_get("/dashboard/data.json", data_json, allow_head=False)
@@ -135,10 +135,7 @@ async def _collect(request: web.Request, session: Session) -> tuple[
 
 def _alerts(app: web.Application) -> tuple[list[dashboard.AlertView], bool]:
     """Fired alerts from the in-process evaluator, and whether one runs here (embedded mode)."""
-    try:
-        from ledger.alerting import ALERTS
-    except ImportError:
-        return [], False
+    from proxy.parts import ALERTS     # the composition root's key; imported late (the root imports this module)
     slot = app.get(ALERTS)
     engine = slot.engine if slot is not None else None
     if engine is None:

@@ -1,6 +1,6 @@
 """The gateway's analytics pages: ``/admin/spend``, ``/admin/chargeback.csv`` and ``/dashboard``.
 
-``register(app)`` is called by ``proxy.app.create_app`` (``EXTENSIONS``).
+``add_routes(app)`` is called by ``proxy.app.create_app``.
 
 - ``GET /admin/spend?by=workspace,tag:project&since=2026-11-01&until=2026-12-01[&org=acme]``:
   JSON, money as exact integers (``cost_micro_usd``) and exact decimal strings.
@@ -48,10 +48,10 @@ _CSV_CHUNK_BYTES = 64 * 1024
 _QUEUE_CHUNKS = 8
 
 
-def register(app: web.Application) -> None:
+def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/spend", spend_handler, allow_head=False)
     app.router.add_get("/admin/chargeback.csv", chargeback_handler, allow_head=False)
-    dashboard_routes.register(app)
+    dashboard_routes.add_routes(app)
 
 
 # ---- shared by the handlers -----------------------------------------------------------------

@@ -9,7 +9,7 @@ records to its store, and only then hands them to the ``Deliverer``.
 Drivers (``supervise`` restarts an evaluator whose store failed; a fenced one
 stops for good):
 
-- embedded: ``register(app)`` (listed in ``proxy.app.EXTENSIONS``) runs the
+- embedded: ``proxy.parts.alerts_ctx`` runs the
   engine inside ``llmgw serve`` on the embedded ledger's view, with
   ``FileAlertStore`` in ``<data_dir>/alerts``; in Kafka mode it does nothing.
 - Kafka: ``run_kafka`` (``llmgw alerts run``) follows ``{prefix}.snapshots``
@@ -29,9 +29,8 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from proxy.budgets import BudgetBook
@@ -254,34 +253,6 @@ async def supervise(make_engine: Callable[[], AlertEngine], totals_of: Callable[
                 log.warning("alert evaluator did not stop cleanly: %r", exc)
         await asyncio.sleep(backoff)
         backoff = min(max_retry_s, backoff * 2)
-
-
-ALERTS = web.AppKey("alerts", AlertsSlot)
-
-
-def register(app: web.Application) -> None:
-    """Embedded mode: the evaluator runs inside the gateway (a cleanup context after the gateway's)."""
-    app[ALERTS] = AlertsSlot()
-    app.cleanup_ctx.append(_embedded_alerts)
-
-
-async def _embedded_alerts(app: web.Application) -> AsyncIterator[None]:
-    from proxy.context import GATEWAY
-
-    gw = app[GATEWAY]
-    options = AlertOptions.from_file_config(gw.settings.file_config)
-    if not gw.settings.embedded or not options.enabled:
-        yield
-        return
-    data_dir = gw.settings.data_dir
-    task = asyncio.get_running_loop().create_task(
-        supervise(lambda: AlertEngine(FileAlertStore(data_dir), options, gw.tz_of), lambda: gw.ledger.view.folded,
-                  gw.config, slot=app[ALERTS]), name="llmgw-alerts")
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def org_tz_of(settings: "Settings") -> TzOf:

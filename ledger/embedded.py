@@ -17,6 +17,7 @@ from typing import Awaitable, Callable, Iterator, Sequence
 
 import orjson
 
+from .driver import EMBEDDED, LedgerHealth
 from .events import UsageEvent, decode, encode
 from .fold import Totals, TzOf, fold, utc
 from .spend import SpendView
@@ -156,6 +157,10 @@ class EmbeddedLedger:
         self.view.add_local(event)
         self._queue.put_nowait(event)
         self.events_submitted += 1
+
+    def health(self) -> LedgerHealth:
+        return LedgerHealth(EMBEDDED, snapshot_ready=True, last_snapshot_ms=None,
+                            backlog_events=self.view.local_backlog)
 
     async def _run(self) -> None:
         while True:

@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from .driver import KAFKA, LedgerHealth
 from .events import UsageEvent, encode
 from .fold import TzOf, utc
 from .spend import SpendView
@@ -188,6 +189,11 @@ class KafkaLedger:
     @property
     def last_snapshot_ms(self) -> int:
         return self.follower.last_snapshot_ms if self.follower is not None else 0
+
+    def health(self) -> LedgerHealth:
+        return LedgerHealth(KAFKA, snapshot_ready=self.snapshot_ready, last_snapshot_ms=self.last_snapshot_ms,
+                            backlog_events=self.backlog_events, spool_depth_events=self.spool_depth_events,
+                            errors=self.send_failures + self.connect_failures)
 
     def stats(self) -> dict[str, int | bool]:
         """Everything a metrics exporter needs, in one call."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -104,28 +103,3 @@ class Presence:
             else:
                 self.last_heard[gid] = time.monotonic()
             self._update()
-
-
-def register(app: web.Application) -> None:
-    """In Kafka mode, feed the policy's proxy count from the heartbeats (unless the
-    config file pins ``policy.proxies``)."""
-    from proxy.context import GATEWAY
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        gw = app[GATEWAY]
-        s = gw.settings
-        pinned = "proxies" in (s.file_config.get("policy") or {})
-        if s.embedded or pinned:
-            yield
-            return
-        opts = s.file_config.get("presence") or {}
-        presence = Presence(s.kafka_bootstrap, f"{s.topic_prefix}.proxies", s.gateway_id,
-                            lambda n: gw.policy.proxies.set(n), float(opts.get("interval_s", 2.0)),
-                            float(opts.get("ttl_s", 10.0)))
-        task = asyncio.get_running_loop().create_task(presence.run(), name="llmgw-presence")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    app.cleanup_ctx.append(ctx)

@@ -1,24 +1,33 @@
-"""``create_app``: routes, the error edge, and every long-lived client's owner."""
+"""``create_app``: the composition root. Every part of the gateway is built here from plain
+imports and listed in order: the middlewares, the cleanup contexts (each long-lived client
+and background task has one owner), the routes. Nothing registers itself."""
 from __future__ import annotations
 
 import asyncio
-from importlib import import_module
 import logging
 import secrets
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from analytics import web as analytics_web
+from analytics.bodies import BodySink
 from ledger.configlog import open_config_log
+from ledger.driver import Ledger
 from pricing import load_catalog
 
-from . import pipeline
+from . import parts, pipeline
+from .admin import routes as admin_routes
+from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
 from .adapters.openai_chat import OpenAIChat
 from .adapters.openai_embeddings import OpenAIEmbeddings
 from .adapters.openai_responses import OpenAIResponses
-from .context import GATEWAY, REQUEST_ID, Gateway, Ledger, org_timezones, prices_path
+from .context import GATEWAY, REQUEST_ID, EventObserver, Gateway, org_timezones, prices_path
 from .errors import GatewayError, NotFound
+from .ops import routes as ops_routes
+from .ops.observe import observe
+from .ops.state import OPS, Ops
 from .routing import RoutingTable, Target
 from .settings import Settings
 from .types import Adapter
@@ -88,14 +97,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def gateway_ctx(settings: Settings, ledger: Ledger | None) -> Callable[[web.Application], AsyncIterator[None]]:
+def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[EventObserver, ...] = (),
+                capture_sink: BodySink | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
         state = await config_log.load()
         tzs = org_timezones(dict(settings.file_config))
         led = ledger or await _default_ledger(settings, tzs)
         gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
-                     led, state, org_timezones=tzs)
+                     led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers)
         app[GATEWAY] = gw
         await led.start()
         follower = asyncio.get_running_loop().create_task(config_log.follow(state, gw.config_changed),
@@ -124,8 +134,24 @@ async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
 
 
 def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_edge], client_max_size=settings.max_body_bytes)
-    app.cleanup_ctx.append(gateway_ctx(settings, ledger))
+    ops = Ops()
+    # Bodies can be captured (per workspace, opt-in) wherever an analytics store is reachable.
+    capture = BodySink(settings.analytics_dsn) if settings.analytics or not settings.embedded else None
+    # error_edge renders every GatewayError in the caller's API shape; admin paths have their own
+    # shape; observe (access log, metrics) sees errors before either edge renders them.
+    app = web.Application(middlewares=[error_edge, admin_routes.admin_errors, observe],
+                          client_max_size=settings.max_body_bytes)
+    app[OPS] = ops
+    app[parts.ALERTS] = parts.AlertsSlot()
+    app.cleanup_ctx.extend([
+        gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture),
+        admin_ctx,
+        ops_routes.ops_ctx,
+        parts.alerts_ctx,
+        parts.audit_landing_ctx,
+        parts.capture_ctx(capture),
+        parts.presence_ctx,
+    ])
     r = app.router
     r.add_route("HEAD", "/", probe)
     r.add_route("HEAD", "/api/hello", probe)
@@ -137,11 +163,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     r.add_post("/v1/embeddings", model_route(OpenAIEmbeddings()))
     r.add_get("/v1/models", list_models, allow_head=False)
     r.add_get("/v1/responses", responses_ws, allow_head=False)
-    for part in EXTENSIONS:
-        import_module(part).register(app)
+    admin_routes.add_routes(r)
+    ops_routes.add_routes(r)
+    analytics_web.add_routes(app)
     return app
-
-
-# Parts that add their own routes and middlewares: ``register(app)`` each.
-EXTENSIONS = ("proxy.admin.routes", "proxy.ops.routes", "ledger.alerting", "analytics.web", "analytics.audit_landing",
-              "analytics.bodies", "ledger.presence")

@@ -13,11 +13,16 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
+from analytics import cli as analytics_cli, reconcile_cli, sink_cli
+from ledger import alerts_cli
 from ledger.configlog import ConfigRecord, ConfigState, open_config_log
+from pricing import cli as pricing_cli
 
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
+from .admin import cli as admin_cli
 from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
+from .ops import cli as ops_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
 
@@ -377,14 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_parser("worker", help="run a ledger processor (Kafka mode; run several to scale)").set_defaults(
         func=cmd_ledger_worker)
 
-    for module in ("pricing.cli", "analytics.cli", "analytics.sink_cli", "analytics.reconcile_cli",
-                   "proxy.admin.cli", "proxy.ops.cli", "ledger.alerts_cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError as exc:           # pragma: no cover - only while a part is missing
-            logging.getLogger("llmgw").debug("no %s: %s", module, exc)
-            continue
-        mod.register(sub)
+    for register in (pricing_cli.register, analytics_cli.register, sink_cli.register, reconcile_cli.register,
+                     admin_cli.register, ops_cli.register, alerts_cli.register):
+        register(sub)
     return p
 
 

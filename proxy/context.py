@@ -2,36 +2,41 @@
 
 One ``Gateway`` per process: settings, the routing table, the price catalog,
 the config state followed from the config log, the ledger (embedded or
-Kafka), the budget policy and one pooled HTTP session per upstream.
+Kafka), the budget and failure policies, the observers every usage event is
+shown to, and one pooled HTTP session per upstream. The composition root
+(``proxy/app.py``) builds it; nothing sets its parts from outside afterwards.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from ledger.configlog import ConfigState
 from ledger.events import UsageEvent, normalize_tags
-from ledger.spend import SpendView
+from ledger.driver import Ledger
 from pricing import Catalog, Price, UnknownModel
 
+from .capture import CapturedCall
 from .errors import AuthError, BadRequest
+from .failure import FailurePolicy, stale_tags
 from .keys import Principal, authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream
 from .settings import Settings
 
 
-class Ledger(Protocol):
-    view: SpendView
+class CaptureSink(Protocol):
+    """Where opted-in request/response bodies go (``analytics/bodies.py``)."""
 
-    def submit(self, event: UsageEvent) -> None: ...
-    async def start(self) -> None: ...
-    async def stop(self, timeout_s: float = 5.0) -> None: ...
+    def put(self, call: CapturedCall) -> None: ...
+
+
+EventObserver = Callable[[UsageEvent], None]
 
 
 @dataclass
@@ -44,11 +49,29 @@ class Gateway:
     policy: Policy = field(init=False)
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
     org_timezones: dict[str, str] = field(default_factory=dict)
-    capture_sink: Any = None          # analytics/bodies.py sets it when bodies can be stored
+    capture_sink: CaptureSink | None = None     # None: bodies cannot be stored (no analytics)
+    # Shown every usage event right after the ledger took it (metrics, OpenTelemetry); must not raise.
+    observers: tuple[EventObserver, ...] = ()
+    failure: FailurePolicy = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,
                                          self.settings.file_config.get("policy"))
+        self.failure = FailurePolicy.from_config(self.settings.file_config)
+
+    def emit(self, event: UsageEvent, request: web.Request | None = None) -> None:
+        """The one way a usage event leaves a call: to the ledger, then to each observer, and to
+        the request's own list for its access log line. Synchronous: safe in a ``finally``."""
+        self.ledger.submit(event)
+        for observe in self.observers:
+            observe(event)
+        if request is not None and (mine := request.get(CALL_EVENTS)) is not None:
+            mine.append(event)
+
+    def stale_tags(self, principal: Principal) -> tuple[str, ...]:
+        """The failure policy for a call while the spend snapshot may be stale: () as usual,
+        ``llmgw:stale`` to serve blind (fail_open), or ``LedgerUnavailable`` (fail_closed)."""
+        return stale_tags(self.failure, self.ledger.health(), principal)
 
     def tz_of(self, org: str) -> str:
         return self.org_timezones.get(org, "UTC")
@@ -121,3 +144,5 @@ def prices_path(settings: Settings) -> Path | None:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The usage events a request produced, for its access log line (set by the ops middleware).
+CALL_EVENTS = web.RequestKey("call_events", list)

@@ -20,7 +20,6 @@ from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError
 from .capture import CapturedCall, policy_for
 from .keys import Principal
-from .ops.failure import admit
 from .routing import Target
 from .types import Adapter, Call, Usage
 
@@ -29,7 +28,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started_ms, t0 = int(time.time() * 1000), time.monotonic()
     principal = gw.authenticate(request)                                     # auth
-    stale = admit(request.app, principal)          # failure policy: refuse, or tag llmgw:stale (proxy/ops)
+    stale = gw.stale_tags(principal)               # failure policy: refuse, or tag llmgw:stale
     call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
     call = replace(call, tags=E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale)))
     gw.policy.check_model(principal, call.model)
@@ -44,8 +43,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         admitted = await admission.admit(gw, request, principal, adapter.family, call, shape, target, price,
                                          price_estimated, started_ms)
     except GatewayError as err:
-        gw.ledger.submit(ctx.event(gw, Usage(), _REJECTED.get(err.kind, E.REJECTED_POLICY),
-                                   err.status, t0, None, 0, ""))
+        gw.emit(ctx.event(gw, Usage(), _REJECTED.get(err.kind, E.REJECTED_POLICY),
+                          err.status, t0, None, 0, ""), request)
         raise
     reservation, call, target = admitted.reservation, admitted.call, admitted.target
     price, price_estimated = admitted.price, admitted.price_estimated
@@ -87,9 +86,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     finally:                                                                              # emit
         ttft = relay.first_output_s if relay else None
         event = ctx.settle(gw, call, usage, outcome, status, t0, ttft, price, price_estimated)
-        gw.ledger.submit(event)
+        gw.emit(event, request)
         gw.policy.release(reservation, usage.tokens.total)
-        if relay is not None and relay.kept is not None:                # opt-in body capture
+        if relay is not None and relay.kept is not None and gw.capture_sink is not None:   # opt-in capture
             gw.capture_sink.put(CapturedCall.of(event.event_id, event.ts_start_ms, event.org, event.workspace,
                                                 event.api, call.body, bytes(relay.kept), relay.keep_bytes))
 

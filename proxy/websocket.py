@@ -26,7 +26,6 @@ from .context import GATEWAY, Gateway
 from .errors import BadRequest, GatewayError, UpstreamError
 from .forward import upstream_headers
 from .keys import Principal
-from .ops.failure import admit
 from .pipeline import CallRecord
 from .policy import Reservation
 from .ratelimit import worst_case_tokens
@@ -123,7 +122,7 @@ def _admit(gw: Gateway, request: web.Request, principal: Principal, obj: dict) -
     else:
         shape = RequestShape(len(call.body), call.max_output_tokens, call.service_tier, call.image_count,
                              call.web_search)
-    stale = admit(request.app, principal)          # the failure policy applies per call, as over HTTP
+    stale = gw.stale_tags(principal)               # the failure policy applies per call, as over HTTP
     tags = E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale))
     reservation = gw.policy.reserve(principal, tags, worst_case(price, shape), now_ms,   # no queue, no downgrade
                                     tokens=worst_case_tokens(price, shape))
@@ -156,6 +155,6 @@ async def _upstream_to_client(gw: Gateway, client: web.WebSocketResponse,
 
 def _settle(gw: Gateway, f: _InFlight, outcome: str, status: int) -> None:
     usage = f.meter.result()
-    gw.ledger.submit(f.record.settle(gw, f.call, usage, outcome, status, f.t0, f.first_output, f.price,
-                                     f.price_estimated))
+    gw.emit(f.record.settle(gw, f.call, usage, outcome, status, f.t0, f.first_output, f.price,
+                            f.price_estimated))
     gw.policy.release(f.reservation, usage.tokens.total)

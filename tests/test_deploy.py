@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from proxy.cli import build_parser
-from proxy.ops.failure import FailurePolicy
+from proxy.failure import FailurePolicy
 from proxy.routing import RoutingTable
 from proxy.settings import Settings, describe
 

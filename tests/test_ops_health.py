@@ -4,14 +4,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 
 import aiohttp
 import anthropic
 import openai
 import pytest
 
+from ledger.driver import KAFKA, LedgerHealth
 from ledger.embedded import EmbeddedLedger
-from proxy.ops.failure import FAIL_CLOSED, FAIL_OPEN, STALE_TAG, FailurePolicy, Rule
+from proxy.failure import FAIL_CLOSED, FAIL_OPEN, STALE_TAG, FailurePolicy, Rule
 from tests.gateway_harness import GatewayHarness
 
 POLICY = {"failure_policy": {
@@ -30,6 +32,10 @@ class SnapshotLedger(EmbeddedLedger):
 
     def age(self, seconds: float) -> None:
         self.last_snapshot_ms = int((time.time() - seconds) * 1000)
+
+    def health(self) -> LedgerHealth:
+        return replace(super().health(), mode=KAFKA, snapshot_ready=self.snapshot_ready,
+                       last_snapshot_ms=self.last_snapshot_ms)
 
 
 async def get_json(url: str) -> tuple[int, dict]:

@@ -9,7 +9,7 @@ import anthropic
 import pytest
 
 from ledger.kafka_ledger import KafkaLedger
-from proxy.ops.failure import STALE_TAG
+from proxy.failure import STALE_TAG
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.gateway_harness import GatewayHarness
 

@@ -1,6 +1,7 @@
 """Governance: the admin API and CLI, roles, config as code, the audit log, budget-increase requests.
 
-    routes.py           register(app): /admin/..., LiteLLM-compatible calls, /v1/llmgw/increase-requests
+    routes.py           add_routes(router) and the admin_errors middleware: /admin/..., LiteLLM-compatible
+                        calls, /v1/llmgw/increase-requests
     cli.py              register(subparsers): apply, audit, request-increase, increase-requests, admins
     runtime.py          AdminRuntime (config-log writer, auth), handler helpers, the raise-expiry task
     http_*.py, litellm.py   thin handlers, one resource family per module (http_limits: rate limits and

@@ -1,5 +1,6 @@
 """Routes of the governance part: ``/admin/...``, the LiteLLM-compatible calls, and the one
-client-key call (``/v1/llmgw/increase-requests``). ``register(app)`` is called by ``create_app``.
+client-key call (``/v1/llmgw/increase-requests``). ``create_app`` adds ``admin_errors`` to its
+middlewares, ``runtime.admin_ctx`` to its cleanup contexts and ``add_routes`` to its router.
 
 Every route here answers errors as ``{"error": {"message", "type", "code"}}``
 (``errors.render``), whatever API shape the rest of the gateway speaks.
@@ -15,7 +16,6 @@ from proxy.errors import GatewayError
 
 from . import http_budgets, http_entities, http_governance, http_keys, http_limits, litellm
 from .errors import BadRequest, NotFound, render
-from .runtime import admin_ctx
 
 PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,9 +42,6 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return render(NotFound(f"{request.method} is not supported on {request.path}"))
 
 
-def register(app: web.Application) -> None:
-    """Add this part's routes, its error middleware and its cleanup context to the gateway app."""
-    app.middlewares.append(admin_errors)
-    app.cleanup_ctx.append(admin_ctx)
+def add_routes(router: web.UrlDispatcher) -> None:
     for module in (http_entities, http_keys, http_budgets, http_limits, http_governance, litellm):
-        app.router.add_routes(module.routes)
+        router.add_routes(module.routes)

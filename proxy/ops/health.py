@@ -1,35 +1,18 @@
 """What the ledger looks like from this replica: snapshot age, spool, backlog, readiness.
 
-Works on any ledger by duck typing, so this module needs neither driver:
-
-- A ledger with ``last_snapshot_ms`` (the Kafka ledger's snapshot follower)
-  decides budgets on a snapshot read from Kafka. Its age is ``now -
-  last_snapshot_ms``: when the follower last found itself at the end of
-  every partition. Before ``snapshot_ready`` (the first catch-up) the age is
-  infinite.
-- Any other ledger (the embedded one) folds in-process: its snapshot is
-  always current once it started, so its age is 0.
+Read from the driver's ``health()`` (``ledger.driver.LedgerHealth``): a
+Kafka-mode replica decides budgets on a snapshot read from Kafka, whose age is
+``now - last_snapshot_ms`` (when the follower last found itself at the end of
+every partition; infinite before the first catch-up); the embedded ledger folds
+in-process, so its snapshot is always current (age 0).
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
-
-def snapshot_age_s(ledger: Any, now_ms: int | None = None) -> float:
-    last = getattr(ledger, "last_snapshot_ms", None)
-    if last is None:
-        return 0.0
-    if not getattr(ledger, "snapshot_ready", True) or not last:
-        return math.inf
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    return max(0.0, (now - int(last)) / 1000)
-
-
-def is_kafka(ledger: Any) -> bool:
-    return getattr(ledger, "last_snapshot_ms", None) is not None
+from ledger.driver import EMBEDDED, KAFKA, LedgerHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,25 +37,19 @@ class LedgerState:
         return out
 
 
-def ledger_state(ledger: Any, started: bool, max_age_s: float, now_ms: int | None = None) -> LedgerState:
-    kafka = is_kafka(ledger)
-    stats: dict[str, Any] = {}
-    if callable(getattr(ledger, "stats", None)):
-        stats = ledger.stats()
-    spool = int(stats.get("spool_depth_events", 0))
-    if hasattr(ledger, "backlog_events"):        # Kafka: submitted, not acked yet (memory + spool)
-        backlog = int(ledger.backlog_events)
-    else:                                        # embedded: settled calls not yet durable and folded
-        backlog = int(getattr(getattr(ledger, "view", None), "local_backlog", 0))
-    errors = int(stats.get("send_failures", 0)) + int(stats.get("connect_failures", 0))
-    age = snapshot_age_s(ledger, now_ms) if started else math.inf
+def ledger_state(health: LedgerHealth, started: bool, max_age_s: float, now_ms: int | None = None) -> LedgerState:
+    age = health.snapshot_age_s(now_ms) if started else math.inf
     if not started:
         ready, reason = False, "the ledger has not started"
-    elif kafka and not getattr(ledger, "snapshot_ready", True):
+    elif health.mode == KAFKA and not health.snapshot_ready:
         ready, reason = False, "the budget snapshot is still being read from Kafka (not caught up yet)"
     elif age > max_age_s:
         ready, reason = False, (f"the budget snapshot is {age:.1f} s old, over the {max_age_s:g} s bound "
                                 "(LLMGW_SNAPSHOT_MAX_AGE_S): is the ledger reachable?")
     else:
         ready, reason = True, ""
-    return LedgerState(ready, reason, "kafka" if kafka else "embedded", age, max_age_s, spool, backlog, errors)
+    return LedgerState(ready, reason, health.mode, age, max_age_s, health.spool_depth_events,
+                       health.backlog_events, health.errors)
+
+
+NOT_STARTED = LedgerHealth(EMBEDDED, snapshot_ready=False, last_snapshot_ms=None, backlog_events=0)

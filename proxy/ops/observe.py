@@ -2,7 +2,7 @@
 
 It sits inside the error edge, so it sees a ``GatewayError`` with its kind
 before the edge renders it. The usage events a request produced are
-collected through ``REQUEST_EVENTS`` (the ledger hook appends to it), so the
+collected in ``request[CALL_EVENTS]`` (``Gateway.emit`` appends to it), so the
 log line carries the event's outcome, model and ``key_id`` and the metrics
 are not counted twice. Nothing here reads a body or a credential header.
 """
@@ -18,10 +18,10 @@ from aiohttp import web
 
 from ledger.events import UsageEvent
 
-from ..context import REQUEST_ID
+from ..context import CALL_EVENTS, REQUEST_ID
 from ..errors import GatewayError
 from ..keys import key_id_of, presented_key
-from .state import OPS, REQUEST_EVENTS, Ops
+from .state import OPS, Ops
 
 access = logging.getLogger("llmgw.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,7 +64,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     ops = request.app[OPS]
     t0 = time.monotonic()
     events: list[UsageEvent] = []
-    token = REQUEST_EVENTS.set(events)
+    request[CALL_EVENTS] = events
     ops.metrics.in_flight.inc()
     status, kind = 500, "internal"
     try:
@@ -81,7 +81,6 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status, kind = 499, "cancelled"
         raise
     finally:                                   # sync only: runs on cancellation too
-        REQUEST_EVENTS.reset(token)
         ops.metrics.in_flight.dec()
         _record(request, ops, events, status, kind, time.monotonic() - t0)
 

@@ -17,7 +17,9 @@ the ledger takes them. Past ``max_stale_s``:
 - ``fail_open`` serves (still checked against the last snapshot) and tags
   the call's event ``llmgw:stale`` so analysts can find what was served blind.
 
-The check (``admit``) runs in the pipeline right after authentication.
+The gateway holds the policy (``Gateway.stale_tags``); the call lifecycle asks
+it right after authentication, on every call and every WebSocket turn. There is
+no path that skips it: the policy is part of the gateway, not an optional part.
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from aiohttp import web
+from ledger.driver import LedgerHealth
 
-from ..errors import LedgerUnavailable
-from ..keys import Principal
+from .errors import LedgerUnavailable
+from .keys import Principal
 
 FAIL_CLOSED = "fail_closed"
 FAIL_OPEN = "fail_open"
@@ -96,16 +98,12 @@ class FailurePolicy:
         return ws.get(f"{org}/{workspace}") or ws.get(workspace) or self.default
 
 
-def admit(app: web.Application, principal: Principal) -> tuple[str, ...]:
+def stale_tags(policy: FailurePolicy, health: LedgerHealth, principal: Principal) -> tuple[str, ...]:
     """Tags to add to the call (``llmgw:stale`` when served blind), or raise ``LedgerUnavailable``."""
-    from .state import OPS
-    ops = app.get(OPS)
-    if ops is None or ops.gateway is None:
+    age = health.snapshot_age_s()
+    if age <= policy.tightest_s:      # the common case: one comparison
         return ()
-    age = ops.snapshot_age_s()
-    if age <= ops.failure.tightest_s:      # the common case: one comparison
-        return ()
-    rule = ops.failure.rule_for(principal.org, principal.workspace)
+    rule = policy.rule_for(principal.org, principal.workspace)
     if age <= rule.max_stale_s:
         return ()
     if rule.mode == FAIL_OPEN:

@@ -1,0 +1,56 @@
+"""What every ledger driver offers the gateway: submit, lifecycle, and its health.
+
+Two drivers implement it: ``EmbeddedLedger`` (a local log folded in-process)
+and ``KafkaLedger`` (events to Kafka, budgets from the folded snapshot topic).
+The gateway and its readiness probe see only this protocol, so neither needs to
+know which driver runs, and nothing probes a driver for optional attributes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from ledger.events import UsageEvent
+from ledger.spend import SpendView
+
+EMBEDDED = "embedded"
+KAFKA = "kafka"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHealth:
+    mode: str                        # EMBEDDED or KAFKA
+    # Kafka: the snapshot follower has caught up once; embedded: always (it folds in-process).
+    snapshot_ready: bool
+    # When the budget snapshot was last known current; None where it always is (embedded).
+    last_snapshot_ms: int | None
+    backlog_events: int              # settled calls the folded totals do not show yet
+    spool_depth_events: int = 0      # Kafka: events parked on disk until the broker takes them
+    errors: int = 0                  # Kafka: failed sends and connects since start
+
+    def snapshot_age_s(self, now_ms: int | None = None) -> float:
+        """How old the spend this replica decides on is: 0 where it folds in-process,
+        infinite before a Kafka-mode replica first caught up."""
+        last = self.last_snapshot_ms
+        if last is None:
+            return 0.0
+        if not self.snapshot_ready or not last:
+            return math.inf
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return max(0.0, (now - last) / 1000)
+
+
+class Ledger(Protocol):
+    view: SpendView
+
+    def submit(self, event: UsageEvent) -> None:
+        """Take one usage event; never blocks and never raises on trouble downstream."""
+
+    async def start(self) -> None: ...
+    async def stop(self, timeout_s: float = 5.0) -> None: ...
+    def health(self) -> LedgerHealth: ...
+
+
+__all__ = ["EMBEDDED", "KAFKA", "Ledger", "LedgerHealth"]
