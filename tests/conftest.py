@@ -30,3 +30,13 @@ def _disarm_sdk_client_finalizers() -> None:
 
 
 _disarm_sdk_client_finalizers()
+
+
+def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
+    """A test that starts or reaches the real broker is marked ``kafka`` by its fixtures, whatever its
+    module says, so ``-m "not kafka"`` (the fast inner loop) never waits on a broker by accident."""
+    import pytest
+
+    for item in items:
+        if {"kafka_broker", "kafka_bootstrap"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)

@@ -1,8 +1,6 @@
 """Kafka mode: an approval made on one proxy lifts the refusal on another proxy within a second."""
 from __future__ import annotations
 
-import asyncio
-import time
 
 import aiohttp
 import openai
@@ -13,6 +11,7 @@ from ledger.worker import LedgerWorker
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.fake_provider import Reply, Usage
 from tests.fixtures.kafka import unique_topic
+from tests.waits import until
 
 pytestmark = pytest.mark.kafka
 
@@ -25,14 +24,6 @@ async def refused(client: openai.AsyncOpenAI, fake_provider) -> bool:
         return False
     except openai.RateLimitError:
         return True
-
-
-async def until(predicate, timeout_s: float) -> float:
-    t0 = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - t0 < timeout_s, f"not within {timeout_s}s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - t0
 
 
 async def test_approval_on_one_proxy_lifts_a_refusal_on_another_within_a_second(kafka_bootstrap, fake_provider,

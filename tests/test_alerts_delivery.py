@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from ledger.alert_store import DELIVERED, FIRED, PENDING, REJECTED, SUPERSEDED, FileAlertStore, read_jsonl
-from ledger.alerting import ALERTS, AlertEngine, AlertOptions
+from ledger.alerting import AlertEngine, AlertOptions
+from proxy.parts import ALERTS
 from ledger.alerts import AlertPolicy
 from ledger.configlog import ConfigState
 from ledger.fold import Totals, spend_key

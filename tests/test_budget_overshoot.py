@@ -27,6 +27,7 @@ import anthropic
 
 from ledger import events as E
 from ledger.fold import fold
+from ledger.driver import KAFKA, LedgerHealth
 from ledger.spend import SpendView
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
@@ -82,6 +83,9 @@ class LaggedLedger:
 
     async def start(self) -> None:
         pass
+
+    def health(self) -> LedgerHealth:
+        return LedgerHealth(KAFKA, snapshot_ready=True, last_snapshot_ms=None, backlog_events=self.view.local_backlog)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         pass

@@ -24,10 +24,11 @@ import pytest
 from analytics import store
 from analytics.dashboard_html import usd
 from ledger import events as E
-from ledger.alerting import ALERTS
+from proxy.parts import ALERTS
 from tests.admin_support import OWNER_KEY
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
+from tests.waits import until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL = "apt-get install -y chromium"
@@ -218,12 +219,6 @@ async def _traffic(h: GatewayHarness) -> list[E.UsageEvent]:
     return await h.events()
 
 
-async def _until(predicate: Any, timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await predicate():
-            await asyncio.sleep(0.1)
-
-
 async def test_dashboard_renders_real_spend_in_chromium(gateway: GatewayHarness, tmp_path: Path) -> None:
     h = gateway
     events = await _traffic(h)
@@ -242,8 +237,8 @@ async def test_dashboard_renders_real_spend_in_chromium(gateway: GatewayHarness,
         engine = h.app[ALERTS].engine
         return engine is not None and any(r.status == "fired" for r in engine.records.values())
 
-    await _until(analytics_caught_up)
-    await _until(alert_fired)
+    await until(analytics_caught_up)
+    await until(alert_fired)
 
     browser = Browser(tmp_path / "chromium-profile")
     await browser.start()

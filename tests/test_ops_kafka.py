@@ -12,6 +12,7 @@ from ledger.kafka_ledger import KafkaLedger
 from proxy.failure import STALE_TAG
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.gateway_harness import GatewayHarness
+from tests.waits import until
 
 pytestmark = pytest.mark.kafka
 POLICY = {"failure_policy": {"default": {"mode": "fail_closed", "max_stale_s": 4},
@@ -24,14 +25,15 @@ async def status(url: str) -> tuple[int, dict]:
             return r.status, await r.json()
 
 
-async def until(url: str, want: int, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        code, body = await status(url)
-        if code == want:
-            return body
-        assert time.monotonic() < deadline, f"/readyz stayed {code}: {body}"
-        await asyncio.sleep(0.25)
+async def readyz_until(url: str, want: int, timeout_s: float) -> dict:
+    seen: dict = {}
+
+    async def answers() -> bool:
+        seen["code"], seen["body"] = await status(url)
+        return seen["code"] == want
+
+    await until(answers, timeout_s, 0.25, what=f"/readyz answering {want}")
+    return seen["body"]
 
 
 async def metric(url: str, name: str) -> float:
@@ -54,14 +56,14 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
     h = GatewayHarness(fake_provider, tmp_path, ledger=ledger, snapshot_max_age_s=2.0, file_config=POLICY)
     await h.start()
     try:
-        body = await until(h.url, 200, 60)                 # caught up on the (empty) snapshot topic
+        body = await readyz_until(h.url, 200, 60)                 # caught up on the (empty) snapshot topic
         assert body["mode"] == "kafka"
         closed, _ = h.key("acme", "backend", "alice")
         opened, _ = h.key("acme", "research", "bob")
         await call(h.url, closed)
 
         await kafka_broker.astop()
-        body = await until(h.url, 503, 30)
+        body = await readyz_until(h.url, 503, 30)
         assert "LLMGW_SNAPSHOT_MAX_AGE_S" in body["reason"]
         while (await status(h.url))[1]["snapshot_age_s"] <= 4:   # past the policy's max_stale_s
             await asyncio.sleep(0.25)
@@ -79,7 +81,7 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
         if not kafka_broker.is_running():
             await kafka_broker.astart()
     try:
-        await until(h.url, 200, 90)                       # the follower reconnected and caught up
+        await readyz_until(h.url, 200, 90)                       # the follower reconnected and caught up
         await ledger.flush(60)                            # the spool drained onto Kafka
         assert await metric(h.url, "llmgw_spool_depth_events") == 0
         await call(h.url, closed)

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from ledger.topics import Topics, ensure_topics
 from ledger.worker import LedgerWorker
 from tests.fixtures.kafka import unique_topic
 from tests.gateway_harness import GatewayHarness
-
-
-async def until(predicate, timeout_s: float) -> None:
-    t0 = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - t0 < timeout_s, f"not within {timeout_s}s"
-        await asyncio.sleep(0.05)
+from tests.waits import until
 
 
 async def test_each_proxy_counts_the_live_proxies_and_drops_one_that_stops(kafka_bootstrap, fake_provider, tmp_path):

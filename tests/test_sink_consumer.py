@@ -15,6 +15,7 @@ from analytics.consumer import KafkaSink, SinkOptions, batch_token, decode_batch
 from ledger.events import Tokens, encode, new_event_id
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 from tests.fixtures.kafka import create_topics, unique_topic
+from tests.waits import until
 
 pytestmark = pytest.mark.kafka
 
@@ -63,14 +64,6 @@ def _stored(db: AnalyticsDB) -> tuple[int, int]:
     return (rows[0].requests, rows[0].cost_micro_usd) if rows else (0, 0)
 
 
-async def _until(check, timeout_s: float = 30.0) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.05)
-    return time.monotonic() - start
-
-
 async def test_events_land_within_the_wait_bound(running: Running, analytics_db: AnalyticsDB) -> None:
     events = [usage_event(i, org=f"org-{i % 5}", event_id=new_event_id()) for i in range(333)]
     await _produce(running.bootstrap, running.sink.options.topic,
@@ -79,7 +72,7 @@ async def test_events_land_within_the_wait_bound(running: Running, analytics_db:
 
     async def landed() -> bool:
         return await asyncio.to_thread(_stored, analytics_db) == want
-    await _until(landed)
+    await until(landed)
     # One trickling event is not held back waiting for a full batch: it lands within max_wait plus an insert.
     late = usage_event(999, event_id=new_event_id())
     sent_at = time.monotonic()
@@ -87,9 +80,9 @@ async def test_events_land_within_the_wait_bound(running: Running, analytics_db:
 
     async def late_landed() -> bool:
         return (await asyncio.to_thread(_stored, analytics_db))[0] == len(events) + 1
-    await _until(late_landed, timeout_s=10)
+    await until(late_landed, timeout_s=10)
     assert time.monotonic() - sent_at < 5.0
-    await _until(lambda: _committed_is(running, len(events) + 1))
+    await until(lambda: _committed_is(running, len(events) + 1))
     assert running.sink.batches >= 8                       # 333 events in batches of at most 50
 
 
@@ -101,17 +94,17 @@ async def test_clickhouse_outage_commits_nothing_then_catches_up(running: Runnin
     db = analytics_db
     first = [usage_event(i, event_id=new_event_id()) for i in range(20)]
     await _produce(running.bootstrap, running.sink.options.topic, [(e.ledger_key.encode(), encode(e)) for e in first])
-    await _until(lambda: _committed_is(running, 20))
+    await until(lambda: _committed_is(running, 20))
     db.client.command(f"DETACH TABLE {db.database}.usage_events")       # ClickHouse refuses every insert
     try:
         second = [usage_event(100 + i, event_id=new_event_id()) for i in range(30)]
         await _produce(running.bootstrap, running.sink.options.topic,
                        [(e.ledger_key.encode(), encode(e)) for e in second])
-        await _until(lambda: asyncio.sleep(0, result=running.sink.insert_failures >= 2))
+        await until(lambda: asyncio.sleep(0, result=running.sink.insert_failures >= 2))
         assert await running.committed() == 20                            # nothing committed past the outage
     finally:
         db.client.command(f"ATTACH TABLE {db.database}.usage_events")
-    await _until(lambda: _committed_is(running, 50), timeout_s=60)
+    await until(lambda: _committed_is(running, 50), timeout_s=60)
     assert _stored(db) == (50, sum(e.cost_micro_usd for e in first + second))
 
 
@@ -121,7 +114,7 @@ async def test_unusable_records_are_skipped_and_committed(running: Running, anal
     records = [(b"acme", b"not json"), (b"acme", b'{"event_id": "x"}'), (b"acme", encode(bad_tokens)),
                (b"acme", encode(good))]
     await _produce(running.bootstrap, running.sink.options.topic, records)
-    await _until(lambda: _committed_is(running, 4))
+    await until(lambda: _committed_is(running, 4))
     assert _stored(analytics_db) == (1, good.cost_micro_usd) and running.sink.records_skipped == 3
 
 
