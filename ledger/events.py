@@ -119,6 +119,7 @@ class UsageEvent:
     # What else the price depended on, so re-rating can reproduce the charge.
     service_tier: str = ""
     web_search_calls: int = 0
+    usage_anomalous: bool = False  # the provider's usage was negative, not an integer or impossible; clamped
 
     @property
     def ledger_key(self) -> str:

@@ -22,6 +22,7 @@ from .capture import CapturedCall, policy_for
 from .keys import Principal
 from .routing import Target
 from .types import Adapter, Call, Usage
+from .usage import estimate_missing, report
 
 
 async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
@@ -73,7 +74,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             usage = meter.result()                                                        # meter
             outcome = _outcome(status, relay, usage)
             if outcome == E.OK and not usage.complete:
-                usage = _estimate_missing(usage, call, relay.bytes_out)
+                usage = estimate_missing(usage, call, relay.bytes_out)
             return resp
     except BaseException as exc:
         if isinstance(exc, GatewayError):
@@ -102,18 +103,6 @@ def _outcome(status: int, relay: "forward.Relay | None", usage: Usage) -> str:
     if status >= 400 or usage.error_type or (relay is not None and relay.upstream_broke):
         return E.UPSTREAM_ERROR
     return E.OK
-
-
-def _estimate_missing(usage: Usage, call: Call, bytes_out: int) -> Usage:
-    """A successful call whose provider never reported usage (an OpenAI-compatible
-    server that ignores ``include_usage``, say) is never priced at zero: bound
-    its tokens by the bytes that went each way and flag the event as estimated."""
-    t = usage.tokens
-    tokens = E.Tokens(input=max(t.input, len(call.body) // 3), cache_write_5m=t.cache_write_5m,
-                      cache_write_1h=t.cache_write_1h, cache_read=t.cache_read,
-                      output=max(t.output, bytes_out // 3), reasoning=t.reasoning)
-    return Usage(tokens=tokens, model_served=usage.model_served, complete=False, error_type=usage.error_type,
-                 web_search_calls=usage.web_search_calls)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -160,6 +149,7 @@ class CallRecord:
         says it served (a fallback to standard speed, a project's default priority), the request's
         when it says nothing; base rates for a tier the entry has no price for are flagged as a guess."""
         tier = usage.service_tier or call.service_tier
+        report(usage, self.adapter.api, call.model, self.request_id, self.provider)
         priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
         return self.event(gw, usage, outcome, status, t0, ttft_s, priced.micro_usd, priced.price_version,
                           cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
@@ -184,6 +174,7 @@ class CallRecord:
             stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
             cost_estimated=cost_estimated, error_type=usage.error_type,
             service_tier=service_tier or call.service_tier or "", web_search_calls=usage.web_search_calls,
+            usage_anomalous=bool(usage.anomalies),
         )
 
 

@@ -2,11 +2,16 @@
 
 The relay forwards bytes as they arrive; metering only needs the few events
 that carry usage. ``SseSplitter`` finds event boundaries without decoding
-anything, and ``data_of`` pulls the JSON payload out of one event.
+anything, ``fields_of`` reads one event's ``event:`` name and ``data:``
+payload the way the SSE spec does (CRLF or LF, ``data:`` with or without its
+one space, a payload spread over several ``data:`` lines), and ``data_of``
+parses that payload. Meters decide what an event is from these parsed
+fields, never from byte patterns: a provider may write ``"usage": {`` or
+``"\\u0075sage":{``, and an answer may quote any event name.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -35,6 +40,7 @@ class SseSplitter:
 
 
 def _boundary(buf: bytes, start: int) -> tuple[int, int]:
+    """The first blank line: LF LF, CRLF CRLF, or a CRLF line followed by a bare LF."""
     n = buf.find(b"\n\n", start)
     r = buf.find(b"\r\n\r\n", start)
     if r >= 0 and (n < 0 or r < n):
@@ -42,19 +48,35 @@ def _boundary(buf: bytes, start: int) -> tuple[int, int]:
     return (n, 2) if n >= 0 else (-1, 0)
 
 
-def data_of(event: bytes) -> dict | None:
-    """The JSON object of an event's ``data:`` lines, or None ([DONE], comments, bad JSON)."""
-    parts = []
+def fields_of(event: bytes) -> tuple[bytes, bytes | None]:
+    """(``event:`` name or b"", the ``data:`` lines joined by LF or None when there are none).
+
+    Per the SSE spec a field's value loses one leading space, and several
+    ``data:`` lines make one payload joined by newlines (pretty-printed JSON).
+    """
+    name = b""
+    parts: list[bytes] = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
-            parts.append(line[5:].lstrip(b" "))
-    if not parts:
-        return None
-    payload = b"\n".join(parts)
-    if payload == b"[DONE]":
+            v = line[5:]
+            parts.append(v[1:] if v[:1] == b" " else v)
+        elif line.startswith(b"event:"):
+            v = line[6:]
+            name = (v[1:] if v[:1] == b" " else v).strip()
+    return name, (b"\n".join(parts) if parts else None)
+
+
+def loads_object(payload: bytes | str | None) -> dict[str, Any] | None:
+    """The JSON object of a payload, or None ([DONE], comments, bad JSON, a non-object)."""
+    if payload is None:
         return None
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def data_of(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of an event's ``data:`` lines, or None ([DONE], comments, bad JSON)."""
+    return loads_object(fields_of(event)[1])

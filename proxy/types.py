@@ -40,6 +40,9 @@ class Usage:
     # The tier the provider says it served (OpenAI's ``service_tier``, Anthropic's ``usage.speed``):
     # billing follows it, not the request, since a provider may fall back or apply a project default.
     service_tier: str | None = None
+    # What was wrong with the provider's usage (negative, non-integer, missing or impossible counts),
+    # as short codes (``negative_output``, ``output_above_max_tokens``): see proxy/usage.py.
+    anomalies: tuple[str, ...] = ()
 
 
 class Meter(Protocol):

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from ledger import events as E
 from pricing import RequestShape, worst_case
 
-from .adapters.openai_responses import TERMINAL, OpenAIResponses, ResponsesMeter, parse_create
+from .adapters.openai_responses import OpenAIResponses, ResponsesMeter, parse_create
 from .context import GATEWAY, Gateway
 from .errors import BadRequest, GatewayError, UpstreamError
 from .forward import upstream_headers
@@ -41,7 +41,7 @@ class _InFlight:
     def __init__(self, record: CallRecord, call: Call, reservation: Reservation, price, price_estimated: bool):
         self.record, self.call, self.reservation = record, call, reservation
         self.price, self.price_estimated = price, price_estimated
-        self.meter = ResponsesMeter()
+        self.meter = ResponsesMeter(call)
         self.t0 = time.monotonic()
         self.first_output: float | None = None
 
@@ -138,10 +138,10 @@ async def _upstream_to_client(gw: Gateway, client: web.WebSocketResponse,
             raw = msg.data.encode()
             if inflight:
                 f = inflight[0]
-                f.meter.observe_event(raw, None)
+                f.meter.observe_frame(raw)
                 if f.first_output is None and f.meter.saw_output():
                     f.first_output = time.monotonic()
-                if any(t.encode() in raw for t in TERMINAL) or b'"type":"error"' in raw:
+                if f.meter.finished:
                     inflight.pop(0)
                     u = f.meter.result()
                     _settle(gw, f, E.OK if u.complete and not u.error_type else E.UPSTREAM_ERROR, 200)

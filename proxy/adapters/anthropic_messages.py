@@ -6,14 +6,17 @@ versions the input side again). Only events that carry ``"usage"`` are parsed.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 
 from ledger.events import Tokens
 
 from ..errors import GatewayError
-from ..sse import SseSplitter, data_of
+from ..sse import SseSplitter, fields_of, loads_object
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ..usage import UsageReader, sane
+from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -31,86 +34,119 @@ def error_object(err: GatewayError) -> dict:
 
 
 class AnthropicMeter:
-    __slots__ = ("usage", "_split", "_output_seen", "_delta_bytes", "_deltas", "_max_output")
+    """Reads usage from ``message_start`` (input side) and ``message_delta`` (cumulative totals).
 
-    def __init__(self, max_output_tokens: int | None = None) -> None:
+    What an event is comes from its ``event:`` line, which Anthropic always
+    sends: a ``content_block_delta`` (the bulk of a stream) is counted without
+    being parsed, ``message_start``, ``message_delta`` and ``error`` are
+    parsed and checked by their JSON ``type``, the rest is relayed untouched.
+    An event without an ``event:`` line is parsed and judged by its ``type``.
+    """
+
+    __slots__ = ("usage", "_call", "_read", "_split", "_output_seen", "_delta_bytes", "_deltas",
+                 "_got_input", "_final")
+
+    def __init__(self, call: Call | None = None) -> None:
         self.usage = Usage()
-        self._max_output = max_output_tokens
+        self._call = call
+        self._read = UsageReader()
         self._split = SseSplitter()
         self._output_seen = False
         self._delta_bytes = 0
         self._deltas = 0
+        self._got_input = self._final = False
 
     def feed(self, chunk: bytes) -> bytes:
         for event in self._split.feed(chunk):
-            if b"content_block_delta" in event:
-                self._output_seen = True
-                self._deltas += 1
-                self._delta_bytes += len(event)
-            elif b'"usage"' in event or b"event: error" in event:
-                self._observe(data_of(event))
+            name, data = fields_of(event)
+            if name == b"content_block_delta":
+                self._delta(data)
+            elif name in _PARSED or (not name and data is not None):
+                obj = loads_object(data)
+                if obj is not None and obj.get("type") == "content_block_delta":
+                    self._delta(data)
+                else:
+                    self._observe(obj)
         return chunk
+
+    def _delta(self, data: bytes | None) -> None:
+        self._output_seen = True
+        self._deltas += 1
+        self._delta_bytes += len(data or b"")
 
     def _observe(self, obj: dict | None) -> None:
         if obj is None:
             return
         t = obj.get("type")
         if t == "message_start":
-            msg = obj.get("message") or {}
-            self.usage.model_served = msg.get("model") or self.usage.model_served
-            self._take(msg.get("usage") or {}, final=False)
+            msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+            model = msg.get("model")
+            self.usage.model_served = model if isinstance(model, str) and model else self.usage.model_served
+            self._take(msg.get("usage"), final=False)
         elif t == "message_delta":
-            self._take(obj.get("usage") or {}, final=True)
+            self._take(obj.get("usage"), final=True)
         elif t == "error":
-            self.usage.error_type = str((obj.get("error") or {}).get("type", "error"))
+            err = obj.get("error")
+            self.usage.error_type = str(err.get("type", "error") if isinstance(err, dict) else "error")
 
-    def _take(self, u: dict, final: bool) -> None:
+    def _take(self, u: object, final: bool) -> None:
         """Merge a usage block: message_delta counts are cumulative, and on
-        older API versions it carries output only, so keep earlier input counts."""
-        old = self.usage.tokens
+        older API versions it carries output only, so keep earlier input counts.
+        The call is complete once a final block with an output count was read."""
+        if not isinstance(u, dict):
+            if final:
+                self._read.flag("missing_usage")
+            return
+        r, old = self._read, self.usage.tokens
         cw_5m, cw_1h = old.cache_write_5m, old.cache_write_1h
-        if "cache_creation" in u:
-            cw_5m = int_of(u, "cache_creation", "ephemeral_5m_input_tokens")
-            cw_1h = int_of(u, "cache_creation", "ephemeral_1h_input_tokens")
-        if "cache_creation_input_tokens" in u:
-            total = int_of(u, "cache_creation_input_tokens")
-            if total != cw_5m + cw_1h:   # no split given, or a partial one: the rest is 5-minute (the default TTL)
-                cw_1h = min(cw_1h, total)
-                cw_5m = total - cw_1h
-        tokens = Tokens(
-            input=int_of(u, "input_tokens") if "input_tokens" in u else old.input,
-            cache_write_5m=cw_5m,
-            cache_write_1h=cw_1h,
-            cache_read=int_of(u, "cache_read_input_tokens") if "cache_read_input_tokens" in u else old.cache_read,
-            output=max(int_of(u, "output_tokens"), old.output),
+        if isinstance(u.get("cache_creation"), dict):
+            cw_5m = r.count(u, "cache_creation", "ephemeral_5m_input_tokens", name="cache_write") or 0
+            cw_1h = r.count(u, "cache_creation", "ephemeral_1h_input_tokens", name="cache_write") or 0
+        total = r.count(u, "cache_creation_input_tokens", name="cache_write")
+        if total is not None and total != cw_5m + cw_1h:
+            # no split given, or a partial one: the rest is 5-minute (the default TTL)
+            cw_1h = min(cw_1h, total)
+            cw_5m = total - cw_1h
+        inp = r.count(u, "input_tokens", name="input")
+        read = r.count(u, "cache_read_input_tokens", name="cache_read")
+        out = r.count(u, "output_tokens", name="output")
+        self.usage.tokens = Tokens(
+            input=inp if inp is not None else old.input,
+            cache_write_5m=cw_5m, cache_write_1h=cw_1h,
+            cache_read=read if read is not None else old.cache_read,
+            output=max(out or 0, old.output),
         )
-        self.usage.tokens = tokens
-        self.usage.web_search_calls = max(self.usage.web_search_calls,
-                                          int_of(u, "server_tool_use", "web_search_requests"))
+        self._got_input = self._got_input or inp is not None
+        searches = r.count(u, "server_tool_use", "web_search_requests", name="web_search")
+        self.usage.web_search_calls = max(self.usage.web_search_calls, searches or 0)
         if isinstance(u.get("speed"), str):
             self.usage.service_tier = speed_tier(u["speed"])
         if final:
-            self.usage.complete = True
+            self._final = True
+            if out is None:
+                r.flag("missing_output")
+            else:
+                self.usage.complete = True
 
     def finish_json(self, body: bytes) -> None:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(obj, dict) and obj.get("type") == "message":
-            self.usage.model_served = obj.get("model") or ""
-            self._take(obj.get("usage") or {}, final=True)
+        obj = loads_object(body)
+        if obj is not None and obj.get("type") == "message":
+            model = obj.get("model")
+            self.usage.model_served = model if isinstance(model, str) else ""
+            self._take(obj.get("usage"), final=True)
 
     def result(self) -> Usage:
-        if not self.usage.complete and self._deltas:
+        usage = self.usage
+        if not usage.complete and self._deltas:
             # Client left mid-stream: the provider bills what it generated.
-            # Each delta is at least one token; past the ~90 bytes of framing
-            # per event, count ~3 bytes of text per token (errs high, like a budget should).
-            est = max(self._deltas, (self._delta_bytes - 90 * self._deltas) // 3)
-            if self._max_output:
-                est = min(est, self._max_output)      # the provider never generates past max_tokens
-            self.usage.tokens = Tokens(**{**_as_dict(self.usage.tokens), "output": max(self.usage.tokens.output, est)})
-        return self.usage
+            # Each delta is at least one token; past the ~60 bytes of JSON framing
+            # per delta, count ~3 bytes of text per token (errs high, like a budget should).
+            est = max(self._deltas, (self._delta_bytes - 60 * self._deltas) // 3)
+            usage = replace(usage, tokens=replace(usage.tokens, output=max(usage.tokens.output, est)))
+        extra = ["missing_input"] if self._final and not self._got_input else []
+        if self._read.unknown or extra:
+            usage = replace(usage, complete=False)      # an estimate, not the provider's word
+        return sane(usage, self._call, [*self._read.anomalies, *extra])
 
     def tail(self) -> bytes:
         return b""
@@ -119,9 +155,7 @@ class AnthropicMeter:
         return self._output_seen
 
 
-def _as_dict(t: Tokens) -> dict[str, int]:
-    return {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
-            "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning}
+_PARSED = frozenset({b"message_start", b"message_delta", b"error"})
 
 
 class AnthropicMessages:
@@ -145,7 +179,7 @@ class AnthropicMessages:
         )
 
     def meter(self, call: Call) -> AnthropicMeter:
-        return AnthropicMeter(call.max_output_tokens)
+        return AnthropicMeter(call)
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))

@@ -12,9 +12,10 @@ import orjson
 from ledger.events import Tokens
 
 from ..errors import GatewayError
-from ..sse import SseSplitter, data_of
+from ..sse import SseSplitter, data_of, loads_object
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ..usage import UsageReader, sane, settled
+from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded",
@@ -29,28 +30,66 @@ def error_object(err: GatewayError) -> dict:
     return {"error": {"message": err.message, "type": etype, "param": None, "code": code}}
 
 
-def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str) -> Tokens:
+def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageReader | None = None,
+                        output_required: bool = True) -> Tokens:
     """OpenAI counts cache reads and cache writes inside the prompt total; we keep them apart.
 
     Cache writes (billed from GPT-5.6 on) land in ``cache_write_5m``, where the
-    catalog keeps OpenAI's short-retention write rate.
+    catalog keeps OpenAI's short-retention write rate. A missing prompt or
+    completion count is flagged on ``r`` (``missing_input``/``missing_output``),
+    as are cached tokens above the prompt total (``cache_above_prompt``).
     """
-    details = u.get(prompt_key.replace("tokens", "tokens_details")) or u.get("input_tokens_details") or {}
-    prompt = int_of(u, prompt_key)
-    cached = int_of(details, "cached_tokens")
-    written = int_of(details, "cache_write_tokens")
-    out = int_of(u, completion_key)
-    reasoning = int_of(u, completion_key.replace("tokens", "tokens_details"), "reasoning_tokens") or int_of(
-        u, "output_tokens_details", "reasoning_tokens")
+    r = r if r is not None else UsageReader()
+    details_key = prompt_key.replace("tokens", "tokens_details")
+    details = u.get(details_key) if isinstance(u.get(details_key), dict) else u.get("input_tokens_details")
+    prompt = r.count(u, prompt_key, name="input")
+    cached = r.count(details, "cached_tokens", name="cache_read") or 0
+    written = r.count(details, "cache_write_tokens", name="cache_write") or 0
+    out = r.count(u, completion_key, name="output")
+    if prompt is None:
+        r.flag("missing_input", unknown=True)
+    if out is None and output_required:
+        r.flag("missing_output", unknown=True)
+    prompt = prompt or 0
+    if cached + written > prompt:
+        r.flag("cache_above_prompt")
+    reasoning = r.count(u, completion_key.replace("tokens", "tokens_details"), "reasoning_tokens", name="reasoning")
+    if reasoning is None:
+        reasoning = r.count(u, "output_tokens_details", "reasoning_tokens", name="reasoning")
     return Tokens(input=max(prompt - cached - written, 0), cache_write_5m=written, cache_read=cached,
-                  output=out, reasoning=reasoning)
+                  output=out or 0, reasoning=reasoning or 0)
 
 
 class ChatMeter:
-    __slots__ = ("usage", "_split", "_hide_usage", "_output_seen")
+    """Chat streams have no ``event:`` lines, so events are told apart by their parsed JSON.
 
-    def __init__(self, hide_usage_chunk: bool) -> None:
+    Parsing every chunk would cost a JSON decode per token, so a chunk is
+    parsed only when it may matter:
+
+    * until the first output is seen (the role chunk, then the first content
+      or tool-call chunk), every chunk, so ``saw_output`` comes from the
+      parsed ``delta``;
+    * after that, a chunk whose bytes contain ``usage``, ``\\u006`` or
+      ``\\u007``. That check cannot miss the usage chunk: a JSON key
+      ``usage`` is written either as those five letters or with at least one
+      letter escaped, and ``\\uXXXX`` is the only escape a letter has (u, s,
+      a, g, e are ``\\u0075``, ``\\u0073``, ``\\u0061``, ``\\u0067``,
+      ``\\u0065``), whatever the whitespace, key order or line breaks. A
+      chunk that merely mentions ``usage`` in its text is parsed and found to
+      be text; escaped non-ASCII text (``\\u00e9``) is not parsed. ``tests/test_meter_properties.py`` checks
+      this over re-serialized and re-chunked streams.
+
+    The usage chunk the gateway asked for (``stream_options.include_usage``,
+    ``hide_usage_chunk``) is the one whose parsed JSON has a ``usage`` object
+    and no choices; only that event is held back from the client.
+    """
+
+    __slots__ = ("usage", "_call", "_read", "_split", "_hide_usage", "_output_seen")
+
+    def __init__(self, hide_usage_chunk: bool, call: Call | None = None) -> None:
         self.usage = Usage()
+        self._call = call
+        self._read = UsageReader()
         self._split = SseSplitter()
         self._hide_usage = hide_usage_chunk
         self._output_seen = False
@@ -69,39 +108,51 @@ class ChatMeter:
 
     def _look(self, event: bytes) -> bool:
         """Observe one event; True if it is the usage-only chunk."""
-        if not self._output_seen and (b'"content":"' in event or b'"tool_calls"' in event):
-            self._output_seen = b'"content":""' not in event or b'"tool_calls"' in event
-        if b'"usage"' not in event or b'"usage":null' in event:
+        if self._output_seen and b"usage" not in event and b"\\u006" not in event and b"\\u007" not in event:
             return False
         obj = data_of(event)
-        if not obj or not isinstance(obj.get("usage"), dict):
+        if obj is None:
+            return False
+        if not self._output_seen:
+            self._output_seen = _has_output(obj.get("choices"))
+        if not isinstance(obj.get("usage"), dict):
             return False
         self._take(obj)
         return not obj.get("choices")
 
     def _take(self, obj: dict) -> None:
-        self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens")
-        self.usage.model_served = obj.get("model") or self.usage.model_served
+        self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens", self._read)
+        model = obj.get("model")
+        self.usage.model_served = model if isinstance(model, str) and model else self.usage.model_served
         if isinstance(obj.get("service_tier"), str):
             self.usage.service_tier = obj["service_tier"]
         self.usage.complete = True
 
     def finish_json(self, body: bytes) -> None:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+        obj = loads_object(body)
+        if obj is not None and isinstance(obj.get("usage"), dict):
             self._take(obj)
 
     def result(self) -> Usage:
-        return self.usage
+        return sane(settled(self.usage, self._read), self._call)
 
     def saw_output(self) -> bool:
         return self._output_seen
 
     def tail(self) -> bytes:
         return self._split.pending if self._hide_usage else b""
+
+
+def _has_output(choices: object) -> bool:
+    """A chunk with text or a tool call in some choice's delta (the role chunk's empty content is not)."""
+    if not isinstance(choices, list):
+        return False
+    for c in choices:
+        delta = c.get("delta") if isinstance(c, dict) else None
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")
+                                        or delta.get("refusal") or delta.get("function_call")):
+            return True
+    return False
 
 
 class OpenAIChat:
@@ -132,7 +183,7 @@ class OpenAIChat:
         )
 
     def meter(self, call: Call) -> ChatMeter:
-        return ChatMeter(hide_usage_chunk=call.hide_usage_chunk)
+        return ChatMeter(hide_usage_chunk=call.hide_usage_chunk, call=call)
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))

@@ -4,32 +4,37 @@ from __future__ import annotations
 import orjson
 
 from ..errors import GatewayError
+from ..sse import loads_object
 from ..types import Call, Usage
+from ..usage import UsageReader, sane, settled
 from ._common import parse_object, require_model, take_metadata_tags
 from .openai_chat import error_object, openai_usage_tokens
 
 
 class EmbeddingsMeter:
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "_call", "_read")
 
-    def __init__(self) -> None:
+    def __init__(self, call: Call | None = None) -> None:
         self.usage = Usage()
+        self._call = call
+        self._read = UsageReader()
 
     def feed(self, chunk: bytes) -> bytes:
         return chunk
 
     def finish_json(self, body: bytes) -> None:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-            self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens")
-            self.usage.model_served = obj.get("model") or ""
+        obj = loads_object(body)
+        if obj is not None and isinstance(obj.get("usage"), dict):
+            self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens", self._read,
+                                                    output_required=False)
+            model = obj.get("model")
+            self.usage.model_served = model if isinstance(model, str) else ""
             self.usage.complete = True
+        elif obj is not None:
+            self._read.flag("missing_usage")
 
     def result(self) -> Usage:
-        return self.usage
+        return sane(settled(self.usage, self._read), self._call)
 
     def tail(self) -> bytes:
         return b""
@@ -50,7 +55,7 @@ class OpenAIEmbeddings:
                     max_output_tokens=0, tags=tags)
 
     def meter(self, call: Call) -> EmbeddingsMeter:
-        return EmbeddingsMeter()
+        return EmbeddingsMeter(call)
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))

@@ -3,54 +3,117 @@
 Usage arrives once, in the terminal event (``response.completed``,
 ``response.incomplete`` or ``response.failed``); everything else is relayed
 without being parsed. The WebSocket mode carries the same event objects as
-text frames, so ``observe_event`` serves both transports.
+text frames, one event per frame: ``observe_frame``.
 """
 from __future__ import annotations
+
+import re
 
 import orjson
 
 from ..errors import GatewayError
-from ..sse import SseSplitter, data_of
+from ..sse import SseSplitter, fields_of, loads_object
 from ..types import Call, Usage
+from ..usage import UsageReader, estimate_missing, sane, settled
 from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
 from .openai_chat import error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_TERMINAL_B = frozenset(t.encode() for t in TERMINAL)
+_OUTPUT_B = frozenset({b"response.output_text.delta", b"response.function_call_arguments.delta",
+                       b"response.refusal.delta", b"response.custom_tool_call_input.delta"})
+_OUTPUT = frozenset(t.decode() for t in _OUTPUT_B)
+_ERROR_TYPE = re.compile(rb'"type"\s*:\s*"error"')
 
 
 class ResponsesMeter:
-    __slots__ = ("usage", "_split", "_output_seen")
+    """Usage arrives in the terminal event; over SSE the ``event:`` line names every event.
 
-    def __init__(self) -> None:
+    Over SSE an event is judged by its ``event:`` name: the terminal events
+    and ``error`` are parsed (and must agree in their JSON ``type``), output
+    deltas mark the first output without being parsed, everything else is
+    relayed unread. An event without an ``event:`` line, and every WebSocket
+    frame (``observe_frame``: one text frame is one JSON event, no name
+    outside it), is judged by its parsed ``type``, but only parsed when its
+    bytes say it may matter (the ``response.created`` frames echo the whole
+    request, and deltas are most frames):
+
+    * until the first output, a frame holding ``delta`` (every output event's
+      type ends in ``.delta``);
+    * a frame holding ``response.completed``, ``response.incomplete``,
+      ``response.failed`` or ``"type"`` ``:`` ``"error"`` with any whitespace;
+    * any frame holding a ``\\u00`` escape.
+
+    That cannot miss an output, terminal or error event: its ``type`` value is
+    one of those strings, written out or with some character escaped, and
+    the only JSON escape of a letter, a dot or an underscore is ``\\u00XX``.
+    An answer quoting an event name only costs a parse, which finds a delta.
+
+    ``finished`` turns True when this call's terminal or error event was parsed.
+    """
+
+    __slots__ = ("usage", "_call", "_read", "_split", "_output_seen", "_finished", "_bytes")
+
+    def __init__(self, call: Call | None = None) -> None:
         self.usage = Usage()
+        self._call = call
+        self._read = UsageReader()
         self._split = SseSplitter()
         self._output_seen = False
+        self._finished = False
+        self._bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        self._bytes += len(chunk)
         for event in self._split.feed(chunk):
-            self.observe_event(event, None)
+            name, data = fields_of(event)
+            if not name:
+                if data is not None:
+                    self.observe_frame(data)
+            elif name in _OUTPUT_B:
+                self._output_seen = True
+            elif name in _TERMINAL_B or name == b"error":
+                self._observe(loads_object(data))
         return chunk
 
-    def observe_event(self, raw: bytes, obj: dict | None) -> None:
-        if not self._output_seen and (b"output_text.delta" in raw or b"function_call_arguments.delta" in raw):
+    def observe_frame(self, data: bytes | str) -> None:
+        """One WebSocket text frame (or one SSE payload with no ``event:`` name): one JSON event."""
+        raw = data.encode() if isinstance(data, str) else data
+        self._bytes += len(raw)
+        if (b"\\u00" in raw or (not self._output_seen and b"delta" in raw) or b"response.completed" in raw
+                or b"response.incomplete" in raw or b"response.failed" in raw
+                or (b'"error"' in raw and _ERROR_TYPE.search(raw) is not None)):
+            self._observe(loads_object(raw))
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def _observe(self, obj: dict | None) -> None:
+        if obj is None:
+            return
+        t = obj.get("type")
+        if t in _OUTPUT:
             self._output_seen = True
-        if b'"usage":{' not in raw and b'"type":"error"' not in raw:
-            return
-        obj = obj if obj is not None else data_of(raw) if raw.startswith((b"event:", b"data:")) else _loads(raw)
-        if not obj:
-            return
-        if obj.get("type") == "error":
-            self.usage.error_type = str(obj.get("code") or "error")
-            return
-        resp = obj.get("response") if isinstance(obj.get("response"), dict) else obj
-        self._take(resp, terminal=obj.get("type") in TERMINAL or obj.get("object") == "response")
+        elif t == "error":
+            self._finished = True
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+            code = err.get("code") or err.get("type")
+            self.usage.error_type = str(code) if isinstance(code, str) and code else "error"
+        elif t in TERMINAL:
+            self._finished = True
+            resp = obj.get("response")
+            self._take(resp if isinstance(resp, dict) else {}, terminal=True)
 
     def _take(self, resp: dict, terminal: bool) -> None:
         u = resp.get("usage")
         if not isinstance(u, dict):
+            if terminal:
+                self._read.flag("missing_usage")
             return
-        self.usage.tokens = openai_usage_tokens(u, "input_tokens", "output_tokens")
-        self.usage.model_served = resp.get("model") or self.usage.model_served
+        self.usage.tokens = openai_usage_tokens(u, "input_tokens", "output_tokens", self._read)
+        model = resp.get("model")
+        self.usage.model_served = model if isinstance(model, str) and model else self.usage.model_served
         if isinstance(resp.get("service_tier"), str):
             self.usage.service_tier = resp["service_tier"]
         out = resp.get("output")
@@ -62,26 +125,23 @@ class ResponsesMeter:
         self.usage.complete = self.usage.complete or terminal
 
     def finish_json(self, body: bytes) -> None:
-        obj = _loads(body)
-        if obj:
+        obj = loads_object(body)
+        if obj is not None:
             self._take(obj, terminal=True)
 
     def result(self) -> Usage:
-        return self.usage
+        usage = sane(settled(self.usage, self._read), self._call)
+        if self._finished and not usage.complete and not usage.error_type and self._call is not None:
+            # The response ended without usage the gateway could read (over WebSocket no
+            # other layer estimates it): bound it by the bytes each way, flagged estimated.
+            usage = estimate_missing(usage, self._call, self._bytes)
+        return usage
 
     def tail(self) -> bytes:
         return b""
 
     def saw_output(self) -> bool:
         return self._output_seen
-
-
-def _loads(raw: bytes) -> dict | None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def parse_create(obj: dict, body: bytes | None) -> Call:
@@ -109,7 +169,7 @@ class OpenAIResponses:
         return parse_create(parse_object(body), body)
 
     def meter(self, call: Call) -> ResponsesMeter:
-        return ResponsesMeter()
+        return ResponsesMeter(call)
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))

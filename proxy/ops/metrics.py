@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ledger import events as E
 
+from ..usage import AnomalyCollector
 from .health import LedgerState
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -66,6 +67,7 @@ class Metrics:
         self.tokens = Counter("llmgw_tokens", "Tokens metered", ["direction"], registry=r)
         self.in_flight = Gauge("llmgw_requests_in_flight", "Model API requests being served", registry=r)
         r.register(LedgerCollector(ledger_state))
+        r.register(AnomalyCollector())      # llmgw_usage_anomalies_total{wire,kind} (proxy/usage.py)
         self._requests, self._duration, self._ttft = _Children(self.requests), _Children(self.duration), _Children(self.ttft)
         self._upstream_errors, self._refusals = _Children(self.upstream_errors), _Children(self.refusals)
         self._input, self._cache_read, self._cache_write, self._output = (
