@@ -35,6 +35,15 @@ Recording: every request, refused ones included, is appended to `fake.requests` 
 `response.create` WebSocket frame is recorded too, with method "WS". `fake.abandoned_streams` counts streams
 whose client went away before the last event was written.
 
+Wire style: `fake.style` (reset to "compact" by `reset()`) is how the JSON and SSE are written, as real
+providers and proxies vary it: "compact" (orjson, today's default) or "+"-joined parts of
+    spaced    `", "` and `": "` separators            pretty    indented, so one SSE event has many `data:` lines
+    shuffled  every object's keys in a random order     escaped   letters of keys and strings as `\\u00XX`, non-ASCII as `\\uXXXX`
+    crlf      SSE lines end in CRLF                      nospace   `data:{...}` without the space
+`fake.split_bytes = n` writes every SSE event in n-byte pieces. `Reply.usage_patch` overrides keys of every
+usage object the reply writes (`MISSING` removes one; hostile values welcome), `Reply.omit_usage` leaves usage
+out entirely. `fake.served` lists the neutral `Usage` of every reply that reached the wire, in order.
+
 By hand: `python -m tests.fake_provider --port 9999`.
 """
 
@@ -44,6 +53,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import random
 import secrets
 import string
 import struct
@@ -58,7 +68,7 @@ from aiohttp import WSMsgType, web
 
 __all__ = [
     "ANTHROPIC_COUNT_TOKENS", "ANTHROPIC_KEY", "ANTHROPIC_MESSAGES", "ANTHROPIC_MODELS", "DEFAULT_TEXT",
-    "FakeProvider", "OPENAI_CHAT", "OPENAI_EMBEDDINGS", "OPENAI_KEY", "OPENAI_MODELS", "OPENAI_RESPONSES",
+    "FakeProvider", "MISSING", "OPENAI_CHAT", "OPENAI_EMBEDDINGS", "OPENAI_KEY", "OPENAI_MODELS", "OPENAI_RESPONSES",
     "RecordedRequest", "Reply", "Usage",
 ]
 
@@ -118,6 +128,8 @@ class Reply:
     # the tier the provider says it served (OpenAI `service_tier`, Anthropic `usage.speed`);
     # None: what was asked (OpenAI: "default" unless the request named one; Anthropic: the request's speed)
     served_tier: str | None = None
+    usage_patch: Mapping[str, Any] | None = None  # keys set in every usage object written; MISSING removes one
+    omit_usage: bool = False  # write no usage at all (message_delta, the chat usage chunk, the response's usage)
 
 
 def _generated(event: str | None, payload: Any) -> bool:
@@ -156,6 +168,7 @@ class RecordedRequest:
 
 
 Frame = tuple[str | None, Any]  # (SSE event name or None, payload dict or verbatim str)
+MISSING: Any = object()  # a `usage_patch` value that removes the key
 _PING: Frame = ("ping", '{"type": "ping"}')
 _B62 = string.ascii_letters + string.digits
 
@@ -164,8 +177,94 @@ def _b62(n: int) -> str:
     return "".join(secrets.choice(_B62) for _ in range(n))
 
 
-def _dumps(payload: Any) -> bytes:
-    return payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+def _dumps(payload: Any, style: str = "compact", rng: random.Random | None = None) -> bytes:
+    if isinstance(payload, str):
+        return payload.encode()
+    if style == "compact":
+        return orjson.dumps(payload)
+    parts = set(style.split("+"))
+    unknown = parts - STYLE_PARTS
+    if unknown:
+        raise ValueError(f"unknown wire style part(s) {sorted(unknown)}")
+    out: list[str] = []
+    _encode(orjson.loads(orjson.dumps(payload)), parts, rng or random.Random(0), 0, out)
+    return "".join(out).encode()
+
+
+STYLE_PARTS = frozenset({"compact", "spaced", "pretty", "shuffled", "escaped", "crlf", "nospace"})
+_ESCAPED_LETTERS = frozenset("aeioustcd")   # enough to hit `usage`, `type`, event names and most text
+
+
+def _encode(v: Any, parts: set[str], rng: random.Random, level: int, out: list[str]) -> None:
+    pretty, spaced = "pretty" in parts, "spaced" in parts
+    if isinstance(v, dict):
+        items = list(v.items())
+        if "shuffled" in parts:
+            rng.shuffle(items)
+        if not items:
+            out.append("{}")
+            return
+        out.append("{")
+        for i, (k, val) in enumerate(items):
+            if i:
+                out.append("," if pretty or not spaced else ", ")
+            if pretty:
+                out.append("\n" + "  " * (level + 1))
+            _string(k, parts, out)
+            out.append(": " if spaced or pretty else ":")
+            _encode(val, parts, rng, level + 1, out)
+        if pretty:
+            out.append("\n" + "  " * level)
+        out.append("}")
+    elif isinstance(v, list):
+        if not v:
+            out.append("[]")
+            return
+        out.append("[")
+        for i, val in enumerate(v):
+            if i:
+                out.append("," if pretty or not spaced else ", ")
+            if pretty:
+                out.append("\n" + "  " * (level + 1))
+            _encode(val, parts, rng, level + 1, out)
+        if pretty:
+            out.append("\n" + "  " * level)
+        out.append("]")
+    elif isinstance(v, str):
+        _string(v, parts, out)
+    else:
+        out.append(orjson.dumps(v).decode())
+
+
+def _string(s: str, parts: set[str], out: list[str]) -> None:
+    if "escaped" not in parts:
+        out.append(orjson.dumps(s).decode())
+        return
+    buf = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch in _ESCAPED_LETTERS or o < 0x20 or o == 0x7f:
+            buf.append(f"\\u{o:04x}")
+        elif ch == '"' or ch == "\\":
+            buf.append("\\" + ch)
+        elif o > 0xFFFF:
+            o -= 0x10000
+            buf.append(f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}")
+        elif o > 0x7e:
+            buf.append(f"\\u{o:04x}")
+        else:
+            buf.append(ch)
+    buf.append('"')
+    out.append("".join(buf))
+
+
+def sse_event(event: str | None, data: bytes, style: str = "compact") -> bytes:
+    """One SSE event in a wire style: an optional `event:` line, one `data:` line per line of data."""
+    parts = set(style.split("+"))
+    nl = b"\r\n" if "crlf" in parts else b"\n"
+    field = b"data:" if "nospace" in parts else b"data: "
+    head = (b"event:" if "nospace" in parts else b"event: ") + event.encode() + nl if event else b""
+    return head + b"".join(field + line + nl for line in data.split(b"\n")) + nl
 
 
 def _half(n: int) -> int:
@@ -268,6 +367,28 @@ def _mask(key: str) -> str:
     return key[:3] + "*" * max(0, len(key) - 7) + key[-4:] if len(key) > 8 else "*" * len(key)
 
 
+def _without_none(d: dict[str, Any]) -> dict[str, Any]:
+    """A usage the reply omits is left out of the object, not written as null."""
+    if d.get("usage") is None:
+        d.pop("usage", None)
+    return d
+
+
+def _patched(reply: Reply, usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The usage object as this reply writes it: left out, or with `usage_patch` applied."""
+    if usage is None or reply.omit_usage:
+        return None
+    if not reply.usage_patch:
+        return usage
+    out = dict(usage)
+    for k, v in reply.usage_patch.items():
+        if v is MISSING:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
 # ---------------------------------------------------------------- Anthropic Messages
 
 def _anthropic_usage(u: Usage, output: int, speed: str | None = None) -> dict[str, Any]:
@@ -313,8 +434,8 @@ class _Anthropic:
             blocks.append({"type": "text", "text": self.t.text})
         return {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.t.model,
                 "content": blocks, "stop_reason": None if streaming else self.stop_reason,
-                "stop_sequence": None, "usage": _anthropic_usage(u, min(u.output, 1) if streaming else u.output,
-                                                                    self.t.anthropic_speed)}
+                "stop_sequence": None, "usage": _patched(self.t.reply, _anthropic_usage(
+                    u, min(u.output, 1) if streaming else u.output, self.t.anthropic_speed))}
 
     def frames(self) -> tuple[list[Frame], int]:
         frames: list[Frame] = [("message_start", {"type": "message_start", "message": self.message(streaming=True)})]
@@ -331,9 +452,9 @@ class _Anthropic:
         cut = len(frames) + _half(len(self.t.pieces))
         frames += [self._delta(index, {"type": "text_delta", "text": p}) for p in self.t.pieces]
         frames += [("content_block_stop", {"type": "content_block_stop", "index": index}),
-                   ("message_delta", {"type": "message_delta",
+                   ("message_delta", _without_none({"type": "message_delta",
                                       "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                                      "usage": _anthropic_delta_usage(self.t.usage)}),
+                                      "usage": _patched(self.t.reply, _anthropic_delta_usage(self.t.usage))})),
                    ("message_stop", {"type": "message_stop"})]
         return frames, cut
 
@@ -382,14 +503,15 @@ class _Chat:
     def body(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.t.text, "refusal": None, "annotations": []}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
-        return {**self._head("chat.completion"), "choices": [choice], "usage": _chat_usage(self.t.usage)}
+        return _without_none({**self._head("chat.completion"), "choices": [choice],
+                              "usage": _patched(self.t.reply, _chat_usage(self.t.usage))})
 
     def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None) -> Frame:
         chunk = self._head("chat.completion.chunk")
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         chunk["choices"] = [] if delta is None else [choice]
         if self.include_usage:
-            chunk["usage"] = _chat_usage(self.t.usage) if delta is None else None
+            chunk["usage"] = _patched(self.t.reply, _chat_usage(self.t.usage)) if delta is None else None
         return (None, chunk)
 
     def frames(self) -> tuple[list[Frame], int]:
@@ -397,7 +519,7 @@ class _Chat:
         cut = 1 + _half(len(self.t.pieces))
         frames += [self._chunk({"content": p}) for p in self.t.pieces]
         frames.append(self._chunk({}, self.finish_reason))
-        if self.include_usage:
+        if self.include_usage and not self.t.reply.omit_usage:
             frames.append(self._chunk(None))
         frames.append((None, "[DONE]"))
         return frames, cut
@@ -441,7 +563,7 @@ class _Responses:
             "store": b.get("store", True), "temperature": 1.0,
             "text": {"format": {"type": "text"}, "verbosity": "medium"}, "tool_choice": "auto", "tools": [],
             "top_p": 1.0, "truncation": "disabled",
-            "usage": _responses_usage(self.t.usage) if final else None, "user": None, "metadata": {},
+            "usage": _patched(r, _responses_usage(self.t.usage)) if final else None, "user": None, "metadata": {},
         }
 
     def _status(self) -> str:
@@ -543,8 +665,8 @@ def _embeddings_body(t: _Turn) -> dict[str, Any]:
             encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": encoded})
     tokens = _openai_prompt_tokens(t.usage)
-    return {"object": "list", "data": data, "model": t.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return _without_none({"object": "list", "data": data, "model": t.model,
+                          "usage": _patched(t.reply, {"prompt_tokens": tokens, "total_tokens": tokens})})
 
 
 def _anthropic_models(models: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
@@ -578,6 +700,10 @@ class FakeProvider:
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.default_reply = Reply()  # served when no reply is scripted (benchmarks pace streams with it)
+        self.style = "compact"  # how JSON and SSE are written (module docstring)
+        self.split_bytes: int | None = None  # write SSE events in pieces of this many bytes
+        self.served: list[Usage] = []  # the usage of every reply that reached the wire, in order
+        self._rng = random.Random(15)
 
     # ---- lifecycle and test API
 
@@ -634,6 +760,9 @@ class FakeProvider:
         self.requests.clear()
         self._stored_response_ids.clear()
         self.abandoned_streams = 0
+        self.style = "compact"
+        self.split_bytes = None
+        self.served.clear()
 
     def requests_for(self, api: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.api == api]
@@ -672,10 +801,12 @@ class FakeProvider:
             headers={k.lower(): v for k, v in request.headers.items()}, body=raw, json=parsed))
         return raw, parsed
 
-    @staticmethod
-    def _json(status: int, payload: Any, headers: Mapping[str, str]) -> web.Response:
-        return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json",
+    def _json(self, status: int, payload: Any, headers: Mapping[str, str]) -> web.Response:
+        return web.Response(status=status, body=self._dumps(payload), content_type="application/json",
                             headers=headers)
+
+    def _dumps(self, payload: Any) -> bytes:
+        return _dumps(payload, self.style, self._rng)
 
     def _anthropic_refusal(self, request: web.Request, parsed: Any, *, needs_body: bool) -> web.Response | None:
         rid = "req_011C" + _b62(20)
@@ -728,9 +859,11 @@ class FakeProvider:
 
     async def _send_json(self, request: web.Request, t: _Turn, payload: Any,
                          headers: dict[str, str]) -> web.StreamResponse:
+        if t.reply.status < 400:
+            self.served.append(t.usage)
         if not t.reply.drop_mid_stream:
             return self._json(200, payload, headers)
-        data = orjson.dumps(payload)
+        data = self._dumps(payload)
         resp = web.StreamResponse(status=200, headers={**headers, "content-type": "application/json"})
         resp.content_length = len(data)
         await resp.prepare(request)
@@ -743,13 +876,16 @@ class FakeProvider:
         resp = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8",
                                                        "cache-control": "no-cache"})
         await resp.prepare(request)
+        self.served.append(t.usage)
         try:
             pace = _Pace(t.reply.chunk_delay_s)
             for i, (event, payload) in enumerate(frames):
                 if i and _generated(event, payload):
                     await pace.next()
-                head = f"event: {event}\n".encode() if named and event else b""
-                await resp.write(head + b"data: " + _dumps(payload) + b"\n\n")
+                data = sse_event(event if named else None, self._dumps(payload), self.style)
+                n = self.split_bytes or len(data)
+                for at in range(0, len(data), n):
+                    await resp.write(data[at:at + n])
             if t.reply.drop_mid_stream:
                 self._drop(request)
                 return resp
@@ -937,11 +1073,12 @@ class FakeProvider:
             if frame.get("store", True) is not False:
                 self._stored_response_ids.add(builder.id)
             frames, cut = builder.frames()
+            self.served.append(t.usage)
             pace = _Pace(t.reply.chunk_delay_s)
             for i, (event, payload) in enumerate(_numbered(_cut(frames, cut, t, builder))):
                 if i and _generated(event, payload):
                     await pace.next()
-                await ws.send_str(_dumps(_ws_payload(payload)).decode())
+                await ws.send_str(self._dumps(_ws_payload(payload)).decode())
             if t.reply.drop_mid_stream:
                 self._drop(request)
                 return False

@@ -13,6 +13,9 @@ from ledger import events as E
 from tests.fake_provider import OPENAI_CHAT, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
+# Every test here runs against compact, spaced and pretty/escaped provider JSON (tests/fixtures/provider.py).
+pytestmark = pytest.mark.usefixtures("wire_style")
+
 
 def oai(gw: GatewayHarness, key: str, **kw) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, **kw)

@@ -9,6 +9,9 @@ import pytest
 from ledger import events as E
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
 
+# Every test here runs against compact, spaced and pretty/escaped provider JSON (tests/fixtures/provider.py).
+pytestmark = pytest.mark.usefixtures("wire_style")
+
 
 async def until_done(ws: aiohttp.ClientWebSocketResponse) -> list[dict]:
     out: list[dict] = []
