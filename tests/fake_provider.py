@@ -42,7 +42,8 @@ providers and proxies vary it: "compact" (orjson, today's default) or "+"-joined
     crlf      SSE lines end in CRLF                      nospace   `data:{...}` without the space
 `fake.split_bytes = n` writes every SSE event in n-byte pieces. `Reply.usage_patch` overrides keys of every
 usage object the reply writes (`MISSING` removes one; hostile values welcome), `Reply.omit_usage` leaves usage
-out entirely. `fake.served` lists the neutral `Usage` of every reply that reached the wire, in order.
+out entirely. `fake.served` lists the neutral `Usage` of every reply that reached the wire, in order, and
+`fake.sent` what was written for it (the body bytes, or the list of WebSocket text frames).
 
 By hand: `python -m tests.fake_provider --port 9999`.
 """
@@ -703,6 +704,7 @@ class FakeProvider:
         self.style = "compact"  # how JSON and SSE are written (module docstring)
         self.split_bytes: int | None = None  # write SSE events in pieces of this many bytes
         self.served: list[Usage] = []  # the usage of every reply that reached the wire, in order
+        self.sent: list[bytes | list[str]] = []  # each generated reply's body bytes, or its WebSocket frames
         self._rng = random.Random(15)
 
     # ---- lifecycle and test API
@@ -763,6 +765,7 @@ class FakeProvider:
         self.style = "compact"
         self.split_bytes = None
         self.served.clear()
+        self.sent.clear()
 
     def requests_for(self, api: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.api == api]
@@ -862,7 +865,9 @@ class FakeProvider:
         if t.reply.status < 400:
             self.served.append(t.usage)
         if not t.reply.drop_mid_stream:
-            return self._json(200, payload, headers)
+            resp = self._json(200, payload, headers)
+            self.sent.append(bytes(resp.body))  # type: ignore[arg-type]
+            return resp
         data = self._dumps(payload)
         resp = web.StreamResponse(status=200, headers={**headers, "content-type": "application/json"})
         resp.content_length = len(data)
@@ -877,12 +882,14 @@ class FakeProvider:
                                                        "cache-control": "no-cache"})
         await resp.prepare(request)
         self.served.append(t.usage)
+        sent = bytearray()
         try:
             pace = _Pace(t.reply.chunk_delay_s)
             for i, (event, payload) in enumerate(frames):
                 if i and _generated(event, payload):
                     await pace.next()
                 data = sse_event(event if named else None, self._dumps(payload), self.style)
+                sent += data
                 n = self.split_bytes or len(data)
                 for at in range(0, len(data), n):
                     await resp.write(data[at:at + n])
@@ -895,6 +902,8 @@ class FakeProvider:
         except asyncio.CancelledError:
             self.abandoned_streams += 1
             raise
+        finally:
+            self.sent.append(bytes(sent))
         return resp
 
     @staticmethod
@@ -1074,11 +1083,14 @@ class FakeProvider:
                 self._stored_response_ids.add(builder.id)
             frames, cut = builder.frames()
             self.served.append(t.usage)
+            sent: list[str] = []
+            self.sent.append(sent)
             pace = _Pace(t.reply.chunk_delay_s)
             for i, (event, payload) in enumerate(_numbered(_cut(frames, cut, t, builder))):
                 if i and _generated(event, payload):
                     await pace.next()
-                await ws.send_str(self._dumps(_ws_payload(payload)).decode())
+                sent.append(self._dumps(_ws_payload(payload)).decode())
+                await ws.send_str(sent[-1])
             if t.reply.drop_mid_stream:
                 self._drop(request)
                 return False
