@@ -10,8 +10,8 @@ what the call could physically have used:
 * prompt tokens (input + cache writes + cache reads) <= the request's body
   bytes + an allowance (every BPE token covers at least one byte of the text
   the model reads, which the JSON body contains; images and injected tool
-  prompts get a generous allowance). Above it the call is flagged; far above
-  it (``FAR_INPUT_SLACK``) the prompt is clamped to it. A request that makes
+  prompts get a generous allowance). Above it the call is flagged, and the
+  prompt is clamped ``FAR_INPUT_SLACK`` tokens above it. A request that makes
   the provider read input the body does not hold (``previous_response_id``,
   a conversation, a file or URL, server-side tools) has no such bound, and
   the check never guesses: any escape in the body or any of those words
@@ -43,7 +43,7 @@ log = logging.getLogger("llmgw.usage")
 
 SANE_MAX_TOKENS = 10_000_000          # per count and call; the largest context windows are ~2M
 INJECTED_TOKENS = 8_192               # tool-use system prompts and framing (pricing/estimate.py tallies ~4k)
-FAR_INPUT_SLACK = 1_000_000           # prompt tokens above the request's bound before it is clamped to it
+FAR_INPUT_SLACK = 1_000_000           # prompt tokens billed above the request's bound at most (see _bound_prompt)
 IMAGE_TOKENS = 50_000                 # per image by URL; gpt-4o-mini's 48,169 is the largest known
 # Words in a request body that let the provider read input the body does not contain.
 _SERVER_INPUT = (b"previous_response_id", b"conversation", b"file", b"url", b"prompt_cache_key", b"web_",
@@ -165,21 +165,23 @@ def input_bound(call: Call) -> int | None:
 
 
 def _bound_prompt(t: Tokens, call: Call, anomalies: list[str]) -> Tokens:
-    """Flag a prompt above what the request can hold; clamp it to that bound when it is far above.
+    """Flag a prompt above what the request can hold; clamp it ``FAR_INPUT_SLACK`` above that bound.
 
-    The slack before clamping is the price of being wrong about the bound: a provider may count
-    input from somewhere this check does not recognize, and a real call is never billed less
-    than it cost by more than ``FAR_INPUT_SLACK`` tokens. Reports beyond that are garbage."""
+    The slack is the price of being wrong about the bound: a provider may count input from
+    somewhere this check does not recognize, and a real call is then never billed less than it
+    cost by more than the slack. A report beyond it is garbage (10^15 tokens). Clamping to one
+    ceiling per call keeps billing monotone: more reported tokens never cost less."""
     if t.prompt <= len(call.body) + INJECTED_TOKENS:     # the common case: no need to look at the body
         return t
     bound = input_bound(call)
     if bound is None or t.prompt <= bound:
         return t
     _add(anomalies, "input_above_request_size")
-    if t.prompt <= bound + FAR_INPUT_SLACK:
+    ceiling = bound + FAR_INPUT_SLACK
+    if t.prompt <= ceiling:
         return t
-    # Keep the dearest kinds first: the bound is the most the call can owe, never less than it.
-    left, kept = bound, {}
+    # Keep the dearest kinds first: the ceiling is the most the call can owe, never less than it.
+    left, kept = ceiling, {}
     for name in ("cache_write_1h", "cache_write_5m", "input", "cache_read"):
         kept[name] = min(getattr(t, name), left)
         left -= kept[name]

@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import json
 import random
 import secrets
 import string
@@ -182,13 +183,16 @@ def _dumps(payload: Any, style: str = "compact", rng: random.Random | None = Non
     if isinstance(payload, str):
         return payload.encode()
     if style == "compact":
-        return orjson.dumps(payload)
+        try:
+            return orjson.dumps(payload)
+        except TypeError:   # an integer beyond 64 bits (a hostile usage count): JSON allows it
+            return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     parts = set(style.split("+"))
     unknown = parts - STYLE_PARTS
     if unknown:
         raise ValueError(f"unknown wire style part(s) {sorted(unknown)}")
     out: list[str] = []
-    _encode(orjson.loads(orjson.dumps(payload)), parts, rng or random.Random(0), 0, out)
+    _encode(json.loads(json.dumps(payload)), parts, rng or random.Random(0), 0, out)
     return "".join(out).encode()
 
 
@@ -234,7 +238,7 @@ def _encode(v: Any, parts: set[str], rng: random.Random, level: int, out: list[s
     elif isinstance(v, str):
         _string(v, parts, out)
     else:
-        out.append(orjson.dumps(v).decode())
+        out.append(json.dumps(v))
 
 
 def _string(s: str, parts: set[str], out: list[str]) -> None:
