@@ -40,12 +40,24 @@ class SseSplitter:
 
 
 def _boundary(buf: bytes, start: int) -> tuple[int, int]:
-    """The first blank line: LF LF, CRLF CRLF, or a CRLF line followed by a bare LF."""
+    """The first blank line: LF LF, or CRLF CRLF (a CRLF line then a bare LF counts as LF LF).
+
+    The CRLF search stops where the first LF LF is, so a chunk of many LF events is scanned once."""
     n = buf.find(b"\n\n", start)
-    r = buf.find(b"\r\n\r\n", start)
+    r = buf.find(b"\r\n\r\n", start, n + 2) if n >= 0 else buf.find(b"\r\n\r\n", start)
     if r >= 0 and (n < 0 or r < n):
         return r, 4
     return (n, 2) if n >= 0 else (-1, 0)
+
+
+def event_name(event: bytes) -> bytes:
+    """An event's ``event:`` name (b"" when it has none), read from its first line when that is
+    the name, as every provider writes it; otherwise from its fields."""
+    if event.startswith(b"event:"):
+        return event[6:event.find(b"\n")].strip()
+    if b"event:" not in event:
+        return b""
+    return fields_of(event)[0]
 
 
 def fields_of(event: bytes) -> tuple[bytes, bytes | None]:

@@ -40,6 +40,7 @@ providers and proxies vary it: "compact" (orjson, today's default) or "+"-joined
     spaced    `", "` and `": "` separators            pretty    indented, so one SSE event has many `data:` lines
     shuffled  every object's keys in a random order     escaped   letters of keys and strings as `\\u00XX`, non-ASCII as `\\uXXXX`
     crlf      SSE lines end in CRLF                      nospace   `data:{...}` without the space
+    allman    a nested object's `{` on a line of its own (with pretty: `"usage":` and `{` on two `data:` lines)
 `fake.split_bytes = n` writes every SSE event in n-byte pieces. `Reply.usage_patch` overrides keys of every
 usage object the reply writes (`MISSING` removes one; hostile values welcome), `Reply.omit_usage` leaves usage
 out entirely. `fake.served` lists the neutral `Usage` of every reply that reached the wire, in order, and
@@ -196,7 +197,7 @@ def _dumps(payload: Any, style: str = "compact", rng: random.Random | None = Non
     return "".join(out).encode()
 
 
-STYLE_PARTS = frozenset({"compact", "spaced", "pretty", "shuffled", "escaped", "crlf", "nospace"})
+STYLE_PARTS = frozenset({"compact", "spaced", "pretty", "shuffled", "escaped", "crlf", "nospace", "allman"})
 _ESCAPED_LETTERS = frozenset("aeioustcd")   # enough to hit `usage`, `type`, event names and most text
 
 
@@ -217,6 +218,8 @@ def _encode(v: Any, parts: set[str], rng: random.Random, level: int, out: list[s
                 out.append("\n" + "  " * (level + 1))
             _string(k, parts, out)
             out.append(": " if spaced or pretty else ":")
+            if "allman" in parts and isinstance(val, (dict, list)) and val:
+                out.append("\n" + "  " * (level + 1))    # the value's bracket on a line of its own
             _encode(val, parts, rng, level + 1, out)
         if pretty:
             out.append("\n" + "  " * level)

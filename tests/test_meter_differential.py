@@ -21,7 +21,7 @@ from proxy.sse import SseSplitter, data_of
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
-STYLES = ["compact", "spaced", "pretty+escaped+crlf+nospace", "spaced+shuffled+escaped", "pretty+shuffled"]
+STYLES = ["compact", "spaced", "pretty+escaped+crlf+nospace", "spaced+shuffled+escaped", "pretty+shuffled+allman"]
 TRICKY = ('Say response.completed then "usage":{"output_tokens":999} and "type":"error" '
           'event: error data: [DONE] message_delta content_block_delta')
 _CATALOG = load_catalog()

@@ -13,7 +13,7 @@ import orjson
 from ledger.events import Tokens
 
 from ..errors import GatewayError
-from ..sse import SseSplitter, fields_of, loads_object
+from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane
 from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
@@ -58,21 +58,21 @@ class AnthropicMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         for event in self._split.feed(chunk):
-            name, data = fields_of(event)
+            name = event_name(event)
             if name == b"content_block_delta":
-                self._delta(data)
-            elif name in _PARSED or (not name and data is not None):
-                obj = loads_object(data)
+                self._delta(event)
+            elif name in _PARSED or not name:
+                obj = loads_object(fields_of(event)[1])
                 if obj is not None and obj.get("type") == "content_block_delta":
-                    self._delta(data)
+                    self._delta(event)
                 else:
                     self._observe(obj)
         return chunk
 
-    def _delta(self, data: bytes | None) -> None:
+    def _delta(self, event: bytes) -> None:
         self._output_seen = True
         self._deltas += 1
-        self._delta_bytes += len(data or b"")
+        self._delta_bytes += len(event)
 
     def _observe(self, obj: dict | None) -> None:
         if obj is None:
@@ -139,9 +139,9 @@ class AnthropicMeter:
         usage = self.usage
         if not usage.complete and self._deltas:
             # Client left mid-stream: the provider bills what it generated.
-            # Each delta is at least one token; past the ~60 bytes of JSON framing
-            # per delta, count ~3 bytes of text per token (errs high, like a budget should).
-            est = max(self._deltas, (self._delta_bytes - 60 * self._deltas) // 3)
+            # Each delta is at least one token; past the ~90 bytes of framing per
+            # event, count ~3 bytes of text per token (errs high, like a budget should).
+            est = max(self._deltas, (self._delta_bytes - 90 * self._deltas) // 3)
             usage = replace(usage, tokens=replace(usage.tokens, output=max(usage.tokens.output, est)))
         extra = ["missing_input"] if self._final and not self._got_input else []
         if self._read.unknown or extra:

@@ -7,6 +7,8 @@ extra final chunk (empty ``choices``) so the client sees what it asked for.
 """
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from ledger.events import Tokens
@@ -28,6 +30,19 @@ def error_object(err: GatewayError) -> dict:
     code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
     etype = "insufficient_quota" if err.kind == "budget" else _ERROR_TYPES.get(err.status, "server_error")
     return {"error": {"message": err.message, "type": etype, "param": None, "code": code}}
+
+
+_USAGE_OBJECT = re.compile(rb'usage"(?:\s|data:)*:(?:\s|data:)*\{')
+
+
+def _may_hold_usage(event: bytes) -> bool:
+    """False only for an event that cannot hold a ``usage`` object (see ``ChatMeter``)."""
+    if b"\\u00" in event:
+        return True
+    n = event.count(b"usage")
+    if n == 0 or n == event.count(b'"usage":null'):
+        return False
+    return _USAGE_OBJECT.search(event) is not None
 
 
 def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageReader | None = None,
@@ -69,15 +84,17 @@ class ChatMeter:
     * until the first output is seen (the role chunk, then the first content
       or tool-call chunk), every chunk, so ``saw_output`` comes from the
       parsed ``delta``;
-    * after that, a chunk whose bytes contain ``usage``, ``\\u006`` or
-      ``\\u007``. That check cannot miss the usage chunk: a JSON key
-      ``usage`` is written either as those five letters or with at least one
-      letter escaped, and ``\\uXXXX`` is the only escape a letter has (u, s,
-      a, g, e are ``\\u0075``, ``\\u0073``, ``\\u0061``, ``\\u0067``,
-      ``\\u0065``), whatever the whitespace, key order or line breaks. A
-      chunk that merely mentions ``usage`` in its text is parsed and found to
-      be text; escaped non-ASCII text (``\\u00e9``) is not parsed. ``tests/test_meter_properties.py`` checks
-      this over re-serialized and re-chunked streams.
+    * after that, a chunk that may hold a usage object: one whose bytes have
+      ``usage"`` then ``:`` then ``{`` with only whitespace (or the
+      ``data:`` of a new line) between, or any ``\\u00`` escape. That cannot
+      miss the usage chunk: its key ``usage`` is written either as those five
+      letters or with a letter escaped (``\\uXXXX`` is the only escape a
+      letter has, ``\\u0061`` to ``\\u007a``), and only whitespace may
+      stand between a key, its colon and its value, whatever the key order or
+      pretty-printing. The ``"usage":null`` every chunk carries once usage was
+      asked for, and text that mentions usage (its quotes are escaped), are
+      not parsed. ``tests/test_meter_properties.py`` checks this over
+      re-serialized and re-chunked streams.
 
     The usage chunk the gateway asked for (``stream_options.include_usage``,
     ``hide_usage_chunk``) is the one whose parsed JSON has a ``usage`` object
@@ -108,7 +125,7 @@ class ChatMeter:
 
     def _look(self, event: bytes) -> bool:
         """Observe one event; True if it is the usage-only chunk."""
-        if self._output_seen and b"usage" not in event and b"\\u006" not in event and b"\\u007" not in event:
+        if self._output_seen and not _may_hold_usage(event):
             return False
         obj = data_of(event)
         if obj is None:

@@ -12,7 +12,7 @@ import re
 import orjson
 
 from ..errors import GatewayError
-from ..sse import SseSplitter, fields_of, loads_object
+from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, estimate_missing, sane, settled
 from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
@@ -23,6 +23,7 @@ _TERMINAL_B = frozenset(t.encode() for t in TERMINAL)
 _OUTPUT_B = frozenset({b"response.output_text.delta", b"response.function_call_arguments.delta",
                        b"response.refusal.delta", b"response.custom_tool_call_input.delta"})
 _OUTPUT = frozenset(t.decode() for t in _OUTPUT_B)
+_DELTA_FRAME = b'{"type":"response.output_text.delta",'
 _ERROR_TYPE = re.compile(rb'"type"\s*:\s*"error"')
 
 
@@ -43,6 +44,10 @@ class ResponsesMeter:
     * a frame holding ``response.completed``, ``response.incomplete``,
       ``response.failed`` or ``"type"`` ``:`` ``"error"`` with any whitespace;
     * any frame holding a ``\\u00`` escape.
+
+    A frame that begins ``{"type":"response.output_text.delta",`` (OpenAI's
+    own spelling) is a delta whatever follows, bar a duplicate ``type`` key,
+    which JSON leaves undefined: after the first output it is skipped at once.
 
     That cannot miss an output, terminal or error event: its ``type`` value is
     one of those strings, written out or with some character escaped, and
@@ -66,20 +71,23 @@ class ResponsesMeter:
     def feed(self, chunk: bytes) -> bytes:
         self._bytes += len(chunk)
         for event in self._split.feed(chunk):
-            name, data = fields_of(event)
-            if not name:
-                if data is not None:
-                    self.observe_frame(data)
-            elif name in _OUTPUT_B:
+            name = event_name(event)
+            if name in _OUTPUT_B:
                 self._output_seen = True
             elif name in _TERMINAL_B or name == b"error":
-                self._observe(loads_object(data))
+                self._observe(loads_object(fields_of(event)[1]))
+            elif not name:
+                data = fields_of(event)[1]
+                if data is not None:
+                    self.observe_frame(data)
         return chunk
 
     def observe_frame(self, data: bytes | str) -> None:
         """One WebSocket text frame (or one SSE payload with no ``event:`` name): one JSON event."""
         raw = data.encode() if isinstance(data, str) else data
         self._bytes += len(raw)
+        if self._output_seen and raw.startswith(_DELTA_FRAME):
+            return                  # OpenAI's own spelling of a text delta: nothing to read
         if (b"\\u00" in raw or (not self._output_seen and b"delta" in raw) or b"response.completed" in raw
                 or b"response.incomplete" in raw or b"response.failed" in raw
                 or (b'"error"' in raw and _ERROR_TYPE.search(raw) is not None)):
