@@ -164,6 +164,7 @@ HOSTILE = st.one_of(st.integers(max_value=-1), st.integers(min_value=SANE_MAX_TO
                     st.text(max_size=8).filter(lambda s: not s.strip().isdigit()), st.none(), st.booleans(),
                     st.just(MISSING), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
                     st.lists(st.integers(), max_size=2))
+REQUIRED_KEYS = {"input_tokens", "output_tokens", "prompt_tokens", "completion_tokens"}
 USAGE_KEYS = {"messages": ["input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"],
               "chat": ["prompt_tokens", "completion_tokens"],
               "responses": ["input_tokens", "output_tokens"]}
@@ -190,7 +191,9 @@ def test_hostile_usage_never_raises_and_is_clamped_and_flagged(wire, data, u, st
         v = getattr(got.tokens, name)
         assert type(v) is int and 0 <= v <= SANE_MAX_TOKENS
     assert got.tokens.output <= MAX_OUT and got.tokens.reasoning <= got.tokens.output
-    assert got.anomalies, patch
+    # a cache count may be absent (older API versions); any other hostile value is flagged
+    if any(v is not MISSING or k in REQUIRED_KEYS for k, v in patch.items()):
+        assert got.anomalies, patch
     assert cost(got.tokens, CATALOG.price_at("gpt-4o-mini", 1_790_000_000_000)).micro_usd >= 0
 
 

@@ -11,7 +11,7 @@ from ledger import events as E
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
-ALLOWED_LABELS = {"api", "outcome", "reason", "direction", "upstream", "status_class", "le"}
+ALLOWED_LABELS = {"api", "outcome", "reason", "direction", "upstream", "status_class", "le", "wire", "kind"}
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

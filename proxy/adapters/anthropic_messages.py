@@ -142,6 +142,8 @@ class AnthropicMeter:
             # Each delta is at least one token; past the ~90 bytes of framing per
             # event, count ~3 bytes of text per token (errs high, like a budget should).
             est = max(self._deltas, (self._delta_bytes - 90 * self._deltas) // 3)
+            if self._call is not None and self._call.max_output_tokens is not None:
+                est = min(est, self._call.max_output_tokens)   # the provider never generates past max_tokens
             usage = replace(usage, tokens=replace(usage.tokens, output=max(usage.tokens.output, est)))
         extra = ["missing_input"] if self._final and not self._got_input else []
         if self._read.unknown or extra:

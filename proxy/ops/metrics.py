@@ -7,7 +7,9 @@ ops middleware (``observe_request``). Ledger gauges (snapshot age, spool,
 backlog, producer errors) are read only when Prometheus scrapes.
 
 Labels are bounded: ``api``, ``outcome``, ``reason``, ``direction``,
-``upstream`` (configured upstream names) and ``status_class``. Never a
+``upstream`` (configured upstream names), ``status_class``, and on
+``llmgw_usage_anomalies_total`` ``wire`` (the API) and ``kind`` (a fixed set
+of codes, proxy/usage.py). Never a
 budget, key, user or model. Metrics are observability only: the ledger's
 integers are the truth.
 """
