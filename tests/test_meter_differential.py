@@ -155,3 +155,23 @@ async def test_sdk_clients_see_the_answer_text_and_the_call_is_billed_once(gw, f
     events = await _events(gw, 3)
     for api, ev, served in zip(("responses", "chat", "messages"), events, fake_provider.served):
         assert ev.tokens == expected_tokens(api, served) and ev.outcome == E.OK
+
+
+@pytest.mark.parametrize("style", ["spaced", "pretty+escaped"])
+async def test_a_websocket_error_frame_ends_its_own_call_and_never_shifts_the_next(gw, fake_provider, http, style):
+    """A spaced or escaped ``"type": "error"`` frame ends the call it belongs to; the next call on
+    the socket is billed what it was served, not the failed one's leftovers."""
+    fake_provider.style = style
+    key, _ = gw.key()
+    fake_provider.script(Reply(text=TRICKY, usage=served_usage(0), fail_mid_stream=True),
+                         Reply(text=TRICKY, usage=served_usage(1)))
+    body = {"type": "response.create", "model": "gpt-5-mini", "input": "hi", "max_output_tokens": 200}
+    async with http.ws_connect(gw.url + "/v1/responses", headers={"authorization": f"Bearer {key}"}) as ws:
+        for end in ("error", "response.completed"):
+            await ws.send_json(body)
+            while orjson.loads(await asyncio.wait_for(ws.receive_str(), 5)).get("type") != end:
+                pass
+    failed, ok = await _events(gw, 2)
+    assert failed.outcome == E.UPSTREAM_ERROR and failed.error_type == "server_error"
+    assert ok.outcome == E.OK and ok.tokens == expected_tokens("responses", fake_provider.served[1])
+    assert ok.cost_micro_usd == expected_cost(ok, ok.tokens)
