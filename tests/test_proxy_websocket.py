@@ -11,6 +11,7 @@ import pytest
 from ledger import events as E
 from ledger.configlog import FileConfigLog
 from proxy import keys as K
+from proxy.admin import entities
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
 
 
@@ -277,3 +278,21 @@ async def test_a_client_that_leaves_mid_turn_pays_for_it_once(gw, fake_provider)
     [ev] = await events_until(gw, 1)
     assert ev.outcome == E.CANCELLED and ev.usage_estimated and ev.cost_micro_usd > 0
     assert no_holds(gw) and gw.gw.key_sessions == {}
+
+
+async def test_rotating_a_key_ends_sessions_on_the_old_secret_and_narrowing_it_applies_next_turn(gw, fake_provider):
+    key, key_id = gw.key("acme", "backend", "rotor")
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(gw.url + "/v1/responses", headers={"authorization": f"Bearer {key}"}) as ws:
+            gw._put(entities.update_key(gw.gw.config.get("key", key_id), {"allowed_models": ["gpt-4o-mini"]},
+                                        "test", "narrowed"))
+            await ws.send_json({"type": "response.create", "model": "gpt-5", "input": "not any more"})
+            err = await asyncio.wait_for(ws.receive_json(), 5)
+            assert err["status"] == 403 and "gpt-4o-mini" in err["error"]["message"]
+            await ws.send_json({"type": "response.create", "model": "gpt-4o-mini", "input": "allowed"})
+            assert (await until_done(ws))[-1]["type"] == "response.completed"
+            _, rotated = entities.rotate_key(gw.gw.config.get("key", key_id), "test", "rotated")
+            gw._put(rotated)
+            [err], took_s = await closed_within(ws, 1.0)
+    assert err["status"] == 401 and took_s < 1.0
+    assert [r.json["model"] for r in fake_provider.requests if r.method == "WS"] == ["gpt-4o-mini"]
