@@ -6,6 +6,7 @@ so the sweeper's work is visible within a test.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +15,16 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from ledger import events as E
+from proxy.adapters.openai_chat import OpenAIChat
+from proxy.call import LiveCall, route
 from proxy.holds import sweep
 from proxy.keys import authenticate
-from tests.fake_provider import FakeProvider, Reply, Usage
+from proxy.types import Usage
+from tests.fake_provider import FakeProvider, Reply
+from tests.fake_provider import Usage as Served
 from tests.gateway_harness import GatewayHarness
 from tests.test_ops_metrics import scrape, value
 
@@ -64,7 +70,7 @@ async def test_a_call_that_outlives_the_bound_is_swept_and_still_pays_once(gw, f
     key, _ = gw.key("acme", "backend", "bob")
     gw.budget("user:bob", "day", "1")
     policy = gw.gw.policy
-    fake_provider.script(Reply(chunks=10, chunk_delay_s=0.1, usage=Usage(input=20, output=10)))
+    fake_provider.script(Reply(chunks=10, chunk_delay_s=0.1, usage=Served(input=20, output=10)))
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     try:
         stream = await client.chat.completions.create(model="gpt-4o-mini", stream=True, max_tokens=100,
@@ -99,8 +105,8 @@ async def test_a_late_settle_of_a_swept_hold_releases_nothing_twice(gw):
 async def test_calls_that_settle_leave_no_hold_behind(gw, fake_provider):
     key, _ = gw.key("acme", "backend", "carol")
     gw.budget("user:carol", "day", "1")
-    fake_provider.script(Reply(usage=Usage(input=5, output=3)), Reply(status=500), Reply(drop_mid_stream=True),
-                         Reply(usage=Usage(input=-1000, output=3)))     # usage no price can be put on
+    fake_provider.script(Reply(usage=Served(input=5, output=3)), Reply(status=500), Reply(drop_mid_stream=True),
+                         Reply(usage=Served(input=-1000, output=3)))     # usage no price can be put on
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     ant = anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0)
     try:
@@ -119,3 +125,24 @@ async def test_calls_that_settle_leave_no_hold_behind(gw, fake_provider):
     assert [e.outcome for e in events] == [E.OK, E.UPSTREAM_ERROR, E.UPSTREAM_ERROR, E.OK]
     assert events[-1].cost_micro_usd > 0                                # never free, never a 500
     assert len(gw.gw.policy.holds) == 0 and gw.gw.policy.holds.swept == 0
+
+
+async def test_settle_is_synchronous_and_a_second_settle_is_a_no_op(gw):
+    key, _ = gw.key("acme", "backend", "erin")
+    gw.budget("user:erin", "day", "1")
+    request = make_mocked_request("POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                  app=gw.app)
+    adapter = OpenAIChat()
+    principal = gw.gw.authenticate(request)
+    call, target = route(gw.gw, request, principal, adapter,
+                         adapter.parse(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}'))
+    live = await LiveCall.admit(gw.gw, request, principal, adapter, call, target, int(time.time() * 1000),
+                                time.monotonic())
+    assert len(gw.gw.policy.holds) == 1 and not inspect.iscoroutinefunction(LiveCall.settle)
+    done = Usage()
+    done.tokens, done.complete = E.Tokens(input=7, output=3), True
+    first = live.settle(done, E.OK, 200)
+    assert first is not None and first.tokens.output == 3
+    assert live.settle(done, E.CANCELLED, 499) is None and live.settle(Usage(), E.UPSTREAM_ERROR, 502) is None
+    assert [e.event_id for e in await gw.events()] == [first.event_id]
+    assert len(gw.gw.policy.holds) == 0
