@@ -26,6 +26,7 @@ from proxy.types import Usage
 from tests.fake_provider import FakeProvider, Reply
 from tests.fake_provider import Usage as Served
 from tests.gateway_harness import GatewayHarness
+from tests.waits import until
 from tests.test_ops_metrics import scrape, value
 
 
@@ -33,14 +34,6 @@ from tests.test_ops_metrics import scrape, value
 async def gw(fake_provider: FakeProvider, tmp_path: Path) -> AsyncIterator[GatewayHarness]:
     async with GatewayHarness(fake_provider, tmp_path, first_byte_timeout_s=0.3, stream_max_s=0.2) as h:
         yield h
-
-
-async def until(predicate, timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.02)
 
 
 def hold_for(gw: GatewayHarness, key: str, micro_usd: int):
@@ -57,7 +50,7 @@ async def test_a_hold_nobody_settles_is_swept_logged_and_counted(gw, caplog):
     m = await scrape(gw.url)
     assert value(m, "llmgw_holds_open") == 1 and value(m, "llmgw_holds_open_usd") == 0.33
     assert gw.gw.policy.used(r.holds[0]) == 330_000
-    await until(lambda: not r.open)
+    await until(lambda: not r.open, 5.0, 0.02, "the sweep")
     assert gw.gw.policy.used(r.holds[0]) == 0                 # the budget has its $0.33 back
     m = await scrape(gw.url)
     assert value(m, "llmgw_holds_open") == 0 and value(m, "llmgw_holds_open_usd") == 0

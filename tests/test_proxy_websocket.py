@@ -13,6 +13,7 @@ from ledger.configlog import FileConfigLog
 from proxy import keys as K
 from proxy.admin import entities
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
+from tests.waits import until
 
 
 async def until_done(ws: aiohttp.ClientWebSocketResponse) -> list[dict]:
@@ -78,14 +79,12 @@ def sdk(gw, key: str) -> openai.AsyncOpenAI:
 
 async def events_until(gw, n: int, timeout_s: float = 5.0) -> list[E.UsageEvent]:
     """The recorded events once there are ``n`` of them (polled; fails if more or too late)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        recorded = await gw.events()
-        if len(recorded) >= n or loop.time() > deadline:
-            assert len(recorded) == n, recorded
-            return recorded
-        await asyncio.sleep(0.02)
+    async def enough() -> bool:
+        return len(await gw.events()) >= n
+    await until(enough, timeout_s, 0.02, f"{n} events recorded")
+    recorded = await gw.events()
+    assert len(recorded) == n, recorded
+    return recorded
 
 
 async def sdk_turn(conn, **create) -> list:
