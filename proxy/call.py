@@ -3,7 +3,8 @@
 HTTP (``pipeline.handle``) and the Responses WebSocket (``websocket.py``, one
 call per ``response.create`` frame) drive the same steps, in this order::
 
-    route()            failure policy, tags, model access, routing      (refusals: no event)
+    gw.stale_tags()    failure policy, right after authentication       (refusals: no event)
+    route()            tags, model access, routing                      (refusals: no event)
     LiveCall.admit()   price, worst case, budgets, rate limits,         (refusals: a rejected_* event)
                        downgrade, queue
     ... the transport forwards, relays and feeds the adapter's meter ...
@@ -37,11 +38,11 @@ log = logging.getLogger("llmgw.proxy")
 _REJECTED = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}
 
 
-def route(gw: Gateway, request: web.Request, principal: Principal, adapter: Adapter,
-          call: Call) -> tuple[Call, Target]:
-    """The checks before a call is priced: the failure policy (refuse, or tag ``llmgw:stale``),
-    the call's tags, model access and routing. Raises without an event, as nothing was held."""
-    stale = gw.stale_tags(principal)
+def route(gw: Gateway, request: web.Request, principal: Principal, adapter: Adapter, call: Call,
+          stale: tuple[str, ...]) -> tuple[Call, Target]:
+    """The checks before a call is priced: its tags (``stale``: what the failure policy said right
+    after authentication, ``Gateway.stale_tags``), model access and routing. Raises without an
+    event, as nothing was held."""
     call = replace(call, tags=E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale)))
     gw.policy.check_model(principal, call.model)
     return call, gw.routing.resolve(adapter.family, call.model)
@@ -96,20 +97,22 @@ class LiveCall:
         gw = self.gw
         if forwarded and not usage.complete and (outcome == E.OK or (outcome == E.CANCELLED and not usage.tokens.total)):
             usage = estimate_missing(usage, self.call, bytes_out)
-        event = None
+        event, tokens_used = None, None            # None: the rate limits keep the worst case
         try:
             event = self.record.settle(gw, self.call, usage, outcome, status, self.t0, first_output_s,
                                        self.price, self.price_estimated)
+            tokens_used = max(usage.tokens.total, 0)
         except Exception:   # never lose the call: charge its hold, flagged estimated, and say why
             log.exception("pricing a call failed; charging its reservation instead",
                           extra={"event": "settle_fallback", "request_id": self.record.request_id})
             event = self.record.event(gw, Usage(), outcome, status, self.t0, first_output_s,
                                       self.reservation.amount_micro_usd, "", cost_estimated=True)
         finally:
-            if event is not None:
-                gw.emit(event, self.request)
-            gw.policy.release(self.reservation, usage.tokens.total if event is not None else None,
-                              forwarded=forwarded)
+            try:
+                if event is not None:
+                    gw.emit(event, self.request)
+            finally:
+                gw.policy.release(self.reservation, tokens_used, forwarded=forwarded)
         return event
 
 

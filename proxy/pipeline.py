@@ -27,8 +27,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started_ms, t0 = int(time.time() * 1000), time.monotonic()
     principal = gw.authenticate(request)                                     # auth
+    stale = gw.stale_tags(principal)               # failure policy: refuse, or tag llmgw:stale
     call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
-    call, target = route(gw, request, principal, adapter, call)    # failure policy, tags, model access
+    call, target = route(gw, request, principal, adapter, call, stale)       # tags, model access, routing
     if not call.metered:
         return await passthrough(request, gw, target, adapter.upstream_path, call)
     live = await LiveCall.admit(gw, request, principal, adapter, call, target, started_ms, t0)   # admit

@@ -264,8 +264,9 @@ class ResponsesSession:
         started_ms, t0 = int(time.time() * 1000), time.monotonic()
         gw, request = self.gw, self.request
         principal = self.authenticate()
+        stale = gw.stale_tags(principal)
         asked, rewrite = _call_of(obj)
-        call, target = route(gw, request, principal, _ADAPTER, asked)
+        call, target = route(gw, request, principal, _ADAPTER, asked, stale)
         live = await LiveCall.admit(gw, request, principal, _ADAPTER, call, target, started_ms, t0,
                                     log_request=False)
         turn = _Turn(live)

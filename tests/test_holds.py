@@ -128,7 +128,7 @@ async def test_settle_is_synchronous_and_a_second_settle_is_a_no_op(gw):
     adapter = OpenAIChat()
     principal = gw.gw.authenticate(request)
     call, target = route(gw.gw, request, principal, adapter,
-                         adapter.parse(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}'))
+                         adapter.parse(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}'), ())
     live = await LiveCall.admit(gw.gw, request, principal, adapter, call, target, int(time.time() * 1000),
                                 time.monotonic())
     assert len(gw.gw.policy.holds) == 1 and not inspect.iscoroutinefunction(LiveCall.settle)
