@@ -5,7 +5,6 @@ so the sweeper's work is visible within a test.
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
