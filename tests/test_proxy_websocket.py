@@ -12,6 +12,7 @@ from ledger import events as E
 from ledger.configlog import FileConfigLog
 from proxy import keys as K
 from proxy.admin import entities
+from proxy.ratelimit import RateLimit
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
 from tests.waits import until
 
@@ -295,3 +296,22 @@ async def test_rotating_a_key_ends_sessions_on_the_old_secret_and_narrowing_it_a
             [err], took_s = await closed_within(ws, 1.0)
     assert err["status"] == 401 and took_s < 1.0
     assert [r.json["model"] for r in fake_provider.requests if r.method == "WS"] == ["gpt-4o-mini"]
+
+
+async def test_websocket_turns_share_the_rate_limits_and_may_queue_for_them(gw, fake_provider):
+    key, _ = gw.key("acme", "backend", "paced")
+    gw._put(RateLimit("user", "paced", "rpm", 60, 1).record())          # one call a second
+    turn = {"type": "response.create", "model": "gpt-5", "input": "hi"}
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(gw.url + "/v1/responses", headers={"authorization": f"Bearer {key}"}) as ws:
+            await ws.send_json(turn)
+            assert (await until_done(ws))[-1]["type"] == "response.completed"
+            await ws.send_json(turn)
+            err = await asyncio.wait_for(ws.receive_json(), 5)
+            assert err["type"] == "error" and err["status"] == 429 and err["error"]["code"] == "rate_limit_exceeded"
+        async with http.ws_connect(gw.url + "/v1/responses", headers={"authorization": f"Bearer {key}",
+                                                                      "x-llmgw-wait": "5"}) as ws:
+            await ws.send_json(turn)                                       # waits for the next slot
+            assert (await until_done(ws))[-1]["type"] == "response.completed"
+    assert [e.outcome for e in await events_until(gw, 3)] == [E.OK, E.REJECTED_RATE, E.OK]
+    assert len([r for r in fake_provider.requests if r.method == "WS"]) == 2
