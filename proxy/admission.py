@@ -1,4 +1,4 @@
-"""Admission for one HTTP call: the policy's check, wired to pricing and routing.
+"""Admission for one call (HTTP, or a WebSocket turn; see call.py): the policy's check, wired to pricing and routing.
 
 ``admit`` computes the call's worst case in money and in tokens, has the
 policy hold it against every budget and rate limit, lets a budget at its cap

@@ -16,7 +16,7 @@ from ledger.configlog import open_config_log
 from ledger.driver import Ledger
 from pricing import load_catalog
 
-from . import parts, pipeline
+from . import holds, parts, pipeline
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
@@ -120,6 +120,18 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
     return ctx
 
 
+async def hold_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Frees holds nobody settled (proxy/holds.py) for as long as the gateway runs."""
+    gw = app[GATEWAY]
+    sweeper = asyncio.get_running_loop().create_task(holds.sweep_forever(gw.policy, holds.hold_max_age_s(gw.settings)),
+                                                     name="llmgw-hold-sweeper")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+
+
 async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
     tz_of = lambda org: tzs.get(org, "UTC")  # noqa: E731
     if settings.embedded:
@@ -151,6 +163,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
         parts.audit_landing_ctx,
         parts.capture_ctx(capture),
         parts.presence_ctx,
+        hold_sweeper_ctx,
     ])
     r = app.router
     r.add_route("HEAD", "/", probe)

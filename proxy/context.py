@@ -30,6 +30,15 @@ from .routing import RoutingTable, Target, Upstream
 from .settings import Settings
 
 
+class KeySession(Protocol):
+    """A long-lived connection made with one gateway key (a Responses WebSocket): the Gateway asks
+    it to re-check its key whenever the config changes, and it ends itself if the key is gone."""
+
+    key_id: str
+
+    def recheck(self) -> None: ...
+
+
 class CaptureSink(Protocol):
     """Where opted-in request/response bodies go (``analytics/bodies.py``)."""
 
@@ -53,6 +62,8 @@ class Gateway:
     # Shown every usage event right after the ledger took it (metrics, OpenTelemetry); must not raise.
     observers: tuple[EventObserver, ...] = ()
     failure: FailurePolicy = field(init=False)
+    # open WebSocket sessions by key id: each registers on open and leaves on close (proxy/websocket.py)
+    key_sessions: dict[str, set[KeySession]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,
@@ -77,8 +88,22 @@ class Gateway:
         return self.org_timezones.get(org, "UTC")
 
     def config_changed(self) -> None:
-        """Rebuild indexes derived from the config log (called by the follower)."""
+        """Rebuild indexes derived from the config log (called by the follower, on every replica),
+        and have every open session re-check its key: a revoked or expired key's sessions end."""
         self.policy.reload(self.config)
+        for sessions in list(self.key_sessions.values()):
+            for s in list(sessions):
+                s.recheck()
+
+    def session_opened(self, s: KeySession) -> None:
+        self.key_sessions.setdefault(s.key_id, set()).add(s)
+
+    def session_closed(self, s: KeySession) -> None:
+        sessions = self.key_sessions.get(s.key_id)
+        if sessions is not None:
+            sessions.discard(s)
+            if not sessions:
+                del self.key_sessions[s.key_id]
 
     def authenticate(self, request: web.Request) -> Principal:
         key = presented_key(request.headers)

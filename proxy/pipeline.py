@@ -1,28 +1,26 @@
-"""The request path, in one sitting: auth, budget check, forward, stream, meter, emit.
+"""The request path over HTTP, in one sitting: auth, route, admit, forward, stream, meter, settle.
 
-Every metered call ends in exactly one usage event, whatever happens: the
-``finally`` of ``handle`` builds it from what the meter saw and hands it to
-the ledger synchronously (no await), so a client that leaves mid-stream still
-pays for what the provider generated.
+The rules every metered call follows, whatever its transport, live in
+``call.py``; this module is the HTTP side of them. Every metered call ends
+in exactly one usage event, whatever happens: the ``finally`` of ``handle``
+settles it from what the meter saw (synchronously, no await), so a client
+that leaves mid-stream still pays for what the provider generated.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from aiohttp import web
 
 from ledger import events as E
-from pricing import Price, RequestShape, cost
 
-from . import admission, forward
-from .context import GATEWAY, REQUEST_ID, Gateway
+from . import forward
+from .call import LiveCall, outcome_of, route
+from .context import GATEWAY, Gateway
 from .errors import BodyTooLarge, GatewayError
 from .capture import CapturedCall, policy_for
-from .keys import Principal
 from .routing import Target
 from .types import Adapter, Call, Usage
-from .usage import estimate_missing, report
 
 
 async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
@@ -31,26 +29,11 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     principal = gw.authenticate(request)                                     # auth
     stale = gw.stale_tags(principal)               # failure policy: refuse, or tag llmgw:stale
     call = adapter.parse(await read_body(request, gw.settings.max_body_bytes))
-    call = replace(call, tags=E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale)))
-    gw.policy.check_model(principal, call.model)
-    target = gw.routing.resolve(adapter.family, call.model)
+    call, target = route(gw, request, principal, adapter, call, stale)       # tags, model access, routing
     if not call.metered:
         return await passthrough(request, gw, target, adapter.upstream_path, call)
-    price, price_estimated = gw.price(target, call.model, started_ms)
-    shape = RequestShape(len(call.body), call.max_output_tokens, call.service_tier,
-                         call.image_count, call.web_search, n=call.choices)
-    ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request)
-    try:                                             # budgets, rate limits; may queue or downgrade (admission.py)
-        admitted = await admission.admit(gw, request, principal, adapter.family, call, shape, target, price,
-                                         price_estimated, started_ms)
-    except GatewayError as err:
-        gw.emit(ctx.event(gw, Usage(), _REJECTED.get(err.kind, E.REJECTED_POLICY),
-                          err.status, t0, None, 0, ""), request)
-        raise
-    reservation, call, target = admitted.reservation, admitted.call, admitted.target
-    price, price_estimated = admitted.price, admitted.price_estimated
-    if admitted.downgraded:                          # the event keeps the model the client asked for
-        ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request, ctx.call.model)
+    live = await LiveCall.admit(gw, request, principal, adapter, call, target, started_ms, t0)   # admit
+    call, target = live.call, live.target
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
@@ -60,7 +43,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             meter = adapter.meter(call)
             capture = policy_for(gw.config, principal.org, principal.workspace) if gw.capture_sink else None
             relay = forward.Relay(meter, capture.max_bytes if capture else 0)
-            extra = gw.policy.remaining_headers(reservation)
+            extra = gw.policy.remaining_headers(live.reservation)
             if forward.is_stream(upstream):
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
@@ -72,9 +55,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
                 resp = web.Response(status=status, body=body,
                                     headers=forward.downstream_headers(upstream, extra))
             usage = meter.result()                                                        # meter
-            outcome = _outcome(status, relay, usage)
-            if outcome == E.OK and not usage.complete:
-                usage = estimate_missing(usage, call, relay.bytes_out)
+            outcome = outcome_of(status, usage, relay.client_gone, relay.upstream_broke)
             return resp
     except BaseException as exc:
         if isinstance(exc, GatewayError):
@@ -84,25 +65,12 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             usage = relay.meter.result()
             outcome = E.CANCELLED
         raise
-    finally:                                                                              # emit
-        ttft = relay.first_output_s if relay else None
-        event = ctx.settle(gw, call, usage, outcome, status, t0, ttft, price, price_estimated)
-        gw.emit(event, request)
-        gw.policy.release(reservation, usage.tokens.total)
-        if relay is not None and relay.kept is not None and gw.capture_sink is not None:   # opt-in capture
+    finally:                                                                              # settle
+        event = live.settle(usage, outcome, status, relay.first_output_s if relay else None,
+                            relay.bytes_out if relay else 0)
+        if event is not None and relay is not None and relay.kept is not None and gw.capture_sink is not None:
             gw.capture_sink.put(CapturedCall.of(event.event_id, event.ts_start_ms, event.org, event.workspace,
                                                 event.api, call.body, bytes(relay.kept), relay.keep_bytes))
-
-
-_REJECTED = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}
-
-
-def _outcome(status: int, relay: "forward.Relay | None", usage: Usage) -> str:
-    if relay is not None and relay.client_gone:
-        return E.CANCELLED
-    if status >= 400 or usage.error_type or (relay is not None and relay.upstream_broke):
-        return E.UPSTREAM_ERROR
-    return E.OK
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -126,56 +94,6 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
     async with upstream:
         body = await upstream.read()
         return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))
-
-
-class CallRecord:
-    """Attribution of one call, fixed before forwarding; turns a usage into an event."""
-
-    __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id",
-                 "model_requested")
-
-    def __init__(self, principal: Principal, adapter: Adapter, call: Call, provider: str,
-                 started_ms: int, request: web.Request, model_requested: str = "") -> None:
-        self.principal, self.adapter, self.call, self.provider = principal, adapter, call, provider
-        self.model_requested = model_requested or call.model
-        self.started_ms = started_ms
-        self.request_id = request.get(REQUEST_ID, "")
-        h = request.headers
-        self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
-
-    def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,
-               ttft_s: float | None, price: Price, price_estimated: bool) -> E.UsageEvent:
-        """The event of a call that reached the provider, priced. It is billed at the tier the provider
-        says it served (a fallback to standard speed, a project's default priority), the request's
-        when it says nothing; base rates for a tier the entry has no price for are flagged as a guess."""
-        tier = usage.service_tier or call.service_tier
-        report(usage, self.adapter.api, call.model, self.request_id, self.provider)
-        priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
-        return self.event(gw, usage, outcome, status, t0, ttft_s, priced.micro_usd, priced.price_version,
-                          cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
-
-    def event(self, gw: Gateway, usage: Usage, outcome: str, status: int, t0: float,
-              ttft_s: float | None, cost_micro_usd: int, price_version: str,
-              cost_estimated: bool = False, service_tier: str | None = None) -> E.UsageEvent:
-        p, call = self.principal, self.call
-        now = time.monotonic()
-        tags = call.tags
-        return E.UsageEvent(
-            event_id=E.new_event_id(self.started_ms), ts_start_ms=self.started_ms,
-            ts_end_ms=self.started_ms + int((now - t0) * 1000),
-            org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
-            provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,
-            model_served=usage.model_served or call.model, tokens=usage.tokens,
-            cost_micro_usd=cost_micro_usd, price_version=price_version, outcome=outcome,
-            http_status=status, latency_ms=int((now - t0) * 1000),
-            ttft_ms=int((ttft_s - t0) * 1000) if ttft_s is not None else None,
-            project=dict(t.split(":", 1) for t in tags).get("project", ""), tags=tags,
-            session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
-            stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
-            cost_estimated=cost_estimated, error_type=usage.error_type,
-            service_tier=service_tier or call.service_tier or "", web_search_calls=usage.web_search_calls,
-            usage_anomalous=bool(usage.anomalies),
-        )
 
 
 __all__ = ["handle", "passthrough", "read_body"]

@@ -35,6 +35,7 @@ from ledger.windows import iso_utc, window_bounds
 from .access import ModelAccess
 from .budgets import Applied, BudgetBook, micro_to_usd
 from .errors import BudgetExceeded
+from .holds import OpenHolds
 from .keys import Principal
 from .queueing import WaitQueue
 from .ratelimit import EMPTY, ProxyCount, RateBook, RateLimiter, Ticket
@@ -95,6 +96,7 @@ class Policy:
         self.access = access or ModelAccess([])
         self.waits = waits or WaitQueue()
         self._reserved: dict[str, int] = {}
+        self.holds = OpenHolds()           # open reservations, for the sweeper and the gauges (holds.py)
         self._bounds: dict[tuple[str, str], tuple[int, int]] = {}
 
     @classmethod
@@ -190,7 +192,9 @@ class Policy:
         res = self._reserved
         for k in keys:                      # carved-out spend is reserved where it is measured
             res[k] = res.get(k, 0) + amount
-        return Reservation(amount, tuple(holds), True, model, ticket, keys, by)
+        r = Reservation(amount, tuple(holds), True, model, ticket, keys, by)
+        self.holds.add(r)
+        return r
 
     def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True) -> None:
         """Drop the hold and settle the rate-limit charge to ``tokens_used`` (None keeps
@@ -204,6 +208,7 @@ class Policy:
         if not r.open:
             return
         r.open = False
+        self.holds.discard(r)
         res = self._reserved
         for k in r.keys:
             left = res.get(k, 0) - r.amount_micro_usd

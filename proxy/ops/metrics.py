@@ -15,7 +15,7 @@ integers are the truth.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +25,9 @@ from ledger import events as E
 
 from ..usage import AnomalyCollector
 from .health import LedgerState
+
+if TYPE_CHECKING:
+    from ..holds import OpenHolds
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -53,7 +56,8 @@ class _Children(dict):  # type: ignore[type-arg]
 
 
 class Metrics:
-    def __init__(self, ledger_state: Callable[[], LedgerState | None] = lambda: None) -> None:
+    def __init__(self, ledger_state: Callable[[], LedgerState | None] = lambda: None,
+                 open_holds: Callable[[], "OpenHolds | None"] = lambda: None) -> None:
         r = self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("llmgw_requests", "Model API requests by API and outcome",
                                 ["api", "outcome"], registry=r)
@@ -70,6 +74,7 @@ class Metrics:
         self.in_flight = Gauge("llmgw_requests_in_flight", "Model API requests being served", registry=r)
         r.register(LedgerCollector(ledger_state))
         r.register(AnomalyCollector())      # llmgw_usage_anomalies_total{wire,kind} (proxy/usage.py)
+        r.register(HoldsCollector(open_holds))
         self._requests, self._duration, self._ttft = _Children(self.requests), _Children(self.duration), _Children(self.ttft)
         self._upstream_errors, self._refusals = _Children(self.upstream_errors), _Children(self.refusals)
         self._input, self._cache_read, self._cache_write, self._output = (
@@ -125,6 +130,23 @@ class LedgerCollector(Collector):
                      float(s.backlog_events))
         c = CounterMetricFamily("llmgw_producer_errors", "Kafka sends and connects that failed")
         c.add_metric([], float(s.producer_errors))
+        yield c
+
+
+class HoldsCollector(Collector):
+    """Budget holds open on this replica and their dollars, and holds the sweeper freed (proxy/holds.py)."""
+
+    def __init__(self, holds: Callable[[], "OpenHolds | None"]) -> None:
+        self.holds = holds
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.holds()
+        if h is None:
+            return
+        yield _gauge("llmgw_holds_open", "Budget reservations held by calls in flight", float(len(h)))
+        yield _gauge("llmgw_holds_open_usd", "Dollars held by open reservations", h.micro_usd / 1_000_000)
+        c = CounterMetricFamily("llmgw_holds_swept", "Holds freed by the sweeper because no call settled them")
+        c.add_metric([], float(h.swept))
         yield c
 
 

@@ -19,7 +19,7 @@ EventHook = Callable[[UsageEvent], None]
 
 class Ops:
     def __init__(self) -> None:
-        self.metrics = Metrics(self.ledger_state)
+        self.metrics = Metrics(self.ledger_state, lambda: self.gateway.policy.holds if self.gateway else None)
         self.gateway: Gateway | None = None
         self.snapshot_max_age_s = 30.0
         self.hooks: list[EventHook] = []
