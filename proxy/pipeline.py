@@ -13,6 +13,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from ledger import events as E
+from ledger.started import CallStarted
 from pricing import Price, RequestShape, cost
 
 from . import admission, forward
@@ -20,6 +21,7 @@ from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError
 from .capture import CapturedCall, policy_for
 from .keys import Principal
+from .policy import Reservation
 from .routing import Target
 from .types import Adapter, Call, Usage
 
@@ -51,6 +53,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     if admitted.downgraded:                          # the event keeps the model the client asked for
         ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request, ctx.call.model)
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
+    gw.ledger.begin(ctx.started(gw, call, reservation))       # durable before forwarding: a crash is charged
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
                                                call, request.headers)                    # forward
@@ -143,7 +146,7 @@ class CallRecord:
     """Attribution of one call, fixed before forwarding; turns a usage into an event."""
 
     __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id",
-                 "model_requested")
+                 "model_requested", "event_id")
 
     def __init__(self, principal: Principal, adapter: Adapter, call: Call, provider: str,
                  started_ms: int, request: web.Request, model_requested: str = "") -> None:
@@ -153,6 +156,14 @@ class CallRecord:
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
         self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+        self.event_id = E.new_event_id(started_ms)     # the started record and the usage event share it
+
+    def started(self, gw: Gateway, call: Call, reservation: Reservation) -> CallStarted:
+        """The call's started record: what the ledger charges if its usage event never comes."""
+        p = self.principal
+        return CallStarted(self.event_id, self.started_ms, p.org, p.workspace, p.user, p.key_id, self.provider,
+                           self.adapter.api, call.model, reservation.amount_micro_usd, gw.settings.gateway_id,
+                           self.model_requested, call.tags, call.stream)
 
     def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,
                ttft_s: float | None, price: Price, price_estimated: bool) -> E.UsageEvent:
@@ -171,7 +182,7 @@ class CallRecord:
         now = time.monotonic()
         tags = call.tags
         return E.UsageEvent(
-            event_id=E.new_event_id(self.started_ms), ts_start_ms=self.started_ms,
+            event_id=self.event_id, ts_start_ms=self.started_ms,
             ts_end_ms=self.started_ms + int((now - t0) * 1000),
             org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
             provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,

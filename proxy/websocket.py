@@ -105,6 +105,7 @@ async def _client_to_upstream(gw: Gateway, request: web.Request, principal: Prin
             await client.send_str(_error_frame(err))
             continue
         inflight.append(f)
+        gw.ledger.begin(f.record.started(gw, f.call, f.reservation))   # durable before forwarding
         await upstream.send_str(msg.data)
     await upstream.close()
 
