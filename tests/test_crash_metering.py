@@ -166,3 +166,120 @@ def test_every_begun_call_ends_charged_once_whatever_the_crash_cut(tmp_path_fact
         await again.stop()
 
     asyncio.run(run())
+
+
+# -- end to end: `llmgw serve` killed with 40 streams in flight -------------------------------------
+IN_FLIGHT, COMPLETED = 40, 5
+STREAM_USAGE = Usage(input=9, output=400)
+BODY = {"model": "claude-sonnet-4-5", "max_tokens": 500, "stream": True,
+        "messages": [{"role": "user", "content": "a long answer please"}]}
+
+
+@pytest.fixture
+def env(fake_provider, tmp_path):
+    e = dict(os.environ)
+    e.update(LLMGW_DATA_DIR=str(tmp_path / "data"), LLMGW_OPENAI_BASE_URL=fake_provider.openai_base_url,
+             LLMGW_OPENAI_API_KEY=fake_provider.openai_key, LLMGW_ANTHROPIC_BASE_URL=fake_provider.anthropic_base_url,
+             LLMGW_ANTHROPIC_API_KEY=fake_provider.anthropic_key, LLMGW_ANALYTICS="0")
+    e.pop("LLMGW_KAFKA_BOOTSTRAP", None)
+    return e
+
+
+async def serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                async with http.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return proc, url
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError("llmgw serve did not become ready")
+
+
+def key_for(env: dict[str, str]) -> str:
+    out = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "alice", env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+async def call(http: aiohttp.ClientSession, url: str, key: str, first: asyncio.Event | None = None) -> bytes:
+    """One Messages call; returns what the client got (a killed gateway cuts it: that is the answer)."""
+    body = b""
+    try:
+        async with http.post(url + "/v1/messages", data=orjson.dumps(BODY),
+                             headers={"x-api-key": key, "anthropic-version": "2023-06-01",
+                                      "content-type": "application/json"}) as r:
+            assert r.status == 200
+            async for chunk in r.content.iter_any():
+                body += chunk
+                if first is not None:
+                    first.set()
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        pass
+    return body
+
+
+async def start_streams(fake_provider, url: str, key: str, http: aiohttp.ClientSession
+                        ) -> tuple[list[asyncio.Task[bytes]], list[bytes]]:
+    """COMPLETED calls that finish, then IN_FLIGHT slow streams (20 s each) all past their first byte."""
+    fake_provider.script(*[Reply(usage=Usage(input=9, output=5))] * COMPLETED,
+                         *[Reply(chunks=400, chunk_delay_s=0.05, usage=STREAM_USAGE)] * IN_FLIGHT)
+    done = [await call(http, url, key) for _ in range(COMPLETED)]
+    assert all(b"message_stop" in b for b in done)
+    firsts = [asyncio.Event() for _ in range(IN_FLIGHT)]
+    streams = [asyncio.create_task(call(http, url, key, f)) for f in firsts]
+    await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), 30)
+    assert len(fake_provider.requests_for(ANTHROPIC_MESSAGES)) == COMPLETED + IN_FLIGHT
+    return streams, done
+
+
+def served_micro_usd(usage: Usage) -> int:
+    """What the provider bills for a reply it served in full (it may bill less for a cut one)."""
+    price = load_catalog().price_at(BODY["model"], int(time.time() * 1000), "anthropic")
+    return cost(E.Tokens(input=usage.input, output=usage.output), price).micro_usd
+
+
+def check_charges(events: list[E.UsageEvent]) -> None:
+    """COMPLETED calls charged once at their real cost, IN_FLIGHT charged once as orphans; no other charge."""
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids)) == COMPLETED + IN_FLIGHT, (len(ids), len(set(ids)))
+    ok = [e for e in events if e.outcome == E.OK]
+    orphans = [e for e in events if e.outcome == E.ORPHANED]
+    assert len(ok) == COMPLETED and all(e.tokens.output == 5 for e in ok)
+    assert len(orphans) == IN_FLIGHT
+    bill = served_micro_usd(STREAM_USAGE)
+    # the stated bound: the reservation held for the call, never below what the provider can bill for it
+    assert all(e.cost_micro_usd >= bill > 0 and e.cost_estimated and e.error_type == GATEWAY_CRASH for e in orphans)
+
+
+async def test_kill_9_with_40_streams_in_flight_then_restart_charges_all_40(env, fake_provider, tmp_path):
+    key = key_for(env)
+    proc, url = await serve(env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            streams, _ = await start_streams(fake_provider, url, key, http)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            cut = await asyncio.gather(*streams)
+        assert all(b"message_stop" not in b for b in cut)          # every stream was in flight
+        log_path = tmp_path / "data" / "ledger" / "events.log"
+        assert len(log_events(log_path)) == COMPLETED             # what the old ledger charged: the 5 only
+        t0 = time.monotonic()
+        proc, url = await serve(env)                              # the same data dir
+        restart_s = time.monotonic() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    check_charges(log_events(log_path))
+    rebuilt = llmgw("ledger", "rebuild", env=env)
+    assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    print(f"\n{IN_FLIGHT} of {IN_FLIGHT} in-flight streams charged after kill -9; restart to ready {restart_s:.2f}s")
