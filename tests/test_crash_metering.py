@@ -12,20 +12,26 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import aiohttp
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ledger import events as E
 from ledger.embedded import EmbeddedLedger, log_events, rebuild
 from ledger.fold import fold_all
+from ledger.kafka_rebuild import compare, read_snapshots
 from ledger.started import GATEWAY_CRASH, CallStarted, decode_record, encode_record
+from ledger.topics import PartitionReader, Topics, ensure_topics
+from ledger.worker import LedgerWorker
 from pricing import cost, load_catalog
 from tests.fake_provider import ANTHROPIC_MESSAGES, Reply, Usage
+from tests.fixtures.kafka import unique_topic
 from tests.test_cli_serve import free_port, llmgw
+from tests.test_ledger_worker import produce, wait_caught_up
 
 
 def started(i: int, reserved: int = 1_000, org: str = "acme", tags: tuple[str, ...] = ()) -> CallStarted:
@@ -283,3 +289,68 @@ async def test_kill_9_with_40_streams_in_flight_then_restart_charges_all_40(env,
     rebuilt = llmgw("ledger", "rebuild", env=env)
     assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     print(f"\n{IN_FLIGHT} of {IN_FLIGHT} in-flight streams charged after kill -9; restart to ready {restart_s:.2f}s")
+
+
+# -- Kafka mode: the gateway killed and never restarted; the ledger worker charges its calls ----
+async def usage_topic(bootstrap: str, topics: Topics) -> list[tuple[int, bytes]]:
+    """Every committed record of the usage topic: (partition, value)."""
+    out = []
+    async with PartitionReader(bootstrap) as reader:
+        tps = {TopicPartition(topics.usage, p): None for p in range(topics.partitions)}
+        async for tp, records in reader.read(tps, None):
+            out.extend((tp.partition, r.value) for r in records)
+    return out
+
+
+@pytest.mark.kafka
+async def test_kill_9_in_kafka_mode_without_restart_the_worker_charges_all_40(
+        env, kafka_bootstrap, fake_provider, tmp_path):
+    prefix = unique_topic("crash")
+    env = {**env, "LLMGW_KAFKA_BOOTSTRAP": kafka_bootstrap, "LLMGW_TOPIC_PREFIX": prefix}
+    topics = await ensure_topics(kafka_bootstrap, Topics(prefix))
+    orphan_after_ms = 4_000
+    worker = LedgerWorker(kafka_bootstrap, topics, group_id=f"{prefix}-ledger", session_timeout_ms=6_000,
+                          heartbeat_interval_ms=1_000, orphan_after_ms=orphan_after_ms, tick_s=0.5)
+    await worker.start()
+    try:
+        key = key_for(env)
+        proc, url = await serve(env)
+        try:
+            async with aiohttp.ClientSession() as http:
+                streams, _ = await start_streams(fake_provider, url, key, http)
+                await asyncio.sleep(0.5)             # past the Kafka ack of the last started record
+                killed_at = time.monotonic()
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                cut = await asyncio.gather(*streams)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert all(b"message_stop" not in b for b in cut)
+        async with asyncio.timeout(60):              # nothing else arrives: the worker's ticks drive it
+            while worker.stats.orphans_charged < IN_FLIGHT:
+                await asyncio.sleep(0.1)
+        charged_s = time.monotonic() - killed_at
+        records = await usage_topic(kafka_bootstrap, topics)
+        events = [decode_record(v) for _, v in records if b"started_event_id" not in v and b"ledger_tick" not in v]
+        check_charges(events)                        # the 40 orphan charges are copied for analytics
+        async with asyncio.timeout(30):              # the last transaction's snapshot records
+            while (live := await read_snapshots(kafka_bootstrap, topics)) != fold_all(events):
+                await asyncio.sleep(0.2)
+        [org_day] = [t for k, t in live.items() if k.startswith("org|acme|day|")]
+        assert org_day.requests == COMPLETED + IN_FLIGHT
+        assert org_day.spend_micro_usd == sum(e.cost_micro_usd for e in events)
+
+        # the gateway's spool comes back after all and replays one call's real event: counted once
+        late = replace(next(e for e in events if e.outcome == E.ORPHANED), outcome=E.OK, cost_micro_usd=1,
+                       cost_estimated=False, error_type="")
+        await produce(kafka_bootstrap, topics, [late])
+        await wait_caught_up(kafka_bootstrap, topics)
+        assert await read_snapshots(kafka_bootstrap, topics) == live
+        report = await compare(kafka_bootstrap, topics, orphan_after_ms=orphan_after_ms)
+        assert report.identical, report.differences[:5]
+        assert worker.stats.orphans_charged == IN_FLIGHT
+    finally:
+        await worker.stop()
+    print(f"\n{IN_FLIGHT} of {IN_FLIGHT} charged by the worker {charged_s:.1f}s after kill -9 "
+          f"(orphan_after {orphan_after_ms / 1000:.0f}s, {worker.stats.ticks} ticks)")
