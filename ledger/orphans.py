@@ -11,12 +11,22 @@ same transaction as the record that moved the clock.
 
 The rule is a pure function of the partition's records, like ``SeenIds``, so a
 worker taking a partition over rebuilds it exactly from the log, and ``llmgw
-ledger rebuild`` charges the same orphans. The charge is admitted into
-``SeenIds`` under the call's own ``event_id`` at the virtual time it became
-due (start + ``orphan_after_ms``): a real usage event arriving later within
-the horizon is then a duplicate (the orphan charge, an upper bound, stands),
-and the state depends only on records stamped at or after
-``clock - horizon - orphan_after_ms``, which is how far back it is rebuilt.
+ledger rebuild`` charges the same orphans (``ledger.worker.admit_record``):
+
+- a record first charges the calls its timestamp makes due, then acts;
+- a started record opens its call only at the first sighting of its id within
+  the horizon (``SeenIds`` under ``started:<id>``): a spool's second copy
+  never opens a charged or closed call again;
+- a usage event closes its call;
+- the charge is admitted into ``SeenIds`` under the call's own ``event_id`` at
+  the virtual time it became due (start + ``orphan_after_ms``), so a real
+  usage event arriving later within the horizon is a duplicate (the orphan
+  charge, an upper bound, stands).
+
+With ``orphan_after_ms <= horizon`` (the worker refuses otherwise) every
+decision after offset n depends only on records stamped at or after
+``clock - 2 x horizon - orphan_after_ms``: that is how far back a worker reads
+on acquisition (``tests/test_orphans.py`` checks it against full replays).
 
 A partition with no traffic has no clock: the worker appends a ``tick``
 record to it (in a transaction, like everything it writes) once an open call

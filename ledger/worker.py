@@ -164,28 +164,37 @@ def admit_record(seen: SeenIds | SeenBatch, calls: OpenCalls, raw: dict[str, Any
     memory on acquisition goes through here alone."""
     if raw is None:
         return UNREADABLE, []
-    if is_started(raw):
+    kind = STARTED if is_started(raw) else TICK if is_tick(raw) else None
+    event_id = raw.get("event_id")
+    if kind is None and (not isinstance(event_id, str) or not event_id):
+        return UNREADABLE, []
+    # Calls due by this record's timestamp are charged before the record itself acts (a call's own
+    # late usage event or a copy of its started record then meets it charged, whatever came before).
+    orphans: list[CallStarted] = []
+    if ts_ms > seen.clock_ms:
+        seen.advance(ts_ms)
+        orphans = [s for at, s in calls.due(ts_ms) if seen.admit(s.started_event_id, at + calls.orphan_after_ms)]
+    if kind == STARTED:
         try:
-            calls.start(decode_started(raw), ts_ms)
+            started = decode_started(raw)
         except (KeyError, TypeError, ValueError):
-            return UNREADABLE, []
-        seen.advance(ts_ms)
+            return UNREADABLE, orphans
+        # a spool may send a started record twice: only its first sighting within the horizon opens
+        # the call (after a charge or a close, a copy must not open it again)
+        if seen.admit(f"started:{started.started_event_id}", ts_ms):
+            calls.start(started, ts_ms)
         outcome = STARTED
-    elif is_tick(raw):
-        seen.advance(ts_ms)
+    elif kind == TICK:
         outcome = TICK
     else:
-        event_id = raw.get("event_id")
-        if not isinstance(event_id, str) or not event_id:
-            return UNREADABLE, []
+        assert isinstance(event_id, str)
         calls.close(event_id)
         if raw.get("outcome") == ORPHANED:       # the worker's own copy of a charge it folded already
             seen.admit(event_id, ts_ms)
             outcome = ORPHAN_COPY
         else:
             outcome = FOLDED if seen.admit(event_id, ts_ms) else DUPLICATE
-    due = calls.due(seen.clock_ms)
-    return outcome, [s for at, s in due if seen.admit(s.started_event_id, at + calls.orphan_after_ms)]
+    return outcome, orphans
 
 
 def fold_record(totals: Mapping[str, Totals], seen: SeenIds | SeenBatch, value: bytes | None,
@@ -287,6 +296,9 @@ class LedgerWorker:
         self.topics = topics
         self.group_id = group_id
         self.tz_of = tz_of
+        if orphan_after_ms > horizon_ms:
+            raise ValueError(f"orphan_after ({orphan_after_ms} ms) must not exceed the duplicate horizon "
+                             f"({horizon_ms} ms): a copy of a started record must still be known when it is due")
         self.horizon_ms = horizon_ms
         self.orphan_after_ms = orphan_after_ms
         self._tick_s = tick_s
@@ -640,14 +652,14 @@ async def rebuild_seen(reader: PartitionReader, tp: TopicPartition, first: int, 
 async def rebuild_memory(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int,
                          horizon_ms: int, orphan_after_ms: int) -> tuple[SeenIds, OpenCalls]:
     """The ``SeenIds`` and ``OpenCalls`` of ``tp`` after offset ``nxt - 1``, read back from the usage
-    log from the first record stamped >= last stamp - horizon - orphan_after (ledger/orphans.py)."""
+    log from the first record stamped >= last stamp - 2 x horizon - orphan_after (ledger/orphans.py)."""
     seen, calls = SeenIds(horizon_ms), OpenCalls(orphan_after_ms)
     if nxt <= first:
         return seen, calls
     last_ts = await _last_timestamp(reader, tp, first, nxt)
     if last_ts is None:
         return seen, calls
-    start = await reader.offset_for_time(tp, last_ts - horizon_ms - orphan_after_ms)
+    start = await reader.offset_for_time(tp, last_ts - 2 * horizon_ms - orphan_after_ms)
     start = first if start is None else max(first, min(start, nxt - 1))
     async for _, records in reader.read({tp: start}, {tp: nxt}):
         for r in records:

@@ -2,6 +2,7 @@
 usage event or by its reservation, and the rule rebuilt exactly from the tail of the log."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -79,14 +80,16 @@ def build(plan: list[tuple[str, int, int, int]]) -> list[tuple[bytes, int]]:
 @settings(max_examples=300, deadline=None)
 @given(ops, st.integers(1, 200), st.integers(1, 100))
 def test_the_orphan_rule_rebuilt_from_the_log_tail_decides_like_the_full_replay(plan, horizon_ms, after_ms):
-    """What a worker reads on acquisition (records stamped >= last - horizon - orphan_after) gives
-    the same decisions, and the same orphan charges, for every later record as the state from 0."""
+    """What a worker reads on acquisition (records stamped >= last - 2 x horizon - orphan_after) gives
+    the same decisions, and the same orphan charges, for every later record as the state from 0
+    (with orphan_after <= horizon, which the worker requires)."""
+    after_ms = min(after_ms, horizon_ms)
     records = build(plan)
     for n in range(1, len(records) + 1):
         full_seen, full_calls = SeenIds(horizon_ms), OpenCalls(after_ms)
         for value, ts in records[:n]:
             admit_record(full_seen, full_calls, orjson.loads(value), ts)
-        target = records[n - 1][1] - horizon_ms - after_ms
+        target = records[n - 1][1] - 2 * horizon_ms - after_ms
         start = next(k for k, (_, ts) in enumerate(records) if ts >= target)
         tail_seen, tail_calls = SeenIds(horizon_ms), OpenCalls(after_ms)
         for value, ts in records[start:n]:
@@ -136,3 +139,31 @@ def test_every_started_call_is_charged_exactly_once_within_the_horizon(plan, aft
     starts = {orjson.loads(v)["started_event_id"] for v, _ in records if b"started_event_id" in v}
     assert all(n == 1 for n in charges.values())
     assert starts <= set(charges)
+
+
+# -- analytics accepts what crash-safe metering writes ---------------------------------------------
+def test_clickhouse_stores_orphan_charges_and_spend_splits_them_by_outcome(analytics_db):
+    from analytics.queries import spend
+
+    now = 1_764_000_000_000
+    s = replace(started(1, 4_321), ts_ms=now)
+    analytics_db.sink.insert([s.orphan_event(), replace(usage(2, 100), ts_start_ms=now, ts_end_ms=now + 5)])
+    rows = spend(analytics_db.client, analytics_db.database, ["outcome"], now - 1, now + 1)
+    assert {(dict(r.group)["outcome"], r.cost_micro_usd, r.requests) for r in rows} == {
+        (E.ORPHANED, 4_321, 1), (E.OK, 100, 1)}
+    # the late real event of an orphan is dropped like any copy: the store keeps the charge the ledger kept
+    analytics_db.sink.insert([replace(usage(1, 7), ts_start_ms=now, ts_end_ms=now + 5)])
+    rows = spend(analytics_db.client, analytics_db.database, ["outcome"], now - 1, now + 1)
+    assert sum(r.cost_micro_usd for r in rows) == 4_321 + 100
+
+
+def test_the_kafka_sink_passes_over_started_and_tick_records_without_counting_them_bad():
+    from analytics.consumer import decode_batch
+
+    class Rec:
+        def __init__(self, value: bytes) -> None:
+            self.value, self.topic, self.partition, self.offset = value, "llmgw.usage", 0, 0
+
+    values = [encode_record(started(1)), encode_tick(5), encode_record(usage(1, 9)), b"junk"]
+    events, bad = decode_batch([Rec(v) for v in values])  # type: ignore[arg-type]
+    assert [e.event_id for e in events] == ["call-1"] and bad == 1
