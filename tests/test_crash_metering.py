@@ -32,6 +32,7 @@ from tests.fake_provider import ANTHROPIC_MESSAGES, Reply, Usage
 from tests.fixtures.kafka import unique_topic
 from tests.test_cli_serve import free_port, llmgw
 from tests.test_ledger_worker import produce, wait_caught_up
+from tests.waits import until
 
 
 def started(i: int, reserved: int = 1_000, org: str = "acme", tags: tuple[str, ...] = ()) -> CallStarted:
@@ -138,8 +139,7 @@ async def test_a_begun_record_is_durable_by_the_end_of_the_next_group_commit(tmp
     s, other = started(1), started(2)
     ledger.begin(s)
     ledger.submit(usage_of(other, 5))
-    while not writes:
-        await asyncio.sleep(0.005)
+    await until(lambda: bool(writes), what="the first group commit")
     lines = (tmp_path / "ledger" / "events.log").read_bytes().splitlines()
     assert [decode_record(x) for x in lines] == [s, usage_of(other, 5)]   # one write carried both
     assert writes == [2]
@@ -327,16 +327,17 @@ async def test_kill_9_in_kafka_mode_without_restart_the_worker_charges_all_40(
             if proc.poll() is None:
                 proc.kill()
         assert all(b"message_stop" not in b for b in cut)
-        async with asyncio.timeout(60):              # nothing else arrives: the worker's ticks drive it
-            while worker.stats.orphans_charged < IN_FLIGHT:
-                await asyncio.sleep(0.1)
+        # nothing else arrives: the worker's ticks drive it
+        await until(lambda: worker.stats.orphans_charged >= IN_FLIGHT, 60, what="40 orphans charged")
         charged_s = time.monotonic() - killed_at
         records = await usage_topic(kafka_bootstrap, topics)
         events = [decode_record(v) for _, v in records if b"started_event_id" not in v and b"ledger_tick" not in v]
         check_charges(events)                        # the 40 orphan charges are copied for analytics
-        async with asyncio.timeout(30):              # the last transaction's snapshot records
-            while (live := await read_snapshots(kafka_bootstrap, topics)) != fold_all(events):
-                await asyncio.sleep(0.2)
+        async def folded() -> bool:                  # the last transaction's snapshot records
+            return await read_snapshots(kafka_bootstrap, topics) == fold_all(events)
+
+        await until(folded, 30, 0.2, what="the snapshots to show every charge")
+        live = await read_snapshots(kafka_bootstrap, topics)
         [org_day] = [t for k, t in live.items() if k.startswith("org|acme|day|")]
         assert org_day.requests == COMPLETED + IN_FLIGHT
         assert org_day.spend_micro_usd == sum(e.cost_micro_usd for e in events)
