@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ledger.embedded import log_events  # noqa: E402
 from ledger.events import UsageEvent  # noqa: E402
-from ledger.started import decode_record  # noqa: E402
+from ledger.started import usage_event_of  # noqa: E402
 
 MIX = [  # (weight, kind, path, body, terminal marker that proves the whole answer arrived)
     (40, "messages-stream", "/v1/messages",
@@ -261,8 +261,7 @@ async def kafka_events(bootstrap: str, prefix: str) -> list[UsageEvent]:
     out: list[UsageEvent] = []
     try:
         while batch := await consumer.getmany(timeout_ms=3000):
-            out.extend(ev for recs in batch.values() for rec in recs
-                       if isinstance(ev := decode_record(rec.value), UsageEvent))
+            out.extend(ev for recs in batch.values() for rec in recs if (ev := usage_event_of(rec.value)))
     finally:
         await consumer.stop()
     return out

@@ -20,8 +20,9 @@ from aiokafka import TopicPartition
 
 from .fold import Totals, TzOf, utc
 from .topics import PartitionReader, Topics, partitions_of, read_snapshot_partitions
-from .orphans import DEFAULT_ORPHAN_AFTER_MS, OpenCalls
-from .worker import DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds, tz_of_settings, fold_record
+from .orphans import OpenCalls
+from .worker import (DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds, default_orphan_after, fold_record,
+                     tz_of_settings)
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -55,7 +56,7 @@ class RebuildReport:
 
 async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
                      until: Mapping[int, int] | None = None, counts: FoldCounts | None = None,
-                     orphan_after_ms: int = DEFAULT_ORPHAN_AFTER_MS) -> dict[str, Totals]:
+                     orphan_after_ms: int | None = None) -> dict[str, Totals]:
     """Fold the whole usage topic from offset 0, each event_id once within the horizon, charging
     orphaned calls as the worker does.
 
@@ -68,7 +69,8 @@ async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horiz
         start: dict[TopicPartition, int | None] = {TopicPartition(topics.usage, p): None for p in parts}
         end = None if until is None else {tp: until.get(tp.partition, 0) for tp in start}
         seen: dict[int, SeenIds] = {p: SeenIds(horizon_ms) for p in parts}
-        calls: dict[int, OpenCalls] = {p: OpenCalls(orphan_after_ms) for p in parts}
+        after_ms = default_orphan_after(horizon_ms) if orphan_after_ms is None else orphan_after_ms
+        calls: dict[int, OpenCalls] = {p: OpenCalls(after_ms) for p in parts}
         # Keys are partition-local (an org lives in one partition), but summing per partition makes
         # the result right even for a key fed from two partitions.
         per_partition: dict[int, dict[str, Totals]] = defaultdict(dict)
@@ -105,7 +107,7 @@ async def read_snapshots(bootstrap: str, topics: Topics) -> dict[str, Totals]:
 
 
 async def compare(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
-                  orphan_after_ms: int = DEFAULT_ORPHAN_AFTER_MS) -> RebuildReport:
+                  orphan_after_ms: int | None = None) -> RebuildReport:
     """Snapshots vs a refold of the usage topic, at the cut the snapshots' progress records give."""
     live, progress = await read_snapshot_state(bootstrap, topics)
     until = {p: o + 1 for p, o in progress.items()}

@@ -97,6 +97,14 @@ def decode_started(raw: Mapping[str, Any]) -> CallStarted:
         stream=bool(raw.get("stream", False)))
 
 
+def usage_event_of(value: bytes) -> UsageEvent | None:
+    """The usage event a usage-topic value holds; None for a started record or a worker's tick."""
+    raw = orjson.loads(value)
+    if not isinstance(raw, Mapping) or "event_id" not in raw:
+        return None
+    return decode(raw)
+
+
 def decode_record(data: bytes | str | Mapping[str, Any]) -> Record:
     """A line of the embedded log or the spool, or a usage-topic value: either kind of record."""
     raw = orjson.loads(data) if isinstance(data, (bytes, str)) else data
@@ -106,4 +114,4 @@ def decode_record(data: bytes | str | Mapping[str, Any]) -> Record:
 
 
 __all__ = ["CallStarted", "GATEWAY_CRASH", "Record", "STARTED_KEY", "decode_record", "decode_started",
-           "encode_record", "is_started", "record_id"]
+           "encode_record", "is_started", "record_id", "usage_event_of"]

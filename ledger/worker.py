@@ -291,11 +291,12 @@ class LedgerWorker:
                  heartbeat_interval_ms: int = 3_000, transaction_timeout_s: float = 30.0,
                  acquire_timeout_s: float = 60.0, retry_s: float = 1.0, fenced_retry_s: float = 30.0,
                  max_records_per_txn: int = 5_000, client_id: str = "",
-                 orphan_after_ms: int = DEFAULT_ORPHAN_AFTER_MS, tick_s: float = 5.0) -> None:
+                 orphan_after_ms: int | None = None, tick_s: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = group_id
         self.tz_of = tz_of
+        orphan_after_ms = default_orphan_after(horizon_ms) if orphan_after_ms is None else orphan_after_ms
         if orphan_after_ms > horizon_ms:
             raise ValueError(f"orphan_after ({orphan_after_ms} ms) must not exceed the duplicate horizon "
                              f"({horizon_ms} ms): a copy of a started record must still be known when it is due")
@@ -627,6 +628,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._worker._on_assigned(assigned)
+
+
+def default_orphan_after(horizon_ms: int) -> int:
+    """The default ``orphan_after``, within a horizon shortened below it (tests, tight memory)."""
+    return min(DEFAULT_ORPHAN_AFTER_MS, horizon_ms)
 
 
 def _resume_offset(p: int, committed: int | None, progress: int | None, first: int) -> int:

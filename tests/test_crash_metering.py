@@ -24,7 +24,7 @@ from ledger import events as E
 from ledger.embedded import EmbeddedLedger, log_events, rebuild
 from ledger.fold import fold_all
 from ledger.kafka_rebuild import compare, read_snapshots
-from ledger.started import GATEWAY_CRASH, CallStarted, decode_record, encode_record
+from ledger.started import GATEWAY_CRASH, CallStarted, decode_record, encode_record, usage_event_of
 from ledger.topics import PartitionReader, Topics, ensure_topics
 from ledger.worker import LedgerWorker
 from pricing import cost, load_catalog
@@ -331,7 +331,7 @@ async def test_kill_9_in_kafka_mode_without_restart_the_worker_charges_all_40(
         await until(lambda: worker.stats.orphans_charged >= IN_FLIGHT, 60, what="40 orphans charged")
         charged_s = time.monotonic() - killed_at
         records = await usage_topic(kafka_bootstrap, topics)
-        events = [decode_record(v) for _, v in records if b"started_event_id" not in v and b"ledger_tick" not in v]
+        events = [e for _, v in records if (e := usage_event_of(v)) is not None]
         check_charges(events)                        # the 40 orphan charges are copied for analytics
         async def folded() -> bool:                  # the last transaction's snapshot records
             return await read_snapshots(kafka_bootstrap, topics) == fold_all(events)
