@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition)
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
@@ -38,6 +39,8 @@ from analytics import store
 from analytics.sink import Sink, check_event
 from ledger.topics import TopicLayoutError, partitions_of
 from ledger.events import UsageEvent, decode
+from ledger.orphans import is_tick
+from ledger.started import is_started
 
 log = logging.getLogger("llmgw.analytics.sink")
 
@@ -81,14 +84,18 @@ class _Buffer:
 
 
 def decode_batch(records: Sequence[ConsumerRecord[bytes, bytes]]) -> tuple[list[UsageEvent], int]:
-    """The usage events of ``records`` and how many records were not usable (logged)."""
+    """The usage events of ``records`` and how many records were not usable (logged). A call's
+    started record and a ledger worker's tick share the topic; they are not usage and are passed over."""
     events: list[UsageEvent] = []
     bad = 0
     for r in records:
         try:
             if r.value is None:
                 raise ValueError("empty record")
-            event = decode(r.value)
+            raw = orjson.loads(r.value)
+            if isinstance(raw, dict) and (is_started(raw) or is_tick(raw)):
+                continue
+            event = decode(raw)
             check_event(event)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:   # whatever decode makes of junk
             bad += 1

@@ -43,7 +43,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ledger.events import UsageEvent, decode  # noqa: E402
+from ledger.embedded import log_events  # noqa: E402
+from ledger.events import UsageEvent  # noqa: E402
+from ledger.started import usage_event_of  # noqa: E402
 
 MIX = [  # (weight, kind, path, body, terminal marker that proves the whole answer arrived)
     (40, "messages-stream", "/v1/messages",
@@ -118,8 +120,7 @@ class Replica:
             self.proc.wait(60)
 
     def events(self) -> list[UsageEvent]:
-        path = self.data / "ledger" / "events.log"
-        return [decode(x) for x in path.read_bytes().splitlines() if x.strip()] if path.exists() else []
+        return log_events(self.data / "ledger" / "events.log")
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str, path: str = "/readyz", timeout_s: float = 60,
@@ -260,7 +261,7 @@ async def kafka_events(bootstrap: str, prefix: str) -> list[UsageEvent]:
     out: list[UsageEvent] = []
     try:
         while batch := await consumer.getmany(timeout_ms=3000):
-            out.extend(decode(rec.value) for recs in batch.values() for rec in recs)
+            out.extend(ev for recs in batch.values() for rec in recs if (ev := usage_event_of(rec.value)))
     finally:
         await consumer.stop()
     return out

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ledger.events import UsageEvent
 from ledger.spend import SpendView
+from ledger.started import CallStarted
 
 EMBEDDED = "embedded"
 KAFKA = "kafka"
@@ -47,6 +48,10 @@ class Ledger(Protocol):
 
     def submit(self, event: UsageEvent) -> None:
         """Take one usage event; never blocks and never raises on trouble downstream."""
+
+    def begin(self, started: CallStarted) -> None:
+        """Before forwarding: make the call's started record durable (batched, no wait), so a
+        gateway killed mid-call still gets the call charged (ledger/started.py)."""
 
     async def start(self) -> None: ...
     async def stop(self, timeout_s: float = 5.0) -> None: ...

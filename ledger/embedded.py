@@ -6,6 +6,14 @@ A checkpoint holds the totals together with the log position they include,
 written atomically, so a restart refolds exactly the lines after it: nothing
 counted twice, nothing lost. The log position plays the part a Kafka offset
 plays in the broker deployment (partition 0).
+
+The log also holds each call's ``CallStarted`` record (``ledger/started.py``),
+written before the call is forwarded, in the same group commit as the usage
+events. The writer keeps the started records no usage event has closed yet
+(the checkpoint keeps them too); on start, the ones still open belong to calls
+a crash cut short, and each is charged its reservation as an ``orphaned``
+usage event appended to the log before anything else is served. That event
+closes the record, so a second restart charges nothing again.
 """
 from __future__ import annotations
 
@@ -18,9 +26,10 @@ from typing import Awaitable, Callable, Iterator, Sequence
 import orjson
 
 from .driver import EMBEDDED, LedgerHealth
-from .events import UsageEvent, decode, encode
+from .events import UsageEvent
 from .fold import Totals, TzOf, fold, utc
 from .spend import SpendView
+from .started import CallStarted, Record, decode_record, decode_started, encode_record
 
 log = logging.getLogger("llmgw.ledger")
 
@@ -53,12 +62,12 @@ class EventLog:
             f.truncate(cut)
             log.warning("ledger log %s had a torn last line; truncated %d bytes", self.path, size - cut)
 
-    def append(self, events: Sequence[UsageEvent]) -> list[int]:
+    def append(self, events: Sequence[Record]) -> list[int]:
         """Write and fsync; the positions returned are durable."""
         pos = self._f.tell()
         out, chunks = [], []
         for ev in events:
-            line = encode(ev) + b"\n"
+            line = encode_record(ev) + b"\n"
             out.append(pos)
             chunks.append(line)
             pos += len(line)
@@ -72,7 +81,14 @@ class EventLog:
         return self._f.tell()
 
     def read_from(self, position: int) -> Iterator[tuple[int, int, UsageEvent]]:
-        """(position, position after it, event) for every complete line from ``position``."""
+        """(position, position after it, event) for every usage event from ``position``."""
+        for pos, end, rec in self.read_records(position):
+            if isinstance(rec, UsageEvent):
+                yield pos, end, rec
+
+    def read_records(self, position: int) -> Iterator[tuple[int, int, Record]]:
+        """(position, position after it, record) for every complete line from ``position``:
+        usage events and started records."""
         with open(self.path, "rb") as f:
             f.seek(position)
             pos = position
@@ -80,7 +96,7 @@ class EventLog:
                 if not line.endswith(b"\n"):
                     break
                 if line.strip():
-                    yield pos, pos + len(line), decode(line)
+                    yield pos, pos + len(line), decode_record(line)
                 pos += len(line)
 
     def close(self) -> None:
@@ -97,19 +113,35 @@ class Checkpoint:
         raw = orjson.loads(self.path.read_bytes())
         return int(raw["position"]), {k: Totals.from_list(v) for k, v in raw["totals"].items()}
 
-    def save(self, position: int, totals: dict[str, Totals]) -> None:
+    def open_calls(self) -> dict[str, CallStarted]:
+        """Started records not closed before ``position`` (calls in flight when it was saved)."""
+        if not self.path.exists():
+            return {}
+        started = (decode_started(r) for r in orjson.loads(self.path.read_bytes()).get("open") or ())
+        return {c.started_event_id: c for c in started}
+
+    def save(self, position: int, totals: dict[str, Totals],
+             open_calls: dict[str, CallStarted] | None = None) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"position": position, "totals": {k: v.to_list() for k, v in totals.items()}}))
+        tmp.write_bytes(orjson.dumps({"position": position, "totals": {k: v.to_list() for k, v in totals.items()},
+                                      "open": list((open_calls or {}).values())}))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
-def fold_log(log_: EventLog, start: int, totals: dict[str, Totals], tz_of: TzOf) -> int:
-    """Fold every event from ``start``; returns the position after the last one."""
+def fold_log(log_: EventLog, start: int, totals: dict[str, Totals], tz_of: TzOf,
+             open_calls: dict[str, CallStarted] | None = None) -> int:
+    """Fold every event from ``start``; returns the position after the last one. ``open_calls``
+    (the started records open at ``start``) gains the records started and loses those closed."""
     end = start
-    for _, end, ev in log_.read_from(start):
-        totals.update(fold(totals, ev, tz_of))
+    calls: dict[str, CallStarted] = {} if open_calls is None else open_calls
+    for _, end, rec in log_.read_records(start):
+        if isinstance(rec, CallStarted):
+            calls[rec.started_event_id] = rec
+        else:
+            calls.pop(rec.event_id, None)
+            totals.update(fold(totals, rec, tz_of))
     return end
 
 
@@ -118,7 +150,7 @@ class EmbeddedLedger:
 
     def __init__(self, data_dir: str | Path, tz_of: TzOf = utc, on_batch: BatchHook | None = None,
                  checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0,
-                 group_commit_s: float = 0.002) -> None:
+                 group_commit_s: float = 0.002, started_commit_s: float = 0.02) -> None:
         root = Path(data_dir) / "ledger"
         self.log = EventLog(root / "events.log")
         self.checkpoint = Checkpoint(root / "totals.json")
@@ -126,7 +158,7 @@ class EmbeddedLedger:
         self.tz_of = tz_of
         self.view = SpendView(tz_of=tz_of)
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[Record] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._analytics_task: asyncio.Task[None] | None = None
         self._analytics_pending: list[UsageEvent] = []
@@ -135,14 +167,22 @@ class EmbeddedLedger:
         self._analytics_behind = False       # a batch failed; the next flush replays from the log
         self._analytics_interval_s = analytics_interval_s
         self._group_commit_s = group_commit_s
+        self._started_commit_s = started_commit_s
+        self._usage_arrived = asyncio.Event()
         self._since_checkpoint = 0
         self._checkpoint_every = checkpoint_every
         self.events_written = 0
         self.events_submitted = 0
+        self.started_submitted = 0
+        self.started_written = 0
+        self.orphans_charged = 0           # at start: calls a crash cut short, charged their reservation
+        self.open_calls: dict[str, CallStarted] = {}   # durable started records no usage event closed yet
 
     async def start(self) -> None:
         position, totals = self.checkpoint.load()
-        end = fold_log(self.log, position, totals, self.tz_of)
+        open_calls = self.checkpoint.open_calls()
+        end = fold_log(self.log, position, totals, self.tz_of, open_calls)
+        end = self._charge_orphans(open_calls, totals, end)
         self.view.folded = totals
         self.view.advance(0, end)
         self.checkpoint.save(end, totals)
@@ -152,15 +192,38 @@ class EmbeddedLedger:
         if self.on_batch is not None:
             self._analytics_task = loop.create_task(self._analytics_loop(), name="llmgw-analytics-batcher")
 
+    def _charge_orphans(self, open_calls: dict[str, CallStarted], totals: dict[str, Totals], end: int) -> int:
+        """Charge every call started before a crash and never closed: its reservation, as an
+        ``orphaned`` usage event with the call's own id, made durable before anything is served."""
+        if not open_calls:
+            return end
+        orphans = [c.orphan_event() for c in sorted(open_calls.values(), key=lambda c: c.ts_ms)]
+        self.log.append(orphans)
+        for ev in orphans:
+            totals.update(fold(totals, ev, self.tz_of))
+        self.orphans_charged = len(orphans)
+        log.warning("ledger: %d calls were in flight when the gateway last stopped without closing them; "
+                    "charged their reservations (%d micro-USD) as orphaned", len(orphans),
+                    sum(ev.cost_micro_usd for ev in orphans), extra={"event": "ledger_orphans_charged"})
+        return self.log.end
+
     def submit(self, event: UsageEvent) -> None:
         """Never blocks the request: the writer task owns durability."""
         self.view.add_local(event)
         self._queue.put_nowait(event)
         self.events_submitted += 1
+        self._usage_arrived.set()
 
     def health(self) -> LedgerHealth:
         return LedgerHealth(EMBEDDED, snapshot_ready=True, last_snapshot_ms=None,
                             backlog_events=self.view.local_backlog)
+
+    def begin(self, started: CallStarted) -> None:
+        """Queue the call's started record for the next group commit, or within ``started_commit_s``
+        if no usage event comes to share it (no wait: see docs/ledger.md, "Crash-safe metering",
+        for the window this leaves and its bound)."""
+        self._queue.put_nowait(started)
+        self.started_submitted += 1
 
     async def _run(self) -> None:
         while True:
@@ -169,8 +232,18 @@ class EmbeddedLedger:
             # hand-off to a thread (that hand-off alone cost ~5% of the proxy's CPU at 650 calls/s).
             # Budgets do not wait for it: ``submit`` already counted the event in the view.
             await asyncio.sleep(self._group_commit_s)
-            while not self._queue.empty() and len(batch) < 1000:
-                batch.append(self._queue.get_nowait())
+            self._drain(batch)
+            if self._started_commit_s > self._group_commit_s and self._only_started(batch):
+                # A batch of started records alone would cost a write and an fsync of its own (~0.3 ms
+                # of CPU here, as much as the rest of a call): wait a little longer for a usage event
+                # to share them. This widens the crash window of these records to started_commit_s.
+                self._usage_arrived.clear()
+                try:
+                    async with asyncio.timeout(self._started_commit_s - self._group_commit_s):
+                        await self._usage_arrived.wait()
+                except TimeoutError:
+                    pass
+                self._drain(batch)
             try:
                 await self._write(batch)
             except Exception:   # the loop must survive; the batch is retried
@@ -179,25 +252,41 @@ class EmbeddedLedger:
                     self._queue.put_nowait(ev)
                 await asyncio.sleep(0.5)
 
-    async def _write(self, batch: list[UsageEvent]) -> None:
+    def _drain(self, batch: list[Record]) -> None:
+        while not self._queue.empty() and len(batch) < 1000:
+            batch.append(self._queue.get_nowait())
+
+    @staticmethod
+    def _only_started(batch: list[Record]) -> bool:
+        return all(isinstance(r, CallStarted) for r in batch)
+
+    async def _write(self, batch: list[Record]) -> None:
         # fsync off the event loop: the loop keeps relaying streams meanwhile
         positions = await asyncio.to_thread(self.log.append, batch)
         end = self.log.end
         totals = self.view.folded
+        events: list[UsageEvent] = []
+        open_calls = self.open_calls
         for ev, pos in zip(batch, positions):
+            if isinstance(ev, CallStarted):
+                open_calls[ev.started_event_id] = ev
+                continue
+            open_calls.pop(ev.event_id, None)
             totals.update(fold(totals, ev, self.tz_of))
             self.view.placed(ev.event_id, 0, pos)
+            events.append(ev)
         self.view.advance(0, positions[-1])
-        self.events_written += len(batch)
-        if self.on_batch is not None:
+        self.events_written += len(events)
+        self.started_written += len(batch) - len(events)
+        if self.on_batch is not None and events:
             if not self._analytics_pending:
                 self._analytics_first = positions[0]
-            self._analytics_pending.extend(batch)
+            self._analytics_pending.extend(events)
             self._analytics_end = end
-        self._since_checkpoint += len(batch)
+        self._since_checkpoint += len(events)
         if self._since_checkpoint >= self._checkpoint_every:
             self._since_checkpoint = 0
-            await asyncio.to_thread(self.checkpoint.save, end, dict(totals))
+            await asyncio.to_thread(self.checkpoint.save, end, dict(totals), dict(open_calls))
 
     async def _analytics_loop(self) -> None:
         """ClickHouse wants few large inserts: hand it what accumulated, once a second."""
@@ -249,7 +338,7 @@ class EmbeddedLedger:
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is durable and folded."""
         async with asyncio.timeout(timeout_s):
-            while self.events_written < self.events_submitted:
+            while self.events_written < self.events_submitted or self.started_written < self.started_submitted:
                 await asyncio.sleep(0.005)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
@@ -265,7 +354,7 @@ class EmbeddedLedger:
                 except asyncio.CancelledError:
                     pass
         await self._flush_analytics()
-        self.checkpoint.save(self.log.end, self.view.folded)
+        self.checkpoint.save(self.log.end, self.view.folded, self.open_calls)
         self.log.close()
 
 
@@ -278,3 +367,15 @@ def rebuild(data_dir: str | Path, tz_of: TzOf = utc) -> dict[str, Totals]:
         return totals
     finally:
         log_.close()
+
+
+def log_events(path: str | Path) -> list[UsageEvent]:
+    """The usage events of an embedded log file (its started records left out), for tools and tests."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip() and isinstance(rec := decode_record(line), UsageEvent):
+            out.append(rec)
+    return out

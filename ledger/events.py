@@ -28,7 +28,8 @@ UPSTREAM_ERROR = "upstream_error"  # provider answered with an error or never an
 REJECTED_BUDGET = "rejected_budget"
 REJECTED_RATE = "rejected_rate"
 REJECTED_POLICY = "rejected_policy"  # model not allowed, unknown model, bad request
-OUTCOMES = (OK, CANCELLED, UPSTREAM_ERROR, REJECTED_BUDGET, REJECTED_RATE, REJECTED_POLICY)
+ORPHANED = "orphaned"              # the gateway died mid-call: charged its reservation (ledger/started.py)
+OUTCOMES = (OK, CANCELLED, UPSTREAM_ERROR, REJECTED_BUDGET, REJECTED_RATE, REJECTED_POLICY, ORPHANED)
 
 # Kinds: a call, or a correction produced by re-rating (never a rewrite of history).
 USAGE = "usage"
@@ -172,7 +173,7 @@ def normalize_tags(tags: Mapping[str, str] | list[str] | tuple[str, ...]) -> tup
 
 
 __all__ = [
-    "ADJUSTMENT", "CANCELLED", "OK", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
+    "ADJUSTMENT", "CANCELLED", "OK", "ORPHANED", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
     "REJECTED_RATE", "SCHEMA_VERSION", "Tokens", "UPSTREAM_ERROR", "USAGE", "UsageEvent",
     "decode", "encode", "new_event_id", "normalize_tags",
 ]

@@ -22,6 +22,11 @@ between ``submit`` and the sender's next step (milliseconds; up to
 ``send_timeout_s`` while Kafka first stops answering, before the spooling
 starts) or, while the spool is full, in the overflow ``spool_full`` reports.
 
+``begin`` queues a call's ``CallStarted`` record (``ledger/started.py``) the
+same way, before the call is forwarded: same key as its usage event, so both
+land in one partition, in order, and the ledger worker charges the calls whose
+usage event never comes (``docs/ledger.md``, "Crash-safe metering").
+
 ``SnapshotFollower`` reads ``{prefix}.snapshots`` from the beginning
 (``read_committed``) into the view (``apply_snapshot``; ``advance`` on the
 processor's ``__progress__|<p>`` records) and keeps following it.
@@ -41,10 +46,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from .driver import KAFKA, LedgerHealth
-from .events import UsageEvent, encode
+from .events import UsageEvent
 from .fold import TzOf, utc
 from .spend import SpendView
 from .spool import DEFAULT_MAX_BYTES, Spool
+from .started import CallStarted, Record, encode_record, record_id
 from .topics import Topics, decode_progress, decode_snapshot, ensure_topics, is_progress_key
 
 if TYPE_CHECKING:
@@ -91,10 +97,10 @@ class KafkaLedger:
             SnapshotFollower(bootstrap, self.snapshot_topic, self.view, client_id=self._client_id("snapshots"),
                              retry_backoff_s=retry_backoff_s) if follow_snapshots else None)
         self.spool: Spool | None = None
-        self._queue: deque[UsageEvent] = deque()       # submitted, not yet handed to Kafka or the spool
-        self._overflow: deque[UsageEvent] = deque()    # refused by a full spool; goes in before _queue
-        self._inflight: list[UsageEvent] = []          # the batch being sent (not in the spool)
-        self._futures: dict[str, asyncio.Future[Any]] = {}   # event_id -> delivery of the live producer
+        self._queue: deque[Record] = deque()       # submitted, not yet handed to Kafka or the spool
+        self._overflow: deque[Record] = deque()    # refused by a full spool; goes in before _queue
+        self._inflight: list[Record] = []          # the batch being sent (not in the spool)
+        self._futures: dict[str, asyncio.Future[Any]] = {}   # record_id -> delivery of the live producer
         self._producer: AIOKafkaProducer | None = None
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +109,7 @@ class KafkaLedger:
         self._refused_at_bytes = -1                    # spool size when it last refused; retry once it shrinks
         # counters and gauges, for metrics
         self.events_submitted = 0
+        self.started_submitted = 0
         self.events_acked = 0
         self.events_spooled = 0
         self.events_replayed = 0
@@ -129,6 +136,13 @@ class KafkaLedger:
         self.events_submitted += 1
         self._wakeup.set()
 
+    def begin(self, started: CallStarted) -> None:
+        """Queue the call's started record, in order with usage events; never blocks. Durable once
+        Kafka acks it (or the spool took it): see docs/ledger.md for the window before that."""
+        self._queue.append(started)
+        self.started_submitted += 1
+        self._wakeup.set()
+
     async def start(self) -> None:
         """Open the spool (replaying a previous run's events into the view) and start the
         sender and the snapshot follower. Does not need Kafka: they connect and retry on their own."""
@@ -136,7 +150,8 @@ class KafkaLedger:
         pending = spool.iter_pending()
         while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, 5_000))):
             for ev in chunk:      # the snapshot does not show these yet: count them here meanwhile
-                self.view.add_local(ev)
+                if isinstance(ev, UsageEvent):
+                    self.view.add_local(ev)
         self.spool = spool
         self._refresh_spool_gauges()
         loop = asyncio.get_running_loop()
@@ -296,12 +311,12 @@ class KafkaLedger:
         if not all(acked):
             await self._idle_until(asyncio.get_running_loop().time() + self._next_backoff())
 
-    def _settle(self, events: Sequence[UsageEvent]) -> None:
+    def _settle(self, events: Sequence[Record]) -> None:
         for ev in events:
-            self._futures.pop(ev.event_id, None)
+            self._futures.pop(record_id(ev), None)
         self.events_acked += len(events)
 
-    async def _deliver(self, batch: Sequence[UsageEvent]) -> list[bool]:
+    async def _deliver(self, batch: Sequence[Record]) -> list[bool]:
         """Send what is not already on its way, wait for acks until the deadline; which were acked.
 
         An event whose delivery is pending (or done) from an earlier try is waited for, not sent
@@ -320,7 +335,7 @@ class KafkaLedger:
                 sends.cancel()     # cancelling aiokafka's send() drops that one record: it stays unacked
                 await asyncio.wait([sends])
         if sends.cancelled():
-            futs: list[asyncio.Future[Any] | None] = [self._futures.get(ev.event_id) for ev in batch]
+            futs: list[asyncio.Future[Any] | None] = [self._futures.get(record_id(ev)) for ev in batch]
             broken: BaseException | None = TimeoutError("send() did not return")
         else:
             futs, broken = sends.result()
@@ -331,7 +346,8 @@ class KafkaLedger:
             if ok:
                 assert fut is not None
                 md = fut.result()
-                self.view.placed(ev.event_id, md.partition, md.offset)
+                if isinstance(ev, UsageEvent):
+                    self.view.placed(ev.event_id, md.partition, md.offset)
             elif fut is not None and fut.done() and broken is None:
                 broken = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
             acked.append(ok)
@@ -344,7 +360,7 @@ class KafkaLedger:
             await self._drop_producer(self.connect_timeout_s, reason=repr(broken))
         return acked
 
-    async def _send_missing(self, batch: Sequence[UsageEvent], deadline: float
+    async def _send_missing(self, batch: Sequence[Record], deadline: float
                             ) -> tuple[list[asyncio.Future[Any] | None], BaseException | None]:
         """Hand the producer every event that has no live delivery; (delivery per event, first error)."""
         producer = self._producer
@@ -352,18 +368,19 @@ class KafkaLedger:
         futs: list[asyncio.Future[Any] | None] = []
         broken: BaseException | None = None
         for ev in batch:
-            fut = self._futures.get(ev.event_id)
+            rid = record_id(ev)
+            fut = self._futures.get(rid)
             if fut is None or (fut.done() and not _delivered(fut)):
                 fut = None
                 if broken is None:
                     try:
                         async with asyncio.timeout_at(deadline):
-                            fut = await producer.send(self.usage_topic, encode(ev), key=ev.ledger_key.encode())
+                            fut = await producer.send(self.usage_topic, encode_record(ev), key=ev.ledger_key.encode())
                     except (TimeoutError, KafkaError) as exc:
                         broken = exc
                     if fut is not None:
                         fut.add_done_callback(_retrieve)
-                        self._futures[ev.event_id] = fut
+                        self._futures[rid] = fut
             futs.append(fut)
         return futs, broken
 
@@ -508,7 +525,7 @@ class KafkaLedger:
     async def _spool_leftovers(self) -> None:
         """At stop, with the sender gone: make every unacked event durable."""
         inflight = [ev for ev in self._inflight
-                    if not (ev.event_id in self._futures and _delivered(self._futures[ev.event_id]))]
+                    if not (record_id(ev) in self._futures and _delivered(self._futures[record_id(ev)]))]
         self._overflow.extendleft(reversed(inflight))
         self._inflight = []
         self.spool_full = False

@@ -20,7 +20,9 @@ from aiokafka import TopicPartition
 
 from .fold import Totals, TzOf, utc
 from .topics import PartitionReader, Topics, partitions_of, read_snapshot_partitions
-from .worker import DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds, tz_of_settings, fold_record
+from .orphans import OpenCalls
+from .worker import (DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds, default_orphan_after, fold_record,
+                     tz_of_settings)
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -53,8 +55,10 @@ class RebuildReport:
 
 
 async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
-                     until: Mapping[int, int] | None = None, counts: FoldCounts | None = None) -> dict[str, Totals]:
-    """Fold the whole usage topic from offset 0, each event_id once within the horizon.
+                     until: Mapping[int, int] | None = None, counts: FoldCounts | None = None,
+                     orphan_after_ms: int | None = None) -> dict[str, Totals]:
+    """Fold the whole usage topic from offset 0, each event_id once within the horizon, charging
+    orphaned calls as the worker does.
 
     ``until`` maps a partition to the offset to stop before (default: its end now).
     """
@@ -65,13 +69,15 @@ async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horiz
         start: dict[TopicPartition, int | None] = {TopicPartition(topics.usage, p): None for p in parts}
         end = None if until is None else {tp: until.get(tp.partition, 0) for tp in start}
         seen: dict[int, SeenIds] = {p: SeenIds(horizon_ms) for p in parts}
+        after_ms = default_orphan_after(horizon_ms) if orphan_after_ms is None else orphan_after_ms
+        calls: dict[int, OpenCalls] = {p: OpenCalls(after_ms) for p in parts}
         # Keys are partition-local (an org lives in one partition), but summing per partition makes
         # the result right even for a key fed from two partitions.
         per_partition: dict[int, dict[str, Totals]] = defaultdict(dict)
         async for tp, records in reader.read(start, end):
             state, ids = per_partition[tp.partition], seen[tp.partition]
             for r in records:
-                outcome, changed = fold_record(state, ids, r.value, r.timestamp, tz_of)
+                outcome, changed = fold_record(state, ids, r.value, r.timestamp, tz_of, calls[tp.partition])
                 state.update(changed)
                 counts.records += 1
                 counts.folded += outcome == FOLDED
@@ -100,13 +106,14 @@ async def read_snapshots(bootstrap: str, topics: Topics) -> dict[str, Totals]:
     return (await read_snapshot_state(bootstrap, topics))[0]
 
 
-async def compare(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc,
-                  horizon_ms: int = DEFAULT_HORIZON_MS) -> RebuildReport:
+async def compare(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
+                  orphan_after_ms: int | None = None) -> RebuildReport:
     """Snapshots vs a refold of the usage topic, at the cut the snapshots' progress records give."""
     live, progress = await read_snapshot_state(bootstrap, topics)
     until = {p: o + 1 for p, o in progress.items()}
     counts = FoldCounts()
-    rebuilt = await fold_topic(bootstrap, topics, tz_of=tz_of, horizon_ms=horizon_ms, until=until, counts=counts)
+    rebuilt = await fold_topic(bootstrap, topics, tz_of=tz_of, horizon_ms=horizon_ms, until=until, counts=counts,
+                               orphan_after_ms=orphan_after_ms)
     parts = await partitions_of(bootstrap, topics.usage)
     async with PartitionReader(bootstrap) as reader:
         ends = await reader.end_offsets([TopicPartition(topics.usage, p) for p in parts])
@@ -122,7 +129,8 @@ def _fmt(t: Totals | None) -> str:
 def main(settings: "Settings", *, show: int = 20) -> int:
     """Print the comparison; exit 0 when every key is identical, 1 otherwise."""
     topics = Topics(settings.topic_prefix)
-    report = asyncio.run(compare(settings.kafka_bootstrap, topics, tz_of=tz_of_settings(settings)))
+    report = asyncio.run(compare(settings.kafka_bootstrap, topics, tz_of=tz_of_settings(settings),
+                                 orphan_after_ms=int(settings.orphan_after_s * 1000)))
     c = report.counts
     print(f"refolded {c.records} usage records of {topics.usage} up to the snapshots' progress: "
           f"{c.folded} folded, {c.duplicates} duplicates skipped, {c.unreadable} unreadable")

@@ -1,5 +1,8 @@
 """A local durable spool for usage events Kafka did not take.
 
+It holds a call's ``CallStarted`` records (``ledger/started.py``) too, in the
+same order as the usage events: whatever goes to the usage topic.
+
 When the broker is unreachable the Kafka ledger appends events here instead of
 holding them in memory, and replays them in order once Kafka is back. Layout
 under ``<data_dir>/spool/``:
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from .events import UsageEvent, decode, encode
+from .started import Record, decode_record, encode_record
 
 log = logging.getLogger("llmgw.ledger.spool")
 
@@ -122,7 +125,7 @@ class Spool:
         return self.depth_events
 
     # -- writing --------------------------------------------------------------------
-    def append(self, events: Sequence[UsageEvent], *, partial: bool = False) -> int:
+    def append(self, events: Sequence[Record], *, partial: bool = False) -> int:
         """Write ``events`` after every earlier one and fsync; returns how many were written.
 
         If the bound would be passed: with ``partial`` the longest prefix that fits is written and
@@ -131,7 +134,7 @@ class Spool:
         """
         if not events:
             return 0
-        lines = [encode(ev) + b"\n" for ev in events]
+        lines = [encode_record(ev) + b"\n" for ev in events]
         room = self.max_bytes - self.file_bytes
         n, size = 0, 0
         while n < len(lines) and size + len(lines[n]) <= room:
@@ -184,12 +187,12 @@ class Spool:
         return seg
 
     # -- replay -------------------------------------------------------------------------
-    def peek(self, max_events: int = 500) -> list[UsageEvent]:
+    def peek(self, max_events: int = 500) -> list[Record]:
         """Up to ``max_events`` oldest unacked events, in append order; ``ack`` consumes them.
 
         An unreadable line (logged and counted) is passed over: before the first event it is
         dropped from the head at once, after an event it goes with that event's ack."""
-        out: list[UsageEvent] = []
+        out: list[Record] = []
         self._peeked = []
         unreadable_head: tuple[int, int] | None = None
         for seq, end, ev in self._iter_from_head(with_unreadable=True):
@@ -207,7 +210,7 @@ class Spool:
             self._move_head(*unreadable_head)
         return out
 
-    def iter_pending(self) -> Iterator[UsageEvent]:
+    def iter_pending(self) -> Iterator[Record]:
         """Every unacked event, in order, without consuming (used to rebuild the local view at start)."""
         for _, _, ev in self._iter_from_head():
             assert ev is not None
@@ -283,7 +286,7 @@ class Spool:
                         path.name, len(data) - cut)
         return cut, data.count(b"\n", 0, cut)
 
-    def _iter_from_head(self, with_unreadable: bool = False) -> Iterator[tuple[int, int, UsageEvent | None]]:
+    def _iter_from_head(self, with_unreadable: bool = False) -> Iterator[tuple[int, int, Record | None]]:
         """(segment seq, end offset of the line, event) from the head on; None for an unreadable
         line if ``with_unreadable``."""
         for i, seg in enumerate(list(self._segments)):
@@ -307,11 +310,11 @@ class Spool:
                         if ev is not None or with_unreadable:
                             yield seg.seq, pos, ev
 
-    def _decode(self, seg: _Segment, line: bytes) -> UsageEvent | None:
+    def _decode(self, seg: _Segment, line: bytes) -> Record | None:
         if not line.strip():
             return None
         try:
-            return decode(line)
+            return decode_record(line)
         except (ValueError, TypeError, KeyError) as exc:
             self.corrupt_lines += 1
             log.error("spool segment %s: skipping an unreadable line (%s); corrupt lines so far: %d",

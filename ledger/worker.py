@@ -21,6 +21,12 @@ Duplicates by ``event_id`` (a proxy's spool may re-send an event whose ack was l
 by ``SeenIds``, a per-partition memory of ids within ``horizon_ms`` of *log time* (the usage
 topic is stamped with the broker's append time). It is a pure function of the partition's
 records, so it is rebuilt exactly on acquisition, and ``llmgw ledger rebuild`` reproduces it.
+
+Calls a gateway started and never ended (it was killed mid-call) are charged here, by the same
+kind of per-partition rule (``ledger/orphans.py``): ``OpenCalls`` is rebuilt with ``SeenIds``, and
+the charge is folded in the transaction of the record that made it due. The worker also writes a
+copy of each charge to the usage topic in that transaction (for analytics; the fold skips it) and
+``tick`` records to idle partitions whose open calls are due.
 """
 from __future__ import annotations
 
@@ -33,15 +39,17 @@ import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 
-from .events import decode
+from .events import ORPHANED, UsageEvent, decode, encode
 from .fold import Totals, TzOf, fold, utc
+from .orphans import DEFAULT_ORPHAN_AFTER_MS, OpenCalls, encode_tick, is_tick
+from .started import CallStarted, decode_started, is_started
 from .topics import (PartitionReader, Topics, encode_progress, encode_snapshot, ensure_topics,
                      progress_key, read_snapshot_partitions)
 
@@ -75,6 +83,12 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._last_ms)
+
+    def advance(self, ts_ms: int) -> None:
+        """A record without an event id (a started record, a tick) moves the clock too."""
+        if ts_ms > self.clock_ms:
+            self.clock_ms = ts_ms
+            self._evict()
 
     def last_seen_ms(self, event_id: str) -> int | None:
         return self._last_ms.get(event_id)
@@ -119,6 +133,14 @@ class SeenBatch:
         self.clock_ms = base.clock_ms
         self.changed: dict[str, int] = {}
 
+    @property
+    def horizon_ms(self) -> int:
+        return self._base.horizon_ms
+
+    def advance(self, ts_ms: int) -> None:
+        if ts_ms > self.clock_ms:
+            self.clock_ms = ts_ms
+
     def admit(self, event_id: str, ts_ms: int) -> bool:
         if ts_ms > self.clock_ms:
             self.clock_ms = ts_ms
@@ -132,26 +154,76 @@ class SeenBatch:
 
 # -- one record ------------------------------------------------------------------------------
 FOLDED, DUPLICATE, UNREADABLE = "folded", "duplicate", "unreadable"
+STARTED, TICK, ORPHAN_COPY = "started", "tick", "orphan_copy"
+
+
+def admit_record(seen: SeenIds | SeenBatch, calls: OpenCalls, raw: dict[str, Any] | None,
+                 ts_ms: int) -> tuple[str, list[CallStarted]]:
+    """What one record does to a partition's memory (ids seen, calls open): its outcome and the
+    calls it makes orphans, each already admitted as seen (fold them). No totals: rebuilding the
+    memory on acquisition goes through here alone."""
+    if raw is None:
+        return UNREADABLE, []
+    kind = STARTED if is_started(raw) else TICK if is_tick(raw) else None
+    event_id = raw.get("event_id")
+    if kind is None and (not isinstance(event_id, str) or not event_id):
+        return UNREADABLE, []
+    # Calls due by this record's timestamp are charged before the record itself acts (a call's own
+    # late usage event or a copy of its started record then meets it charged, whatever came before).
+    orphans: list[CallStarted] = []
+    if ts_ms > seen.clock_ms:
+        seen.advance(ts_ms)
+        orphans = [s for at, s in calls.due(ts_ms) if seen.admit(s.started_event_id, at + calls.orphan_after_ms)]
+    if kind == STARTED:
+        try:
+            started = decode_started(raw)
+        except (KeyError, TypeError, ValueError):
+            return UNREADABLE, orphans
+        # a spool may send a started record twice: only its first sighting within the horizon opens
+        # the call (after a charge or a close, a copy must not open it again)
+        if seen.admit(f"started:{started.started_event_id}", ts_ms):
+            calls.start(started, ts_ms)
+        outcome = STARTED
+    elif kind == TICK:
+        outcome = TICK
+    else:
+        assert isinstance(event_id, str)
+        calls.close(event_id)
+        if raw.get("outcome") == ORPHANED:       # the worker's own copy of a charge it folded already
+            seen.admit(event_id, ts_ms)
+            outcome = ORPHAN_COPY
+        else:
+            outcome = FOLDED if seen.admit(event_id, ts_ms) else DUPLICATE
+    return outcome, orphans
 
 
 def fold_record(totals: Mapping[str, Totals], seen: SeenIds | SeenBatch, value: bytes | None,
-                ts_ms: int, tz_of: TzOf) -> tuple[str, dict[str, Totals]]:
+                ts_ms: int, tz_of: TzOf, calls: OpenCalls | None = None,
+                orphans: list[UsageEvent] | None = None) -> tuple[str, dict[str, Totals]]:
     """What one usage record does: (outcome, new absolute totals of the keys it changes).
 
     The worker and ``llmgw ledger rebuild`` both go through here, so they agree on every record,
-    including the ones they cannot read (logged, counted, folded nowhere).
+    including the ones they cannot read (logged, counted, folded nowhere). The orphan charges the
+    record makes due are folded too, and appended to ``orphans``.
     """
     raw = _parse(value)
-    event_id = raw.get("event_id") if raw is not None else None
-    if not isinstance(event_id, str) or not event_id:
-        return UNREADABLE, {}
-    if not seen.admit(event_id, ts_ms):
-        return DUPLICATE, {}
-    try:
-        event = decode(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return UNREADABLE, {}
-    return FOLDED, fold(totals, event, tz_of)
+    outcome, due = admit_record(seen, calls if calls is not None else OpenCalls(), raw, ts_ms)
+    changes: dict[str, Totals] = {}
+    if outcome == FOLDED:
+        try:
+            event = decode(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            outcome = UNREADABLE
+        else:
+            changes = fold(totals, event, tz_of)
+    for started in due:
+        orphan = started.orphan_event()
+        now = _Staged(totals)          # the totals as this record's folds left them
+        now.update(changes)
+        changes.update(fold(now, orphan, tz_of))
+        if orphans is not None:
+            orphans.append(orphan)
+    return outcome, changes
 
 
 def event_id_of(value: bytes | None) -> str | None:
@@ -192,6 +264,8 @@ class _Owned:
     totals: dict[str, Totals]
     seen: SeenIds
     next_offset: int
+    calls: OpenCalls = field(default_factory=OpenCalls)
+    next_tick_at: float = 0.0          # monotonic; ticks of an idle partition are spaced by tick_s
 
 
 @dataclass
@@ -199,6 +273,8 @@ class WorkerStats:
     events_folded: int = 0
     duplicates: int = 0
     unreadable: int = 0
+    orphans_charged: int = 0
+    ticks: int = 0
     transactions: int = 0
     acquisitions: int = 0
     releases: int = 0
@@ -214,12 +290,19 @@ class LedgerWorker:
                  *, horizon_ms: int = DEFAULT_HORIZON_MS, session_timeout_ms: int = 10_000,
                  heartbeat_interval_ms: int = 3_000, transaction_timeout_s: float = 30.0,
                  acquire_timeout_s: float = 60.0, retry_s: float = 1.0, fenced_retry_s: float = 30.0,
-                 max_records_per_txn: int = 5_000, client_id: str = "") -> None:
+                 max_records_per_txn: int = 5_000, client_id: str = "",
+                 orphan_after_ms: int | None = None, tick_s: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = group_id
         self.tz_of = tz_of
+        orphan_after_ms = default_orphan_after(horizon_ms) if orphan_after_ms is None else orphan_after_ms
+        if orphan_after_ms > horizon_ms:
+            raise ValueError(f"orphan_after ({orphan_after_ms} ms) must not exceed the duplicate horizon "
+                             f"({horizon_ms} ms): a copy of a started record must still be known when it is due")
         self.horizon_ms = horizon_ms
+        self.orphan_after_ms = orphan_after_ms
+        self._tick_s = tick_s
         self.stats = WorkerStats()
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
@@ -286,6 +369,7 @@ class LedgerWorker:
                 if fetched:
                     await asyncio.gather(*(self._process(tp.partition, records)
                                            for tp, records in fetched.items() if records))
+                await self._tick_idle()
             except BaseException as exc:  # the loop must survive; every partition keeps its committed state
                 _raise_if_fatal(exc)
                 log.exception("ledger worker loop error; continuing in %.1fs", self._retry_s)
@@ -300,7 +384,9 @@ class LedgerWorker:
                 records = [r for r in records if r.offset >= owned.next_offset]
                 if not records:
                     return
-            if records[0].offset != owned.next_offset:
+            # One offset is the commit marker of a transaction that wrote to the usage topic (this
+            # worker's ticks and orphan-charge copies): expected, not worth a warning.
+            if records[0].offset > owned.next_offset + 1:
                 log.warning("usage partition %d: expected offset %d, got %d (gap in the log)",
                             p, owned.next_offset, records[0].offset,
                             extra={"event": "ledger_offset_gap", "partition": p, "offset": records[0].offset})
@@ -313,10 +399,12 @@ class LedgerWorker:
         """One transaction; False if it failed (the partition is then released)."""
         p = owned.partition
         batch = owned.seen.begin()
+        calls = owned.calls.copy()
+        orphans: list[UsageEvent] = []
         changes = _Staged(owned.totals)
-        counts = {FOLDED: 0, DUPLICATE: 0, UNREADABLE: 0}
+        counts = {FOLDED: 0, DUPLICATE: 0, UNREADABLE: 0, STARTED: 0, TICK: 0, ORPHAN_COPY: 0}
         for r in records:
-            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, self.tz_of)
+            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, self.tz_of, calls, orphans)
             counts[outcome] += 1
             changes.update(changed)
             if outcome == UNREADABLE:
@@ -325,7 +413,7 @@ class LedgerWorker:
         last = records[-1].offset
         try:
             async with asyncio.timeout(self._txn_timeout_s):
-                await self._commit(owned, changes, last)
+                await self._commit(owned, changes, last, orphans)
         except ProducerFenced:
             self.stats.fenced += 1
             await self._release(p, retry_s=self._fenced_retry_s, why="fenced by a newer owner", locked=True)
@@ -337,16 +425,25 @@ class LedgerWorker:
             return False
         owned.totals.update(changes)          # only now: the commit returned
         owned.seen.commit(batch)
+        owned.calls = calls
         owned.next_offset = last + 1
+        if orphans:
+            self.stats.orphans_charged += len(orphans)
+            log.warning("usage partition %d: charged %d orphaned calls their reservations (%d micro-USD)",
+                        p, len(orphans), sum(o.cost_micro_usd for o in orphans),
+                        extra={"event": "ledger_orphans_charged", "partition": p})
         self.stats.transactions += 1
         self.stats.events_folded += counts[FOLDED]
         self.stats.duplicates += counts[DUPLICATE]
         self.stats.unreadable += counts[UNREADABLE]
         return True
 
-    async def _commit(self, owned: _Owned, changes: Mapping[str, Totals], last: int) -> None:
+    async def _commit(self, owned: _Owned, changes: Mapping[str, Totals], last: int,
+                      orphans: Sequence[UsageEvent] = ()) -> None:
         producer, p, topic = owned.producer, owned.partition, self.topics.snapshots
         await producer.begin_transaction()
+        copies = [await producer.send(self.topics.usage, encode(o), key=o.ledger_key.encode(), partition=p)
+                  for o in orphans]       # for analytics: the fold admits a copy and never folds it
         records = [(key.encode(), encode_snapshot(totals, p, last)) for key, totals in changes.items()]
         records.append((progress_key(p).encode(), encode_progress(p, last)))
         sent = []
@@ -359,8 +456,37 @@ class LedgerWorker:
                     raise ValueError(f"snapshot record for {key!r} larger than a whole batch")
         sent.append(await producer.send_batch(batch, topic, partition=p))
         await producer.send_offsets_to_transaction({TopicPartition(self.topics.usage, p): last + 1}, self.group_id)
-        await asyncio.gather(*sent)
+        await asyncio.gather(*sent, *copies)
         await producer.commit_transaction()
+
+    async def _tick_idle(self) -> None:
+        """Append a tick to each owned partition whose oldest open call is due by the wall clock:
+        an idle partition's clock moves only with its records, and its orphans must be charged."""
+        now_ms, mono = int(time.time() * 1000), time.monotonic()
+        for p, owned in list(self._owned.items()):
+            oldest = owned.calls.oldest_ms()
+            if oldest is None or oldest + self.orphan_after_ms >= now_ms or mono < owned.next_tick_at:
+                continue
+            owned.next_tick_at = mono + self._tick_s
+            async with self._locks[p]:
+                if self._owned.get(p) is not owned or self._stopping:
+                    continue
+                producer = owned.producer
+                try:
+                    async with asyncio.timeout(self._txn_timeout_s):
+                        await producer.begin_transaction()
+                        await (await producer.send(self.topics.usage, encode_tick(now_ms), partition=p))
+                        await producer.commit_transaction()
+                except ProducerFenced:
+                    self.stats.fenced += 1
+                    await self._release(p, retry_s=self._fenced_retry_s, why="fenced by a newer owner", locked=True)
+                    continue
+                except BaseException as exc:
+                    _raise_if_fatal(exc)
+                    self.stats.failed_transactions += 1
+                    await self._release(p, retry_s=self._retry_s, why=f"tick failed: {exc!r}", locked=True)
+                    continue
+                self.stats.ticks += 1
 
     # -- ownership ----------------------------------------------------------------------------
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -478,8 +604,9 @@ class LedgerWorker:
             for p in parts:
                 tp = usage[p]
                 nxt = _resume_offset(p, committed.get(tp), progress.get(p), first[tp])
-                seen = await rebuild_seen(reader, tp, first[tp], nxt, self.horizon_ms)
-                out[p] = _Owned(p, producers[p], totals[p], seen, nxt)
+                seen, calls = await rebuild_memory(reader, tp, first[tp], nxt, self.horizon_ms,
+                                                   self.orphan_after_ms)
+                out[p] = _Owned(p, producers[p], totals[p], seen, nxt, calls)
         return out
 
     async def _committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -503,6 +630,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker._on_assigned(assigned)
 
 
+def default_orphan_after(horizon_ms: int) -> int:
+    """The default ``orphan_after``, within a horizon shortened below it (tests, tight memory)."""
+    return min(DEFAULT_ORPHAN_AFTER_MS, horizon_ms)
+
+
 def _resume_offset(p: int, committed: int | None, progress: int | None, first: int) -> int:
     """Where folding resumes. The committed offset and the progress record are written in the same
     transaction; the progress record also survives the expiry of an idle group's offsets."""
@@ -520,20 +652,25 @@ def _resume_offset(p: int, committed: int | None, progress: int | None, first: i
 async def rebuild_seen(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int,
                        horizon_ms: int) -> SeenIds:
     """The ``SeenIds`` of ``tp`` after offset ``nxt - 1``, read back from the usage log."""
-    seen = SeenIds(horizon_ms)
+    return (await rebuild_memory(reader, tp, first, nxt, horizon_ms, DEFAULT_ORPHAN_AFTER_MS))[0]
+
+
+async def rebuild_memory(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int,
+                         horizon_ms: int, orphan_after_ms: int) -> tuple[SeenIds, OpenCalls]:
+    """The ``SeenIds`` and ``OpenCalls`` of ``tp`` after offset ``nxt - 1``, read back from the usage
+    log from the first record stamped >= last stamp - 2 x horizon - orphan_after (ledger/orphans.py)."""
+    seen, calls = SeenIds(horizon_ms), OpenCalls(orphan_after_ms)
     if nxt <= first:
-        return seen
+        return seen, calls
     last_ts = await _last_timestamp(reader, tp, first, nxt)
     if last_ts is None:
-        return seen
-    start = await reader.offset_for_time(tp, last_ts - horizon_ms)
+        return seen, calls
+    start = await reader.offset_for_time(tp, last_ts - 2 * horizon_ms - orphan_after_ms)
     start = first if start is None else max(first, min(start, nxt - 1))
     async for _, records in reader.read({tp: start}, {tp: nxt}):
         for r in records:
-            event_id = event_id_of(r.value)
-            if event_id is not None:
-                seen.admit(event_id, r.timestamp)
-    return seen
+            admit_record(seen, calls, _parse(r.value), r.timestamp)
+    return seen, calls
 
 
 async def _last_timestamp(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int) -> int | None:
@@ -610,7 +747,8 @@ def run_worker(settings: "Settings") -> int:
     except ImportError:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return asyncio.run(serve(settings.kafka_bootstrap, Topics(settings.topic_prefix),
-                             group_id=f"{settings.topic_prefix}-ledger", tz_of=tz_of_settings(settings)))
+                             group_id=f"{settings.topic_prefix}-ledger", tz_of=tz_of_settings(settings),
+                             orphan_after_ms=int(settings.orphan_after_s * 1000)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=8, help="for topics this creates")
     ap.add_argument("--group", default="", help="consumer group (default: <prefix>-ledger)")
     ap.add_argument("--horizon-s", type=float, default=DEFAULT_HORIZON_MS / 1000)
+    ap.add_argument("--orphan-after-s", type=float, default=DEFAULT_ORPHAN_AFTER_MS / 1000,
+                    help="charge a started call whose usage event has not come after this long")
     ap.add_argument("--session-timeout-ms", type=int, default=10_000)
     ap.add_argument("--heartbeat-interval-ms", type=int, default=3_000)
     ap.add_argument("--log-level", default="INFO")
@@ -628,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return asyncio.run(serve(
         args.bootstrap, Topics(args.prefix, args.partitions), group_id=args.group or f"{args.prefix}-ledger",
-        horizon_ms=int(args.horizon_s * 1000), session_timeout_ms=args.session_timeout_ms,
+        horizon_ms=int(args.horizon_s * 1000), orphan_after_ms=int(args.orphan_after_s * 1000),
+        session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms))
 
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from ledger import events as E
+from ledger.started import CallStarted
 from pricing import Price, RequestShape, cost
 
 from . import admission
@@ -86,6 +87,10 @@ class LiveCall:
         return cls(gw, record, admitted.call, admitted.target, admitted.reservation, admitted.price,
                    admitted.price_estimated, t0, request if log_request else None)
 
+    def begin(self) -> None:
+        """Write the call's started record before it is forwarded (synchronous; the ledger batches it)."""
+        self.gw.ledger.begin(self.record.started(self.gw, self.call, self.reservation))
+
     def settle(self, usage: Usage, outcome: str, status: int, first_output_s: float | None = None,
                bytes_out: int = 0, forwarded: bool = True) -> E.UsageEvent | None:
         """The call's one usage event, submitted, and its hold released; None if already settled.
@@ -129,7 +134,7 @@ class CallRecord:
     """Attribution of one call, fixed before forwarding; turns a usage into an event."""
 
     __slots__ = ("principal", "adapter", "call", "provider", "started_ms", "request_id", "session_id",
-                 "model_requested")
+                 "model_requested", "event_id")
 
     def __init__(self, principal: Principal, adapter: Adapter, call: Call, provider: str,
                  started_ms: int, request: web.Request, model_requested: str = "") -> None:
@@ -139,6 +144,14 @@ class CallRecord:
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
         self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+        self.event_id = E.new_event_id(started_ms)     # the started record and the usage event share it
+
+    def started(self, gw: Gateway, call: Call, reservation: Reservation) -> CallStarted:
+        """The call's started record: what the ledger charges if its usage event never comes."""
+        p = self.principal
+        return CallStarted(self.event_id, self.started_ms, p.org, p.workspace, p.user, p.key_id, self.provider,
+                           self.adapter.api, call.model, reservation.amount_micro_usd, gw.settings.gateway_id,
+                           self.model_requested, call.tags, call.stream)
 
     def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,
                ttft_s: float | None, price: Price, price_estimated: bool) -> E.UsageEvent:
@@ -158,7 +171,7 @@ class CallRecord:
         now = time.monotonic()
         tags = call.tags
         return E.UsageEvent(
-            event_id=E.new_event_id(self.started_ms), ts_start_ms=self.started_ms,
+            event_id=self.event_id, ts_start_ms=self.started_ms,
             ts_end_ms=self.started_ms + int((now - t0) * 1000),
             org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
             provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,

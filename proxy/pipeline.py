@@ -35,6 +35,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     live = await LiveCall.admit(gw, request, principal, adapter, call, target, started_ms, t0)   # admit
     call, target = live.call, live.target
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
+    live.begin()                                    # durable before forwarding: a crash is charged
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
                                                call, request.headers)                    # forward

@@ -44,6 +44,7 @@ class Settings:
     log_format: str = "json"           # "json": one object per line (proxy/ops/logs.py); "text": plain
     snapshot_max_age_s: float = 30.0   # /readyz fails once the budget snapshot is older (Kafka mode)
     shutdown_timeout_s: float = 30.0   # SIGTERM: open streams get this long to finish, then events flush
+    orphan_after_s: float = 3600.0     # Kafka mode: the ledger worker charges a call with no usage event after this
     otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
     workers: int = 1                   # `llmgw serve` processes on one port (Kafka mode; proxy/workers.py)
     file_config: Mapping[str, Any] = field(default_factory=dict)

@@ -262,6 +262,7 @@ class ResponsesSession:
                                     log_request=False)
         turn = _Turn(live)
         self.turns.append(turn)
+        live.begin()                              # durable before forwarding: a crash is charged
         turn.sent = True                          # from here the frame is the provider's
         return _frame(obj, live.call.body) if rewrite or live.call is not call else data
 

@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from ledger.configlog import ConfigRecord, FileConfigLog
-from ledger.embedded import EmbeddedLedger
-from ledger.events import UsageEvent, decode
+from ledger.embedded import EmbeddedLedger, log_events
+from ledger.events import UsageEvent
 from proxy import keys as K
 from proxy.app import create_app
 from proxy.budgets import Budget, usd_to_micro
@@ -74,7 +74,4 @@ class GatewayHarness:
 
     async def events(self) -> list[UsageEvent]:
         await self.gw.ledger.flush()  # type: ignore[attr-defined]
-        path = self.data_dir / "ledger" / "events.log"
-        if not path.exists():
-            return []
-        return [decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return log_events(self.data_dir / "ledger" / "events.log")

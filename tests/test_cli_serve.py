@@ -14,7 +14,8 @@ import aiohttp
 import openai
 import pytest
 
-from ledger.events import OK, REJECTED_BUDGET, decode
+from ledger.embedded import log_events
+from ledger.events import OK, REJECTED_BUDGET
 from proxy.cli import LISTEN_BACKLOG
 
 
@@ -97,7 +98,7 @@ async def test_serve_forwards_records_and_follows_config_from_another_process(en
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    events = [decode(line) for line in (tmp_path / "data" / "ledger" / "events.log").read_bytes().splitlines()]
+    events = log_events(tmp_path / "data" / "ledger" / "events.log")
     assert events[0].outcome == OK and events[0].user == "alice" and events[0].cost_micro_usd > 0
     assert events[-1].outcome == REJECTED_BUDGET
     assert all(e.outcome in (OK, REJECTED_BUDGET) for e in events)

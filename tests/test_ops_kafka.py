@@ -94,7 +94,7 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
 async def _usage(bootstrap: str, prefix: str):
     from aiokafka import AIOKafkaConsumer
 
-    from ledger.events import decode
+    from ledger.started import usage_event_of
     consumer = AIOKafkaConsumer(f"{prefix}.usage", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
@@ -103,8 +103,8 @@ async def _usage(bootstrap: str, prefix: str):
         while len(out) < 3 and time.monotonic() < deadline:
             for recs in (await consumer.getmany(timeout_ms=500)).values():
                 for rec in recs:
-                    ev = decode(rec.value)
-                    out[ev.event_id] = ev
+                    if (ev := usage_event_of(rec.value)) is not None:    # not a started record
+                        out[ev.event_id] = ev
         return list(out.values())
     finally:
         await consumer.stop()

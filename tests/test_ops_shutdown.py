@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from ledger import events as E
-from ledger.events import decode
+from ledger.embedded import log_events
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 from tests.test_cli_serve import free_port, llmgw
@@ -60,7 +60,7 @@ async def test_runner_cleanup_lets_an_open_stream_finish_and_records_it(fake_pro
     await stopping
     assert status == 200
     assert body.count(b"event: content_block_delta") == 60 and b"message_stop" in body
-    [ev] = [decode(x) for x in (tmp_path / "ledger" / "events.log").read_bytes().splitlines()]
+    [ev] = log_events(tmp_path / "ledger" / "events.log")
     assert ev.outcome == E.OK and ev.tokens.output == 60 and not ev.usage_estimated
 
 
@@ -102,8 +102,7 @@ def key_for(env: dict[str, str]) -> str:
 
 
 def events_of(tmp_path) -> list[E.UsageEvent]:
-    path = tmp_path / "data" / "ledger" / "events.log"
-    return [decode(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+    return log_events(tmp_path / "data" / "ledger" / "events.log")
 
 
 async def test_sigterm_finishes_the_stream_and_flushes_its_event(env, fake_provider, tmp_path):

@@ -19,7 +19,8 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from ledger.events import UsageEvent, decode
+from ledger.events import UsageEvent
+from ledger.started import usage_event_of
 from ledger.topics import partitions_of
 from proxy.settings import Settings
 from proxy.workers import plan
@@ -179,7 +180,7 @@ async def usage_events(bootstrap: str, prefix: str, want: int) -> list[UsageEven
     """The usage events on the topic, once there are ``want`` of them (or after 20 s)."""
     deadline = time.monotonic() + 20
     while True:
-        events = [decode(r.value) for r in await read_topic(bootstrap, f"{prefix}.usage")]
+        events = [e for r in await read_topic(bootstrap, f"{prefix}.usage") if (e := usage_event_of(r.value))]
         if len(events) >= want or time.monotonic() > deadline:
             return events
         await asyncio.sleep(0.2)
