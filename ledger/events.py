@@ -103,6 +103,13 @@ class Tokens:
     def prompt(self) -> int:
         return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
 
+    def writes_at_long_retention(self) -> "Tokens":
+        """The short-retention cache writes moved to the long-retention count (``cache_write_1h``,
+        which holds Anthropic's 1-hour and OpenAI's 12-hour write), for a call that asked for it."""
+        if not self.cache_write_5m:
+            return self
+        return replace(self, cache_write_5m=0, cache_write_1h=self.cache_write_1h + self.cache_write_5m)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:

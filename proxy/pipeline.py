@@ -160,6 +160,8 @@ class CallRecord:
         says it served (a fallback to standard speed, a project's default priority), the request's
         when it says nothing; base rates for a tier the entry has no price for are flagged as a guess."""
         tier = usage.service_tier or call.service_tier
+        if call.cache_writes_long:
+            usage.tokens = usage.tokens.writes_at_long_retention()
         priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
         return self.event(gw, usage, outcome, status, t0, ttft_s, priced.nano_usd, priced.price_version,
                           cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
