@@ -21,6 +21,7 @@ from analytics.queries import UsageRow
 from analytics.store import check_identifier
 from ledger import fold as F
 from ledger.configlog import ConfigState
+from ledger.events import micro_of_nano
 from ledger.spend import SpendView
 from ledger.windows import window_bounds
 from proxy.budgets import Budget, BudgetBook
@@ -164,15 +165,16 @@ def refusals(client: Client, db: str, since_ms: int, until_ms: int, org: str | N
 def top_sessions(client: Client, db: str, since_ms: int, until_ms: int, org: str | None = None,
                  workspaces: Sequence[str] | None = None, limit: int = TOP) -> list[SessionSpend]:
     """Agent sessions by spend in the window, most expensive first."""
-    sql = (f"SELECT session_id, any(org), any(user), countIf(kind = 'usage'), sum(cost_micro_usd),"
+    sql = (f"SELECT session_id, any(org), any(user), countIf(kind = 'usage'), sum(cost_nano_usd),"
            f" toUnixTimestamp64Milli(min(ts_start)), toUnixTimestamp64Milli(max(ts_start)),"
            f" arraySort(groupUniqArray(5)(model))"
            f" FROM {check_identifier(db)}.usage_events FINAL WHERE {_WINDOW} AND session_id != ''"
            f"{_scope_sql(org, workspaces)} GROUP BY session_id"
-           f" ORDER BY sum(cost_micro_usd) DESC, session_id LIMIT {{limit:UInt32}}")
+           f" ORDER BY sum(cost_nano_usd) DESC, session_id LIMIT {{limit:UInt32}}")
     rows = client.query(sql, parameters={"since_ms": since_ms, "until_ms": until_ms, "org": org or "",
                                          "workspaces": list(workspaces or ()), "limit": limit}).result_rows
-    return [SessionSpend(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), tuple(r[7])) for r in rows]
+    return [SessionSpend(r[0], r[1], r[2], int(r[3]), micro_of_nano(int(r[4])), int(r[5]), int(r[6]), tuple(r[7]))
+            for r in rows]
 
 
 # ---- the gateway's own state -----------------------------------------------------------------
