@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from .events import UsageEvent, micro_of_nano
 from .fold import ZERO, Totals, contribution, keys_of, TzOf, utc
 
+_Pending = tuple[int, int, list[str], int]
+
 
 @dataclass
 class SpendView:
@@ -25,7 +27,7 @@ class SpendView:
     # Snapshot progress: highest source position folded, per log partition.
     progress: dict[int, int] = field(default_factory=dict)
     _local: dict[str, int] = field(default_factory=dict)
-    _pending: deque = field(default_factory=deque)   # (partition, position, keys, nano_usd)
+    _pending: deque[_Pending] = field(default_factory=deque)   # (partition, position, keys, nano_usd)
     _unplaced: dict[str, tuple[list[str], int]] = field(default_factory=dict)
 
     def spent_nano(self, key: str) -> int:
@@ -70,7 +72,7 @@ class SpendView:
         if position <= self.progress.get(partition, -1):
             return
         self.progress[partition] = position
-        keep: deque = deque()
+        keep: deque[_Pending] = deque()
         while self._pending:
             p, pos, keys, amount = self._pending.popleft()
             if p == partition and pos <= position:
