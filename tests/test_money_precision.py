@@ -107,3 +107,27 @@ def test_snapshot_lists_round_trip_and_old_four_value_lists_read_as_micro(nanos:
         assert t.to_list()[0] == t.spend_micro_usd
     assert Totals.from_list([7, 1, 2, 3]) == Totals(spend_nano_usd=7_000, requests=1, input_tokens=2,
                                                     output_tokens=3)
+
+
+def test_a_budget_counts_sub_micro_calls_and_compares_exactly() -> None:
+    """A 10 micro-USD budget: 41 embeddings (9.84 micro-USD) leave room for a call held at 0 but
+    not at 1 micro-USD; the 42nd (10.08) exceeds it. Rounded per event to the micro, they were
+    all free and the budget never closed."""
+    import pytest
+
+    from proxy.budgets import Budget, BudgetBook
+    from proxy.errors import BudgetExceeded
+    from proxy.keys import Principal
+    from proxy.policy import Policy
+
+    alice = Principal("k", "acme", "ws", "u")
+    view = SpendView()
+    policy = Policy(view, BudgetBook([Budget("user", "u", "day", 10)]))
+    for i in range(41):
+        view.add_local(event(cost(E.Tokens(input=12), SMALL).nano_usd, i))
+    policy.release(policy.reserve(alice, (), 0, AT))
+    with pytest.raises(BudgetExceeded):
+        policy.reserve(alice, (), 1, AT)                 # 9.84 + 1 > 10
+    view.add_local(event(240, 41))
+    with pytest.raises(BudgetExceeded):
+        policy.reserve(alice, (), 0, AT)                 # 10.08 > 10
