@@ -122,8 +122,8 @@ def gather(client: Client, db: str, now_ms: int, org: str | None = None,
     for row in queries.rollup(client, db, "minute", start, end, by=["org"], org=org, workspaces=workspaces):
         per_minute.setdefault(_label(row, "org"), {})[_label(row, "minute")] = row.cost_micro_usd
         requests += row.requests
-        cost += row.cost_micro_usd
-    spend = Spend(now_ms, day_start, minutes, per_minute, requests, cost)
+        cost += row.cost_nano_usd                       # summed in nanos, rounded up once
+    spend = Spend(now_ms, day_start, minutes, per_minute, requests, micro_of_nano(cost))
     for name in BREAKDOWNS:
         rows = queries.rollup(client, db, "day", day_start, end, by=[name], org=org, workspaces=workspaces)
         spend.today[name] = sorted(rows, key=lambda r: (-r.cost_micro_usd, _label(r, name)))[:TOP]
@@ -131,10 +131,12 @@ def gather(client: Client, db: str, now_ms: int, org: str | None = None,
         spend.last_hour[name] = {}
         for r in last_hour:
             spend.last_hour[name][_label(r, name)] = spend.last_hour[name].get(_label(r, name), 0) + r.cost_micro_usd
+    today_nano = 0
     for row in queries.rollup(client, db, "hour", day_start, end, org=org, workspaces=workspaces):
         spend.per_hour[_label(row, "hour")[11:16]] = row.cost_micro_usd
         spend.requests_today += row.requests
-        spend.cost_today += row.cost_micro_usd
+        today_nano += row.cost_nano_usd
+    spend.cost_today = micro_of_nano(today_nano)
     spend.refusals = refusals(client, db, now_ms - 24 * 3_600_000, end, org, workspaces)
     spend.sessions = top_sessions(client, db, day_start, end, org, workspaces)
     return spend
