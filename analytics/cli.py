@@ -47,7 +47,7 @@ def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
 
     p = subparsers.add_parser("spend", parents=[common], help="spend per group over a time range")
     p.add_argument("--by", type=_by_list, default=["workspace"],
-                   help="comma list of org,workspace,user,key,model,provider,project,api,outcome,tag:NAME "
+                   help="comma list of org,workspace,user,key,model,provider,project,api,outcome,tier,tag:NAME "
                         "(default: workspace)")
     p.add_argument("--since", type=_utc_ms, help="UTC date or ISO datetime (default: start of this month)")
     p.add_argument("--until", type=_utc_ms, help="UTC date or ISO datetime, exclusive (default: now)")
@@ -188,8 +188,9 @@ def _token_values(row: UsageRow | TraceCall) -> list[str]:
 
 
 def _usage_table(rows: Sequence[UsageRow], by: Sequence[str]) -> list[list[str]]:
-    table = [[*by, "requests", *_TOKEN_HEADERS, "cost_usd"]]
-    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), r.cost_usd] for r in rows]
+    table = [[*by, "requests", *_TOKEN_HEADERS, "web_searches", "cost_usd"]]
+    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), str(r.web_search_calls), r.cost_usd]
+              for r in rows]
     return table
 
 
@@ -215,14 +216,16 @@ def _print_json_lines(objects: Iterator[dict[str, object]]) -> None:
 
 def _row_json(row: UsageRow) -> dict[str, object]:
     return {**row.dims, "requests": row.requests, "tokens": _tokens_json(row),
-            "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd}
+            "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd,
+            "cost_nano_usd": row.cost_nano_usd, "web_search_calls": row.web_search_calls}
 
 
 def _call_json(call: TraceCall) -> dict[str, object]:
     return {"event_id": call.event_id, "ts_start_ms": call.ts_start_ms, "ts_end_ms": call.ts_end_ms,
             "kind": call.kind, "model": call.model, "provider": call.provider, "api": call.api,
             "outcome": call.outcome, "latency_ms": call.latency_ms, "tokens": _tokens_json(call),
-            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd}
+            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd,
+            "cost_nano_usd": call.cost_nano_usd, "running_cost_nano_usd": call.running_cost_nano_usd}
 
 
 def _tokens_json(row: UsageRow | TraceCall) -> dict[str, int]:

@@ -21,6 +21,7 @@ from analytics.queries import UsageRow
 from analytics.store import check_identifier
 from ledger import fold as F
 from ledger.configlog import ConfigState
+from ledger.events import micro_of_nano
 from ledger.spend import SpendView
 from ledger.windows import window_bounds
 from proxy.budgets import Budget, BudgetBook
@@ -121,8 +122,8 @@ def gather(client: Client, db: str, now_ms: int, org: str | None = None,
     for row in queries.rollup(client, db, "minute", start, end, by=["org"], org=org, workspaces=workspaces):
         per_minute.setdefault(_label(row, "org"), {})[_label(row, "minute")] = row.cost_micro_usd
         requests += row.requests
-        cost += row.cost_micro_usd
-    spend = Spend(now_ms, day_start, minutes, per_minute, requests, cost)
+        cost += row.cost_nano_usd                       # summed in nanos, rounded up once
+    spend = Spend(now_ms, day_start, minutes, per_minute, requests, micro_of_nano(cost))
     for name in BREAKDOWNS:
         rows = queries.rollup(client, db, "day", day_start, end, by=[name], org=org, workspaces=workspaces)
         spend.today[name] = sorted(rows, key=lambda r: (-r.cost_micro_usd, _label(r, name)))[:TOP]
@@ -130,10 +131,12 @@ def gather(client: Client, db: str, now_ms: int, org: str | None = None,
         spend.last_hour[name] = {}
         for r in last_hour:
             spend.last_hour[name][_label(r, name)] = spend.last_hour[name].get(_label(r, name), 0) + r.cost_micro_usd
+    today_nano = 0
     for row in queries.rollup(client, db, "hour", day_start, end, org=org, workspaces=workspaces):
         spend.per_hour[_label(row, "hour")[11:16]] = row.cost_micro_usd
         spend.requests_today += row.requests
-        spend.cost_today += row.cost_micro_usd
+        today_nano += row.cost_nano_usd
+    spend.cost_today = micro_of_nano(today_nano)
     spend.refusals = refusals(client, db, now_ms - 24 * 3_600_000, end, org, workspaces)
     spend.sessions = top_sessions(client, db, day_start, end, org, workspaces)
     return spend
@@ -164,15 +167,16 @@ def refusals(client: Client, db: str, since_ms: int, until_ms: int, org: str | N
 def top_sessions(client: Client, db: str, since_ms: int, until_ms: int, org: str | None = None,
                  workspaces: Sequence[str] | None = None, limit: int = TOP) -> list[SessionSpend]:
     """Agent sessions by spend in the window, most expensive first."""
-    sql = (f"SELECT session_id, any(org), any(user), countIf(kind = 'usage'), sum(cost_micro_usd),"
+    sql = (f"SELECT session_id, any(org), any(user), countIf(kind = 'usage'), sum(cost_nano_usd),"
            f" toUnixTimestamp64Milli(min(ts_start)), toUnixTimestamp64Milli(max(ts_start)),"
            f" arraySort(groupUniqArray(5)(model))"
            f" FROM {check_identifier(db)}.usage_events FINAL WHERE {_WINDOW} AND session_id != ''"
            f"{_scope_sql(org, workspaces)} GROUP BY session_id"
-           f" ORDER BY sum(cost_micro_usd) DESC, session_id LIMIT {{limit:UInt32}}")
+           f" ORDER BY sum(cost_nano_usd) DESC, session_id LIMIT {{limit:UInt32}}")
     rows = client.query(sql, parameters={"since_ms": since_ms, "until_ms": until_ms, "org": org or "",
                                          "workspaces": list(workspaces or ()), "limit": limit}).result_rows
-    return [SessionSpend(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), tuple(r[7])) for r in rows]
+    return [SessionSpend(r[0], r[1], r[2], int(r[3]), micro_of_nano(int(r[4])), int(r[5]), int(r[6]), tuple(r[7]))
+            for r in rows]
 
 
 # ---- the gateway's own state -----------------------------------------------------------------

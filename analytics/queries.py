@@ -1,13 +1,17 @@
 """Named SQL over the analytics schema (README: tables, columns, example queries).
 
-Money comes back as ``int`` micro-USD and is only formatted, never computed, as
-a decimal string. ``spend``, ``trace`` and ``chargeback_rows`` read the raw
+Money is summed in ClickHouse from ``cost_nano_usd`` (the events' precision) and
+comes back as ``int`` nano-USD; ``cost_micro_usd`` is that sum rounded up (the
+documented micro-USD unit), and ``cost_usd`` its exact 6-decimal string. Per-row
+``cost_micro_usd`` columns are never summed: that would round every sub-micro
+call up. ``spend``, ``trace`` and ``chargeback_rows`` read the raw
 events ``FINAL``, so each event_id counts once even before parts merge;
 ``rollup`` reads the per-minute/hour/day tables for dashboards.
 
 ``by`` items: ``org``, ``workspace``, ``user``, ``key``, ``model``,
-``provider``, ``project``, ``api``, ``outcome`` or ``tag:NAME`` (the tag's
-value, ``""`` when the event lacks it). ``model`` is the served model, or the
+``provider``, ``project``, ``api``, ``outcome``, ``tier`` (the service tier the
+provider served, ``""`` for standard) or ``tag:NAME`` (the tag's value, ``""``
+when the event lacks it). ``model`` is the served model, or the
 requested one when nothing was served (refusals).
 """
 from __future__ import annotations
@@ -22,25 +26,27 @@ from typing import Any, TextIO
 from clickhouse_connect.driver.client import Client
 
 from analytics.store import check_identifier
-from ledger.events import Tokens
+from ledger.events import Tokens, micro_of_nano
 
 DIMENSIONS: dict[str, str] = {
     "org": "org", "workspace": "workspace", "user": "user", "key": "key_id", "model": "model",
     "provider": "provider", "project": "project", "api": "api", "outcome": "outcome",
+    "tier": "service_tier",
 }
 ROLLUP_DIMENSIONS = ("org", "workspace", "user", "key", "model", "provider")
 GRAINS = ("minute", "hour", "day")
 TOKEN_COLUMNS = ("input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
                  "cache_read_tokens", "output_tokens", "reasoning_tokens")
-CSV_METRICS = ("requests", *TOKEN_COLUMNS, "cost_usd", "cost_micro_usd")
+CSV_METRICS = ("requests", *TOKEN_COLUMNS, "cost_usd", "cost_micro_usd", "web_search_calls", "cost_nano_usd")
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _RAW_METRICS = ", ".join(
     ["countIf(kind = 'usage') AS requests"]
     + [f"sum({c}) AS {c}" for c in TOKEN_COLUMNS]
-    + ["sum(cost_micro_usd) AS cost_micro_usd"]
+    + ["sum(cost_nano_usd) AS cost_nano_usd", "sum(web_search_calls) AS web_search_calls"]
 )
-_ROLLUP_METRICS = ", ".join(f"sum({c}) AS {c}" for c in ("requests", *TOKEN_COLUMNS, "cost_micro_usd"))
+_ROLLUP_METRICS = ", ".join(f"sum({c}) AS {c}" for c in
+                            ("requests", *TOKEN_COLUMNS, "cost_nano_usd", "web_search_calls"))
 _WINDOW = ("ts_start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')"
            " AND ts_start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
 
@@ -69,19 +75,27 @@ class UsageRow:
     group: tuple[tuple[str, str], ...]   # (("workspace", "ws-1"), ("tag:project", "apollo")), in `by` order
     requests: int                        # calls (adjustments are not requests)
     tokens: Tokens
-    cost_micro_usd: int
+    cost_nano_usd: int
+    web_search_calls: int = 0
 
     @classmethod
     def from_row(cls, names: Sequence[str], row: Sequence[Any]) -> "UsageRow":
-        """``row`` is the group values in ``names`` order, then requests, the 6 token kinds, cost."""
+        """``row`` is the group values in ``names`` order, then requests, the 6 token kinds,
+        cost (nano-USD), web-search calls."""
         n = len(names)
         counts = [int(v) for v in row[n + 1:n + 7]]
         return cls(
             group=tuple((name, str(value)) for name, value in zip(names, row[:n])),
             requests=int(row[n]),
             tokens=Tokens(*counts),
-            cost_micro_usd=int(row[n + 7]),
+            cost_nano_usd=int(row[n + 7]),
+            web_search_calls=int(row[n + 8]),
         )
+
+    @property
+    def cost_micro_usd(self) -> int:
+        """The group's exact nano-USD sum, rounded up to the micro once."""
+        return micro_of_nano(self.cost_nano_usd)
 
     @property
     def dims(self) -> dict[str, str]:
@@ -106,8 +120,16 @@ class TraceCall:
     outcome: str
     latency_ms: int
     tokens: Tokens
-    cost_micro_usd: int
-    running_cost_micro_usd: int
+    cost_nano_usd: int
+    running_cost_nano_usd: int
+
+    @property
+    def cost_micro_usd(self) -> int:
+        return micro_of_nano(self.cost_nano_usd)
+
+    @property
+    def running_cost_micro_usd(self) -> int:
+        return micro_of_nano(self.running_cost_nano_usd)
 
 
 def _dimensions(by: Sequence[str], allowed: Sequence[str] = tuple(DIMENSIONS),
@@ -159,7 +181,7 @@ def spend(client: Client, db: str, by: Sequence[str], since_ms: int, until_ms: i
     names, exprs, params = _dimensions(by)
     scope, scope_params = _scope(org, workspaces)
     sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, _WINDOW + scope,
-                       "cost_micro_usd DESC")
+                       "cost_nano_usd DESC")
     rows = client.query(sql, parameters={**params, **scope_params, "since_ms": since_ms,
                                          "until_ms": until_ms}).result_rows
     return [UsageRow.from_row(names, row) for row in rows]
@@ -198,15 +220,17 @@ def write_chargeback_csv(rows: Iterable[UsageRow], file: TextIO, *, by: Sequence
     """Write rows and a final TOTAL row (their exact sum) as CSV; return the total.
 
     Columns: the group names (``month``, then ``by``), then ``requests``, the
-    six ``*_tokens`` columns, ``cost_usd`` (6 decimals) and ``cost_micro_usd``.
-    The TOTAL row has ``TOTAL`` in the first column and the rest of the group
+    six ``*_tokens`` columns, ``cost_usd`` (6 decimals) and ``cost_micro_usd``
+    (each row's exact nanos rounded up to the micro), ``web_search_calls`` and
+    ``cost_nano_usd`` (exact: the rows' nanos sum to the TOTAL's; their rounded-up
+    micros may exceed the TOTAL's by under a micro-USD per row). The TOTAL row has ``TOTAL`` in the first column and the rest of the group
     empty. ``by`` is needed only to write the header when there are no rows.
     """
     writer = csv.writer(file, lineterminator="\n")
     names: list[str] | None = None if by is None else ["month", *by]
     if names is not None:
         writer.writerow([*names, *CSV_METRICS])
-    requests, cost, counts = 0, 0, [0] * 6
+    requests, cost, searches, counts = 0, 0, 0, [0] * 6
     for row in rows:
         if names is None:
             names = [name for name, _ in row.group] or ["group"]
@@ -214,12 +238,13 @@ def write_chargeback_csv(rows: Iterable[UsageRow], file: TextIO, *, by: Sequence
         writer.writerow([*([value for _, value in row.group] or [""]), *_metrics(row)])
         requests += row.requests
         counts = [a + b for a, b in zip(counts, _token_counts(row.tokens))]
-        cost += row.cost_micro_usd
+        cost += row.cost_nano_usd
+        searches += row.web_search_calls
     if names is None:
         names = ["month"]
         writer.writerow([*names, *CSV_METRICS])
     total = UsageRow(group=tuple((name, "TOTAL" if i == 0 else "") for i, name in enumerate(names)),
-                     requests=requests, tokens=Tokens(*counts), cost_micro_usd=cost)
+                     requests=requests, tokens=Tokens(*counts), cost_nano_usd=cost, web_search_calls=searches)
     writer.writerow([value for _, value in total.group] + _metrics(total))
     return total
 
@@ -230,15 +255,16 @@ def _token_counts(tokens: Tokens) -> list[int]:
 
 
 def _metrics(row: UsageRow) -> list[object]:
-    return [row.requests, *_token_counts(row.tokens), row.cost_usd, row.cost_micro_usd]
+    return [row.requests, *_token_counts(row.tokens), row.cost_usd, row.cost_micro_usd, row.web_search_calls,
+            row.cost_nano_usd]
 
 
 def trace(client: Client, db: str, session_id: str) -> list[TraceCall]:
     """A session's calls in start order, each with the session's running cost."""
     sql = f"""
         SELECT event_id, toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), kind,
-               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_micro_usd,
-               sum(cost_micro_usd) OVER (ORDER BY ts_start, event_id
+               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_nano_usd,
+               sum(cost_nano_usd) OVER (ORDER BY ts_start, event_id
                                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
         FROM {check_identifier(db)}.usage_events FINAL
         WHERE session_id = {{session_id:String}}
@@ -249,8 +275,8 @@ def trace(client: Client, db: str, session_id: str) -> list[TraceCall]:
         TraceCall(
             event_id=r[0], ts_start_ms=int(r[1]), ts_end_ms=int(r[2]), kind=r[3], model=r[4],
             provider=r[5], api=r[6], outcome=r[7], latency_ms=int(r[8]),
-            tokens=Tokens(*(int(v) for v in r[9:15])), cost_micro_usd=int(r[15]),
-            running_cost_micro_usd=int(r[16]),
+            tokens=Tokens(*(int(v) for v in r[9:15])), cost_nano_usd=int(r[15]),
+            running_cost_nano_usd=int(r[16]),
         )
         for r in rows
     ]

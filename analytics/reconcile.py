@@ -45,6 +45,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from analytics.store import check_identifier
+from ledger.events import micro_of_nano
 
 PROVIDERS = ("openai", "anthropic")
 _MICRO = Decimal(1_000_000)
@@ -279,7 +280,7 @@ def report(client: Client, db: str, since: date, until: date,
         SELECT day, provider, m.metered, b.billed, m.requests
         FROM
         (
-            SELECT toDate(ts_start) AS day, provider, sum(cost_micro_usd) AS metered,
+            SELECT toDate(ts_start) AS day, provider, sum(cost_nano_usd) AS metered,
                    countIf(kind = 'usage') AS requests
             FROM {db}.usage_events FINAL
             WHERE ts_start >= toDateTime64({{since:Date}}, 3, 'UTC') AND ts_start < toDateTime64({{until:Date}}, 3, 'UTC')
@@ -290,8 +291,8 @@ def report(client: Client, db: str, since: date, until: date,
         ORDER BY day, provider
     """
     rows = client.query(sql, parameters={"since": since, "until": until, "providers": list(providers)}).result_rows
-    return [DayDelta(day=r[0], provider=str(r[1]), metered_micro_usd=int(r[2]), billed_micro_usd=int(r[3]),
-                     requests=int(r[4])) for r in rows]
+    return [DayDelta(day=r[0], provider=str(r[1]), metered_micro_usd=micro_of_nano(int(r[2])),
+                     billed_micro_usd=int(r[3]), requests=int(r[4])) for r in rows]
 
 
 __all__ = ["PROVIDERS", "BilledCost", "DayDelta", "cents_to_micro", "combine", "import_costs",

@@ -30,7 +30,8 @@ from clickhouse_connect.driver.client import Client
 from analytics import store
 from ledger.events import UsageEvent
 
-# (column, ClickHouse type, value) in the order of migrations/001_usage_events.sql.
+# (column, ClickHouse type, value) in table order: 001_usage_events.sql's columns and those 006
+# added (cost_nano_usd after cost_micro_usd; service_tier, web_search_calls after schema_version).
 # tests/test_analytics_sink.py checks this list against the table.
 _COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
     ("event_id", "String", lambda e: e.event_id),
@@ -51,6 +52,7 @@ _COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
     ("output_tokens", "UInt64", lambda e: e.tokens.output),
     ("reasoning_tokens", "UInt64", lambda e: e.tokens.reasoning),
     ("cost_micro_usd", "Int64", lambda e: e.cost_micro_usd),
+    ("cost_nano_usd", "Int64", lambda e: e.cost_nano_usd),
     ("price_version", "LowCardinality(String)", lambda e: e.price_version),
     ("outcome", "LowCardinality(String)", lambda e: e.outcome),
     ("http_status", "UInt16", lambda e: e.http_status),
@@ -69,6 +71,8 @@ _COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
     ("kind", "LowCardinality(String)", lambda e: e.kind),
     ("adjusts_event_id", "String", lambda e: e.adjusts_event_id),
     ("schema_version", "UInt16", lambda e: e.schema_version),
+    ("service_tier", "LowCardinality(String)", lambda e: e.service_tier),
+    ("web_search_calls", "UInt32", lambda e: e.web_search_calls),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in _COLUMNS)
 _COLUMN_TYPES = tuple(type_name for _, type_name, _ in _COLUMNS)

@@ -113,7 +113,8 @@ def _usage_json(row: UsageRow) -> dict[str, Any]:
     return {**row.dims, "requests": row.requests,
             "tokens": {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
                        "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning},
-            "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd}
+            "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd,
+            "cost_nano_usd": row.cost_nano_usd, "web_search_calls": row.web_search_calls}
 
 
 # ---- /admin/spend -------------------------------------------------------------------------------
@@ -138,7 +139,8 @@ async def spend_handler(request: web.Request) -> web.Response:
 
     with store_errors():
         rows = await asyncio.to_thread(run)
-    total = UsageRow((), sum(r.requests for r in rows), _sum_tokens(rows), sum(r.cost_micro_usd for r in rows))
+    total = UsageRow((), sum(r.requests for r in rows), _sum_tokens(rows), sum(r.cost_nano_usd for r in rows),
+                     sum(r.web_search_calls for r in rows))
     body = {"since_ms": since_ms, "until_ms": until_ms, "by": by, "org": org,
             "rows": [_usage_json(r) for r in rows], "total": _usage_json(total)}
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -76,7 +76,8 @@ def spent_view(principals: list[K.Principal], now_ms: int) -> SpendView:
         ev = UsageEvent("x", now_ms - 60_000, now_ms, p.org, p.workspace, p.user, p.key_id, "anthropic",
                         "messages", "m", "m", cost_micro_usd=1_000_000, tags=("project:big",))
         for k in keys_of(ev):
-            view.folded[k] = view.folded.get(k, Totals()).plus(Totals(1_000_000, 1, 1000, 1000))
+            view.folded[k] = view.folded.get(k, Totals()).plus(
+                Totals(spend_nano_usd=1_000_000_000, requests=1, input_tokens=1000, output_tokens=1000))
     return view
 
 

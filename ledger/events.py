@@ -1,12 +1,21 @@
 """The usage event: the one contract between proxy, ledger and analytics.
 
 One immutable record per model call (or per re-rating adjustment). Money is an
-``int`` of micro-USD everywhere it is stored, sent or summed: orjson refuses
-``Decimal`` and a float would lose cents over a month of traffic.
+``int`` everywhere it is stored, sent or summed: orjson refuses ``Decimal`` and a
+float would lose cents over a month of traffic.
+
+The cost is ``cost_nano_usd`` (1 USD = 10^9), the exact price rounded once to the
+nano: a micro-USD event rounded a 12-token embedding ($0.02/Mtok, 0.24 micro-USD)
+to $0, so a million of them summed to nothing. ``cost_micro_usd`` stays on the
+event, derived: the nanos rounded UP to the micro (``micro_of_nano``), so a
+reader that only knows micro-USD (schema v1) never sees less than was charged.
 
 Schema evolution: ``decode`` ignores fields it does not know, and every field
 added after v1 has a default, so an older reader keeps working on newer events
-and a newer reader fills defaults for older ones.
+and a newer reader fills defaults for older ones. Versions:
+
+- 1: money in ``cost_micro_usd`` only. Decoded today as ``cost_nano_usd = cost_micro_usd x 1000``.
+- 2: ``cost_nano_usd`` is the charge; ``cost_micro_usd = micro_of_nano(cost_nano_usd)``.
 """
 from __future__ import annotations
 
@@ -18,7 +27,8 @@ from typing import Any, Mapping
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+NANO_PER_MICRO = 1000
 
 # Outcomes a call can end in. Refusals are events too: they cost nothing but
 # analysts and alerts need to see them.
@@ -34,6 +44,16 @@ OUTCOMES = (OK, CANCELLED, UPSTREAM_ERROR, REJECTED_BUDGET, REJECTED_RATE, REJEC
 # Kinds: a call, or a correction produced by re-rating (never a rewrite of history).
 USAGE = "usage"
 ADJUSTMENT = "adjustment"
+
+
+def micro_of_nano(nano_usd: int) -> int:
+    """Micro-USD of a nano-USD amount, rounded up (toward +infinity).
+
+    Up, not to nearest: a reader of micro-USD figures (a v1 event reader, a budget
+    compared with ``>`` against an integer limit) then never sees less than was
+    spent, and ``micro_of_nano(n) > limit`` is exactly ``n > limit x 1000``.
+    """
+    return -(-nano_usd // NANO_PER_MICRO)
 
 
 # Ids need uniqueness, not secrecy: a PRNG seeded from os.urandom, reseeded in forked children.
@@ -84,6 +104,13 @@ class Tokens:
     def prompt(self) -> int:
         return self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
 
+    def writes_at_long_retention(self) -> "Tokens":
+        """The short-retention cache writes moved to the long-retention count (``cache_write_1h``,
+        which holds Anthropic's 1-hour and OpenAI's 12-hour write), for a call that asked for it."""
+        if not self.cache_write_5m:
+            return self
+        return replace(self, cache_write_5m=0, cache_write_1h=self.cache_write_1h + self.cache_write_5m)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
@@ -121,6 +148,20 @@ class UsageEvent:
     service_tier: str = ""
     web_search_calls: int = 0
     usage_anomalous: bool = False  # the provider's usage was negative, not an integer or impossible; clamped
+    # The charge in nano-USD (schema v2). Give either this or ``cost_micro_usd``: the other is derived.
+    cost_nano_usd: int = 0
+
+    def __post_init__(self) -> None:
+        """Make the two cost fields agree: a micro-only event (v1, or a writer that knows only
+        micro-USD) is ``micro x 1000`` nanos; a nano event gets its micro rounded up."""
+        nano, micro = self.cost_nano_usd, self.cost_micro_usd
+        if nano == 0 and micro != 0:
+            object.__setattr__(self, "cost_nano_usd", micro * NANO_PER_MICRO)
+        elif micro != micro_of_nano(nano):
+            if micro != 0:
+                raise ValueError(f"cost_micro_usd={micro} disagrees with cost_nano_usd={nano}; "
+                                 "give one of them")
+            object.__setattr__(self, "cost_micro_usd", micro_of_nano(nano))
 
     @property
     def ledger_key(self) -> str:
@@ -139,6 +180,11 @@ class UsageEvent:
         return out
 
     def with_(self, **changes: Any) -> "UsageEvent":
+        """A copy with ``changes``; changing one cost field re-derives the other."""
+        if "cost_nano_usd" in changes and "cost_micro_usd" not in changes:
+            changes["cost_micro_usd"] = 0
+        elif "cost_micro_usd" in changes and "cost_nano_usd" not in changes:
+            changes["cost_nano_usd"] = 0
         return replace(self, **changes)
 
 
@@ -157,6 +203,8 @@ def decode(data: bytes | str | Mapping[str, Any]) -> UsageEvent:
     tok = known.get("tokens") or {}
     known["tokens"] = Tokens(**{k: int(v) for k, v in tok.items() if k in _TOKEN_FIELDS})
     known["tags"] = tuple(known.get("tags") or ())
+    if known.get("cost_nano_usd"):
+        known.pop("cost_micro_usd", None)      # the charge is the nanos; the micro figure is derived
     return UsageEvent(**known)
 
 
@@ -173,7 +221,7 @@ def normalize_tags(tags: Mapping[str, str] | list[str] | tuple[str, ...]) -> tup
 
 
 __all__ = [
-    "ADJUSTMENT", "CANCELLED", "OK", "ORPHANED", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
+    "ADJUSTMENT", "CANCELLED", "NANO_PER_MICRO", "OK", "ORPHANED", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
     "REJECTED_RATE", "SCHEMA_VERSION", "Tokens", "UPSTREAM_ERROR", "USAGE", "UsageEvent",
-    "decode", "encode", "new_event_id", "normalize_tags",
+    "decode", "encode", "micro_of_nano", "new_event_id", "normalize_tags",
 ]

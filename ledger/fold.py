@@ -2,7 +2,9 @@
 
 Pure functions, no I/O and no faust: the Kafka worker, the embedded ledger
 and ``llmgw ledger rebuild`` all call ``fold`` and must agree to the
-micro-dollar. Totals are absolute values (never deltas) so that replaying a
+nano-dollar: spend is summed in the events' exact nano-USD, and the micro-USD
+figure budgets and snapshots show is derived from that sum (rounded up), never
+summed from per-event micros. Totals are absolute values (never deltas) so that replaying a
 snapshot topic is idempotent; exactness against redelivery is the driver's job
 (it applies each source offset once), not this module's.
 
@@ -15,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .events import ADJUSTMENT, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE, UsageEvent
+from .events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
+                     UsageEvent, micro_of_nano)
 from .windows import WINDOWS, window_start
 
 ORG, WORKSPACE, USER, KEY, TAG, WORKSPACE_TAG, USER_TAG = (
@@ -35,25 +38,40 @@ def utc(_org: str) -> str:
     return "UTC"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Totals:
-    spend_micro_usd: int = 0
+    """A spend key's folded state. Keyword-only: the spend is in nano-USD, and a positional
+    ``Totals(700, ...)`` written when it was micro-USD must fail, not read 1000x smaller."""
+
+    spend_nano_usd: int = 0
     requests: int = 0
     input_tokens: int = 0     # every prompt-side token: input + cache writes + cache reads
     output_tokens: int = 0
 
+    @property
+    def spend_micro_usd(self) -> int:
+        """The spend in micro-USD, rounded up: what budgets and snapshots show."""
+        return micro_of_nano(self.spend_nano_usd)
+
     def plus(self, other: "Totals") -> "Totals":
-        return Totals(self.spend_micro_usd + other.spend_micro_usd,
-                      self.requests + other.requests,
-                      self.input_tokens + other.input_tokens,
-                      self.output_tokens + other.output_tokens)
+        return Totals(spend_nano_usd=self.spend_nano_usd + other.spend_nano_usd,
+                      requests=self.requests + other.requests,
+                      input_tokens=self.input_tokens + other.input_tokens,
+                      output_tokens=self.output_tokens + other.output_tokens)
 
     def to_list(self) -> list[int]:
-        return [self.spend_micro_usd, self.requests, self.input_tokens, self.output_tokens]
+        """``[spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd]``: the first
+        four are what snapshot readers before the nano fields read (micro rounded up)."""
+        return [self.spend_micro_usd, self.requests, self.input_tokens, self.output_tokens,
+                self.spend_nano_usd]
 
     @classmethod
     def from_list(cls, values: list[int]) -> "Totals":
-        return cls(*(int(v) for v in values[:4]))
+        """Either layout: with a fifth value it is the nanos; a four-value record (written
+        before nano-USD) has micro-USD, exactly ``micro x 1000`` nanos."""
+        nano = int(values[4]) if len(values) > 4 else int(values[0]) * NANO_PER_MICRO
+        return cls(spend_nano_usd=nano, requests=int(values[1]), input_tokens=int(values[2]),
+                   output_tokens=int(values[3]))
 
 
 ZERO = Totals()
@@ -89,8 +107,9 @@ def contribution(event: UsageEvent) -> Totals:
     if event.outcome in _NOT_SPENT:
         return ZERO
     if event.kind == ADJUSTMENT:
-        return Totals(spend_micro_usd=event.cost_micro_usd)
-    return Totals(event.cost_micro_usd, 1, event.tokens.prompt, event.tokens.output)
+        return Totals(spend_nano_usd=event.cost_nano_usd)
+    return Totals(spend_nano_usd=event.cost_nano_usd, requests=1, input_tokens=event.tokens.prompt,
+                  output_tokens=event.tokens.output)
 
 
 def keys_of(event: UsageEvent, tz_of: TzOf = utc) -> list[str]:

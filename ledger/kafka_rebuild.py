@@ -142,7 +142,7 @@ def main(settings: "Settings", *, show: int = 20) -> int:
     if not diffs:
         print("identical")
         return 0
-    print(f"DIFFERENT: {len(diffs)} spend keys differ ([spend_micro_usd, requests, input_tokens, output_tokens])")
+    print(f"DIFFERENT: {len(diffs)} spend keys differ ([spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd])")
     for key, live, rebuilt in diffs[:show]:
         print(f"  {key}: snapshot {_fmt(live)}, refold {_fmt(rebuilt)}")
     if len(diffs) > show:

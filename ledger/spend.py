@@ -4,14 +4,20 @@
 ``local`` is this proxy's own settled calls that the snapshot does not show
 yet, kept until the snapshot's progress passes their log position. Together
 they make a view never older than the proxy's own traffic.
+
+Spend is held in nano-USD (the events' precision); ``spent`` gives micro-USD
+rounded up, which compared with ``>`` against an integer micro-USD limit is
+exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
 
-from .events import UsageEvent
+from .events import UsageEvent, micro_of_nano
 from .fold import ZERO, Totals, contribution, keys_of, TzOf, utc
+
+_Pending = tuple[int, int, list[str], int]
 
 
 @dataclass
@@ -21,11 +27,15 @@ class SpendView:
     # Snapshot progress: highest source position folded, per log partition.
     progress: dict[int, int] = field(default_factory=dict)
     _local: dict[str, int] = field(default_factory=dict)
-    _pending: deque = field(default_factory=deque)   # (partition, position, keys, micro_usd)
+    _pending: deque[_Pending] = field(default_factory=deque)   # (partition, position, keys, nano_usd)
     _unplaced: dict[str, tuple[list[str], int]] = field(default_factory=dict)
 
+    def spent_nano(self, key: str) -> int:
+        return self.folded.get(key, ZERO).spend_nano_usd + self._local.get(key, 0)
+
     def spent(self, key: str) -> int:
-        return self.folded.get(key, ZERO).spend_micro_usd + self._local.get(key, 0)
+        """Micro-USD, rounded up from the exact nanos."""
+        return micro_of_nano(self.spent_nano(key))
 
     def totals(self, key: str) -> Totals:
         return self.folded.get(key, ZERO)
@@ -33,7 +43,7 @@ class SpendView:
     # -- this proxy's own calls -------------------------------------------------
     def add_local(self, event: UsageEvent) -> None:
         """Count a settled call at once, before we know where the log put it."""
-        amount = contribution(event).spend_micro_usd
+        amount = contribution(event).spend_nano_usd
         if not amount:
             return
         keys = keys_of(event, self.tz_of)
@@ -62,7 +72,7 @@ class SpendView:
         if position <= self.progress.get(partition, -1):
             return
         self.progress[partition] = position
-        keep: deque = deque()
+        keep: deque[_Pending] = deque()
         while self._pending:
             p, pos, keys, amount = self._pending.popleft()
             if p == partition and pos <= position:

@@ -7,7 +7,9 @@ Three topics per deployment, named from one prefix (default ``llmgw``):
   broker's append time, which the worker's duplicate horizon is measured in (``ledger/worker.py``).
 - ``{prefix}.snapshots``: compacted, the same partition count, co-partitioned: what the worker folds
   from usage partition p it writes to snapshot partition p, explicitly. Key = spend key, value =
-  ``{"t": [spend_micro_usd, requests, input_tokens, output_tokens], "p": p, "o": offset}``, plus one
+  ``{"t": [spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd], "p": p, "o": offset}``
+  (``Totals.to_list``: the micro figure is the nanos rounded up; a record without the fifth value,
+  written before nano-USD, is read as micro x 1000), plus one
   progress record per transaction, key ``__progress__|{p}``, value ``{"p": p, "o": offset}``, where
   ``o`` is the last usage offset of partition p that transaction folded.
 - ``{prefix}.config``: one partition, compacted (``ledger/configlog.py``).

@@ -1,7 +1,8 @@
 """Pricing: exact cost per call over a dated catalog, worst-case estimates, imports and re-rating.
 
-Pure functions; money leaves this package as ``int`` micro-USD. ``Decimal`` lives
-only in here, built from the catalog's strings and rounded once per call.
+Pure functions; money leaves this package as ``int``: a call's cost in nano-USD
+(``Cost.nano_usd``, ``Cost.micro_usd`` derived), bounds in micro-USD. ``Decimal``
+lives only in here, built from the catalog's strings and rounded once per call.
 
     catalog = load_catalog(overrides)                       # shipped data + overrides
     price = catalog.price_at(model, ts_ms, provider)        # raises UnknownModel

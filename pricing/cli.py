@@ -39,6 +39,12 @@ def format_usd(micro_usd: int) -> str:
     return f"{sign}${whole}.{frac:06d}"
 
 
+def format_usd_nano(nano_usd: int) -> str:
+    sign = "-" if nano_usd < 0 else ""
+    whole, frac = divmod(abs(nano_usd), 1_000_000_000)
+    return f"{sign}${whole}.{frac:09d}"
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000_000 * 1000   # whole seconds: version ids stay readable
 
@@ -186,5 +192,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
     except (UnknownModel, OSError, ValueError, CatalogError, orjson.JSONDecodeError) as exc:
         return _fail(str(exc))
     print(f"price version: {result.price_version}")
-    print(f"cost: {format_usd(result.micro_usd)} ({result.micro_usd} micro-USD)")
+    print(f"cost: {format_usd_nano(result.nano_usd)} ({result.nano_usd} nano-USD; "
+          f"{result.micro_usd} micro-USD rounded up)")
     return 0

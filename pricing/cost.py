@@ -1,15 +1,17 @@
-"""Exact cost of one call: token counts times dated rates, rounded once to integer micro-USD.
+"""Exact cost of one call: token counts times dated rates, rounded once to integer nano-USD.
 
-USD per million tokens times tokens is micro-USD, exactly, in Decimal. The sum of
-every part (tokens and per-request fees) is rounded once, half to even, at the
-very end; no part is rounded on its own and no float is ever involved.
+USD per million tokens times tokens is micro-USD, exactly, in Decimal; times 1,000
+it is nano-USD. The sum of every part (tokens and per-request fees) is rounded
+once, half to even, to the nano at the very end; no part is rounded on its own
+and no float is ever involved. Nano, not micro: a 12-token embedding at
+$0.02/Mtok is 0.24 micro-USD, which rounded to the micro was $0 per call.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 
-from ledger.events import Tokens
+from ledger.events import NANO_PER_MICRO, Tokens, micro_of_nano
 from pricing.price import STANDARD_TIERS, Price, Rates
 
 # Wide enough that no product or sum of catalog decimals and token counts is ever
@@ -22,12 +24,17 @@ _ONE = Decimal(1)
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    micro_usd: int
+    nano_usd: int
     price_version: str
     # The call was served at a tier this entry has no rates for (fast mode on a model whose fast
     # price is not in the catalog, flex on an entry without flex): billed at base rates, which
     # is a guess, so the event says so (``cost_estimated``) instead of looking exact.
     tier_unpriced: bool = False
+
+    @property
+    def micro_usd(self) -> int:
+        """Micro-USD, rounded up from the nanos (``ledger.events.micro_of_nano``)."""
+        return micro_of_nano(self.nano_usd)
 
 
 def tier_name(service_tier: str | None, batch: bool) -> str | None:
@@ -65,9 +72,10 @@ def fee_exact(price: Price, name: str, calls: int) -> Decimal:
         return per_1k * calls * 1000
 
 
-def round_micro(exact: Decimal) -> int:
+def round_nano(exact_micro: Decimal) -> int:
+    """Exact micro-USD to integer nano-USD, half to even: the one rounding of a call's cost."""
     with localcontext(MONEY_CONTEXT):
-        return int(exact.quantize(_ONE, rounding=ROUND_HALF_EVEN))
+        return int((exact_micro * NANO_PER_MICRO).quantize(_ONE, rounding=ROUND_HALF_EVEN))
 
 
 def _check(tokens: Tokens) -> None:
@@ -80,7 +88,7 @@ def _check(tokens: Tokens) -> None:
 
 def cost(tokens: Tokens, price: Price, *, service_tier: str | None = None, batch: bool = False,
          web_search_calls: int = 0) -> Cost:
-    """The exact cost of one call, rounded once (half to even) to integer micro-USD.
+    """The exact cost of one call, rounded once (half to even) to integer nano-USD.
 
     Long-context rates apply to the whole request when ``tokens.prompt`` (input +
     cache writes + cache reads) exceeds the entry's threshold. ``service_tier`` is
@@ -97,4 +105,4 @@ def cost(tokens: Tokens, price: Price, *, service_tier: str | None = None, batch
     with localcontext(MONEY_CONTEXT):
         exact = token_cost_exact(tokens, rates) + fee_exact(price, WEB_SEARCH, web_search_calls)
     unpriced = tier not in (None, "auto") and tier not in STANDARD_TIERS and price.tier(tier) is None
-    return Cost(round_micro(exact), price.version, unpriced)
+    return Cost(round_nano(exact), price.version, unpriced)

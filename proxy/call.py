@@ -112,7 +112,7 @@ class LiveCall:
             log.exception("pricing a call failed; charging its reservation instead",
                           extra={"event": "settle_fallback", "request_id": self.record.request_id})
             event = self.record.event(gw, Usage(), outcome, status, self.t0, first_output_s,
-                                      self.reservation.amount_micro_usd, "", cost_estimated=True)
+                                      self.reservation.amount_micro_usd * E.NANO_PER_MICRO, "", cost_estimated=True)
         finally:
             try:
                 if event is not None:
@@ -159,13 +159,15 @@ class CallRecord:
         says it served (a fallback to standard speed, a project's default priority), the request's
         when it says nothing; base rates for a tier the entry has no price for are flagged as a guess."""
         tier = usage.service_tier or call.service_tier
+        if call.cache_writes_long:
+            usage.tokens = usage.tokens.writes_at_long_retention()
         report(usage, self.adapter.api, call.model, self.request_id, self.provider)
         priced = cost(usage.tokens, price, service_tier=tier, web_search_calls=usage.web_search_calls)
-        return self.event(gw, usage, outcome, status, t0, ttft_s, priced.micro_usd, priced.price_version,
+        return self.event(gw, usage, outcome, status, t0, ttft_s, priced.nano_usd, priced.price_version,
                           cost_estimated=price_estimated or priced.tier_unpriced, service_tier=tier)
 
     def event(self, gw: Gateway, usage: Usage, outcome: str, status: int, t0: float,
-              ttft_s: float | None, cost_micro_usd: int, price_version: str,
+              ttft_s: float | None, cost_nano_usd: int, price_version: str,
               cost_estimated: bool = False, service_tier: str | None = None) -> E.UsageEvent:
         p, call = self.principal, self.call
         now = time.monotonic()
@@ -176,7 +178,7 @@ class CallRecord:
             org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
             provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,
             model_served=usage.model_served or call.model, tokens=usage.tokens,
-            cost_micro_usd=cost_micro_usd, price_version=price_version, outcome=outcome,
+            cost_nano_usd=cost_nano_usd, price_version=price_version, outcome=outcome,
             http_status=status, latency_ms=int((now - t0) * 1000),
             ttft_ms=int((ttft_s - t0) * 1000) if ttft_s is not None else None,
             project=dict(t.split(":", 1) for t in tags).get("project", ""), tags=tags,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ledger.configlog import ConfigState
+from ledger.events import NANO_PER_MICRO, micro_of_nano
 from ledger.fold import ZERO, spend_key
 from ledger.spend import SpendView
 from ledger.windows import iso_utc, window_bounds
@@ -130,14 +131,17 @@ class Policy:
 
     # -- the view -----------------------------------------------------------
     def measure(self, h: Hold) -> tuple[int, int]:
-        """(used, folded): the whole view of the budget, and the part the snapshot confirms."""
+        """(used, folded): the whole view of the budget, and the part the snapshot confirms.
+
+        Summed in nano-USD (spend is kept to the nano; holds are whole micro-USD) and
+        rounded up to micro-USD once, so ``used + ... > limit`` is exact."""
         view, res = self.view, self._reserved
-        folded = view.folded.get(h.key, ZERO).spend_micro_usd
-        used = view.spent(h.key) + res.get(h.key, 0)
+        folded = view.folded.get(h.key, ZERO).spend_nano_usd
+        used = view.spent_nano(h.key) + res.get(h.key, 0) * NANO_PER_MICRO
         for k in h.carve_keys:
-            folded -= view.folded.get(k, ZERO).spend_micro_usd
-            used -= view.spent(k) + res.get(k, 0)
-        return used, folded
+            folded -= view.folded.get(k, ZERO).spend_nano_usd
+            used -= view.spent_nano(k) + res.get(k, 0) * NANO_PER_MICRO
+        return micro_of_nano(used), micro_of_nano(folded)
 
     def used(self, h: Hold) -> int:
         return self.measure(h)[0]

@@ -28,6 +28,9 @@ class Call:
     metered: bool = True               # False for calls that cost nothing (count_tokens, models)
     choices: int = 1                   # OpenAI `n`: the output limit applies to each choice
     hide_usage_chunk: bool = False     # the gateway asked for stream usage the client did not
+    # The request asked for cache writes kept past the short retention (OpenAI's 12-hour prompt
+    # cache): its written tokens bill at the long-retention rate, since usage reports one count.
+    cache_writes_long: bool = False
 
 
 @dataclass(slots=True)

@@ -214,7 +214,7 @@ async def test_a_receiver_failing_twice_then_acking_gets_exactly_one_delivery(tm
     e = engine_on(tmp_path)
     await e.start()
     try:
-        (rec,) = await fire(e, {k: Totals(91_000_000)}, state)
+        (rec,) = await fire(e, {k: Totals(spend_nano_usd=91_000_000 * 1000)}, state)
         assert [(d.webhook_id, d.status) for d in rec.deliveries] == [("rcv", PENDING)]
         assert read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].status == FIRED   # written first
         await eventually(lambda: e.deliverer.in_flight == 0)
@@ -222,7 +222,7 @@ async def test_a_receiver_failing_twice_then_acking_gets_exactly_one_delivery(tm
         assert [a for _, _, a in receiver.attempts] == ["1", "2", "3"]
         assert {i for _, i, _ in receiver.attempts} == {rec.key}              # one idempotency key throughout
         assert receiver.thresholds() == [90]
-        assert not await e.tick({k: Totals(92_000_000)}, state)
+        assert not await e.tick({k: Totals(spend_nano_usd=92_000_000 * 1000)}, state)
     finally:
         await e.stop()
     stored = read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key]
@@ -238,7 +238,7 @@ async def test_deliveries_never_carry_a_cookie_an_earlier_delivery_was_given(tmp
     e = engine_on(tmp_path)
     await e.start()
     try:
-        await fire(e, {k: Totals(91_000_000)}, state)
+        await fire(e, {k: Totals(spend_nano_usd=91_000_000 * 1000)}, state)
         await eventually(lambda: e.deliverer.in_flight == 0)
     finally:
         await e.stop()
@@ -251,7 +251,7 @@ async def test_a_pending_delivery_is_resumed_after_a_restart_and_then_never_agai
     receiver.statuses.extend([503] * 1000)                  # down for the first evaluator's whole life
     e = engine_on(tmp_path)
     await e.start()
-    (rec,) = await fire(e, {k: Totals(95_000_000)}, state)
+    (rec,) = await fire(e, {k: Totals(spend_nano_usd=95_000_000 * 1000)}, state)
     await eventually(lambda: len(receiver.attempts) >= 2)
     await e.stop()                                          # like a crash: delivery still pending
     assert read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].pending == ["rcv"]
@@ -260,7 +260,7 @@ async def test_a_pending_delivery_is_resumed_after_a_restart_and_then_never_agai
         e = engine_on(tmp_path)
         await e.start()
         try:
-            assert not await e.tick({k: Totals(95_000_000)}, state)   # not fired again
+            assert not await e.tick({k: Totals(spend_nano_usd=95_000_000 * 1000)}, state)   # not fired again
             await eventually(lambda: e.deliverer.in_flight == 0)
         finally:
             await e.stop()
@@ -274,7 +274,7 @@ async def test_a_4xx_is_a_rejection_and_is_not_retried(tmp_path, receiver):
     e = engine_on(tmp_path)
     await e.start()
     try:
-        (rec,) = await fire(e, {k: Totals(50_000_000)}, state)
+        (rec,) = await fire(e, {k: Totals(spend_nano_usd=50_000_000 * 1000)}, state)
         await eventually(lambda: e.deliverer.in_flight == 0)
         assert [s for s, _, _ in receiver.attempts] == [404]
         (d,) = e.records[rec.key].deliveries
@@ -288,7 +288,7 @@ async def test_an_unreachable_receiver_is_given_up_after_the_deadline(tmp_path):
     e = engine_on(tmp_path, give_up_after_s=0.3)
     await e.start()
     try:
-        (rec,) = await fire(e, {k: Totals(50_000_000)}, state)
+        (rec,) = await fire(e, {k: Totals(spend_nano_usd=50_000_000 * 1000)}, state)
         await eventually(lambda: e.deliverer.in_flight == 0)
         (d,) = e.records[rec.key].deliveries
         assert d.status == "failed" and d.attempts >= 2 and d.http_status == 0 and d.error
@@ -301,7 +301,7 @@ async def test_a_jump_delivers_only_the_highest_threshold(tmp_path, receiver):
     e = engine_on(tmp_path)
     await e.start()
     try:
-        recs = await e.tick({k: Totals(99_000_000)}, state)
+        recs = await e.tick({k: Totals(spend_nano_usd=99_000_000 * 1000)}, state)
         await eventually(lambda: e.deliverer.in_flight == 0)
     finally:
         await e.stop()

@@ -52,7 +52,7 @@ class Deployment:
         await producer.start()
         try:
             topic = f"{self.prefix}.snapshots"
-            await producer.send_and_wait(topic, encode_snapshot(Totals(micro_usd, 1, 0, 0), partition, self.offset),
+            await producer.send_and_wait(topic, encode_snapshot(Totals(spend_nano_usd=micro_usd * 1000, requests=1, input_tokens=0, output_tokens=0), partition, self.offset),
                                          key=self.key.encode(), partition=partition)
             await producer.send_and_wait(topic, encode_progress(partition, self.offset),
                                          key=progress_key(partition).encode(), partition=partition)

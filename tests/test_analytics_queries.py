@@ -120,7 +120,7 @@ def test_chargeback_streams_many_groups_and_writes_header_without_rows(analytics
         queries.chargeback_rows(analytics_db.client, analytics_db.database, "2027-01", ["workspace"]),
         empty, by=["workspace"])
     assert empty.getvalue().splitlines() == [
-        ",".join(["month", "workspace", *CSV_METRICS]), "TOTAL,," + ",".join(["0"] * 7) + ",0.000000,0"]
+        ",".join(["month", "workspace", *CSV_METRICS]), "TOTAL,," + ",".join(["0"] * 7) + ",0.000000,0,0,0"]
     assert total.cost_micro_usd == 0
 
 

@@ -113,7 +113,8 @@ async def test_spend_and_chargeback_agree_with_the_ledger(gateway: Gateway) -> N
     total = queries.write_chargeback_csv(
         queries.chargeback_rows(g.client, g.database, month, ["workspace", "tag:project"], org="acme"), out)
     ledger_month = folded[f"org|acme|month|{month_start}"]
-    assert total.cost_micro_usd == ledger_month.spend_micro_usd == sum(e.cost_micro_usd for e in events)
+    assert total.cost_nano_usd == ledger_month.spend_nano_usd == sum(e.cost_nano_usd for e in events)
+    assert total.cost_micro_usd == ledger_month.spend_micro_usd
     assert total.requests == ledger_month.requests + 1      # the refusal is a row (cost 0), not spend
 
     # The same over HTTP, as finance reads it.

@@ -50,7 +50,7 @@ def test_fold_counts_every_dimension_and_window():
     dims = {parse_spend_key(k)[0] for k in changed}
     assert dims == {"org", "workspace", "user", "key", "tag", "workspace.tag", "user.tag"}
     assert len(changed) == 7 * 4
-    assert all(v == Totals(700, 1, 10, 5) for v in changed.values())
+    assert all(v == Totals(spend_nano_usd=700_000, requests=1, input_tokens=10, output_tokens=5) for v in changed.values())
     assert f"user|acme/alice|day|{ms(2026, 11, 25)}" in changed
     assert f"user.tag|acme/alice/project:pay|month|{ms(2026, 11, 1)}" in changed
     assert not any("agent:x" in k for k in changed)        # only budget tags become dimensions
@@ -61,7 +61,7 @@ def test_rejections_cost_nothing_and_adjustments_add_money_only():
     assert fold({}, ev(0, t, outcome=E.REJECTED_BUDGET)) == {}
     adj = ev(-150, t, kind=E.ADJUSTMENT, adjusts_event_id="x")
     state = fold_all([ev(1000, t), adj])
-    assert state[f"user|acme/alice|day|{ms(2026, 11, 25)}"] == Totals(850, 1, 10, 5)
+    assert state[f"user|acme/alice|day|{ms(2026, 11, 25)}"] == Totals(spend_nano_usd=850_000, requests=1, input_tokens=10, output_tokens=5)
 
 
 def test_late_event_lands_in_the_window_it_started_in():

@@ -233,7 +233,7 @@ async def test_rebuild_equals_live_and_catches_a_wrong_snapshot(kafka_bootstrap:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(topics.snapshots, encode_snapshot(Totals(1, 1, 1, 1), part, 0),
+            await producer.send_and_wait(topics.snapshots, encode_snapshot(Totals(spend_nano_usd=1_000, requests=1, input_tokens=1, output_tokens=1), part, 0),
                                          key.encode(), partition=part)
         finally:
             await producer.stop()

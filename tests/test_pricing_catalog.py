@@ -80,8 +80,8 @@ def test_a_price_change_applies_from_its_instant_and_old_calls_keep_their_price(
     before = CATALOG.price_at("o3", cut - 1)
     after = CATALOG.price_at("o3", cut)
     # before: $10 x 1,000 + $40 x 1,000 = 50,000; after: $2 x 1,000 + $8 x 1,000 = 10,000
-    assert cost(tokens, before) == pricing.Cost(50_000, "openai/o3@2025-04-16")
-    assert cost(tokens, after) == pricing.Cost(10_000, "openai/o3@2025-06-10")
+    assert cost(tokens, before) == pricing.Cost(50_000_000, "openai/o3@2025-04-16")
+    assert cost(tokens, after) == pricing.Cost(10_000_000, "openai/o3@2025-06-10")
 
 
 def test_override_file_adds_a_version_at_an_instant(tmp_path: Path) -> None:
@@ -93,8 +93,8 @@ def test_override_file_adds_a_version_at_an_instant(tmp_path: Path) -> None:
     tokens = Tokens(input=1_000, output=1_000)
     old, new = catalog.price_at("claude-haiku-4-5-20251001", instant - 1), catalog.price_at("claude-haiku-4-5", instant)
     # old: $1 x 1,000 + $5 x 1,000 = 6,000; new: $1.50 x 1,000 + $7 x 1,000 = 8,500
-    assert cost(tokens, old) == pricing.Cost(6_000, "anthropic/claude-haiku-4-5@2025-10-15")
-    assert cost(tokens, new) == pricing.Cost(8_500, "anthropic/claude-haiku-4-5@2026-01-01T12:00:00Z")
+    assert cost(tokens, old) == pricing.Cost(6_000_000, "anthropic/claude-haiku-4-5@2025-10-15")
+    assert cost(tokens, new) == pricing.Cost(8_500_000, "anthropic/claude-haiku-4-5@2026-01-01T12:00:00Z")
     assert [p.version for p in catalog.history("claude-haiku-4-5")] == [
         "anthropic/claude-haiku-4-5@2025-10-15", "anthropic/claude-haiku-4-5@2026-01-01T12:00:00Z"]
     # what the override does not state is inherited from the version it supersedes

@@ -106,8 +106,8 @@ def test_golden_haiku_5_5_prompt_length_tier() -> None:
     p = CATALOG.price_at("claude-haiku-5-5", NOW)
     # prompt 90,000 + 10,000 read = 100,000: not above the threshold -> $0.10 / $0.01 / $0.50
     assert cost(Tokens(input=90_000, cache_read=10_000, output=1_000), p).micro_usd == 9_000 + 100 + 500
-    # one more token: the whole request at 5x -> 90,001x0.5 + 10,000x0.05 + 1,000x2.5 = 48,000.5 -> 48,000 (half-even)
-    assert cost(Tokens(input=90_001, cache_read=10_000, output=1_000), p).micro_usd == 48_000
+    # one more token: the whole request at 5x -> 90,001x0.5 + 10,000x0.05 + 1,000x2.5 = 48,000.5 micro-USD, exactly
+    assert cost(Tokens(input=90_001, cache_read=10_000, output=1_000), p).nano_usd == 48_000_500
     # writes in the long tier: 1,000 x $0.625 (5m) + 1,000 x $1 (1h)
     assert cost(Tokens(input=100_000, cache_write_5m=1_000, cache_write_1h=1_000), p).micro_usd == \
         50_000 + 625 + 1_000

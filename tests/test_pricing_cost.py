@@ -1,7 +1,8 @@
 """Golden costs, each worked out by hand from the published USD-per-million-token prices.
 
 Arithmetic rule used throughout: (USD per 1M tokens) x tokens = micro-USD, exactly.
-So "$3/MTok x 1,000 tokens" is 3,000 micro-USD ($0.003).
+So "$3/MTok x 1,000 tokens" is 3,000 micro-USD ($0.003). A cost is kept in nano-USD
+(``Cost.nano_usd``, micro x 1,000); ``Cost.micro_usd`` is that rounded up.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_claude_sonnet_4_5_with_5m_and_1h_cache_writes_and_cache_reads() -> None
                 + 15_000     # $0.30 x 50,000
                 + 30_000)    # $15   x 2,000
     assert expected == 205_500   # $0.2055
-    assert cost(tokens, price("claude-sonnet-4-5-20250929")) == Cost(205_500, "anthropic/claude-sonnet-4-5@2025-09-29")
+    assert cost(tokens, price("claude-sonnet-4-5-20250929")) == Cost(205_500_000, "anthropic/claude-sonnet-4-5@2025-09-29")
 
 
 def test_claude_haiku_4_5_rounds_once_half_even() -> None:
@@ -94,7 +95,7 @@ def test_openai_chat_with_cached_input_and_reasoning_tokens() -> None:
     tokens = Tokens(input=4_000, cache_read=8_000, output=3_000, reasoning=2_200)
     # gpt-5: input $1.25, cached $0.125, output $10 (reasoning billed as output, once)
     # 1.25 x 4,000 = 5,000; 0.125 x 8,000 = 1,000; 10 x 3,000 = 30,000 -> 36,000
-    assert cost(tokens, price("gpt-5")) == Cost(36_000, "openai/gpt-5@2025-08-07")
+    assert cost(tokens, price("gpt-5")) == Cost(36_000_000, "openai/gpt-5@2025-08-07")
     # priority: $2.50 / $0.25 / $20 -> 10,000 + 2,000 + 60,000
     assert cost(tokens, price("gpt-5"), service_tier="priority").micro_usd == 72_000
     # flex: half of standard
@@ -108,8 +109,8 @@ def test_openai_chat_with_cached_input_and_reasoning_tokens() -> None:
 def test_openai_gpt_4o_mini_cached() -> None:
     # prompt_tokens 2,000 with 1,024 cached -> input 976; completion 300
     tokens = Tokens(input=976, cache_read=1_024, output=300)
-    # 0.15 x 976 = 146.4; 0.075 x 1,024 = 76.8; 0.60 x 300 = 180 -> 403.2 -> 403
-    assert cost(tokens, price("gpt-4o-mini-2024-07-18")).micro_usd == 403
+    # 0.15 x 976 = 146.4; 0.075 x 1,024 = 76.8; 0.60 x 300 = 180 -> 403.2 micro-USD, exactly
+    assert cost(tokens, price("gpt-4o-mini-2024-07-18")).nano_usd == 403_200
 
 
 def test_o4_mini_flex_and_gpt_4_1_batch() -> None:
@@ -131,8 +132,8 @@ def test_openai_responses_call_with_web_search() -> None:
 
 def test_embeddings_are_input_only() -> None:
     tokens = Tokens(input=123_457)
-    # text-embedding-3-small $0.02: 0.02 x 123,457 = 2,469.14 -> 2,469
-    assert cost(tokens, price("text-embedding-3-small")).micro_usd == 2_469
+    # text-embedding-3-small $0.02: 0.02 x 123,457 = 2,469.14 micro-USD, exactly
+    assert cost(tokens, price("text-embedding-3-small")).nano_usd == 2_469_140
     # batch $0.01: 1,234.57 -> 1,235
     assert cost(tokens, price("text-embedding-3-small"), batch=True).micro_usd == 1_235
     # text-embedding-3-large $0.13: 0.13 x 10,000 = 1,300
@@ -144,8 +145,8 @@ def test_a_served_tier_the_entry_has_no_rates_for_is_billed_at_base_and_flagged(
     so; standard tiers, ``auto`` and tiers the entry lists are exact."""
     tokens = Tokens(input=1_000, output=1_000)
     sonnet, mini = price("claude-sonnet-4-5-20250929"), price("o4-mini")
-    base = cost(tokens, sonnet).micro_usd
-    assert base == 18_000                                       # $3 x 1,000 + $15 x 1,000
+    base = cost(tokens, sonnet).nano_usd
+    assert base == 18_000_000                                   # $3 x 1,000 + $15 x 1,000 = 18,000 micro-USD
     for tier in ("fast", "priority", "flex"):
         assert cost(tokens, sonnet, service_tier=tier) == Cost(base, sonnet.version, tier_unpriced=True)
     for tier in (None, "", "auto", "default", "standard"):
@@ -154,13 +155,26 @@ def test_a_served_tier_the_entry_has_no_rates_for_is_billed_at_base_and_flagged(
     assert not cost(tokens, mini, service_tier="flex").tier_unpriced
 
 
-def test_rounded_once_not_per_part_and_half_to_even() -> None:
+def test_rounded_once_to_the_nano_not_per_part_and_half_to_even() -> None:
+    # $0.0005/MTok is 0.5 nano-USD per token
+    p = Price.from_entry({"provider": "test", "model": "tiny", "effective_from": "2025-01-01",
+                          "usd_per_mtok": {"input": "0.0005", "output": "0", "cache_read": "0.0005"}})
+    # 0.5 + 0.5: once -> 1.0 -> 1 (per part, half-even, would give 0 + 0)
+    assert cost(Tokens(input=1, cache_read=1), p).nano_usd == 1
+    assert cost(Tokens(input=1), p).nano_usd == 0       # 0.5 -> 0 (even)
+    assert cost(Tokens(input=3), p).nano_usd == 2       # 1.5 -> 2 (even)
+    assert cost(Tokens(input=5), p).nano_usd == 2       # 2.5 -> 2 (even)
+
+
+def test_sub_micro_costs_are_kept_and_micro_usd_rounds_up() -> None:
     nano = price("gpt-4.1-nano")   # input $0.10, cached $0.025
-    # 0.10 x 5 = 0.5 and 0.025 x 20 = 0.5: once -> 1.0 -> 1 (per part, half-even, would give 0 + 0)
+    assert cost(Tokens(input=5), nano).nano_usd == 500             # 0.5 micro-USD: no longer $0
+    assert cost(Tokens(input=5), nano).micro_usd == 1              # up, never down to 0
     assert cost(Tokens(input=5, cache_read=20), nano).micro_usd == 1
-    assert cost(Tokens(cache_read=20), nano).micro_usd == 0      # 0.5 -> 0 (even)
-    assert cost(Tokens(input=15), nano).micro_usd == 2           # 1.5 -> 2 (even)
-    assert cost(Tokens(input=25), nano).micro_usd == 2           # 2.5 -> 2 (even)
+    assert cost(Tokens(input=15), nano).micro_usd == 2             # 1.5 -> 2
+    assert cost(Tokens(input=30), nano).micro_usd == 3             # exact stays exact
+    small = price("text-embedding-3-small")                        # $0.02/MTok
+    assert cost(Tokens(input=12), small) == Cost(240, small.version)
 
 
 def test_reasoning_with_its_own_rate_is_not_charged_twice() -> None:

@@ -151,10 +151,11 @@ def test_cost_is_a_non_negative_int_that_never_decreases_as_tokens_grow(
     grown[field] += more
     if field == "output" and also_reasoning:
         grown["reasoning"] += more                     # new reasoning tokens are new output tokens
-    before = cost(tokens, price, service_tier=tier).micro_usd
-    after = cost(Tokens(**grown), price, service_tier=tier).micro_usd
-    assert isinstance(before, int) and not isinstance(before, bool)
-    assert 0 <= before <= after
+    before = cost(tokens, price, service_tier=tier)
+    after = cost(Tokens(**grown), price, service_tier=tier)
+    assert isinstance(before.nano_usd, int) and not isinstance(before.nano_usd, bool)
+    assert 0 <= before.nano_usd <= after.nano_usd
+    assert 0 <= before.micro_usd <= after.micro_usd
 
 
 def test_long_context_rates_are_never_cheaper_in_the_shipped_catalog() -> None:

@@ -163,7 +163,9 @@ def test_cost_prints_usd_micro_usd_and_the_version(capsys: pytest.CaptureFixture
     assert run(["pricing", "cost", "--model", "claude-sonnet-4-5", "--usage", usage, "--at", "2025-11-01"]) == 0
     # 3,000 + 37,500 + 120,000 + 15,000 + 30,000 (see test_pricing_cost)
     assert capsys.readouterr().out.splitlines() == [
-        "price version: anthropic/claude-sonnet-4-5@2025-09-29", "cost: $0.205500 (205500 micro-USD)"]
+        "price version: anthropic/claude-sonnet-4-5@2025-09-29", "cost: $0.205500000 (205500000 nano-USD; 205500 micro-USD rounded up)"]
+    assert run(["pricing", "cost", "--model", "text-embedding-3-small", "--usage", '{"input": 12}']) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "cost: $0.000000240 (240 nano-USD; 1 micro-USD rounded up)"
     assert run(["pricing", "cost", "--model", "gpt-5", "--usage", '{"input": 1000, "cached": 5}']) == 2
     assert run(["pricing", "cost", "--model", "gpt-5", "--usage", '{"input": 1.5}']) == 2
 

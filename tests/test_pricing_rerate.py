@@ -23,7 +23,7 @@ def call(ts: str, catalog: Catalog = SHIPPED, tokens: Tokens = TOKENS, model: st
     return UsageEvent(
         event_id=new_event_id(ts_ms), ts_start_ms=ts_ms, ts_end_ms=ts_ms + 900, org="acme", workspace="ws",
         user="ana", key_id="k1", provider="anthropic", api="messages", model_requested=model,
-        model_served=f"{model}-20251001", tokens=tokens, cost_micro_usd=charged.micro_usd,
+        model_served=f"{model}-20251001", tokens=tokens, cost_nano_usd=charged.nano_usd,
         price_version=charged.price_version, latency_ms=900, ttft_ms=120, project="p", tags=("team:x",),
         request_id="r1")
 
@@ -109,3 +109,29 @@ def test_adjustments_refusals_and_unpriced_events_are_skipped(tmp_path: Path) ->
     unknown = late.with_(event_id=new_event_id(), model_served="claude-mystery", model_requested="claude-mystery")
     adjustment = late.with_(event_id=new_event_id(), kind=ADJUSTMENT, adjusts_event_id="someone-else")
     assert rerate([refused, unknown, adjustment], catalog) == []
+
+
+def test_the_tier_and_searches_recorded_on_the_event_are_used(tmp_path: Path) -> None:
+    """A batch call and a call with web searches re-rate without ``call_options``: the event says."""
+    batch = call("2026-01-10", model="claude-haiku-4-5", service_tier="batch").with_(service_tier="batch")
+    searched = call("2026-01-10", web_search_calls=2).with_(web_search_calls=2)
+    # charged at 0.5 x ($1 x 10,000 + $5 x 2,000) = 10,000 and 20,000 + 2 x $10/1k = 40,000 micro-USD
+    assert (batch.cost_micro_usd, searched.cost_micro_usd) == (10_000, 40_000)
+    adj = {a.adjusts_event_id: a.cost_nano_usd for a in rerate([batch, searched], corrected(tmp_path, HAIKU_FIX))}
+    assert adj == {batch.event_id: -2_000_000, searched.event_id: -4_000_000}
+
+
+def test_a_schema_1_event_is_reproduced_at_its_micro_and_adjusted_to_exact_nanos(tmp_path: Path) -> None:
+    """v1 charged 1.5 micro-USD as 2 (half to even); the correction is taken from those 2,000
+    nanos to today's exact figure."""
+    fix = {"provider": "openai", "model": "gpt-4.1-nano", "effective_from": "2026-01-01",
+           "usd_per_mtok": {"input": "0.2", "output": "0.4"}}
+    ts = parse_instant_ms("2026-01-10")
+    old = UsageEvent(event_id="v1-event", ts_start_ms=ts, ts_end_ms=ts, org="acme", workspace="ws", user="ana",
+                     key_id="k1", provider="openai", api="chat", model_requested="gpt-4.1-nano",
+                     model_served="gpt-4.1-nano", tokens=Tokens(input=15), cost_micro_usd=2,
+                     price_version=SHIPPED.price_at("gpt-4.1-nano", ts).version, schema_version=1)
+    assert old.cost_nano_usd == 2_000
+    [adj] = rerate([old], corrected(tmp_path, fix))
+    assert adj.cost_nano_usd == 3_000 - 2_000 and adj.schema_version == 2    # $0.20 x 15 = 3 micro-USD
+    assert rerate([old, adj], corrected(tmp_path, fix)) == []                # and once only

@@ -75,6 +75,20 @@ def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageR
                   output=out or 0, reasoning=reasoning or 0)
 
 
+_SHORT_RETENTION = frozenset({"30m", "in_memory", "in-memory"})
+
+
+def asks_long_cache_retention(obj: dict) -> bool:
+    """Whether the request keeps its prompt-cache writes past the 30-minute default:
+    ``prompt_cache_options.ttl`` (GPT-5.6 and later, e.g. ``"12h"``) or
+    ``prompt_cache_retention`` (``"24h"``, earlier models). Usage reports every write
+    in one ``cache_write_tokens``, so the request is what says which rate they bill at."""
+    opts = obj.get("prompt_cache_options")
+    ttl = opts.get("ttl") if isinstance(opts, dict) else None
+    return any(isinstance(v, str) and v and v not in _SHORT_RETENTION
+               for v in (ttl, obj.get("prompt_cache_retention")))
+
+
 class ChatMeter:
     """Chat streams have no ``event:`` lines, so events are told apart by their parsed JSON.
 
@@ -196,7 +210,7 @@ class OpenAIChat:
             service_tier=obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None,
             image_count=count_url_images(obj.get("messages")),
             web_search=has_web_search(obj.get("tools")) or "web_search_options" in obj,
-            tags=tags, hide_usage_chunk=hide, choices=n,
+            tags=tags, hide_usage_chunk=hide, choices=n, cache_writes_long=asks_long_cache_retention(obj),
         )
 
     def meter(self, call: Call) -> ChatMeter:

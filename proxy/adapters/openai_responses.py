@@ -16,7 +16,7 @@ from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, estimate_missing, sane, settled
 from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
-from .openai_chat import error_object, openai_usage_tokens
+from .openai_chat import asks_long_cache_retention, error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 _TERMINAL_B = frozenset(t.encode() for t in TERMINAL)
@@ -164,7 +164,7 @@ def parse_create(obj: dict, body: bytes | None) -> Call:
         service_tier=obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None,
         image_count=count_url_images(obj.get("input")),
         web_search=has_web_search(obj.get("tools")),
-        tags=tags,
+        tags=tags, cache_writes_long=asks_long_cache_retention(obj),
     )
 
 
