@@ -104,7 +104,7 @@ def test_a_v1_reader_of_a_v2_event_never_sees_less_than_was_charged():
     v1_fields = {f for f in orjson.loads(V1_BYTES)}
     for nano in (1, 240, 999, 1_000, 1_001, 123_456_789, -1, -1_500, -999):
         raw = orjson.loads(E.encode(sample(cost_micro_usd=0, cost_nano_usd=nano)))
-        assert set(raw) - v1_fields == {"service_tier", "web_search_calls", "cost_nano_usd"}
+        assert set(raw) - v1_fields == {"service_tier", "web_search_calls", "cost_nano_usd", "usage_anomalous"}
         micro_as_v1_reads_it = raw["cost_micro_usd"]
         assert nano <= micro_as_v1_reads_it * 1_000 < nano + 1_000
 
