@@ -63,7 +63,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             if forward.is_stream(upstream):
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
-                body = await upstream.read()
+                body = forward.scrub_error_body(status, await upstream.read(), target)
                 relay.bytes_out = len(body)
                 if relay.kept is not None:                    # capture keeps its bound, as in relay.stream
                     relay.kept += body[:relay.keep_bytes + 1]
@@ -135,7 +135,7 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
     upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
                                            call or Call(model="", stream=False, body=b""), request.headers, method)
     async with upstream:
-        body = await upstream.read()
+        body = forward.scrub_error_body(upstream.status, await upstream.read(), target)
         return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))
 
 
