@@ -67,8 +67,11 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def _render(request: web.Request, err: GatewayError) -> web.Response:
     adapter = _adapter_for(request)
-    return web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
+    resp = web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
                         headers=err.response_headers())
+    if err.close_connection:
+        resp.force_close()
+    return resp
 
 
 def model_route(adapter: Adapter) -> Handler:

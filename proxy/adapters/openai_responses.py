@@ -12,7 +12,8 @@ import orjson
 from ..errors import GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import (count_url_images, has_web_search, optional_bool, optional_input, optional_int, parse_object,
+                      require_model, take_metadata_tags)
 from .openai_chat import error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -87,6 +88,7 @@ def _loads(raw: bytes) -> dict | None:
 def parse_create(obj: dict, body: bytes | None) -> Call:
     """A Responses create request, from an HTTP body or a WebSocket frame."""
     model = require_model(obj)
+    optional_input(obj)
     tags, changed = take_metadata_tags(obj, string_values_are_tags=True)
     return Call(
         model=model,
