@@ -100,6 +100,33 @@ async def open_upstream(session: aiohttp.ClientSession, target: Target, path: st
         raise UpstreamError(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
 
 
+class StreamScrub:
+    """``secret`` replaced in a byte stream whatever its chunking: the last ``len(secret) - 1`` bytes
+    are held back until the next chunk (or ``tail``) shows whether they start it."""
+
+    __slots__ = ("secret", "_held")
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret, self._held = secret, b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = (self._held + chunk).replace(self.secret, REDACTED)
+        keep = len(self.secret) - 1
+        self._held = data[-keep:] if keep else b""
+        return data[:-keep] if keep else data
+
+    def tail(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+def _sent_credential(upstream: aiohttp.ClientResponse) -> bytes:
+    """The gateway's own credential as this call sent it upstream (x-api-key, api-key or bearer)."""
+    sent = upstream.request_info.headers
+    value = sent.get("x-api-key") or sent.get("api-key") or sent.get("authorization", "").removeprefix("Bearer ")
+    return value.strip().encode() if len(value.strip()) >= 8 else b""
+
+
 def is_stream(resp: aiohttp.ClientResponse) -> bool:
     return resp.content_type == "text/event-stream"
 
@@ -122,11 +149,16 @@ class Relay:
         resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
         await resp.prepare(request)
         meter = self.meter
+        # an error answered as a stream is scrubbed too (scrub_error_body does the whole-body ones)
+        secret = _sent_credential(upstream) if upstream.status >= 400 else b""
+        scrub = StreamScrub(secret) if secret else None
         try:
             async for chunk in upstream.content.iter_any():
                 out = meter.feed(chunk)
                 if self.first_output_s is None and meter.saw_output():
                     self.first_output_s = time.monotonic()
+                if scrub is not None:
+                    out = scrub.feed(out)
                 if out:
                     self.bytes_out += len(out)
                     if self.kept is not None and len(self.kept) <= self.keep_bytes:
@@ -139,6 +171,8 @@ class Relay:
             self.upstream_broke = True
         try:
             held = meter.tail()
+            if scrub is not None:
+                held = scrub.feed(held) + scrub.tail()
             if held:
                 await resp.write(held)
             await resp.write_eof()

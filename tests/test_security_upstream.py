@@ -6,6 +6,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.fake_provider import ANTHROPIC_COUNT_TOKENS, Reply
 from tests.gateway_harness import GatewayHarness
@@ -97,3 +99,16 @@ def test_the_allow_list_reads_names_not_prefixes_alone() -> None:
                  "anthropic-session-token", "Set-Cookie", "transfer-encoding", "connection", "x-powered-by",
                  "x-llmgw-remaining-usd", "strict-transport-security"):
         assert not passes_down(name), name
+
+
+@given(prefix=st.binary(max_size=60), suffix=st.binary(max_size=60), copies=st.integers(1, 3),
+       cuts=st.lists(st.integers(0, 400), max_size=12))
+def test_a_streamed_error_never_carries_the_key_whatever_the_chunking(prefix: bytes, suffix: bytes, copies: int,
+                                                                       cuts: list[int]) -> None:
+    from proxy.forward import StreamScrub
+    secret = b"sk-ant-api03-secretsecret"
+    data = prefix + (secret + suffix) * copies
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    scrub = StreamScrub(secret)
+    out = b"".join(scrub.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])) + scrub.tail()
+    assert out == data.replace(secret, b"<redacted>")
