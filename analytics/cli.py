@@ -10,7 +10,6 @@ at a time: stop ``llmgw serve`` first, or point both at a ClickHouse server.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from analytics import queries, store
 from analytics.queries import TraceCall, UsageRow
+from ledger.files import atomic_write
 from proxy.settings import Settings
 
 PROGRESS_EVERY_ROWS = 10_000
@@ -126,14 +126,9 @@ def _chargeback(args: argparse.Namespace, environ: Mapping[str, str] | None) -> 
     if args.out == "-":
         total = queries.write_chargeback_csv(rows, sys.stdout, by=args.by)
     else:
-        partial_path = f"{args.out}.partial"   # finance never sees a half-written file
-        try:
-            with open(partial_path, "w", newline="", encoding="utf-8") as file:
-                total = queries.write_chargeback_csv(rows, file, by=args.by)
-            os.replace(partial_path, args.out)
-        finally:
-            if os.path.exists(partial_path):
-                os.remove(partial_path)
+        # finance never sees a half-written file, and a link planted beside it is never followed
+        with atomic_write(args.out) as file:
+            total = queries.write_chargeback_csv(rows, file, by=args.by)
     print(f"{total.requests} requests, ${total.cost_usd} ({total.cost_micro_usd} micro-USD) -> {target}",
           file=sys.stderr)
     return 0

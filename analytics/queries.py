@@ -16,7 +16,6 @@ requested one when nothing was served (refusals).
 """
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, TextIO
 
 from clickhouse_connect.driver.client import Client
 
+from analytics.csv_safe import csv_writer
 from analytics.store import check_identifier
 from ledger.events import Tokens, micro_of_nano
 
@@ -226,7 +226,7 @@ def write_chargeback_csv(rows: Iterable[UsageRow], file: TextIO, *, by: Sequence
     micros may exceed the TOTAL's by under a micro-USD per row). The TOTAL row has ``TOTAL`` in the first column and the rest of the group
     empty. ``by`` is needed only to write the header when there are no rows.
     """
-    writer = csv.writer(file, lineterminator="\n")
+    writer = csv_writer(file)                   # formula-leading cells neutralized (analytics/csv_safe.py)
     names: list[str] | None = None if by is None else ["month", *by]
     if names is not None:
         writer.writerow([*names, *CSV_METRICS])

@@ -11,14 +11,13 @@ import only ever raises them; lower them by editing the overrides file.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import orjson
 
+from ledger.files import atomic_write
 from pricing.catalog import FORMAT, Catalog, UnknownModel
 from pricing.instant import format_instant, parse_instant_ms
 from pricing.price import CatalogError, Price, overlay
@@ -136,16 +135,8 @@ def write_overrides(path: Path, prices: list[Price]) -> None:
     entries += [p.to_entry() for p in prices]
     data = orjson.dumps({"format": FORMAT, "entries": entries}, option=orjson.OPT_INDENT_2) + b"\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, binary=True) as f:
+        f.write(data)
 
 
 def format_changes(changes: list[Change], effective: str, *, verbose_new: bool = True) -> list[str]:

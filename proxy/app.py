@@ -67,8 +67,11 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def _render(request: web.Request, err: GatewayError) -> web.Response:
     adapter = _adapter_for(request)
-    return web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
+    resp = web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
                         headers=err.response_headers())
+    if err.close_connection:
+        resp.force_close()
+    return resp
 
 
 def model_route(adapter: Adapter) -> Handler:
@@ -150,8 +153,9 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     # Bodies can be captured (per workspace, opt-in) wherever an analytics store is reachable.
     capture = BodySink(settings.analytics_dsn) if settings.analytics or not settings.embedded else None
     # error_edge renders every GatewayError in the caller's API shape; admin paths have their own
-    # shape; observe (access log, metrics) sees errors before either edge renders them.
-    app = web.Application(middlewares=[error_edge, admin_routes.admin_errors, observe],
+    # shape; observe (access log, metrics) sees model-API errors before error_edge renders them, and
+    # admin answers after admin_errors has, so an admin 400/403/409 counts by its real status.
+    app = web.Application(middlewares=[error_edge, observe, admin_routes.admin_errors],
                           client_max_size=settings.max_body_bytes)
     app[OPS] = ops
     app[parts.ALERTS] = parts.AlertsSlot()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from ledger import fold as F
 from ledger.configlog import ConfigRecord, ConfigState
@@ -31,10 +31,21 @@ _PLAIN_DIM = {"org": F.ORG, "workspace": F.WORKSPACE, "user": F.USER, "key": F.K
 _TAG_DIM = {"org": F.TAG, "workspace": F.WORKSPACE_TAG, "user": F.USER_TAG}
 
 
+# No budget, raise or limit is near this: anything above is a typo or an attack on the integer columns.
+MAX_USD = 1_000_000_000
+
+
 def usd_to_micro(usd: str | float | Decimal) -> int:
-    d = Decimal(str(usd))
+    try:
+        d = Decimal(str(usd).strip())
+    except InvalidOperation:
+        raise ValueError(f"amount {str(usd)[:40]!r} is not a number of US dollars, e.g. 50 or 12.50") from None
+    if not d.is_finite():
+        raise ValueError(f"amount {str(usd)[:40]!r} is not a finite number of US dollars")
     if d < 0:
         raise ValueError("a budget limit cannot be negative")
+    if d > MAX_USD:
+        raise ValueError(f"amount {str(usd)[:40]!r} is over the ${MAX_USD:,} an amount may be")
     return int((d * 1_000_000).to_integral_value())
 
 

@@ -90,9 +90,16 @@ def _serve_workers(s: Settings) -> int:
 
 # -- keys ---------------------------------------------------------------------------
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    expires = _parse_until(args.expires) if args.expires else 0
-    key, rec = K.mint(args.org, args.workspace, args.user, tags=tuple(args.tag or ()),
-                      allowed_models=tuple(args.models.split(",")) if args.models else (), expires_ms=expires)
+    """The API's own validation (proxy/admin/entities.create_key): names, tags, models, an expiry ahead."""
+    from .admin import entities as E
+    from .admin.roles import OWNER, AdminPrincipal
+    from .admin.timeutil import parse_instant_ms
+
+    expires = parse_instant_ms(args.expires, int(time.time() * 1000)) if args.expires else 0
+    models = tuple(m.strip() for m in args.models.split(",")) if args.models else ()
+    key, rec = E.create_key(args.org, args.workspace, args.user, state=_state(args),
+                            admin=AdminPrincipal("cli", OWNER, via="cli"), tags=tuple(args.tag or ()),
+                            allowed_models=models, expires_ms=expires, actor="cli")
     _append(args, rec)
     print(key)
     print(f"# key id {rec.data['key_id']} for {args.org}/{args.workspace}/{args.user}; "  # type: ignore[index]
@@ -299,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--user", required=True)
     kc.add_argument("--tag", action="append", help="tag every call with NAME:VALUE (repeatable)")
     kc.add_argument("--models", help="comma-separated allowed model patterns, e.g. 'claude-haiku-*,gpt-4o-mini'")
-    kc.add_argument("--expires", help="expiry, ISO date or time (UTC unless stated)")
+    kc.add_argument("--expires", help="expiry: ISO date or time (UTC unless stated), or a duration from now (30d)")
     kc.set_defaults(func=cmd_keys_create)
     k.add_parser("list", help="list keys (never their secrets)").set_defaults(func=cmd_keys_list)
     kr = k.add_parser("revoke", help="revoke a key by its id")

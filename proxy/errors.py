@@ -2,7 +2,8 @@
 
     GatewayError (status, kind)
     ├── BadRequest            400 invalid_request   malformed body, missing model
-    │   └── BodyTooLarge      413
+    │   ├── BodyTooLarge      413
+    │   └── UnreadableBody    400                   Content-Encoding the body does not have; closes the connection
     ├── AuthError             401 auth              no key, unknown, revoked or expired key
     ├── PolicyDenied          403 policy            model not allowed for this key/user/workspace
     ├── NotFound              404 not_found         unknown route or unknown model
@@ -24,6 +25,8 @@ class GatewayError(Exception):
     # Clients built on the official SDKs honour this header: a refusal that
     # waiting will not fix must not be retried for minutes.
     should_retry: bool | None = None
+    # The rest of the request cannot be framed (its body could not be decoded): answer, then close.
+    close_connection = False
 
     def __init__(self, message: str, *, retry_after_s: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -47,6 +50,12 @@ class BadRequest(GatewayError):
 
 class BodyTooLarge(BadRequest):
     status = 413
+
+
+class UnreadableBody(BadRequest):
+    """The body is not what its headers say (``Content-Encoding: gzip`` that is not gzip)."""
+
+    close_connection = True
 
 
 class AuthError(GatewayError):

@@ -27,7 +27,17 @@ _DROP_UP = _HOP | {"authorization", "x-api-key", "api-key", "cookie", "accept-en
                    # the body goes up as the bytes aiohttp already inflated; proxy topology stays here
                    "content-encoding", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
                    "x-real-ip", "via"}
-_DROP_DOWN = _HOP | {"set-cookie"}
+# Downstream, only what a client of the provider's own API uses: the body's type and encoding, request
+# ids to quote to support, the provider's rate-limit and retry advice (the SDKs read them), and the
+# provider's informative openai-*/anthropic-* headers. Everything else is dropped: hop-by-hop headers,
+# cookies, the upstream's infrastructure (server, via, CDN ids) and anything naming a credential or the
+# gateway's own provider account (openai-organization, openai-project, anthropic-organization-id).
+_PASS_DOWN = frozenset({"content-type", "content-encoding", "cache-control", "retry-after", "retry-after-ms",
+                        "x-should-retry", "request-id", "x-request-id"})
+_PASS_DOWN_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-", "anthropic-")
+_CREDENTIAL_WORDS = frozenset({"key", "token", "secret", "auth", "authorization", "cookie", "session",
+                               "password", "credential", "credentials", "signature", "organization", "org",
+                               "project", "user", "jwt", "bearer"})
 
 
 def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
@@ -42,13 +52,38 @@ def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict
     return out
 
 
+def passes_down(name: str) -> bool:
+    """Whether a provider's response header reaches the client (the allow-list above)."""
+    lk = name.lower()
+    if lk in _PASS_DOWN:
+        return True
+    return lk.startswith(_PASS_DOWN_PREFIXES) and _CREDENTIAL_WORDS.isdisjoint(lk.split("-"))
+
+
 def downstream_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in upstream.headers.items():
-        if k.lower() not in _DROP_DOWN:
+        if passes_down(k):
             out.add(k, v)
     out.update(extra)
     return out
+
+
+REDACTED = b"<redacted>"
+
+
+def scrub_error_body(status: int, body: bytes, target: Target) -> bytes:
+    """An error body never carries the gateway's provider credential to the client.
+
+    Providers (and the proxies in front of them) sometimes echo the key they
+    were sent in an error message ("invalid api key sk-..."). Successful
+    bodies are relayed untouched; only error bodies (status >= 400) are read.
+    """
+    key = target.upstream.api_key
+    if status < 400 or len(key) < 8:
+        return body
+    secret = key.encode()
+    return body.replace(secret, REDACTED) if secret in body else body
 
 
 async def open_upstream(session: aiohttp.ClientSession, target: Target, path: str, call: Call,
@@ -63,6 +98,33 @@ async def open_upstream(session: aiohttp.ClientSession, target: Target, path: st
         raise UpstreamError(f"could not connect to upstream {target.upstream.name}: {exc.os_error}") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
+
+
+class StreamScrub:
+    """``secret`` replaced in a byte stream whatever its chunking: the last ``len(secret) - 1`` bytes
+    are held back until the next chunk (or ``tail``) shows whether they start it."""
+
+    __slots__ = ("secret", "_held")
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret, self._held = secret, b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = (self._held + chunk).replace(self.secret, REDACTED)
+        keep = len(self.secret) - 1
+        self._held = data[-keep:] if keep else b""
+        return data[:-keep] if keep else data
+
+    def tail(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+def _sent_credential(upstream: aiohttp.ClientResponse) -> bytes:
+    """The gateway's own credential as this call sent it upstream (x-api-key, api-key or bearer)."""
+    sent = upstream.request_info.headers
+    value = sent.get("x-api-key") or sent.get("api-key") or sent.get("authorization", "").removeprefix("Bearer ")
+    return value.strip().encode() if len(value.strip()) >= 8 else b""
 
 
 def is_stream(resp: aiohttp.ClientResponse) -> bool:
@@ -87,11 +149,16 @@ class Relay:
         resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
         await resp.prepare(request)
         meter = self.meter
+        # an error answered as a stream is scrubbed too (scrub_error_body does the whole-body ones)
+        secret = _sent_credential(upstream) if upstream.status >= 400 else b""
+        scrub = StreamScrub(secret) if secret else None
         try:
             async for chunk in upstream.content.iter_any():
                 out = meter.feed(chunk)
                 if self.first_output_s is None and meter.saw_output():
                     self.first_output_s = time.monotonic()
+                if scrub is not None:
+                    out = scrub.feed(out)
                 if out:
                     self.bytes_out += len(out)
                     if self.kept is not None and len(self.kept) <= self.keep_bytes:
@@ -104,6 +171,8 @@ class Relay:
             self.upstream_broke = True
         try:
             held = meter.tail()
+            if scrub is not None:
+                held = scrub.feed(held) + scrub.tail()
             if held:
                 await resp.write(held)
             await resp.write_eof()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ledger import events as E
 
 from . import forward
 from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
-from .errors import BodyTooLarge, GatewayError
+from .errors import BodyTooLarge, GatewayError, UnreadableBody
 from .capture import CapturedCall, policy_for
 from .routing import Target
 from .types import Adapter, Call, Usage
@@ -48,7 +49,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             if forward.is_stream(upstream):
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
-                body = await upstream.read()
+                body = forward.scrub_error_body(status, await upstream.read(), target)
                 relay.bytes_out = len(body)
                 if relay.kept is not None:                    # capture keeps its bound, as in relay.stream
                     relay.kept += body[:relay.keep_bytes + 1]
@@ -78,12 +79,24 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except RequestPayloadError as exc:      # a Content-Encoding the body does not have, or a cut chunk
+        raise unreadable_body(request, exc) from None
     return b"".join(chunks)
+
+
+def unreadable_body(request: web.Request, exc: RequestPayloadError) -> UnreadableBody:
+    """The 400 for a body aiohttp could not decode. The rest of the stream cannot be framed, so the
+    answer closes the connection; the body is marked read, so aiohttp does not read it again after."""
+    request.content.feed_eof()
+    cause = exc.__cause__
+    problem = str(getattr(cause, "message", "") or cause or exc).strip().splitlines()[0][:200]
+    return UnreadableBody(f"the request body could not be read: {problem}")
 
 
 async def passthrough(request: web.Request, gw: Gateway, target: Target, path: str,
@@ -93,7 +106,7 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
     upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
                                            call or Call(model="", stream=False, body=b""), request.headers, method)
     async with upstream:
-        body = await upstream.read()
+        body = forward.scrub_error_body(upstream.status, await upstream.read(), target)
         return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))
 
 

@@ -359,7 +359,7 @@ async def test_secrets_and_bodies_never_reach_logs_or_events(gw, fake_provider):
     finally:
         root.removeHandler(handler)
         root.setLevel(old)
-    secrets = [gw.client_key, gw.client_key.rsplit("-", 1)[-1], fake_provider.anthropic_key, fake_provider.openai_key,
+    secrets = [gw.client_key, gw.client_key[len("sk-llmgw-") + 14:], fake_provider.anthropic_key, fake_provider.openai_key,
                "PROMPT-SECRET", "COMPLETION-SECRET"]
     assert any('"request"' in t or "'request'" in t for t in handler.texts), "the access log was captured"
     assert leaked("\n".join(handler.texts), secrets) == []
@@ -386,7 +386,7 @@ async def test_secrets_never_reach_the_served_process_logs(fake_provider, tmp_pa
     lines = [line for line in err.splitlines() if line.strip()]
     assert sum('"event":"request"' in line for line in lines) == 11   # one access line per call
     assert all(orjson.loads(line) for line in lines)       # every log line is one JSON object
-    secrets = [key, key.rsplit("-", 1)[-1], fake_provider.anthropic_key, fake_provider.openai_key,
+    secrets = [key, key[len("sk-llmgw-") + 14:], fake_provider.anthropic_key, fake_provider.openai_key,
                "llmgw-admin-test-only-0123456789", "PROMPT-SECRET", "COMPLETION-SECRET"]
     assert leaked(out + err, secrets) == []
     log = (tmp_path / "data" / "ledger" / "events.log").read_text()

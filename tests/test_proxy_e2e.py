@@ -181,7 +181,7 @@ async def test_gateway_errors_speak_each_api_shape(gw, fake_provider):
         r = await http.post(gw.url + "/v1/chat/completions", data=b"{not json",
                             headers={"authorization": f"Bearer {key}"})
         assert r.status == 400 and "not valid JSON" in (await r.json())["error"]["message"]
-        r = await http.post(gw.url + "/v1/chat/completions", json={"model": "no-such-model", "messages": []},
+        r = await http.post(gw.url + "/v1/chat/completions", json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
                             headers={"authorization": f"Bearer {key}"})
         assert r.status == 400 and "no price" in (await r.json())["error"]["message"]
         r = await http.head(gw.url + "/api/hello")

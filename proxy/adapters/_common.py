@@ -1,6 +1,14 @@
-"""Request parsing shared by the adapters: parse once, keep the bytes."""
+"""Request parsing shared by the adapters: parse once, keep the bytes.
+
+The gateway checks only the fields it reads itself, and the basic shape the
+provider would refuse anyway (``messages`` a non-empty list of objects, ...):
+a body the provider cannot take is refused here, in the client's own error
+shape, before any hold is placed or any upstream round trip is spent on it.
+Everything else in the body travels untouched.
+"""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -22,11 +30,61 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return obj
 
 
+MAX_MODEL_CHARS = 256
+# Every model name a provider or a router uses: gpt-4o-mini, claude-sonnet-4-5@20250929,
+# accounts/fireworks/models/x, anthropic.claude-v2:1, ft:gpt-4o:org:id. Never a path trick or a control char.
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]*")
+
+
 def require_model(obj: dict[str, Any]) -> str:
     model = obj.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("`model` is required and must be a non-empty string")
+    if (len(model) > MAX_MODEL_CHARS or not _MODEL.fullmatch(model)
+            or any(part in ("", ".", "..") for part in model.split("/"))):
+        shown = model if len(model) <= 80 else model[:80] + "..."
+        raise BadRequest(f"`model` {shown!r} is not a model name: use letters, digits and . _ - : / @ + "
+                         f"(at most {MAX_MODEL_CHARS} characters, no empty, `.` or `..` path segments)")
     return model
+
+
+def require_messages(obj: dict[str, Any]) -> list[Any]:
+    """``messages`` as both Messages and Chat Completions take it: a non-empty list of message objects."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("`messages` is required and must be a non-empty list of message objects")
+    return messages
+
+
+def require_positive_int(obj: dict[str, Any], name: str) -> int:
+    v = obj.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise BadRequest(f"`{name}` is required and must be a positive integer")
+    return v
+
+
+def optional_input(obj: dict[str, Any]) -> None:
+    """Responses ``input``: absent (a stored prompt, a previous response), a string, or a list of items."""
+    v = obj.get("input")
+    if v is None or isinstance(v, str):
+        return
+    if not isinstance(v, list) or not all(isinstance(item, dict) for item in v):
+        raise BadRequest("`input` must be a string or a list of input item objects")
+
+
+def require_embedding_input(obj: dict[str, Any]) -> None:
+    """Embeddings ``input``: a non-empty string, or a non-empty list of strings or token arrays."""
+    v = obj.get("input")
+    if isinstance(v, str) and v:
+        return
+    if isinstance(v, list) and v and (all(isinstance(i, str) for i in v) or _tokens(v)
+                                      or all(isinstance(i, list) and i and _tokens(i) for i in v)):
+        return
+    raise BadRequest("`input` is required: a non-empty string, a list of strings, or token arrays")
+
+
+def _tokens(items: list[Any]) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in items)
 
 
 def optional_int(obj: dict[str, Any], *names: str) -> int | None:

@@ -16,7 +16,8 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import (count_url_images, has_web_search, optional_bool, parse_object, require_messages,
+                      require_model, require_positive_int, take_metadata_tags)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -168,12 +169,14 @@ class AnthropicMessages:
     def parse(self, body: bytes) -> Call:
         obj = parse_object(body)
         model = require_model(obj)
+        require_messages(obj)
+        max_tokens = require_positive_int(obj, "max_tokens")
         tags, changed = take_metadata_tags(obj, string_values_are_tags=False)
         return Call(
             model=model,
             stream=optional_bool(obj, "stream"),
             body=orjson.dumps(obj) if changed else body,
-            max_output_tokens=optional_int(obj, "max_tokens"),
+            max_output_tokens=max_tokens,
             image_count=count_url_images(obj.get("messages")),
             web_search=has_web_search(obj.get("tools")),
             tags=tags,
@@ -198,4 +201,6 @@ class AnthropicCountTokens(AnthropicMessages):
 
     def parse(self, body: bytes) -> Call:
         obj = parse_object(body)
-        return Call(model=require_model(obj), stream=False, body=body, metered=False)
+        model = require_model(obj)
+        require_messages(obj)
+        return Call(model=model, stream=False, body=body, metered=False)

@@ -17,7 +17,8 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, data_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import (count_url_images, has_web_search, optional_bool, optional_int, parse_object,
+                      require_messages, require_model, take_metadata_tags)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded",
@@ -194,6 +195,7 @@ class OpenAIChat:
     def parse(self, body: bytes) -> Call:
         obj = parse_object(body)
         model = require_model(obj)
+        require_messages(obj)
         tags, changed = take_metadata_tags(obj, string_values_are_tags=True)
         stream = optional_bool(obj, "stream")
         hide = False

@@ -7,7 +7,7 @@ from ..errors import GatewayError
 from ..sse import loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import parse_object, require_model, take_metadata_tags
+from ._common import parse_object, require_embedding_input, require_model, take_metadata_tags
 from .openai_chat import error_object, openai_usage_tokens
 
 
@@ -50,8 +50,10 @@ class OpenAIEmbeddings:
 
     def parse(self, body: bytes) -> Call:
         obj = parse_object(body)
+        model = require_model(obj)
+        require_embedding_input(obj)
         tags, changed = take_metadata_tags(obj, string_values_are_tags=False)
-        return Call(model=require_model(obj), stream=False, body=orjson.dumps(obj) if changed else body,
+        return Call(model=model, stream=False, body=orjson.dumps(obj) if changed else body,
                     max_output_tokens=0, tags=tags)
 
     def meter(self, call: Call) -> EmbeddingsMeter:

@@ -15,7 +15,8 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, estimate_missing, sane, settled
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, require_model, take_metadata_tags
+from ._common import (count_url_images, has_web_search, optional_bool, optional_input, optional_int, parse_object,
+                      require_model, take_metadata_tags)
 from .openai_chat import asks_long_cache_retention, error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -155,6 +156,7 @@ class ResponsesMeter:
 def parse_create(obj: dict, body: bytes | None) -> Call:
     """A Responses create request, from an HTTP body or a WebSocket frame."""
     model = require_model(obj)
+    optional_input(obj)
     tags, changed = take_metadata_tags(obj, string_values_are_tags=True)
     return Call(
         model=model,

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS
-from proxy.budgets import Budget, parse_scope, usd_to_micro
+from proxy.budgets import MAX_USD, Budget, parse_scope, usd_to_micro
 
 from .entities import user_workspaces
 from .errors import Forbidden
@@ -25,8 +25,9 @@ def money_micro(body: Mapping[str, Any], base: str, *, required: bool = True) ->
     """``<base>_micro_usd`` (an int, the wire unit) or ``<base>_usd`` (a decimal string or number)."""
     micro, usd = body.get(f"{base}_micro_usd"), body.get(f"{base}_usd")
     if micro is not None:
-        if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
-            raise ValueError(f"{base}_micro_usd must be a non-negative integer (1 USD = 1,000,000)")
+        if isinstance(micro, bool) or not isinstance(micro, int) or not 0 <= micro <= MAX_USD * 1_000_000:
+            raise ValueError(f"{base}_micro_usd must be an integer from 0 to {MAX_USD * 1_000_000} "
+                             "(1 USD = 1,000,000)")
         return micro
     if usd is not None:
         if isinstance(usd, bool) or not isinstance(usd, (int, float, str)):

@@ -20,6 +20,7 @@ from ledger.configlog import ConfigRecord, ConfigState
 from proxy.keys import PREFIX as CLIENT_PREFIX
 from proxy.keys import verified
 
+from .entities import check_name
 from .roles import OWNER, WORKSPACE_ADMIN, AdminPrincipal, check_role
 
 ADMIN_PREFIX = "llmgw-admin-"
@@ -34,6 +35,7 @@ def _hash(secret: str) -> str:
 def mint_admin(name: str, role: str, workspaces: tuple[str, ...] = (), *, expires_ms: int = 0,
                actor: str = "cli", reason: str = "") -> tuple[str, ConfigRecord]:
     """A new admin key and the config record that makes it valid (append it to the log)."""
+    check_name("admin", name)                  # the API's and the CLI's one validation
     check_role(role)
     if role == WORKSPACE_ADMIN and not workspaces:
         raise ValueError("a workspace_admin needs at least one workspace (ORG/WORKSPACE)")

@@ -19,6 +19,9 @@ from typing import Any
 from ledger.configlog import ConfigRecord, ConfigState
 from proxy import keys as K
 
+from .errors import Forbidden
+from .roles import WORKSPACE_ADMIN, AdminPrincipal
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
@@ -81,12 +84,36 @@ def user_workspaces(state: ConfigState, org: str, user: str) -> set[str]:
     return out
 
 
+def check_user_home(state: ConfigState, org: str, workspace: str, user: str, admin: AdminPrincipal) -> None:
+    """A user belongs to one workspace unless an org-level admin says otherwise.
+
+    The user's home is its record's workspace, else the workspaces its keys are in. A workspace admin
+    may not give a user of another workspace a key, or a record, in its own: the user's budget would
+    then be shared across both and the other workspace's admin would lose control of it. An owner
+    (an org-level admin) may, and doing so is that say-so.
+    """
+    if admin.role != WORKSPACE_ADMIN:
+        return
+    rec = state.get("user", f"{org}/{user}")
+    home = rec.data.get("workspace") if rec is not None and rec.data else ""
+    homes = {f"{org}/{home}"} if home else user_workspaces(state, org, user)
+    elsewhere = sorted(homes - {f"{org}/{workspace}"})
+    if elsewhere:
+        raise Forbidden(f"user {org}/{user} belongs to workspace {', '.join(elsewhere)}, not {org}/{workspace}; "
+                        "only an owner can give a user a key or a record in a second workspace")
+
+
 # -- keys ------------------------------------------------------------------------------------
-def create_key(org: str, workspace: str, user: str, *, tags: tuple[str, ...] = (),
-               allowed_models: tuple[str, ...] = (), expires_ms: int = 0, alias: str = "",
-               metadata: dict[str, Any] | None = None, actor: str, reason: str = "") -> tuple[str, ConfigRecord]:
+def create_key(org: str, workspace: str, user: str, *, state: ConfigState, admin: AdminPrincipal,
+               tags: tuple[str, ...] = (), allowed_models: tuple[str, ...] = (), expires_ms: int = 0,
+               alias: str = "", metadata: dict[str, Any] | None = None, actor: str = "",
+               reason: str = "") -> tuple[str, ConfigRecord]:
+    """A new key for ORG/WORKSPACE/USER: the one validation the HTTP API, LiteLLM's calls and the CLI share."""
     for what, name in (("org", org), ("workspace", workspace), ("user", user)):
         check_name(what, name)
+    check_expiry(expires_ms, now_ms())
+    check_user_home(state, org, workspace, user, admin)
+    actor = actor or admin.actor
     key, rec = K.mint(org, workspace, user, tags=check_tags(tags), allowed_models=check_models(allowed_models),
                       expires_ms=expires_ms, actor=actor)
     data = {**(rec.data or {}), "alias": alias, "metadata": check_metadata(metadata)}
@@ -99,6 +126,16 @@ def rotate_key(rec: ConfigRecord, actor: str, reason: str) -> tuple[str, ConfigR
     key = f"{K.PREFIX}{d['key_id']}-{secrets.token_urlsafe(24)}"
     d.update(sha256=hashlib.sha256(key.encode()).hexdigest(), rotated_ms=now_ms())
     return key, ConfigRecord.put("key", d["key_id"], d, actor, reason)
+
+
+def check_expiry(expires_ms: object, now: int) -> int:
+    """0 (never) or an instant still ahead: a key born expired is a typo (a past date, ms read as s)."""
+    if isinstance(expires_ms, bool) or not isinstance(expires_ms, int) or expires_ms < 0:
+        raise ValueError("expires_ms must be a non-negative integer (epoch milliseconds; 0: never)")
+    if expires_ms and expires_ms <= now:
+        raise ValueError(f"expiry {expires_ms} is in the past; give a future time, or revoke or expire the key "
+                         "instead")
+    return expires_ms
 
 
 def update_key(rec: ConfigRecord, changes: dict[str, Any], actor: str, reason: str) -> ConfigRecord:

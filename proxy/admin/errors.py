@@ -36,5 +36,8 @@ _TYPES = {"invalid_request": "invalid_request_error", "auth": "authentication_er
 def render(err: GatewayError) -> web.Response:
     body = {"error": {"message": err.message, "type": _TYPES.get(err.kind, "api_error"),
                       "code": getattr(err, "code", None) or err.kind}}
-    return web.Response(status=err.status, body=orjson.dumps(body), content_type="application/json",
+    resp = web.Response(status=err.status, body=orjson.dumps(body), content_type="application/json",
                         headers=err.response_headers())
+    if err.close_connection:
+        resp.force_close()
+    return resp

@@ -167,6 +167,7 @@ def _user_change(request: web.Request, p: AdminPrincipal, body: dict[str, Any], 
         p.require(WRITE_USERS, org, workspace)      # a workspace admin must name one of its workspaces
         if cur is not None and cur.data:
             p.require(WRITE_USERS, org, cur.data.get("workspace") or "")
+        E.check_user_home(state, org, workspace, name, p)
         rec = E.user_record(org, name, workspace, body.get("metadata"), p.actor, reason_of(request, body),
                             email=str(body.get("email") or ""))
         return [rec], rec.data  # type: ignore[return-value]

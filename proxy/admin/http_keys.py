@@ -51,12 +51,16 @@ async def create_key(request: web.Request) -> web.Response:
     p, body = admin_of(request), await json_body(request)
     org, ws, user = (str(body.get(f) or "") for f in ("org", "workspace", "user"))
     p.require(WRITE_KEYS, org, ws)
-    key, rec = E.create_key(org, ws, user, tags=E.check_tags(body.get("tags")),
-                            allowed_models=E.check_models(body.get("allowed_models")), expires_ms=_expires(body),
-                            alias=str(body.get("alias") or ""), metadata=body.get("metadata"),
-                            actor=p.actor, reason=reason_of(request, body))
-    view = await change(request, lambda _s: ([rec], E.key_view(rec)))
-    return reply({**view, "key": key}, 201)
+    expires = _expires(body)
+
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
+        key, rec = E.create_key(org, ws, user, state=state, admin=p, tags=E.check_tags(body.get("tags")),
+                                allowed_models=E.check_models(body.get("allowed_models")), expires_ms=expires,
+                                alias=str(body.get("alias") or ""), metadata=body.get("metadata"),
+                                actor=p.actor, reason=reason_of(request, body))
+        return [rec], {**E.key_view(rec), "key": key}
+    view = await change(request, compute)
+    return reply(view, 201)
 
 
 @routes.get("/admin/keys/{key_id}")

@@ -76,12 +76,12 @@ def _budget(scope_kind: str, name: str, org: str, body: dict[str, Any], p: Admin
     return b.record(actor=p.actor, reason=reason)
 
 
-def _mint(body: dict[str, Any], p: AdminPrincipal, org: str, team: str, user: str,
+def _mint(state: ConfigState, body: dict[str, Any], p: AdminPrincipal, org: str, team: str, user: str,
           reason: str) -> tuple[str, list[ConfigRecord], dict[str, Any]]:
     p.require(WRITE_KEYS, org, team)
     duration = body.get("duration")
     expires = 0 if duration in (None, "", "permanent") else int(time.time() * 1000) + parse_duration_s(duration) * 1000
-    key, rec = E.create_key(org, team, user, tags=E.check_tags(body.get("tags")),
+    key, rec = E.create_key(org, team, user, state=state, admin=p, tags=E.check_tags(body.get("tags")),
                             allowed_models=E.check_models(body.get("models")), expires_ms=expires,
                             alias=str(body.get("key_alias") or ""), metadata=body.get("metadata"),
                             actor=p.actor, reason=reason)
@@ -109,7 +109,7 @@ async def key_generate(request: web.Request) -> web.Response:
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         team = str(body.get("team_id") or "default")
         org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
-        _, records, out = _mint(body, p, org, team, str(body.get("user_id") or "default"), reason)
+        _, records, out = _mint(state, body, p, org, team, str(body.get("user_id") or "default"), reason)
         return records, out
     return reply(await change(request, compute))
 
@@ -189,6 +189,7 @@ async def user_new(request: web.Request) -> web.Response:
         team = str(body.get("team_id") or "")
         org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
         p.require(WRITE_USERS, org, team)
+        E.check_user_home(state, org, team or "default", user, p)
         meta = {**(body.get("metadata") or {}), **({"litellm_user_role": body["user_role"]}
                                                      if body.get("user_role") else {})}
         records = [E.user_record(org, user, team, meta, p.actor, reason, email=str(body.get("user_email") or ""))]
@@ -200,7 +201,7 @@ async def user_new(request: web.Request) -> web.Response:
                                "models": list(body.get("models") or []), "metadata": meta, "spend": 0.0}
         if body.get("auto_create_key", True):
             key_body = {k: v for k, v in body.items() if k not in ("max_budget", "budget_duration")}
-            _, key_records, key_out = _mint(key_body, p, org, team or "default", user, reason)
+            _, key_records, key_out = _mint(state, key_body, p, org, team or "default", user, reason)
             records.extend(key_records)
             out.update({k: key_out[k] for k in ("key", "key_name", "token_id", "expires", "key_alias", "duration")})
         return records, out

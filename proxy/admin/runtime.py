@@ -16,10 +16,12 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, FileConfigLog, open_config_log
 from proxy.context import GATEWAY, Gateway
 from proxy.keys import PREFIX as CLIENT_PREFIX, presented_key
+from proxy.pipeline import unreadable_body
 
 from . import credentials as C
 from .errors import AuthError, BadRequest
@@ -128,7 +130,10 @@ async def change(request: web.Request, compute: Callable[[ConfigState], tuple[li
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError as exc:
+        raise unreadable_body(request, exc) from None
     if not raw.strip():
         return {}
     try:

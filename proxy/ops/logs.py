@@ -4,9 +4,17 @@ Every record becomes ``{"ts", "level", "logger", "event", "message", ...}``
 plus the fields passed as ``extra=`` (``request_id``, ``api``, ``model``,
 ``status``, ``duration_s``, ``outcome``, ``key_id``...). A key is only ever
 named by its public ``key_id``. As a last line of defence the formatter
-replaces any gateway key (``sk-llmgw-...``), any ``Bearer`` token and the
-exact configured upstream/admin secrets with ``<redacted>`` wherever they
-appear, message and traceback included.
+replaces every credential shape the gateway mints or forwards with
+``<redacted>`` wherever it appears, message and traceback included (aiohttp's
+own parser errors quote the offending header line verbatim):
+
+- client keys ``sk-llmgw-...`` and admin keys ``llmgw-admin-...``;
+- JWTs (``eyJ...``: OIDC tokens) and anything after ``Bearer``/``Basic``;
+- provider-shaped keys (``sk-...``, ``sk-ant-...``, ``sk-proj-...``);
+- the value of an ``Authorization``, ``Proxy-Authorization``, ``x-api-key``,
+  ``api-key`` or ``x-goog-api-key`` header, however it is quoted;
+- the exact secrets of the settings (upstream keys, the owner key, keys and
+  tokens in the config file, the OIDC HS256 secret).
 """
 from __future__ import annotations
 
@@ -21,9 +29,17 @@ from ..settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_TOKEN = r"[A-Za-z0-9._~+/=\-]+"
 _PATTERNS = (
-    re.compile(r"sk-llmgw-[A-Za-z0-9_\-]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+"),
+    # minted by the gateway, and what providers and IdPs issue: redacted wherever they appear
+    re.compile(r"(?:sk-llmgw-|llmgw-admin-)[A-Za-z0-9_\-]+"),
+    re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),
+    # whatever follows an auth scheme, or sits in a credential header, whatever its shape
+    re.compile(r"(?i)(\b(?:proxy-)?authorization|\bx-api-key|\bapi-key|\bx-goog-api-key)"
+               r"((?:['\"]?\s*[:=]\s*['\"]?|\s+(?=[A-Za-z0-9._~+/=\-]{8,}))(?:(?:bearer|basic)\s+)?)"
+               r"(?!<redacted>)[^\s'\",;\\}]+"),
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)" + _TOKEN),
 )
 REDACTED = "<redacted>"
 _PLAIN = frozenset({str, int, float, bool})
@@ -40,10 +56,17 @@ class Redactor:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, REDACTED)
-        if "sk-llmgw-" in text:
+        if "llmgw-" in text:                           # cheap pre-checks before each regex
             text = _PATTERNS[0].sub(REDACTED, text)
-        if "earer" in text or "EARER" in text:          # cheap pre-check before the regex
-            text = _PATTERNS[1].sub(lambda m: m.group(1) + REDACTED, text)
+        if "eyJ" in text:
+            text = _PATTERNS[1].sub(REDACTED, text)
+        if "sk-" in text:
+            text = _PATTERNS[2].sub(REDACTED, text)
+        lower = text.lower()
+        if "api-key" in lower or "authorization" in lower:
+            text = _PATTERNS[3].sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+        if "bearer" in lower or "basic" in lower:
+            text = _PATTERNS[4].sub(lambda m: m.group(1) + REDACTED, text)
         return text
 
 
@@ -78,12 +101,16 @@ class TextFormatter(logging.Formatter):
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every credential the settings hold: upstream keys, the admin key, keys in the config file."""
+    """Every credential the settings hold: upstream keys, the admin key, keys in the config file, the OIDC secret."""
     found = [settings.openai_api_key, settings.anthropic_api_key, settings.admin_key]
     for up in (settings.file_config.get("upstreams") or {}).values() if isinstance(
             settings.file_config.get("upstreams"), dict) else ():
         if isinstance(up, dict):
             found.extend(str(v) for k, v in up.items() if "key" in k.lower() or "token" in k.lower())
+    admin = settings.file_config.get("admin")
+    oidc = admin.get("oidc") if isinstance(admin, dict) else None
+    if isinstance(oidc, dict) and oidc.get("hs256_secret"):
+        found.append(str(oidc["hs256_secret"]))
     return [s for s in found if s]
 
 

@@ -1,7 +1,8 @@
 """The ops middleware: one access log line and the request metrics for every model API request.
 
 It sits inside the error edge, so it sees a ``GatewayError`` with its kind
-before the edge renders it. The usage events a request produced are
+before the edge renders it, and outside the admin part's own error renderer,
+so it sees the status an admin call was answered with. The usage events a request produced are
 collected in ``request[CALL_EVENTS]`` (``Gateway.emit`` appends to it), so the
 log line carries the event's outcome, model and ``key_id`` and the metrics
 are not counted twice. Nothing here reads a body or a credential header.
@@ -29,12 +30,24 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNOBSERVED = frozenset({"/metrics", "/healthz", "/readyz", "/", "/api/hello"})
 # Error kinds (proxy/errors.py) that are the gateway's own refusals, and their metric reason.
 REFUSALS = {"auth": "auth", "invalid_request": "invalid_request", "policy": "policy", "not_found": "not_found",
-            "budget": "budget", "rate": "rate", "unavailable": "ledger_stale", "body_too_large": "body_too_large"}
+            "budget": "budget", "rate": "rate", "unavailable": "ledger_stale", "body_too_large": "body_too_large",
+            "forbidden": "forbidden", "conflict": "conflict"}
+# The gateway's own endpoints (admin, LiteLLM-compatible, dashboard) render their errors themselves:
+# their answer's status is the whole story, and a 4xx there is a refusal, never an upstream error.
+_OWN_REFUSALS = {400: "invalid_request", 401: "auth", 403: "forbidden", 404: "not_found", 405: "not_found",
+                 409: "conflict", 413: "body_too_large", 429: "rate"}
 _KEY_ID = re.compile(r"k[0-9a-f]{12}")
 
 
-def _outcome(status: int, kind: str) -> tuple[str, str | None]:
+def _outcome(status: int, kind: str, own: bool = False) -> tuple[str, str | None]:
     """(outcome, refusal reason) of a request that produced no usage event."""
+    if own and not kind:
+        if status >= 500:
+            return "internal_error", None
+        if status >= 400:
+            reason = _OWN_REFUSALS.get(status, "invalid_request")
+            return "rejected_" + reason, reason
+        return "ok", None
     if kind in REFUSALS:
         return "rejected_" + REFUSALS[kind], REFUSALS[kind]
     if kind in ("cancelled", "internal"):
@@ -92,7 +105,7 @@ def _record(request: web.Request, ops: Ops, events: list[UsageEvent], status: in
         ev = events[-1]
         outcome, model, key_id = ev.outcome, ev.model_requested, ev.key_id
     else:
-        outcome, refusal = _outcome(status, kind)
+        outcome, refusal = _outcome(status, kind, own=api == "other")
         ops.metrics.observe_request(api, outcome, duration_s, refusal)
         model = ""
         claimed = key_id_of(presented_key(request.headers) or "")
