@@ -87,7 +87,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         ttft = relay.first_output_s if relay else None
         event = ctx.settle(gw, call, usage, outcome, status, t0, ttft, price, price_estimated)
         gw.emit(event, request)
-        gw.policy.release(reservation, usage.tokens.total)
+        gw.policy.release(reservation, usage.tokens.total,         # a normal end teaches predicted holds
+                          observed=usage.tokens if outcome == E.OK and usage.complete else None)
         if relay is not None and relay.kept is not None and gw.capture_sink is not None:   # opt-in capture
             gw.capture_sink.put(CapturedCall.of(event.event_id, event.ts_start_ms, event.org, event.workspace,
                                                 event.api, call.body, bytes(relay.kept), relay.keep_bytes))

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from ledger import events as E
-from pricing import RequestShape, worst_case
+from pricing import RequestShape
 
 from .adapters.openai_responses import TERMINAL, OpenAIResponses, ResponsesMeter, parse_create
 from .context import GATEWAY, Gateway
@@ -124,7 +124,8 @@ def _admit(gw: Gateway, request: web.Request, principal: Principal, obj: dict) -
                              call.web_search)
     stale = gw.stale_tags(principal)               # the failure policy applies per call, as over HTTP
     tags = E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale))
-    reservation = gw.policy.reserve(principal, tags, worst_case(price, shape), now_ms,   # no queue, no downgrade
+    reservation = gw.policy.reserve(principal, tags, gw.policy.estimate(principal, call.model, price, shape),
+                                    now_ms,                                                # no queue, no downgrade
                                     tokens=worst_case_tokens(price, shape))
     call = replace(call, tags=tags, stream=True)
     return _InFlight(CallRecord(principal, _ADAPTER, call, target.upstream.name, now_ms, request),
@@ -157,4 +158,5 @@ def _settle(gw: Gateway, f: _InFlight, outcome: str, status: int) -> None:
     usage = f.meter.result()
     gw.emit(f.record.settle(gw, f.call, usage, outcome, status, f.t0, f.first_output, f.price,
                             f.price_estimated))
-    gw.policy.release(f.reservation, usage.tokens.total)
+    gw.policy.release(f.reservation, usage.tokens.total,
+                      observed=usage.tokens if outcome == E.OK and usage.complete else None)
