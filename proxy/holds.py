@@ -28,7 +28,7 @@ from ledger.events import Tokens
 from pricing import CallProfile
 
 SAMPLES = 32
-PERCENTILE = 90
+PERCENTILE = 95
 MAX_PROFILES = 100_000
 
 Sample = tuple[int, int, int, int, int]     # input, write 5m, write 1h, read (per million bytes), output

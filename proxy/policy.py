@@ -347,9 +347,13 @@ class Policy:
             msg = (f"Budget exceeded: {b.describe()} would be exceeded ({view}). "
                    f"It resets at {iso_utc(h.window_end_ms)} (in {_human(wait_s)}).{note} "
                    f"To get more, {self.increase_hint}.")
-        return BudgetExceeded(msg, retry_after_s=wait_s, retry_pointless=wait_s > _RETRY_WORTH_S,
-                              headers={"x-llmgw-budget": b.origin or b.record_name,
-                                       "x-llmgw-budget-reset": iso_utc(h.window_end_ms)})
+        err = BudgetExceeded(msg, retry_after_s=wait_s, retry_pointless=wait_s > _RETRY_WORTH_S,
+                             headers={"x-llmgw-budget": b.origin or b.record_name,
+                                      "x-llmgw-budget-reset": iso_utc(h.window_end_ms)})
+        err.resets_at_s = -(-h.window_end_ms // 1000)
+        err.summary = (f"The {b.describe()} is used up ({micro_to_usd(spent)} spent). To get more, "
+                       f"{self.increase_hint}")
+        return err
 
     def remaining_headers(self, r: Reservation) -> dict[str, str]:
         t = r.tightest(self)

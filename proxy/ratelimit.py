@@ -343,4 +343,6 @@ def _refusal(a: AppliedLimit, wait_ms: int, tokens: int, share: int) -> RateLimi
                       retry_after_s=wait_s, headers={"x-llmgw-ratelimit": lim.origin or lim.record_name})
     if wait_s > _RETRY_WORTH_S:       # an RPD/TPD window: SDKs must not retry silently for minutes
         err.should_retry = False
+        err.resets_at_s = int(time.time()) + wait_s
+        err.summary = f"The rate limit {lim.describe()} is reached"
     return err

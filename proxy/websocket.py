@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 from ledger import events as E
 from pricing import RequestShape
 
+from .adapters.openai_chat import is_codex
 from .adapters.openai_responses import TERMINAL, OpenAIResponses, ResponsesMeter, parse_create
 from .context import GATEWAY, Gateway
 from .errors import BadRequest, GatewayError, UpstreamError
@@ -48,8 +49,10 @@ class _InFlight:
 
 def _error_frame(err: GatewayError) -> str:
     e = orjson.loads(_ADAPTER.error_body(err))["error"]
-    return orjson.dumps({"type": "error", "status": err.status,
-                         "error": {"type": e["type"], "code": e["code"], "message": e["message"], "param": None}}).decode()
+    frame = {"type": "error", "status": err.status, "error": {**e, "param": None}}
+    if err.client == "codex" and err.codex_final:      # Codex reads a frame's headers as an HTTP response's
+        frame["headers"] = err.response_headers()
+    return orjson.dumps(frame).decode()
 
 
 async def responses_ws(request: web.Request) -> web.StreamResponse:
@@ -102,6 +105,7 @@ async def _client_to_upstream(gw: Gateway, request: web.Request, principal: Prin
         try:
             f = _admit(gw, request, principal, obj)
         except GatewayError as err:
+            err.client = "codex" if is_codex(request.headers) else ""
             await client.send_str(_error_frame(err))
             continue
         inflight.append(f)
