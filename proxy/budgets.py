@@ -69,6 +69,19 @@ def parse_scope(scope: str) -> tuple[str, str]:
     return kind, name
 
 
+def scope_org(kind: str, name: str, org: str) -> tuple[str, str]:
+    """``workspace:ORG/NAME`` (the form ``explain`` and the dashboard print) as (NAME, ORG); a
+    workspace is matched by its bare name, so the ``ORG/`` prefix must move into ``org``."""
+    if kind != "workspace" or "/" not in name:
+        return name, org
+    o, _, ws = name.partition("/")
+    if not o or not ws or "/" in ws:
+        raise ValueError(f"workspace scope {name!r}: expected workspace:NAME or workspace:ORG/NAME")
+    if org and org != o:
+        raise ValueError(f"workspace:{name} names org {o!r} but --org says {org!r}")
+    return ws, o
+
+
 def parse_hold(text: str) -> str:
     if text not in HOLDS:
         raise ValueError(f"hold {text!r}: expected `predicted` (what calls like this one used lately; "

@@ -21,7 +21,8 @@ from pricing import cli as pricing_cli
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
-from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
+from .budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
+                      usd_to_micro)
 from .ops import cli as ops_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
@@ -127,10 +128,11 @@ def _parse_until(text: str) -> int:
 
 def cmd_budgets_set(args: argparse.Namespace) -> int:
     kind, name = parse_scope(args.scope)
+    name, org = scope_org(kind, name, args.org or "")
     action, to = parse_action(args.action)
-    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=args.org or "", tag=args.tag or "",
+    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=org, tag=args.tag or "",
                kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0,
-               action=action, downgrade_to=to)
+               action=action, downgrade_to=to, hold=parse_hold(args.hold), client_tags=args.client_tag)
     if b.kind == "exception" and not b.tag:
         print("--until makes an exception, which needs --tag (the project it lifts)", file=sys.stderr)
         return 2
@@ -142,7 +144,7 @@ def cmd_budgets_set(args: argparse.Namespace) -> int:
 def cmd_budgets_default(args: argparse.Namespace) -> int:
     action, to = parse_action(args.action)
     b = Budget(args.kind, "*", args.window, usd_to_micro(args.limit_usd), org=args.org or "", kind="default",
-               action=action, downgrade_to=to)
+               action=action, downgrade_to=to, hold=parse_hold(args.hold))
     _append(args, b.record(reason=args.reason or ""))
     print(f"default: {b.describe()}")
     return 0
@@ -318,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--until", help="makes an exception (needs --tag) that ends at this ISO date/time")
     bs.add_argument("--action", default="refuse", help="at cap: refuse (default) or downgrade:MODEL, "
                     "a cheaper model of the same API served instead while it still fits")
+    bs.add_argument("--hold", default="predicted", choices=["predicted", "strict"],
+                    help="what a call reserves: predicted (default; what this key's recent calls on the model "
+                    "used) or strict (the call's worst case; never overshoots on one proxy)")
+    bs.add_argument("--client-tag", action="store_true",
+                    help="with --tag: a tag the client sends (x-llmgw-tags) matches too, not only the key's own")
     bs.add_argument("--reason")
     bs.set_defaults(func=cmd_budgets_set)
     bd = b.add_parser("default", help="a budget for every scope of a kind, e.g. `budgets default user day 20`")
@@ -326,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("limit_usd")
     bd.add_argument("--org")
     bd.add_argument("--action", default="refuse", help="refuse (default) or downgrade:MODEL")
+    bd.add_argument("--hold", default="predicted", choices=["predicted", "strict"])
     bd.add_argument("--reason")
     bd.set_defaults(func=cmd_budgets_default)
     b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)

@@ -219,3 +219,19 @@ async def test_codex_gets_its_usage_limit_shape_and_sdks_the_standard_one(gw, fa
     assert frame["type"] == "error" and frame["status"] == 429
     assert frame["error"]["type"] == "usage_limit_reached" and frame["error"]["resets_at"] == err["resets_at"]
     assert "user cole daily budget" in frame["headers"]["x-codex-promo-message"]
+
+
+def test_workspace_scopes_in_the_org_slash_name_form_and_money_with_its_precision():
+    from proxy.admin.budget_ops import budget_from_json
+    from proxy.budgets import micro_to_usd, scope_org
+    b = budget_from_json({"scope": "workspace:acme/backend", "window": "day", "limit_usd": "5"}, "budget", AT)
+    assert (b.scope_kind, b.name, b.org) == ("workspace", "backend", "acme")
+    assert scope_org("workspace", "backend", "") == ("backend", "")
+    for bad in (("workspace", "acme/", ""), ("workspace", "acme/backend", "other")):
+        try:
+            scope_org(*bad)
+            raise AssertionError(bad)
+        except ValueError:
+            pass
+    assert [micro_to_usd(m) for m in (2_000_000, 1_000, 10_500, 1, 123_456_789)] == [
+        "$2.00", "$0.001", "$0.0105", "$0.000001", "$123.456789"]
