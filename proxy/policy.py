@@ -70,6 +70,7 @@ class Estimate:
     worst_micro_usd: int
     predicted_micro_usd: int
     basis: Basis | None = None
+    learned: bool = False          # the prediction comes from observed calls, not the cold start
 
     @classmethod
     def of(cls, amount: "int | Estimate") -> "Estimate":
@@ -201,7 +202,7 @@ class Policy:
         user's) recent calls on ``model``; ``release(..., observed=)`` feeds the prediction."""
         basis = Basis((f"key:{p.key_id}", f"user:{p.org}/{p.user}"), model, shape.body_bytes, shape.n)
         profile = self.predictor.profile(basis.who, model)
-        return Estimate(worst_case(price, shape), predicted(price, shape, profile), basis)
+        return Estimate(worst_case(price, shape), predicted(price, shape, profile), basis, profile is not None)
 
     def holds_for(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> list[Hold]:
         """The budgets of a call, as spend keys; cached per caller and tags until a window
@@ -335,7 +336,8 @@ class Policy:
         if b.hold == "strict" or hold == est.worst_micro_usd:
             parts.append(f"this call may cost up to {micro_to_usd(hold)}")
         else:
-            parts.append(f"this call holds {micro_to_usd(hold)}, what your recent calls used "
+            how = "what your recent calls used" if est.learned else "a first-call estimate"
+            parts.append(f"this call holds {micro_to_usd(hold)}, {how} "
                          f"(it may cost up to {micro_to_usd(est.worst_micro_usd)})")
         view = "; ".join(parts)
         if spent + hold <= h.limit_micro_usd:            # the calls in flight hold the room: they settle soon

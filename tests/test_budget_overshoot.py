@@ -147,7 +147,7 @@ def instrument(cluster: Cluster, proxies: list[GatewayHarness], run: Run) -> Non
         pol.reserve = reserve
 
 
-async def run_cluster(fake_provider, tmp_path, proxies_setting: int) -> Run:
+async def run_cluster(fake_provider, tmp_path, proxies_setting: int, hold: str = "strict") -> Run:
     cluster = Cluster(LAGS_S)
     proxies = [GatewayHarness(fake_provider, tmp_path / f"gw{i}", ledger=led, gateway_id=f"gw-{i}",
                               file_config={"policy": {"proxies": proxies_setting}})
@@ -157,7 +157,7 @@ async def run_cluster(fake_provider, tmp_path, proxies_setting: int) -> Run:
     run = Run()
     try:
         key, _ = proxies[0].key("acme", "backend", "dave")
-        budget = proxies[0].budget("user:dave", "day", "1")
+        budget = proxies[0].budget("user:dave", "day", "1", hold=hold)
         for h in proxies[1:]:                                  # one config log in production
             for r in list(proxies[0].gw.config.records.values()):
                 h._put(r)
@@ -203,6 +203,19 @@ async def test_three_proxies_overshoot_only_within_the_documented_bound(fake_pro
           f"committed {run.committed_over_cap()}, bound {run.bound(3)}; last admission {last}")
     assert overshoot <= run.committed_over_cap() <= run.bound(3)
     assert run.spent >= CAP * 0.8                              # the cap was used, not refused wholesale
+
+
+async def test_predicted_holds_overshoot_only_within_the_bound_plus_their_excess(fake_provider, tmp_path):
+    """Predicted holds: every call here costs the same, so after its first call a key is held the
+    real cost ($0.0105) and no call costs more than it held (the excess term of docs/budgets.md is 0):
+    the strict bound holds with e = the hold, and the cap fills closer than under strict holds."""
+    run = await run_cluster(fake_provider, tmp_path, proxies_setting=3, hold="predicted")
+    overshoot = run.spent - CAP
+    print(f"\nN=3 predicted: spent {run.spent}, served {run.served}, overshoot {overshoot}, "
+          f"committed {run.committed_over_cap()}, bound {run.bound(3)}; last admission {run.admissions[-1]}")
+    assert max(a.amount for a in run.admissions[-50:]) == 10_500      # learned: the hold is the real cost
+    assert overshoot <= run.committed_over_cap() <= run.bound(3)
+    assert run.spent >= CAP * 0.9                              # fills past the 90% alert
 
 
 async def test_without_the_margin_the_same_load_overshoots_far_more(fake_provider, tmp_path):
