@@ -104,6 +104,7 @@ class Reservation:
     amounts: tuple[int, ...] = ()         # the hold on each of ``keys``
     basis: Basis | None = None
     placed_s: float = 0.0                 # monotonic time the holds were placed
+    extra: tuple[int, ...] = ()           # worst case beyond the hold on each of ``keys`` (predicted)
 
     @property
     def wait_ms(self) -> int:
@@ -141,6 +142,7 @@ class Policy:
         self.access = access or ModelAccess([])
         self.waits = waits or WaitQueue()
         self._reserved: dict[str, int] = {}
+        self._exposed: dict[str, int] = {}       # open holds' worst case beyond the hold (predicted only)
         self._bounds: dict[tuple[str, str], tuple[int, int]] = {}
         self.predictor = HoldPredictor()
         self._durations: deque[float] = deque(maxlen=_DURATIONS)
@@ -195,6 +197,10 @@ class Policy:
 
     def used(self, h: Hold) -> int:
         return self.measure(h)[0]
+
+    def _exposure(self, h: Hold) -> int:
+        exp = self._exposed
+        return exp.get(h.key, 0) - sum(exp.get(k, 0) for k in h.carve_keys)
 
     # -- the hold's size ---------------------------------------------------------
     def estimate(self, p: Principal, model: str, price: Price, shape: RequestShape) -> Estimate:
@@ -258,11 +264,14 @@ class Policy:
         held: dict[str, int] = {}
         for h in holds:                     # a spend key capped twice holds the larger amount once
             held[h.key] = max(held.get(h.key, 0), est.hold(h.applied.budget.hold))
-        res = self._reserved
-        for k, a in held.items():
+        res, exp = self._reserved, self._exposed
+        extra = tuple(max(est.worst_micro_usd - a, 0) for a in held.values())
+        for (k, a), x in zip(held.items(), extra):
             res[k] = res.get(k, 0) + a
+            if x:
+                exp[k] = exp.get(k, 0) + x
         return Reservation(max(held.values()), tuple(holds), True, model, ticket, tuple(held), by,
-                           tuple(held.values()), est.basis, self._mono())
+                           tuple(held.values()), est.basis, self._mono(), extra)
 
     def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True,
                 observed: Tokens | None = None) -> None:
@@ -282,13 +291,13 @@ class Policy:
         r.open = False
         if forwarded and r.placed_s:
             self._durations.append(self._mono() - r.placed_s)
-        res = self._reserved
-        for k, a in zip(r.keys, r.amounts):
-            left = res.get(k, 0) - a
-            if left > 0:
-                res[k] = left
-            else:
-                res.pop(k, None)
+        for book, amounts in ((self._reserved, r.amounts), (self._exposed, r.extra)):
+            for k, a in zip(r.keys, amounts):
+                left = book.get(k, 0) - a
+                if left > 0:
+                    book[k] = left
+                else:
+                    book.pop(k, None)
 
     def settle_time_s(self) -> int:
         """How long a call in flight typically takes to settle here: a refusal it can lift says so."""
@@ -298,9 +307,11 @@ class Policy:
         return min(_SETTLE_MAX_S, max(_SETTLE_MIN_S, -int(-mid // 1)))
 
     def _over(self, h: Hold, estimate: int, n: int) -> tuple[int, int, int] | None:
-        """(used, margin, reserved) when ``estimate`` does not fit the budget."""
+        """(used, margin, reserved) when ``estimate`` does not fit the budget. The margin for the
+        other proxies counts this proxy's open predicted holds at their worst case: what peers
+        cannot see of a call is what it may cost, not what it was predicted to."""
         used, folded, reserved = self.measure3(h)
-        margin = (n - 1) * max(used - folded, 0)
+        margin = (n - 1) * max(used - folded + self._exposure(h), 0) if n > 1 else 0
         return (used, margin, reserved) if used + margin + estimate > h.limit_micro_usd else None
 
     def _downgrade(self, holds: list[Hold], over: list[tuple[Hold, int, int, int]], est: Estimate,
