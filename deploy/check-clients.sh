@@ -4,6 +4,8 @@
 # Install the CLIs first:  npm install @anthropic-ai/claude-code @openai/codex
 # then:  CLAUDE=node_modules/.bin/claude CODEX=node_modules/.bin/codex deploy/check-clients.sh
 # CLAUDE_MODEL=... picks Claude Code's model (default: its own default).
+# BUDGET=USD sets a daily budget on the check's user first: BUDGET=0.000001 shows each client's refusal
+# (docs/budgets.md, "What each client shows"), BUDGET=2 a small budget a first call must fit.
 set -u
 cd "$(dirname "$0")/.."
 T=$(mktemp -d)
@@ -13,6 +15,7 @@ sleep 1.5
 export LLMGW_DATA_DIR=$T/gw LLMGW_OPENAI_BASE_URL=http://127.0.0.1:18777/openai/v1 LLMGW_OPENAI_API_KEY=sk-openai-upstream-test \
   LLMGW_ANTHROPIC_BASE_URL=http://127.0.0.1:18777/anthropic LLMGW_ANTHROPIC_API_KEY=sk-ant-upstream-test LLMGW_ANALYTICS=0
 KEY=$(python -m proxy.cli keys create --org acme --workspace eng --user cli-check 2>/dev/null)
+[ -n "${BUDGET:-}" ] && python -m proxy.cli budgets set user:cli-check day "$BUDGET"
 python -m proxy.cli serve --port 18778 > $T/gw.log 2>&1 &
 GP=$!
 sleep 3

@@ -8,15 +8,16 @@ lives only in here, built from the catalog's strings and rounded once per call.
     price = catalog.price_at(model, ts_ms, provider)        # raises UnknownModel
     price, estimated = catalog.resolve(model, ts_ms, policy="fallback", fallback_entry="...")
     cost(tokens, price, service_tier=..., batch=..., web_search_calls=...) -> Cost
-    worst_case(price, RequestShape(...)) -> int             # the reservation's hold
+    worst_case(price, RequestShape(...)) -> int             # a strict reservation's hold
+    predicted(price, RequestShape(...), CallProfile | None) # a predicted reservation's hold
 """
 from pricing.catalog import Catalog, UnknownModel, load_catalog
 from pricing.cost import Cost, cost
-from pricing.estimate import RequestShape, worst_case
+from pricing.estimate import CallProfile, RequestShape, predicted, worst_case
 from pricing.price import CatalogError, Price
 from pricing.rerate import CallOptions, rerate
 
 __all__ = [
-    "CallOptions", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",
-    "cost", "load_catalog", "rerate", "worst_case",
+    "CallOptions", "CallProfile", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",
+    "cost", "load_catalog", "predicted", "rerate", "worst_case",
 ]

@@ -1,13 +1,16 @@
-"""The worst-case cost of a call before it is made: the amount a reservation holds.
+"""What a call may cost before it is made: the amounts a reservation holds.
 
-See ``worst_case`` for the bound and why it holds.
+``worst_case`` is the proven bound (a ``strict`` budget's hold); ``predicted``
+is the hold of a ``predicted`` budget: the tokens that calls like this one
+really used, priced, and never above the worst case.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, localcontext
 
-from pricing.cost import MONEY_CONTEXT, WEB_SEARCH, fee_exact
+from ledger.events import Tokens
+from pricing.cost import MONEY_CONTEXT, WEB_SEARCH, cost, fee_exact
 from pricing.price import STANDARD_TIERS, Price
 
 # Tokens a provider adds to a request that are not in its body. Tallied from the
@@ -31,9 +34,27 @@ DEFAULT_IMAGE_TOKENS = 6_000
 WEB_SEARCH_DEFAULT_USES = 5
 WEB_SEARCH_TOKENS_PER_USE = 25_000
 
+# A predicted hold with nothing observed yet (a new key, a model it never used): every
+# prompt token bound (body bytes + allowance, 3-4x the real count for text) at the
+# input rate, and this much output per completion (capped by the request's limit).
+COLD_OUTPUT_TOKENS = 4_096
+
 # Never chosen by the provider on its own: a request must name them (ultrafast is per request,
 # never a project default), so a request that names no tier is not held at their rates.
 _OPT_IN_TIERS = frozenset({"flex", "batch", "ultrafast"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallProfile:
+    """What recent calls like this one used, as rates a new call is scaled by: prompt tokens of
+    each kind (input, 5-minute write, 1-hour write, cache read) per million body bytes, and output
+    tokens per completion. Built by the proxy from observed usage (``proxy/holds.py``)."""
+
+    input_ppm: int
+    cache_write_5m_ppm: int
+    cache_write_1h_ppm: int
+    cache_read_ppm: int
+    output_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +174,39 @@ def worst_case(price: Price, shape: RequestShape) -> int:
             for rates in (price.rates_for(p, tier) for p in prompts)
         )
         return int((worst + fees).to_integral_value(rounding=ROUND_CEILING))
+
+
+def predicted(price: Price, shape: RequestShape, profile: CallProfile | None) -> int:
+    """Micro-USD a ``predicted`` hold reserves: never above ``worst_case`` (same shape).
+
+    The profile's per-byte prompt rates times this request's body bytes, each kind priced
+    at its own rate, plus images at the per-image maximum, plus the profile's output per
+    completion capped by the request's output bound; the dearest candidate tier is taken
+    as in ``worst_case``. Without a profile, the cold start: the whole prompt bound at the
+    input rate and ``COLD_OUTPUT_TOKENS`` per completion. A call with server-side web search
+    holds the worst case (its results enter the prompt unseen).
+
+    Unlike the worst case this is NOT a bound: a call that outgrows its recent history
+    costs more than it held, and the budget can overshoot by that difference
+    (docs/budgets.md states and measures it).
+    """
+    worst = worst_case(price, shape)
+    if shape.web_search:
+        return worst
+    bound, out_limit = prompt_bound(price, shape), output_bound(price, shape)
+    if profile is None:
+        tokens = Tokens(input=bound, output=min(out_limit, max(shape.n, 1) * COLD_OUTPUT_TOKENS))
+    else:
+        b = shape.body_bytes
+        parts = [-(-ppm * b // 1_000_000) for ppm in (profile.input_ppm, profile.cache_write_5m_ppm,
+                                                       profile.cache_write_1h_ppm, profile.cache_read_ppm)]
+        parts[0] += shape.image_count * (price.max_image_tokens or DEFAULT_IMAGE_TOKENS)
+        over = sum(parts) - bound
+        for i in (3, 0, 1, 2):                   # never more prompt than the bound: trim the cheapest kinds first
+            cut = min(parts[i], max(over, 0))
+            parts[i] -= cut
+            over -= cut
+        tokens = Tokens(input=parts[0], cache_write_5m=parts[1], cache_write_1h=parts[2], cache_read=parts[3],
+                        output=min(out_limit, max(shape.n, 1) * profile.output_tokens))
+    held = max(cost(tokens, price, service_tier=tier).micro_usd for tier in candidate_tiers(price, shape.service_tier))
+    return min(worst, held)

@@ -1,6 +1,7 @@
 """Admission for one call (HTTP, or a WebSocket turn; see call.py): the policy's check, wired to pricing and routing.
 
-``admit`` computes the call's worst case in money and in tokens, has the
+``admit`` computes the call's holds in money (worst case and predicted) and
+its worst case in tokens, has the
 policy hold it against every budget and rate limit, lets a budget at its cap
 downgrade the call to a cheaper model of the same API, and sleeps through a
 booked rate-limit wait when the caller asked to queue (``x-llmgw-wait``).
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from pricing import Price, RequestShape, worst_case
+from pricing import Price, RequestShape
 
 from .errors import GatewayError
 from .keys import Principal
-from .policy import Reservation
+from .policy import Estimate, Reservation
 from .ratelimit import worst_case_tokens
 from .routing import Target
 from .types import Call
@@ -50,19 +51,19 @@ async def admit(gw: "Gateway", request: web.Request, principal: Principal, famil
     policy = gw.policy
     alternatives: dict[str, tuple[Target, Price, bool]] = {}
 
-    def cheaper(model: str) -> int | None:
+    def cheaper(model: str) -> Estimate | None:
         if not policy.access.allowed(principal, model):
             return None
         try:
             t = gw.routing.resolve(family, model)
             pr, est = gw.price(t, model, now_ms)
-            amount = worst_case(pr, shape)
+            amount = policy.estimate(principal, model, pr, shape)
         except (GatewayError, ValueError):
             return None
         alternatives[model] = (t, pr, est)
         return amount
 
-    r = policy.reserve(principal, call.tags, worst_case(price, shape), now_ms,
+    r = policy.reserve(principal, call.tags, policy.estimate(principal, call.model, price, shape), now_ms,
                        tokens=worst_case_tokens(price, shape), downgrade=cheaper,
                        max_wait_ms=policy.waits.allowance_ms(request.headers))
     await policy.waits.wait(policy, r)              # a caller that leaves meanwhile gives it all back

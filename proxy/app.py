@@ -20,7 +20,7 @@ from . import holds, parts, pipeline
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
-from .adapters.openai_chat import OpenAIChat
+from .adapters.openai_chat import OpenAIChat, is_codex
 from .adapters.openai_embeddings import OpenAIEmbeddings
 from .adapters.openai_responses import OpenAIResponses
 from .context import GATEWAY, REQUEST_ID, EventObserver, Gateway, org_timezones, prices_path
@@ -67,6 +67,7 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def _render(request: web.Request, err: GatewayError) -> web.Response:
     adapter = _adapter_for(request)
+    err.client = "codex" if is_codex(request.headers) else ""
     resp = web.Response(status=err.status, body=adapter.error_body(err), content_type="application/json",
                         headers=err.response_headers())
     if err.close_connection:

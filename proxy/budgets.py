@@ -13,6 +13,17 @@ Resolution for one call (``effective``):
   project; the project's spend is then carved out of the ordinary cap, so an
   exception lifts one project without lifting, or eating into, the others;
 - tag-narrowed budgets add a cap on (scope, project) spend.
+
+Tags that lift or narrow a cap are trusted tags only: the key's own (set
+by an admin at ``keys create --tags``) or the gateway's. A tag the client sends
+(``x-llmgw-tags``, body metadata) still attributes spend, but matches an
+exception or a tag budget only when the budget says clients may set it
+(``client_tags``). A call that claims an exception's tag it may not claim is
+measured on the scope's whole spend (no carve-out): its spend lands on the
+project's key, which the carve-out would otherwise hide from its own cap.
+
+Each budget holds calls ``predicted`` (what calls like this one used lately,
+``proxy/holds.py``; the default) or ``strict`` (the worst case).
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ from ledger.windows import WINDOWS
 from .keys import Principal
 
 SCOPE_KINDS = ("org", "workspace", "user", "key", "tag")
+HOLDS = ("predicted", "strict")
 _PLAIN_DIM = {"org": F.ORG, "workspace": F.WORKSPACE, "user": F.USER, "key": F.KEY}
 _TAG_DIM = {"org": F.TAG, "workspace": F.WORKSPACE_TAG, "user": F.USER_TAG}
 
@@ -50,7 +62,12 @@ def usd_to_micro(usd: str | float | Decimal) -> int:
 
 
 def micro_to_usd(micro: int) -> str:
-    return f"${Decimal(micro) / 1_000_000:,.2f}"
+    """Dollars with the precision the amount has: cents when it is whole cents ($2.00),
+    else every significant micro-USD digit ($0.001, $0.0105), never a sub-cent amount as $0.00."""
+    d = Decimal(micro) / 1_000_000
+    if micro % 10_000 == 0:
+        return f"${d:,.2f}"
+    return "$" + f"{d:,.6f}".rstrip("0")
 
 
 def parse_scope(scope: str) -> tuple[str, str]:
@@ -61,6 +78,26 @@ def parse_scope(scope: str) -> tuple[str, str]:
     if kind == "tag" and ":" not in name:
         raise ValueError("a tag scope reads tag:NAME:VALUE, e.g. tag:project:payments")
     return kind, name
+
+
+def scope_org(kind: str, name: str, org: str) -> tuple[str, str]:
+    """``workspace:ORG/NAME`` (the form ``explain`` and the dashboard print) as (NAME, ORG); a
+    workspace is matched by its bare name, so the ``ORG/`` prefix must move into ``org``."""
+    if kind != "workspace" or "/" not in name:
+        return name, org
+    o, _, ws = name.partition("/")
+    if not o or not ws or "/" in ws:
+        raise ValueError(f"workspace scope {name!r}: expected workspace:NAME or workspace:ORG/NAME")
+    if org and org != o:
+        raise ValueError(f"workspace:{name} names org {o!r} but --org says {org!r}")
+    return ws, o
+
+
+def parse_hold(text: str) -> str:
+    if text not in HOLDS:
+        raise ValueError(f"hold {text!r}: expected `predicted` (what calls like this one used lately; "
+                         "the default) or `strict` (every call's worst case)")
+    return text
 
 
 def parse_action(text: str) -> tuple[str, str]:
@@ -86,12 +123,14 @@ class Budget:
     action: str = "refuse"       # or "downgrade"
     downgrade_to: str = ""
     origin: str = ""             # config record id, for `budgets explain`
+    hold: str = "predicted"      # or "strict": what a call reserves (module docstring)
+    client_tags: bool = False    # a client-sent tag matches this exception / tag budget
 
     def record(self, actor: str = "cli", reason: str = "") -> ConfigRecord:
         data = {"scope_kind": self.scope_kind, "name": self.name, "window": self.window,
                 "limit_micro_usd": self.limit_micro_usd, "org": self.org, "tag": self.tag,
                 "kind": self.kind, "until_ms": self.until_ms, "action": self.action,
-                "downgrade_to": self.downgrade_to}
+                "downgrade_to": self.downgrade_to, "hold": self.hold, "client_tags": self.client_tags}
         return ConfigRecord.put("budget", self.record_name, data, actor=actor, reason=reason)
 
     @property
@@ -103,7 +142,8 @@ class Budget:
         d = rec.data or {}
         return cls(d["scope_kind"], d["name"], d["window"], int(d["limit_micro_usd"]), d.get("org", ""),
                    d.get("tag", ""), d.get("kind", "budget"), int(d.get("until_ms", 0)),
-                   d.get("action", "refuse"), d.get("downgrade_to", ""), rec.id)
+                   d.get("action", "refuse"), d.get("downgrade_to", ""), rec.id,
+                   d.get("hold") or "predicted", bool(d.get("client_tags", False)))
 
     def describe(self) -> str:
         who = "every " + self.scope_kind if self.name == "*" else f"{self.scope_kind} {self.name}"
@@ -160,7 +200,10 @@ class BudgetBook:
     def from_state(cls, state: ConfigState) -> "BudgetBook":
         return cls([Budget.from_record(r) for r in state.of_type("budget")])
 
-    def effective(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> list[Applied]:
+    def effective(self, p: Principal, tags: tuple[str, ...], now_ms: int,
+                  trusted: tuple[str, ...] | None = None) -> list[Applied]:
+        """``trusted``: the tags of ``tags`` the client did not set (None: all of them)."""
+        sure = frozenset(tags if trusted is None else trusted)
         out: list[Applied] = []
         names = (p.org, p.workspace, p.user, p.key_id)
         for kind, name in zip(_KINDS, names):
@@ -173,27 +216,30 @@ class BudgetBook:
                 mine = [b for b in own.get(window, ()) if b.org in ("", p.org)]
                 base = [d for d in defaults.get(window, ()) if d.org in ("", p.org)]
                 if mine or base:
-                    out.extend(self._for_scope_window(kind, entity, mine, base, tags, now_ms))
+                    out.extend(self._for_scope_window(kind, entity, mine, base, tags, sure, now_ms))
         for t in tags:
             for b in self._tags.get(t, ()):
-                if b.org in ("", p.org) and b.kind == "budget":
+                if b.org in ("", p.org) and b.kind == "budget" and (t in sure or b.client_tags):
                     out.append(Applied(b, F.TAG, f"{p.org}/{t}"))
         return out
 
     @staticmethod
     def _for_scope_window(kind: str, entity: str, mine: list[Budget], defaults: list[Budget],
-                          tags: tuple[str, ...], now_ms: int) -> list[Applied]:
+                          tags: tuple[str, ...], sure: frozenset[str], now_ms: int) -> list[Applied]:
         plain = [b for b in mine if b.kind == "budget" and not b.tag]
         base = plain or defaults
         if kind not in _TAG_DIM or len(plain) == len(mine):      # the common case: no tag, no exception
             return [Applied(b, _PLAIN_DIM[kind], entity) for b in base]
         exceptions = [b for b in mine if b.kind == "exception" and b.tag and (not b.until_ms or now_ms < b.until_ms)]
-        narrowed = [b for b in mine if b.kind == "budget" and b.tag and b.tag in tags]
+        narrowed = [b for b in mine if b.kind == "budget" and b.tag and b.tag in tags
+                    and (b.tag in sure or b.client_tags)]
         out = [Applied(b, _TAG_DIM[kind], f"{entity}/{b.tag}") for b in narrowed]
-        covering = [e for e in exceptions if e.tag in tags]
+        covering = [e for e in exceptions if e.tag in sure or (e.client_tags and e.tag in tags)]
         if covering:
             out.extend(Applied(e, _TAG_DIM[kind], f"{entity}/{e.tag}") for e in covering)
             return out
-        carve = tuple((_TAG_DIM[kind], f"{entity}/{e.tag}") for e in exceptions)
+        # an exception's tag this call carries untrusted: its spend lands on that project's key,
+        # so carving the key out would hide the call from its own cap
+        carve = tuple((_TAG_DIM[kind], f"{entity}/{e.tag}") for e in exceptions if e.tag not in tags)
         out.extend(Applied(b, _PLAIN_DIM[kind], entity, carve) for b in base)
         return out

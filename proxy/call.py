@@ -118,7 +118,8 @@ class LiveCall:
                 if event is not None:
                     gw.emit(event, self.request)
             finally:
-                gw.policy.release(self.reservation, tokens_used, forwarded=forwarded)
+                gw.policy.release(self.reservation, tokens_used, forwarded=forwarded,   # a normal end teaches
+                                  observed=usage.tokens if outcome == E.OK and usage.complete else None)  # predicted holds
         return event
 
 

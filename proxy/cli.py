@@ -6,10 +6,12 @@ Settings come from flags, then ``LLMGW_*`` variables, then the config file.
 from __future__ import annotations
 
 import argparse
+import getpass
 import asyncio
 import logging
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -21,7 +23,8 @@ from pricing import cli as pricing_cli
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
-from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
+from .budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
+                      usd_to_micro)
 from .ops import cli as ops_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
@@ -40,7 +43,8 @@ def _config_io(args: argparse.Namespace):
 
 
 def _append(args: argparse.Namespace, rec: ConfigRecord) -> None:
-    asyncio.run(_config_io(args).append(rec))
+    """Append one change, naming who made it: ``--actor``, default the OS user (never just "cli")."""
+    asyncio.run(_config_io(args).append(replace(rec, actor=getattr(args, "actor", None) or getpass.getuser())))
 
 
 def _state(args: argparse.Namespace) -> ConfigState:
@@ -115,6 +119,28 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_update(args: argparse.Namespace) -> int:
+    """Change a key's tags, allowed models or expiry; its secret, owner and id stay."""
+    rec = _state(args).get("key", args.key_id)
+    if rec is None or rec.data is None:
+        print(f"no key {args.key_id}", file=sys.stderr)
+        return 1
+    data = dict(rec.data)
+    if args.tag is not None:
+        data["tags"] = [t for t in args.tag if t]
+    if args.models is not None:
+        data["allowed_models"] = [m for m in args.models.split(",") if m]
+    if args.expires is not None:
+        data["expires_ms"] = _parse_until(args.expires) if args.expires else 0
+    if data == rec.data:
+        print("nothing to change: give --tag, --models or --expires", file=sys.stderr)
+        return 2
+    _append(args, ConfigRecord.put("key", args.key_id, data, reason=args.reason or ""))
+    print(f"updated {args.key_id}: tags={','.join(data.get('tags') or []) or '-'} "
+          f"models={','.join(data.get('allowed_models') or []) or '*'}")
+    return 0
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     if _state(args).get("key", args.key_id) is None:
         print(f"no key {args.key_id}", file=sys.stderr)
@@ -134,10 +160,11 @@ def _parse_until(text: str) -> int:
 
 def cmd_budgets_set(args: argparse.Namespace) -> int:
     kind, name = parse_scope(args.scope)
+    name, org = scope_org(kind, name, args.org or "")
     action, to = parse_action(args.action)
-    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=args.org or "", tag=args.tag or "",
+    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=org, tag=args.tag or "",
                kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0,
-               action=action, downgrade_to=to)
+               action=action, downgrade_to=to, hold=parse_hold(args.hold), client_tags=args.client_tag)
     if b.kind == "exception" and not b.tag:
         print("--until makes an exception, which needs --tag (the project it lifts)", file=sys.stderr)
         return 2
@@ -146,10 +173,28 @@ def cmd_budgets_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budgets_delete(args: argparse.Namespace) -> int:
+    """Remove a budget, default or exception, named as it was set."""
+    if args.default:
+        b = Budget(args.scope, "*", args.window, 0, org=args.org or "", kind="default")
+    else:
+        kind, name = parse_scope(args.scope)
+        name, org = scope_org(kind, name, args.org or "")
+        b = Budget(kind, name, args.window, 0, org=org, tag=args.tag or "",
+                   kind="exception" if args.exception else "budget")
+    if _state(args).get("budget", b.record_name) is None:
+        print(f"no such {b.kind}: {args.scope} {args.window}" + (f" on {b.tag}" if b.tag else "")
+              + (f" in org {b.org}" if b.org else "") + "; see `llmgw budgets list`", file=sys.stderr)
+        return 1
+    _append(args, ConfigRecord.put("budget", b.record_name, None, reason=args.reason or ""))
+    print(f"deleted the {b.kind} {args.scope} {args.window}" + (f" on {b.tag}" if b.tag else ""))
+    return 0
+
+
 def cmd_budgets_default(args: argparse.Namespace) -> int:
     action, to = parse_action(args.action)
     b = Budget(args.kind, "*", args.window, usd_to_micro(args.limit_usd), org=args.org or "", kind="default",
-               action=action, downgrade_to=to)
+               action=action, downgrade_to=to, hold=parse_hold(args.hold))
     _append(args, b.record(reason=args.reason or ""))
     print(f"default: {b.describe()}")
     return 0
@@ -309,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--expires", help="expiry: ISO date or time (UTC unless stated), or a duration from now (30d)")
     kc.set_defaults(func=cmd_keys_create)
     k.add_parser("list", help="list keys (never their secrets)").set_defaults(func=cmd_keys_list)
+    ku = k.add_parser("update", help="change a key's tags, allowed models or expiry (same secret)")
+    ku.add_argument("key_id")
+    ku.add_argument("--tag", action="append", help="the key's tags, replacing the old ones (repeatable; "
+                    "--tag '' clears them)")
+    ku.add_argument("--models", help="comma-separated allowed model patterns ('' allows every model)")
+    ku.add_argument("--expires", help="expiry, ISO date or time ('' never expires)")
+    ku.add_argument("--reason")
+    ku.set_defaults(func=cmd_keys_update)
     kr = k.add_parser("revoke", help="revoke a key by its id")
     kr.add_argument("key_id")
     kr.add_argument("--reason")
@@ -325,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--until", help="makes an exception (needs --tag) that ends at this ISO date/time")
     bs.add_argument("--action", default="refuse", help="at cap: refuse (default) or downgrade:MODEL, "
                     "a cheaper model of the same API served instead while it still fits")
+    bs.add_argument("--hold", default="predicted", choices=["predicted", "strict"],
+                    help="what a call reserves: predicted (default; what this key's recent calls on the model "
+                    "used) or strict (the call's worst case; never overshoots on one proxy)")
+    bs.add_argument("--client-tag", action="store_true",
+                    help="with --tag: a tag the client sends (x-llmgw-tags) matches too, not only the key's own")
     bs.add_argument("--reason")
     bs.set_defaults(func=cmd_budgets_set)
     bd = b.add_parser("default", help="a budget for every scope of a kind, e.g. `budgets default user day 20`")
@@ -333,8 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("limit_usd")
     bd.add_argument("--org")
     bd.add_argument("--action", default="refuse", help="refuse (default) or downgrade:MODEL")
+    bd.add_argument("--hold", default="predicted", choices=["predicted", "strict"])
     bd.add_argument("--reason")
     bd.set_defaults(func=cmd_budgets_default)
+    bx = b.add_parser("delete", help="remove a budget, e.g. `budgets delete user:alice day`, "
+                      "`budgets delete user day --default`")
+    bx.add_argument("scope", help="as given to `set` (or a scope kind with --default)")
+    bx.add_argument("window", choices=["hour", "day", "week", "month"])
+    bx.add_argument("--org")
+    bx.add_argument("--tag", help="the budget's project tag, if it has one")
+    kinds = bx.add_mutually_exclusive_group()
+    kinds.add_argument("--default", action="store_true", help="the default of a scope kind")
+    kinds.add_argument("--exception", action="store_true", help="the exception (with --tag)")
+    bx.add_argument("--reason")
+    bx.set_defaults(func=cmd_budgets_delete)
     b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)
     be = b.add_parser("explain", help="every budget that applies to a key, and where it came from")
     be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX)")

@@ -27,6 +27,11 @@ class GatewayError(Exception):
     should_retry: bool | None = None
     # The rest of the request cannot be framed (its body could not be decoded): answer, then close.
     close_connection = False
+    # A refusal that lasts until a window resets: when (epoch s) and what ran out, in one line.
+    resets_at_s: int | None = None
+    summary: str = ""
+    # The client as the edge recognised it ("codex"): some clients show only a shape of their own.
+    client: str = ""
 
     def __init__(self, message: str, *, retry_after_s: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -41,7 +46,15 @@ class GatewayError(Exception):
             h["retry-after"] = str(self.retry_after_s)
         if self.should_retry is not None:
             h["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.client == "codex" and self.codex_final:
+            # Codex prints "You've hit your usage limit. {this}, or try again at {resets_at}."
+            h["x-codex-promo-message"] = self.summary.encode("ascii", "replace").decode()
         return h
+
+    @property
+    def codex_final(self) -> bool:
+        """A 429 no retry short of a reset can pass: Codex's own usage-limit shape fits it."""
+        return self.status == 429 and self.should_retry is False and bool(self.summary)
 
 
 class BadRequest(GatewayError):

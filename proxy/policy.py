@@ -1,5 +1,9 @@
-"""The check before the call: reserve the worst case against every budget and
-take the call's share of every rate limit.
+"""The check before the call: reserve a hold against every budget and take the
+call's share of every rate limit.
+
+A budget holds either the call's worst case (``strict``) or what calls like
+this one used lately (``predicted``, ``proxy/holds.py``); ``estimate`` gives
+both, and each hold is settled to the real cost when the call ends.
 
 The view checked for each budget is: settled spend from the snapshot, plus
 this proxy's settled calls the snapshot does not show yet, plus this proxy's
@@ -21,9 +25,17 @@ the plain check.
 
 Order of refusals: model access (403) is checked by the caller first; then
 budgets (never queued); then rate limits (may book a wait, see queueing.py).
+
+A budget refusal says what is spent apart from what calls in flight reserve.
+When the call would fit once those calls settle (settled spend + this call's
+hold <= limit) it is retryable, with ``retry-after`` = their expected settle
+time; otherwise no wait short of the window's reset helps and, past
+``_RETRY_WORTH_S``, it says ``x-should-retry: false``.
 """
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -31,22 +43,46 @@ from ledger.configlog import ConfigState
 from ledger.events import NANO_PER_MICRO, micro_of_nano
 from ledger.fold import ZERO, spend_key
 from ledger.spend import SpendView
+from ledger.events import Tokens
 from ledger.windows import iso_utc, window_bounds
+from pricing import Price, RequestShape, predicted, worst_case
 
 from .access import ModelAccess
 from .budgets import Applied, BudgetBook, micro_to_usd
 from .errors import BudgetExceeded
 from .holds import OpenHolds
+from .prediction import Basis, HoldPredictor
 from .keys import Principal
 from .queueing import WaitQueue
 from .ratelimit import EMPTY, ProxyCount, RateBook, RateLimiter, Ticket
 
 # Waiting for a window shorter than this to reset is worth an SDK retry.
 _RETRY_WORTH_S = 60
-# A refusal caused only by the cross-proxy margin clears as calls in flight settle and fold.
-_MARGIN_RETRY_S = 2
+# A refusal that calls in flight can lift: retry after their typical duration (the median of the
+# last _DURATIONS calls on this proxy), within these bounds; _SETTLE_DEFAULT_S before any call ended.
+_SETTLE_MIN_S, _SETTLE_MAX_S, _SETTLE_DEFAULT_S = 1, 30, 5
+_DURATIONS = 256
 
-Downgrade = Callable[[str], "int | None"]   # model -> worst-case micro-USD if it may serve this call
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a call may cost: the worst case (a strict budget's hold) and the predicted hold
+    (a predicted budget's, never above the worst case), and what the prediction came from."""
+
+    worst_micro_usd: int
+    predicted_micro_usd: int
+    basis: Basis | None = None
+    learned: bool = False          # the prediction comes from observed calls, not the cold start
+
+    @classmethod
+    def of(cls, amount: "int | Estimate") -> "Estimate":
+        return amount if isinstance(amount, Estimate) else cls(amount, amount)
+
+    def hold(self, budget_hold: str) -> int:
+        return self.worst_micro_usd if budget_hold == "strict" else self.predicted_micro_usd
+
+
+Downgrade = Callable[[str], "int | Estimate | None"]   # model -> its estimate if it may serve this call
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +96,33 @@ class Hold:
 
 @dataclass(slots=True)
 class Reservation:
-    amount_micro_usd: int
+    amount_micro_usd: int                 # the largest hold placed (each budget holds per its mode)
     holds: tuple[Hold, ...]
     open: bool = True
     model: str = ""                       # serve this model instead (a budget's downgrade at cap)
     rate: Ticket = field(default_factory=lambda: EMPTY)
     keys: tuple[str, ...] = ()
     downgraded_by: Hold | None = field(default=None)
+    amounts: tuple[int, ...] = ()         # the hold on each of ``keys``
+    basis: Basis | None = None
+    placed_s: float = 0.0                 # monotonic time the holds were placed
+    extra: tuple[int, ...] = ()           # worst case beyond the hold on each of ``keys`` (predicted)
 
     @property
     def wait_ms(self) -> int:
         return self.rate.wait_ms if self.rate.open else 0
 
+    def own(self, key: str) -> int:
+        """What this call itself holds on a spend key (0 once released)."""
+        if not self.open:
+            return 0
+        return sum(a for k, a in zip(self.keys, self.amounts) if k == key)
+
     def tightest(self, policy: "Policy") -> tuple[Hold, int] | None:
+        """The budget with the least left for OTHER calls: this call's own hold is not subtracted."""
         best: tuple[Hold, int] | None = None
         for h in self.holds:
-            left = h.limit_micro_usd - policy.used(h)
+            left = h.limit_micro_usd - policy.used(h) + self.own(h.key)
             if best is None or left < best[1]:
                 best = (h, left)
         return best
@@ -98,7 +145,11 @@ class Policy:
         self.waits = waits or WaitQueue()
         self._reserved: dict[str, int] = {}
         self.holds = OpenHolds()           # open reservations, for the sweeper and the gauges (holds.py)
+        self._exposed: dict[str, int] = {}       # open holds' worst case beyond the hold (predicted only)
         self._bounds: dict[tuple[str, str], tuple[int, int]] = {}
+        self.predictor = HoldPredictor()
+        self._durations: deque[float] = deque(maxlen=_DURATIONS)
+        self._mono: Callable[[], float] = time.monotonic
 
     @classmethod
     def from_config(cls, view: SpendView, state: ConfigState, tz_of: Callable[[str], str],
@@ -131,24 +182,45 @@ class Policy:
 
     # -- the view -----------------------------------------------------------
     def measure(self, h: Hold) -> tuple[int, int]:
-        """(used, folded): the whole view of the budget, and the part the snapshot confirms.
+        """(used, folded): the whole view of the budget, and the part the snapshot confirms."""
+        used, folded, _ = self.measure3(h)
+        return used, folded
+
+    def measure3(self, h: Hold) -> tuple[int, int, int]:
+        """(used, folded, reserved): ``reserved`` is the part of ``used`` that open holds make.
 
         Summed in nano-USD (spend is kept to the nano; holds are whole micro-USD) and
         rounded up to micro-USD once, so ``used + ... > limit`` is exact."""
         view, res = self.view, self._reserved
         folded = view.folded.get(h.key, ZERO).spend_nano_usd
-        used = view.spent_nano(h.key) + res.get(h.key, 0) * NANO_PER_MICRO
+        held = res.get(h.key, 0)
+        used = view.spent_nano(h.key) + held * NANO_PER_MICRO
         for k in h.carve_keys:
             folded -= view.folded.get(k, ZERO).spend_nano_usd
             used -= view.spent_nano(k) + res.get(k, 0) * NANO_PER_MICRO
-        return micro_of_nano(used), micro_of_nano(folded)
+            held -= res.get(k, 0)
+        return micro_of_nano(used), micro_of_nano(folded), held
 
     def used(self, h: Hold) -> int:
         return self.measure(h)[0]
 
+    def _exposure(self, h: Hold) -> int:
+        exp = self._exposed
+        return exp.get(h.key, 0) - sum(exp.get(k, 0) for k in h.carve_keys)
+
+    # -- the hold's size ---------------------------------------------------------
+    def estimate(self, p: Principal, model: str, price: Price, shape: RequestShape) -> Estimate:
+        """Both holds of a call: the worst case, and the prediction from this key's (else its
+        user's) recent calls on ``model``; ``release(..., observed=)`` feeds the prediction."""
+        basis = Basis((f"key:{p.key_id}", f"user:{p.org}/{p.user}"), model, shape.body_bytes, shape.n)
+        profile = self.predictor.profile(basis.who, model)
+        return Estimate(worst_case(price, shape), predicted(price, shape, profile), basis, profile is not None)
+
     def holds_for(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> list[Hold]:
         """The budgets of a call, as spend keys; cached per caller and tags until a window
-        ends, an exception expires or the config changes (no scan over all budgets)."""
+        ends, an exception expires or the config changes (no scan over all budgets).
+        Only the key's own tags and the gateway's (``llmgw...``) are trusted to lift or
+        narrow a cap (``BudgetBook.effective``)."""
         ck = (p.key_id, p.org, p.workspace, p.user, tags)
         hit = self._holds.get(ck)
         if hit is not None and now_ms < hit[0] and now_ms >= hit[1]:
@@ -156,7 +228,8 @@ class Policy:
         tz = self.tz_of(p.org)
         out = []
         valid_from, valid_until = 0, self._book.next_expiry_ms(now_ms)
-        for a in self._book.effective(p, tags, now_ms):
+        trusted = tuple(t for t in tags if t in p.tags or t.startswith("llmgw"))
+        for a in self._book.effective(p, tags, now_ms, trusted):
             w = a.budget.window
             start, end = self._window(w, now_ms, tz)
             valid_from, valid_until = max(valid_from, start), min(valid_until, end)
@@ -174,89 +247,135 @@ class Policy:
         return b
 
     # -- reserve / settle -------------------------------------------------------
-    def reserve(self, p: Principal, tags: tuple[str, ...], estimate_micro_usd: int, now_ms: int, *,
+    def reserve(self, p: Principal, tags: tuple[str, ...], estimate: "int | Estimate", now_ms: int, *,
                 tokens: int = 0, downgrade: Downgrade | None = None, max_wait_ms: int = 0) -> Reservation:
-        """Hold the worst case on every budget and take the call's rate-limit share, or raise.
+        """Hold on every budget (its worst case or its prediction, per the budget's ``hold``)
+        and take the call's rate-limit share, or raise. An ``int`` estimate is both holds.
 
         A budget over its cap refuses (``BudgetExceeded``) unless its action is a
-        downgrade and ``downgrade(model)`` gives a worst case that fits every budget:
+        downgrade and ``downgrade(model)`` gives an estimate that fits every budget:
         then that is held and ``Reservation.model`` names the model to serve. Rate
         limits refuse (``RateLimited``) or, within ``max_wait_ms``, book a wait.
         """
+        est = Estimate.of(estimate)
         holds = self.holds_for(p, tags, now_ms)
         n = max(1, self.proxies())
-        amount, model, by = estimate_micro_usd, "", None
-        over = [(h, *m) for h in holds if (m := self._over(h, amount, n)) is not None]
+        model, by = "", None
+        over = [(h, *m) for h in holds if (m := self._over(h, est.hold(h.applied.budget.hold), n)) is not None]
         if over:
-            amount, model, by = self._downgrade(holds, over, estimate_micro_usd, downgrade, n, now_ms)
+            est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
         ticket = self.limiter.acquire(p, tokens, max_wait_ms)      # raises before any hold is placed
         if not holds:
-            return Reservation(amount, (), False, model, ticket)
-        keys = tuple(dict.fromkeys(k for h in holds for k in (h.key, *h.carve_keys)))
-        res = self._reserved
-        for k in keys:                      # carved-out spend is reserved where it is measured
-            res[k] = res.get(k, 0) + amount
-        r = Reservation(amount, tuple(holds), True, model, ticket, keys, by)
-        self.holds.add(r)
+            return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis)
+        held: dict[str, int] = {}
+        for h in holds:                     # a spend key capped twice holds the larger amount once
+            held[h.key] = max(held.get(h.key, 0), est.hold(h.applied.budget.hold))
+        res, exp = self._reserved, self._exposed
+        extra = tuple(max(est.worst_micro_usd - a, 0) for a in held.values())
+        for (k, a), x in zip(held.items(), extra):
+            res[k] = res.get(k, 0) + a
+            if x:
+                exp[k] = exp.get(k, 0) + x
+        r = Reservation(max(held.values()), tuple(holds), True, model, ticket, tuple(held), by,
+                        tuple(held.values()), est.basis, self._mono(), extra)
+        self.holds.add(r)               # for the sweeper and the open-hold gauges (holds.py)
         return r
 
-    def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True) -> None:
+    def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True,
+                observed: Tokens | None = None) -> None:
         """Drop the hold and settle the rate-limit charge to ``tokens_used`` (None keeps
         the worst case; ``forwarded=False`` gives the request back too). Call it right
         after the call's event went to the ledger (which counts the real cost at once):
-        never a moment where neither counts."""
+        never a moment where neither counts. ``observed``: the usage of a call that
+        completed normally, which later predicted holds of this key and model learn from."""
         if forwarded:
             self.limiter.settle(r.rate, tokens_used)
         else:
             self.limiter.cancel(r.rate)
+        if observed is not None and r.basis is not None:
+            self.predictor.observe(r.basis, observed)
         if not r.open:
             return
         r.open = False
         self.holds.discard(r)
-        res = self._reserved
-        for k in r.keys:
-            left = res.get(k, 0) - r.amount_micro_usd
-            if left > 0:
-                res[k] = left
-            else:
-                res.pop(k, None)
+        if forwarded and r.placed_s:
+            self._durations.append(self._mono() - r.placed_s)
+        for book, amounts in ((self._reserved, r.amounts), (self._exposed, r.extra)):
+            for k, a in zip(r.keys, amounts):
+                left = book.get(k, 0) - a
+                if left > 0:
+                    book[k] = left
+                else:
+                    book.pop(k, None)
 
-    def _over(self, h: Hold, estimate: int, n: int) -> tuple[int, int] | None:
-        used, folded = self.measure(h)
-        margin = (n - 1) * max(used - folded, 0)
-        return (used, margin) if used + margin + estimate > h.limit_micro_usd else None
+    def settle_time_s(self) -> int:
+        """How long a call in flight typically takes to settle here: a refusal it can lift says so."""
+        if not self._durations:
+            return _SETTLE_DEFAULT_S
+        mid = sorted(self._durations)[len(self._durations) // 2]
+        return min(_SETTLE_MAX_S, max(_SETTLE_MIN_S, -int(-mid // 1)))
 
-    def _downgrade(self, holds: list[Hold], over: list[tuple[Hold, int, int]], estimate: int,
-                   downgrade: Downgrade | None, n: int, now_ms: int) -> tuple[int, str, Hold]:
+    def _over(self, h: Hold, estimate: int, n: int) -> tuple[int, int, int] | None:
+        """(used, margin, reserved) when ``estimate`` does not fit the budget. The margin for the
+        other proxies counts this proxy's open predicted holds at their worst case: what peers
+        cannot see of a call is what it may cost, not what it was predicted to."""
+        used, folded, reserved = self.measure3(h)
+        margin = (n - 1) * max(used - folded + self._exposure(h), 0) if n > 1 else 0
+        return (used, margin, reserved) if used + margin + estimate > h.limit_micro_usd else None
+
+    def _downgrade(self, holds: list[Hold], over: list[tuple[Hold, int, int, int]], est: Estimate,
+                   downgrade: Downgrade | None, n: int, now_ms: int) -> tuple[Estimate, str, Hold]:
         """The cheaper model every over-cap budget names, if it fits them all; else the refusal."""
         stiff = [o for o in over if o[0].applied.budget.action != "downgrade" or not o[0].applied.budget.downgrade_to]
         if stiff or downgrade is None:
-            raise self._refusal(*(stiff or over)[0], estimate, now_ms, n)
+            o = (stiff or over)[0]
+            raise self._refusal(*o, est, now_ms, n)
         tried = []
         for target in dict.fromkeys(o[0].applied.budget.downgrade_to for o in over):
-            cheaper = downgrade(target)
-            if cheaper is not None and all(self._over(h, cheaper, n) is None for h in holds):
+            found = downgrade(target)
+            cheaper = None if found is None else Estimate.of(found)
+            if cheaper is not None and all(self._over(h, cheaper.hold(h.applied.budget.hold), n) is None
+                                           for h in holds):
                 return cheaper, target, over[0][0]
             tried.append(target)
-        raise self._refusal(*over[0], estimate, now_ms, n,
+        raise self._refusal(*over[0], est, now_ms, n,
                             note=f" Serving {' or '.join(tried)} instead would not fit either.")
 
-    def _refusal(self, h: Hold, used: int, margin: int, estimate: int, now_ms: int, n: int,
+    def _refusal(self, h: Hold, used: int, margin: int, reserved: int, est: Estimate, now_ms: int, n: int,
                  note: str = "") -> BudgetExceeded:
+        """Spent apart from reserved; retryable (soon) exactly when settling the calls in flight
+        could make room, final (until the reset) when the settled spend alone leaves none."""
         b = h.applied.budget
-        spent = (f"spent {micro_to_usd(max(used, 0))} of {micro_to_usd(h.limit_micro_usd)}; "
-                 f"this call may cost up to {micro_to_usd(estimate)}")
-        if used + estimate <= h.limit_micro_usd:          # only the margin refuses: it clears as calls settle
-            wait_s = _MARGIN_RETRY_S
-            msg = (f"Budget nearly exhausted: {b.describe()} ({spent}; {micro_to_usd(margin)} is held back "
-                   f"for calls in flight at the other {n - 1} gateway proxies). Retry in a few seconds.{note}")
+        hold = est.hold(b.hold)
+        spent = max(used - reserved, 0)
+        parts = [f"spent {micro_to_usd(spent)} of {micro_to_usd(h.limit_micro_usd)}"]
+        if reserved > 0:
+            parts.append(f"{micro_to_usd(reserved)} reserved by calls in flight")
+        if margin > 0:
+            parts.append(f"{micro_to_usd(margin)} held back for calls in flight at the other {n - 1} gateway proxies")
+        if b.hold == "strict" or hold == est.worst_micro_usd:
+            parts.append(f"this call may cost up to {micro_to_usd(hold)}")
+        else:
+            how = "what your recent calls used" if est.learned else "a first-call estimate"
+            parts.append(f"this call holds {micro_to_usd(hold)}, {how} "
+                         f"(it may cost up to {micro_to_usd(est.worst_micro_usd)})")
+        view = "; ".join(parts)
+        if spent + hold <= h.limit_micro_usd:            # the calls in flight hold the room: they settle soon
+            wait_s = self.settle_time_s()
+            msg = (f"Budget busy: {b.describe()} ({view}). It fits once calls in flight settle: "
+                   f"retry in {wait_s}s.{note}")
         else:
             wait_s = max(1, -(-(h.window_end_ms - now_ms) // 1000))
-            msg = (f"Budget exceeded: {b.describe()} would be exceeded ({spent}). "
+            msg = (f"Budget exceeded: {b.describe()} would be exceeded ({view}). "
                    f"It resets at {iso_utc(h.window_end_ms)} (in {_human(wait_s)}).{note} "
                    f"To get more, {self.increase_hint}.")
-        return BudgetExceeded(msg, retry_after_s=wait_s, retry_pointless=wait_s > _RETRY_WORTH_S,
-                              headers={"x-llmgw-budget": b.origin or b.record_name})
+        err = BudgetExceeded(msg, retry_after_s=wait_s, retry_pointless=wait_s > _RETRY_WORTH_S,
+                             headers={"x-llmgw-budget": b.origin or b.record_name,
+                                      "x-llmgw-budget-reset": iso_utc(h.window_end_ms)})
+        err.resets_at_s = -(-h.window_end_ms // 1000)
+        err.summary = (f"The {b.describe()} is used up ({micro_to_usd(spent)} spent). To get more, "
+                       f"{self.increase_hint}")
+        return err
 
     def remaining_headers(self, r: Reservation) -> dict[str, str]:
         t = r.tightest(self)

@@ -48,6 +48,8 @@ MINUTE_MS, DAY_MS = 60_000, 86_400_000
 METRICS: dict[str, tuple[str, int]] = {"rpm": (REQUESTS, MINUTE_MS), "tpm": (TOKENS, MINUTE_MS),
                                        "rpd": (REQUESTS, DAY_MS), "tpd": (TOKENS, DAY_MS)}
 _NEVER_MS = 1 << 62
+# A refusal whose capacity frees later than this says x-should-retry: false (as budgets do).
+_RETRY_WORTH_S = 60
 
 
 def worst_case_tokens(price: Price, shape: RequestShape) -> int:
@@ -336,6 +338,11 @@ def _refusal(a: AppliedLimit, wait_ms: int, tokens: int, share: int) -> RateLimi
         err.should_retry = False
         return err
     wait_s = max(1, -(-wait_ms // 1000))
-    return RateLimited(f"Rate limit reached: {lim.describe()}{shared}; this call needs {ask}. "
-                       f"Retry in {wait_s}s, or send `x-llmgw-wait: SECONDS` to queue for it.",
-                       retry_after_s=wait_s, headers={"x-llmgw-ratelimit": lim.origin or lim.record_name})
+    err = RateLimited(f"Rate limit reached: {lim.describe()}{shared}; this call needs {ask}. "
+                      f"Retry in {wait_s}s, or send `x-llmgw-wait: SECONDS` to queue for it.",
+                      retry_after_s=wait_s, headers={"x-llmgw-ratelimit": lim.origin or lim.record_name})
+    if wait_s > _RETRY_WORTH_S:       # an RPD/TPD window: SDKs must not retry silently for minutes
+        err.should_retry = False
+        err.resets_at_s = int(time.time()) + wait_s
+        err.summary = f"The rate limit {lim.describe()} is reached"
+    return err

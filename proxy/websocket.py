@@ -30,6 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ledger import events as E
 
+from .adapters.openai_chat import is_codex
 from .adapters.openai_responses import OpenAIResponses, ResponsesMeter, parse_create
 from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
@@ -46,8 +47,10 @@ _GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 def _error_frame(err: GatewayError) -> str:
     e = orjson.loads(_ADAPTER.error_body(err))["error"]
-    return orjson.dumps({"type": "error", "status": err.status,
-                         "error": {"type": e["type"], "code": e["code"], "message": e["message"], "param": None}}).decode()
+    frame = {"type": "error", "status": err.status, "error": {**e, "param": None}}
+    if err.client == "codex" and err.codex_final:      # Codex reads a frame's headers as an HTTP response's
+        frame["headers"] = err.response_headers()
+    return orjson.dumps(frame).decode()
 
 
 async def responses_ws(request: web.Request) -> web.StreamResponse:
@@ -240,6 +243,7 @@ class ResponsesSession:
                 self.end(err)
                 return
             except GatewayError as err:
+                err.client = "codex" if is_codex(self.request.headers) else ""
                 await client.send_str(_error_frame(err))
                 continue
             await upstream.send_str(frame)

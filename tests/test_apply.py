@@ -1,6 +1,7 @@
 """Config as code: `llmgw apply -f` shows a diff, makes the live config match, and is idempotent."""
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_sample_dry_run_then_apply_then_apply_again_changes_nothing(env, tmp_pat
     assert first.returncode == 0 and first.stdout.splitlines()[-1].startswith("applied ")
     applied = config_log(tmp_path)
     records = [orjson.loads(x) for x in applied.splitlines()]
-    assert {(r["actor"], r["reason"]) for r in records} == {("apply", "initial rollout")}
+    assert {(r["actor"], r["reason"]) for r in records} == {(f"cli:{getpass.getuser()}", "initial rollout")}   # the person
 
     second = llmgw("apply", "-f", str(SAMPLE), env=env)
     assert second.returncode == 0 and second.stdout.startswith("no changes")
@@ -83,7 +84,7 @@ def test_changes_show_as_update_and_delete_lines_and_land_in_the_audit_log(env, 
     alice = [e for e in entries if e["id"] == "budget:budget|acme|user:alice||day"]
     assert [(e["action"], e["before"] and e["before"]["limit_micro_usd"], e["after"]["limit_micro_usd"])
             for e in alice] == [("create", None, 60_000_000), ("update", 60_000_000, 75_000_000)]
-    assert alice[-1]["actor"] == "apply" and alice[-1]["reason"] == "tighten"
+    assert alice[-1]["actor"] == f"cli:{getpass.getuser()}" and alice[-1]["reason"] == "tighten"
 
 
 def test_bad_documents_are_refused_with_the_place_of_the_error(env, tmp_path):

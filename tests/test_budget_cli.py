@@ -59,3 +59,28 @@ def test_bad_input_is_refused_with_a_hint(llmgw):
     assert rc == 2 and "downgrade:MODEL" in err
     rc, _, err = llmgw("limits", "set", "user:x", "rpm", "-1")
     assert rc == 2 and "cannot be negative" in err
+
+
+def test_budgets_delete_keys_update_and_every_change_names_the_person(llmgw, tmp_path):
+    import asyncio
+    import getpass
+
+    from ledger.configlog import open_config_log
+    from proxy.budgets import Budget
+    _, key, _ = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "ivy")
+    key_id = key.strip().split("-")[2]
+    assert llmgw("budgets", "set", "workspace:acme/backend", "day", "5", "--hold", "strict")[0] == 0
+    assert llmgw("budgets", "set", "user:ivy", "day", "0.001")[1] == "set: user ivy daily budget $0.001; at cap: refuse\n"
+    rc, out, _ = llmgw("budgets", "explain", "--key", key_id)
+    assert "workspace acme/backend" in out                       # the ORG/NAME form applies to the key
+    assert llmgw("budgets", "delete", "workspace:acme/backend", "day")[0] == 0
+    assert llmgw("budgets", "delete", "workspace:acme/backend", "day")[0] == 1     # already gone
+    assert "workspace" not in llmgw("budgets", "list")[1]
+    rc, out, _ = llmgw("keys", "update", key_id, "--tag", "project:payments", "--models", "claude-haiku-*")
+    assert rc == 0 and "tags=project:payments models=claude-haiku-*" in out
+    state = asyncio.run(open_config_log(tmp_path, None, "llmgw").load())
+    rec = state.get("key", key_id)
+    assert rec.data["tags"] == ["project:payments"] and rec.data["allowed_models"] == ["claude-haiku-*"]
+    assert rec.actor == getpass.getuser()
+    assert Budget.from_record(state.get("budget", "budget||user:ivy||day")).hold == "predicted"
+    assert {r.actor for r in state.records.values()} == {getpass.getuser()}

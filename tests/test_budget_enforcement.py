@@ -57,27 +57,62 @@ async def test_defaults_apply_to_users_created_later_and_explicit_wins(gw, fake_
 
 
 async def test_an_exception_lifts_one_project_without_lifting_others(gw, fake_provider):
-    key, _ = gw.key("acme", "backend", "erin")
+    payments, _ = gw.key("acme", "backend", "erin", tags=("project:payments",))   # the tag an admin gave the key
+    plain, _ = gw.key("acme", "backend", "erin")
     gw.budget("user:erin", "day", "0.02")
     gw.budget("user:erin", "day", "5", tag="project:payments", kind="exception", until_ms=4_102_444_800_000)
-    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0)
 
-    async def call(project: str) -> str:
+    async def call(key: str, project: str | None) -> str:
         fake_provider.script(Reply(usage=Usage(input=1000, output=1000)))   # $0.006 on haiku
+        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0)
         try:
             await client.messages.create(model="claude-haiku-4-5", max_tokens=1000,
                                          messages=[{"role": "user", "content": "x"}],
-                                         extra_headers={"x-llmgw-tags": f"project:{project}"})
+                                         extra_headers={"x-llmgw-tags": f"project:{project}"} if project else {})
             return "ok"
         except anthropic.RateLimitError:
             return "refused"
+        finally:
+            await client.close()
 
-    assert [await call("payments") for _ in range(10)] == ["ok"] * 10     # $0.06, over the $0.02 user cap
-    others = [await call("search") for _ in range(5)]
+    assert [await call(payments, None) for _ in range(10)] == ["ok"] * 10   # $0.06, over the $0.02 user cap
+    others = [await call(plain, "search") for _ in range(5)]
     assert others[0] == "ok" and others[-1] == "refused"      # the ordinary cap still holds elsewhere
     events = await gw.events()
     search_spend = sum(e.cost_micro_usd for e in events if e.project == "search")
     assert search_spend <= 20_000
+
+
+async def test_a_client_sent_tag_cannot_unlock_an_exception(gw, fake_provider):
+    """`x-llmgw-tags: project:payments` from the client attributes spend but lifts no cap: the
+    exception matches only a tag the key carries (or one the budget declares client-settable)."""
+    key, _ = gw.key("acme", "backend", "gil")
+    gw.budget("user:gil", "day", "0.01")
+    gw.budget("user:gil", "day", "5", tag="project:payments", kind="exception", until_ms=4_102_444_800_000)
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0)
+
+    async def call() -> str:
+        fake_provider.script(Reply(usage=Usage(input=1000, output=1000)))   # $0.006 on haiku
+        try:
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=1000,
+                                         messages=[{"role": "user", "content": "x"}],
+                                         extra_headers={"x-llmgw-tags": "project:payments"})
+            return "ok"
+        except anthropic.RateLimitError as exc:
+            assert "user gil daily budget $0.01" in exc.body["error"]["message"]
+            return "refused"
+
+    results = [await call() for _ in range(4)]
+    assert results[0] == "ok" and results[-1] == "refused"
+    events = await gw.events()
+    served = [e for e in events if e.outcome == E.OK]
+    assert sum(e.cost_micro_usd for e in served) <= 10_000 + 6_000      # the $0.01 cap (one call's settle past it)
+    assert all(e.project == "payments" for e in served)                  # the client's tag still attributes spend
+    # declared client-settable, the same header now lifts the cap
+    gw.budget("user:gil", "day", "5", tag="project:payments", kind="exception", until_ms=4_102_444_800_000,
+              client_tags=True)
+    assert await call() == "ok"
+    await client.close()
 
 
 async def test_success_headers_show_the_tightest_budget(gw, fake_provider):

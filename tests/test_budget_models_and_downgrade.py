@@ -67,7 +67,7 @@ async def test_user_and_workspace_lists_both_apply_and_explicit_replaces_the_def
 async def test_a_budget_at_cap_downgrades_to_the_named_model_and_the_event_shows_both(gw, fake_provider):
     # Worst cases for max_tokens=1000 and a ~100-byte body: sonnet ~$0.040, haiku ~$0.0134.
     key, _ = gw.key("acme", "backend", "dan")
-    gw.budget("user:dan", "day", "0.045", action="downgrade", downgrade_to="claude-haiku-4-5")
+    gw.budget("user:dan", "day", "0.045", action="downgrade", downgrade_to="claude-haiku-4-5", hold="strict")
     client = ant(gw, key)
     fake_provider.script(*[Reply(usage=Usage(input=4_000, output=1_000)) for _ in range(3)])
     raw = await ask(client, "claude-sonnet-4-5")                    # fits: served as asked, costs $0.027

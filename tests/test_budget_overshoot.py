@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import anthropic
+import pytest
 
 from ledger import events as E
 from ledger.fold import fold
@@ -150,7 +151,14 @@ def instrument(cluster: Cluster, proxies: list[GatewayHarness], run: Run) -> Non
         pol.reserve = reserve
 
 
-async def run_cluster(fake_provider, tmp_path, proxies_setting: int) -> Run:
+# haiku: each call costs 3,000 in + 1,500 out = $0.0105; its worst case is about $0.017.
+STEADY = Reply(chunks=5, chunk_delay_s=0.03, usage=Usage(input=3_000, output=1_500))
+# issue 18's worst cell: short output-heavy calls (100 in + 2,000 out = $0.0101, worst case ~$0.019)
+SHORT_OUTPUT_HEAVY = Reply(chunks=2, chunk_delay_s=0.005, usage=Usage(input=100, output=2_000))
+
+
+async def run_cluster(fake_provider, tmp_path, proxies_setting: int, hold: str = "strict",
+                      callers: int = 48, reply: Reply = STEADY) -> Run:
     cluster = Cluster(LAGS_S)
     proxies = [GatewayHarness(fake_provider, tmp_path / f"gw{i}", ledger=led, gateway_id=f"gw-{i}",
                               file_config={"policy": {"proxies": proxies_setting}})
@@ -160,18 +168,16 @@ async def run_cluster(fake_provider, tmp_path, proxies_setting: int) -> Run:
     run = Run()
     try:
         key, _ = proxies[0].key("acme", "backend", "dave")
-        budget = proxies[0].budget("user:dave", "day", "1")
+        budget = proxies[0].budget("user:dave", "day", "1", hold=hold)
         for h in proxies[1:]:                                  # one config log in production
             for r in list(proxies[0].gw.config.records.values()):
                 h._put(r)
         assert budget.limit_micro_usd == CAP
         instrument(cluster, proxies, run)
-        # haiku: each call costs 3,000 in + 1,500 out = $0.0105; its worst case is about $0.017.
-        fake_provider.script(*[Reply(chunks=5, chunk_delay_s=0.03, usage=Usage(input=3_000, output=1_500))
-                               for _ in range(600)])
+        fake_provider.script(*[reply for _ in range(600)])
         async with asyncio.TaskGroup() as tg:
             processor = tg.create_task(cluster.run())
-            await asyncio.gather(*(worker(h, key) for h in proxies for _ in range(16)))
+            await asyncio.gather(*(worker(proxies[c % len(proxies)], key) for c in range(callers)))
             await asyncio.sleep(max(LAGS_S) + 0.05)
             processor.cancel()
     finally:
@@ -206,6 +212,32 @@ async def test_three_proxies_overshoot_only_within_the_documented_bound(fake_pro
           f"committed {run.committed_over_cap()}, bound {run.bound(3)}; last admission {last}")
     assert overshoot <= run.committed_over_cap() <= run.bound(3)
     assert run.spent >= CAP * 0.8                              # the cap was used, not refused wholesale
+
+
+async def test_predicted_holds_overshoot_only_within_the_bound_plus_their_excess(fake_provider, tmp_path):
+    """Predicted holds: every call here costs the same, so after its first call a key is held the
+    real cost ($0.0105) and no call costs more than it held (the excess term of docs/budgets.md is 0):
+    the strict bound holds with e = the hold, and the cap fills closer than under strict holds."""
+    run = await run_cluster(fake_provider, tmp_path, proxies_setting=3, hold="predicted")
+    overshoot = run.spent - CAP
+    print(f"\nN=3 predicted: spent {run.spent}, served {run.served}, overshoot {overshoot}, "
+          f"committed {run.committed_over_cap()}, bound {run.bound(3)}; last admission {run.admissions[-1]}")
+    assert run.admissions[-1].amount == 10_500          # learned: the hold is the real cost (cold: $0.0142)
+    assert overshoot <= run.committed_over_cap() <= run.bound(3)
+    assert run.spent >= CAP * 0.9                              # fills past the 90% alert
+
+
+@pytest.mark.parametrize("hold", ["strict", "predicted"])
+async def test_64_callers_of_short_output_heavy_calls_stay_within_the_bound(fake_provider, tmp_path, hold):
+    """Issue 18's worst cell (+8.8% of the cap under strict holds): many callers, short calls, so each
+    peer admits many calls while its snapshot lags and the staleness term of the bound grows."""
+    run = await run_cluster(fake_provider, tmp_path, proxies_setting=3, hold=hold, callers=64,
+                            reply=SHORT_OUTPUT_HEAVY)
+    overshoot = run.spent - CAP
+    print(f"\nN=3 64 callers {hold}: spent {run.spent}, served {run.served}, overshoot {overshoot}, "
+          f"committed {run.committed_over_cap()}, bound {run.bound(3)}")
+    assert overshoot <= run.committed_over_cap() <= run.bound(3)
+    assert run.spent >= CAP * 0.8
 
 
 async def test_without_the_margin_the_same_load_overshoots_far_more(fake_provider, tmp_path):

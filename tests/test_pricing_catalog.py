@@ -29,8 +29,8 @@ def write_overrides(path: Path, *entries: dict[str, object]) -> Path:
 
 def test_public_names_are_pinned() -> None:
     assert sorted(pricing.__all__) == sorted([
-        "CallOptions", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",
-        "cost", "load_catalog", "rerate", "worst_case"])
+        "CallOptions", "CallProfile", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",
+        "cost", "load_catalog", "predicted", "rerate", "worst_case"])
     for name in pricing.__all__:
         assert hasattr(pricing, name)
 

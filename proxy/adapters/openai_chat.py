@@ -8,6 +8,7 @@ extra final chunk (empty ``choices``) so the client sees what it asked for.
 from __future__ import annotations
 
 import re
+from typing import Mapping
 
 import orjson
 
@@ -30,6 +31,11 @@ _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_to
 def error_object(err: GatewayError) -> dict:
     code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
     etype = "insufficient_quota" if err.kind == "budget" else _ERROR_TYPES.get(err.status, "server_error")
+    if err.client == "codex" and err.codex_final:
+        # Codex shows a fixed text for insufficient_quota; for usage_limit_reached it shows the reset
+        # time (resets_at) and the x-codex-promo-message header (GatewayError.response_headers)
+        return {"error": {"message": err.message, "type": "usage_limit_reached", "param": None, "code": code,
+                          "resets_at": err.resets_at_s, "resets_in_seconds": err.retry_after_s}}
     return {"error": {"message": err.message, "type": etype, "param": None, "code": code}}
 
 
@@ -44,6 +50,11 @@ def _may_hold_usage(event: bytes) -> bool:
     if n == 0 or n == event.count(b'"usage":null'):
         return False
     return _USAGE_OBJECT.search(event) is not None
+
+
+def is_codex(headers: Mapping[str, str]) -> bool:
+    """Codex CLI (and its IDE extension) names itself in ``originator`` and its user agent."""
+    return headers.get("originator", "").startswith("codex") or headers.get("user-agent", "").startswith("codex")
 
 
 def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageReader | None = None,

@@ -24,7 +24,7 @@ import yaml
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS
 from proxy.access import TYPE as MODELS_TYPE, ModelList
-from proxy.budgets import Budget, micro_to_usd, usd_to_micro
+from proxy.budgets import Budget, micro_to_usd, parse_hold, usd_to_micro
 from proxy.ratelimit import METRICS, TYPE as LIMITS_TYPE, RateLimit
 
 from . import entities as E
@@ -66,13 +66,18 @@ def _keys(where: str, node: Any, allowed: set[str]) -> dict[str, Any]:
 
 
 def _limit(where: str, value: Any) -> dict[str, Any]:
-    """``50`` or ``"12.50"`` (USD), or ``{limit_usd: 50, action: downgrade, downgrade_to: ...}``."""
+    """``50`` or ``"12.50"`` (USD), or ``{limit_usd: 50, action: downgrade, downgrade_to: ...,
+    hold: strict, client_tags: true}``."""
     if isinstance(value, dict):
-        spec = _keys(where, value, {"limit_usd", "action", "downgrade_to"})
+        spec = _keys(where, value, {"limit_usd", "action", "downgrade_to", "hold", "client_tags"})
         if "limit_usd" not in spec:
             raise ValueError(f"{where}: missing limit_usd")
+        if "client_tags" in spec and not isinstance(spec["client_tags"], bool):
+            raise ValueError(f"{where}.client_tags: expected true or false")
         return {"limit_micro_usd": usd_to_micro(str(spec["limit_usd"])),
-                **{k: str(spec[k]) for k in ("action", "downgrade_to") if spec.get(k)}}
+                **{k: str(spec[k]) for k in ("action", "downgrade_to") if spec.get(k)},
+                **({"hold": parse_hold(str(spec["hold"]))} if "hold" in spec else {}),
+                **({"client_tags": spec["client_tags"]} if "client_tags" in spec else {})}
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{where}: expected a USD amount")
     return {"limit_micro_usd": usd_to_micro(str(value))}
@@ -96,7 +101,8 @@ class _Desired:
     def budget(self, where: str, scope_kind: str, name: str, org: str, window: str, spec: dict[str, Any],
                *, tag: str = "", kind: str = "budget", until_ms: int = 0) -> None:
         b = Budget(scope_kind, name, window, spec["limit_micro_usd"], org=org, tag=tag, kind=kind,
-                   until_ms=until_ms, **{k: v for k, v in spec.items() if k in ("action", "downgrade_to")})
+                   until_ms=until_ms,
+                   **{k: v for k, v in spec.items() if k in ("action", "downgrade_to", "hold", "client_tags")})
         self.add(b.record(actor=self.actor, reason=self.reason), where)
 
     def policy(self, where: str, node: dict[str, Any], scope_kind: str, name: str, org: str) -> None:
@@ -125,10 +131,13 @@ class _Desired:
                 self.budget(where, scope_kind, name, org, w, spec, tag=str(tag))
         for i, exc in enumerate(node.get("exceptions") or ()):
             at = f"{where}.exceptions[{i}]"
-            e = _keys(at, exc, {"tag", "window", "limit_usd", "until"})
+            e = _keys(at, exc, {"tag", "window", "limit_usd", "until", "client_tags"})
             if not e.get("tag") or e.get("window") not in WINDOWS or "until" not in e or "limit_usd" not in e:
                 raise ValueError(f"{at}: an exception needs tag, window, limit_usd and until")
-            self.budget(at, scope_kind, name, org, e["window"], _limit(at, e["limit_usd"]), tag=str(e["tag"]),
+            if not isinstance(e.get("client_tags", False), bool):
+                raise ValueError(f"{at}.client_tags: expected true or false")
+            spec = {**_limit(at, e["limit_usd"]), "client_tags": e.get("client_tags", False)}
+            self.budget(at, scope_kind, name, org, e["window"], spec, tag=str(e["tag"]),
                         kind="exception", until_ms=parse_instant_ms(str(e["until"]), self.now_ms))
 
     def defaults(self, where: str, node: Any, org: str) -> None:

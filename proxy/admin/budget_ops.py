@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS
-from proxy.budgets import MAX_USD, Budget, parse_scope, usd_to_micro
+from proxy.budgets import MAX_USD, Budget, parse_hold, parse_scope, scope_org, usd_to_micro
 
 from .entities import user_workspaces
 from .errors import Forbidden
@@ -48,8 +48,10 @@ def budget_from_json(body: Mapping[str, Any], kind: str, now_ms: int) -> Budget:
         scope_kind = body.get("scope_kind")
         if scope_kind not in ("org", "workspace", "user", "key"):
             raise ValueError("scope_kind must be one of org, workspace, user, key")
-        return Budget(scope_kind, "*", window, limit or 0, org=org, kind="default")
+        return Budget(scope_kind, "*", window, limit or 0, org=org, kind="default",
+                      hold=parse_hold(str(body.get("hold") or "predicted")))
     scope_kind, name = parse_scope(str(body.get("scope") or ""))
+    name, org = scope_org(scope_kind, name, org)
     until_ms = 0
     if kind == "exception":
         if not tag:
@@ -59,7 +61,9 @@ def budget_from_json(body: Mapping[str, Any], kind: str, now_ms: int) -> Budget:
             raise ValueError("an exception needs `until` (ISO date/time) or `until_ms`")
         until_ms = int(body["until_ms"]) if body.get("until_ms") else parse_instant_ms(str(until), now_ms)
     extra = {k: str(body[k]) for k in ("action", "downgrade_to") if body.get(k)}
-    return Budget(scope_kind, name, window, limit or 0, org=org, tag=tag, kind=kind, until_ms=until_ms, **extra)
+    return Budget(scope_kind, name, window, limit or 0, org=org, tag=tag, kind=kind, until_ms=until_ms,
+                  hold=parse_hold(str(body.get("hold") or "predicted")), client_tags=body.get("client_tags") is True,
+                  **extra)
 
 
 def budget_view(rec: ConfigRecord) -> dict[str, Any]:
@@ -69,6 +73,7 @@ def budget_view(rec: ConfigRecord) -> dict[str, Any]:
             "window": b.window, "limit_micro_usd": b.limit_micro_usd,
             "limit_usd": str(Decimal(b.limit_micro_usd) / 1_000_000), "until_ms": b.until_ms,
             "until": iso_ms(b.until_ms), "action": b.action, "downgrade_to": b.downgrade_to,
+            "hold": b.hold, "client_tags": b.client_tags,
             "raises": d.get("raises") or [], "description": b.describe()}
 
 

@@ -76,7 +76,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with open(args.file, encoding="utf-8") as f:
         doc = A.load(f.read())
     state = asyncio.run(log.load())
-    changes = A.plan(state, doc, actor="apply", reason=args.reason or "", now_ms=_now())
+    changes = A.plan(state, doc, actor=_actor(args).actor, reason=args.reason or "", now_ms=_now())
     for line in A.render(changes):
         print(line)
     if not changes:
@@ -199,7 +199,8 @@ def register(subparsers: Any) -> None:
     actor = argparse.ArgumentParser(add_help=False)
     actor.add_argument("--actor", help="who the audit log names (default: your OS user name)")
 
-    a = subparsers.add_parser("apply", help="make the live config match a YAML file (shows the diff first)")
+    a = subparsers.add_parser("apply", parents=[actor],
+                              help="make the live config match a YAML file (shows the diff first)")
     a.add_argument("-f", "--file", required=True, help="config as code, e.g. deploy/gateway.yaml")
     a.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
     a.add_argument("--reason", help="why, for the audit log")
