@@ -151,7 +151,8 @@ class CallRecord:
         """The call's started record: what the ledger charges if its usage event never comes."""
         p = self.principal
         return CallStarted(self.event_id, self.started_ms, p.org, p.workspace, p.user, p.key_id, self.provider,
-                           self.adapter.api, call.model, reservation.amount_micro_usd, gw.settings.gateway_id,
+                           self.adapter.api, call.model, reservation.worst_micro_usd or reservation.amount_micro_usd,
+                           gw.settings.gateway_id,
                            self.model_requested, call.tags, call.stream)
 
     def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,

@@ -107,6 +107,9 @@ class Reservation:
     basis: Basis | None = None
     placed_s: float = 0.0                 # monotonic time the holds were placed
     extra: tuple[int, ...] = ()           # worst case beyond the hold on each of ``keys`` (predicted)
+    # The call's worst case, whatever was held: what a crash charges it (ledger/started.py), since a
+    # predicted hold can be below what the provider bills for the whole reply.
+    worst_micro_usd: int = 0
 
     @property
     def wait_ms(self) -> int:
@@ -266,7 +269,8 @@ class Policy:
             est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
         ticket = self.limiter.acquire(p, tokens, max_wait_ms)      # raises before any hold is placed
         if not holds:
-            return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis)
+            return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis,
+                               worst_micro_usd=est.worst_micro_usd)
         held: dict[str, int] = {}
         for h in holds:                     # a spend key capped twice holds the larger amount once
             held[h.key] = max(held.get(h.key, 0), est.hold(h.applied.budget.hold))
@@ -277,7 +281,7 @@ class Policy:
             if x:
                 exp[k] = exp.get(k, 0) + x
         r = Reservation(max(held.values()), tuple(holds), True, model, ticket, tuple(held), by,
-                        tuple(held.values()), est.basis, self._mono(), extra)
+                        tuple(held.values()), est.basis, self._mono(), extra, est.worst_micro_usd)
         self.holds.add(r)               # for the sweeper and the open-hold gauges (holds.py)
         return r
 
