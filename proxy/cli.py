@@ -15,13 +15,14 @@ from typing import Callable
 
 from analytics import cli as analytics_cli, reconcile_cli, sink_cli
 from ledger import alerts_cli
-from ledger.configlog import ConfigRecord, ConfigState, open_config_log
+from ledger.configlog import ConfigRecord, ConfigState
 from pricing import cli as pricing_cli
 
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
 from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
+from .local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
@@ -35,8 +36,8 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def _config_io(args: argparse.Namespace):
-    s = _settings(args)
-    return open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)
+    """Through the running `llmgw serve` of this data dir if there is one: it applies the record at once."""
+    return cli_config_log(_settings(args))
 
 
 def _append(args: argparse.Namespace, rec: ConfigRecord) -> None:
@@ -69,9 +70,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.worker_index is None:            # a worker's supervisor has printed the line for all of them
         mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
         print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
+    app = create_app(s)
+    if args.worker_index is None:            # the CLI beside it goes through it (proxy/local_gateway.py)
+        from .admin.runtime import ADMIN
+
+        def on_token(token: str) -> None:
+            app[ADMIN].local_token = token
+        app.cleanup_ctx.append(serve_ctx(s, on_token))
     # backlog: aiohttp's default of 128 overflows when a fleet of agents (or a load balancer
     # reconnecting) opens hundreds of connections at once, and each dropped SYN waits 1-3 s to retry
-    web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
+    web.run_app(app, host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
                 shutdown_timeout=s.shutdown_timeout_s, reuse_port=True if args.worker_index is not None else None)
     return 0
 
@@ -252,6 +260,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
 # -- ledger ----------------------------------------------------------------------------
 def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     s = _settings(args)
+    if s.embedded and (gw := find_gateway(s)) is not None:
+        # the gateway's checkpoint lags what it has folded: compare with its live view at a quiet cut
+        r = gw.json("POST", "/admin/ledger/rebuild")
+        print(f"rebuilt {r['rebuilt_keys']} spend keys from the log up to position {r['position']}; the running "
+              f"gateway has {r['live_keys']}: " + ("identical" if r["identical"] else
+                                                    "DIFFERENT: " + ", ".join(r["differences"])))
+        return 0 if r["identical"] else 1
     if s.embedded:
         from ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
@@ -395,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"llmgw: {exc}", file=sys.stderr)
         return 2
+    except (GatewayRefused, ConnectionError) as exc:     # the running gateway said no, or went away
+        print(f"llmgw: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 import orjson
 
-from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, open_config_log
+from ledger.configlog import ConfigLog, ConfigRecord, ConfigState
 from ledger.windows import WINDOWS
 from proxy.budgets import usd_to_micro
 from proxy.context import org_timezones
 from proxy.errors import GatewayError
+from proxy.local_gateway import cli_config_log
 from proxy.settings import Settings
 
 from . import apply as A
@@ -41,7 +42,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _log(args: argparse.Namespace) -> tuple[Settings, ConfigLog]:
     s = _settings(args)
-    return s, open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)
+    return s, cli_config_log(s)      # through a running `llmgw serve` of this data dir, if any
 
 
 def _write(log: ConfigLog, records: list[ConfigRecord]) -> None:
