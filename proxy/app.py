@@ -24,7 +24,7 @@ from .adapters.openai_chat import OpenAIChat
 from .adapters.openai_embeddings import OpenAIEmbeddings
 from .adapters.openai_responses import OpenAIResponses
 from .context import GATEWAY, REQUEST_ID, EventObserver, Gateway, org_timezones, prices_path
-from .errors import GatewayError, NotFound
+from .errors import GatewayError, NoRoute
 from .ops import routes as ops_routes
 from .ops.observe import observe
 from .ops.state import OPS, Ops
@@ -57,9 +57,12 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
     except GatewayError as err:
         resp = _render(request, err)
     except web.HTTPNotFound:
-        resp = _render(request, NotFound(f"no route for {request.method} {request.path}"))
+        resp = _render(request, NoRoute(f"no route for {request.method} {request.path}: the gateway serves "
+                                        "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/messages and "
+                                        "/v1/models (is the client's base URL right?)"))
     except web.HTTPMethodNotAllowed:
-        resp = _render(request, NotFound(f"{request.method} is not supported on {request.path}"))
+        resp = _render(request, NoRoute(f"no route for {request.method} {request.path} "
+                                        f"({request.method} is not supported there)"))
     if not resp.prepared:
         resp.headers["x-llmgw-request-id"] = rid
     return resp

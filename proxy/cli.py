@@ -57,7 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    s = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    s = _settings(args, host=args.host, port=args.port, workers=args.workers,
+                  upstream_auth=False if args.no_upstream_auth else None)
+    if args.worker_index is None and not _upstream_credentials_ok(s):
+        return 2
     if args.worker_index is None and s.workers != 1:
         return _serve_workers(s)
     from .ops.logs import configure_logging
@@ -82,6 +85,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     web.run_app(app, host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
                 shutdown_timeout=s.shutdown_timeout_s, reuse_port=True if args.worker_index is not None else None)
     return 0
+
+
+def _upstream_credentials_ok(s: Settings) -> bool:
+    """Refuse to start with no upstream credential at all; name the upstreams that have none."""
+    creds = s.upstream_credentials()
+    missing = [name for name, ok in creds.items() if not ok]
+    if not any(creds.values()) and s.upstream_auth:
+        print("llmgw: no upstream credential is set, so every call would reach the provider without a key "
+              "and be refused. Set LLMGW_OPENAI_API_KEY and/or LLMGW_ANTHROPIC_API_KEY (or api_key on an "
+              "upstream in the config file), or pass --no-upstream-auth for a model server that needs none.",
+              file=sys.stderr)
+        return False
+    if missing and any(creds.values()):
+        print(f"llmgw: no credential for upstream {', '.join(missing)}: calls routed there go without a key",
+              file=sys.stderr)
+    return True
 
 
 def _serve_workers(s: Settings) -> int:
@@ -303,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="listen port (default 4000)")
     s.add_argument("--workers", type=int, default=None, help="processes serving the port, one per core "
                    "(also LLMGW_WORKERS; default 1; more than 1 needs Kafka)")
+    s.add_argument("--no-upstream-auth", action="store_true", help="start even with no upstream credential "
+                   "(a local model server that needs none; also LLMGW_UPSTREAM_AUTH=0)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)   # set by the supervisor
     s.set_defaults(func=cmd_serve)
 

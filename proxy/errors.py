@@ -5,7 +5,8 @@
     │   └── BodyTooLarge      413
     ├── AuthError             401 auth              no key, unknown, revoked or expired key
     ├── PolicyDenied          403 policy            model not allowed for this key/user/workspace
-    ├── NotFound              404 not_found         unknown route or unknown model
+    ├── NotFound              404 not_found         unknown model
+    │   └── NoRoute           404 no_route          no such path on the gateway
     ├── BudgetExceeded        429 budget            a budget would go over its cap
     ├── RateLimited           429 rate              RPM/TPM window full
     ├── LedgerUnavailable     503 unavailable       fail-closed while the ledger is unreachable
@@ -59,6 +60,12 @@ class PolicyDenied(GatewayError):
 
 class NotFound(GatewayError):
     status, kind, should_retry = 404, "not_found", False
+
+
+class NoRoute(NotFound):
+    """The path is none of the gateway's (a typo'd base URL), not a model the upstream lacks."""
+
+    kind = "no_route"
 
 
 class BudgetExceeded(GatewayError):

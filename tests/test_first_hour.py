@@ -1,0 +1,52 @@
+"""What a newcomer meets in the first hour: a gateway that will not start keyless, clear errors on wrong paths."""
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from tests.test_cli_serve import env, free_port, llmgw  # noqa: F401  (env is a fixture)
+
+
+def test_serve_refuses_to_start_without_any_upstream_credential(env):
+    keyless = {k: v for k, v in env.items() if k not in ("LLMGW_OPENAI_API_KEY", "LLMGW_ANTHROPIC_API_KEY")}
+    out = llmgw("serve", "--port", str(free_port()), env=keyless)
+    assert out.returncode == 2
+    assert "no upstream credential" in out.stderr and "--no-upstream-auth" in out.stderr
+
+
+def test_serve_names_the_upstream_that_has_no_credential(env):
+    """One key set: the gateway starts (checked with --workers 2 in embedded mode, which exits at once
+    after the credential check, so no server is left running) and says which upstream has none."""
+    one = {k: v for k, v in env.items() if k != "LLMGW_ANTHROPIC_API_KEY"}
+    out = llmgw("serve", "--port", str(free_port()), "--workers", "2", env=one)
+    assert "no credential for upstream anthropic" in out.stderr
+    assert "no upstream credential is set" not in out.stderr
+
+
+@pytest.mark.parametrize("flag", ["--no-upstream-auth", "LLMGW_UPSTREAM_AUTH=0"])
+def test_no_upstream_auth_lets_a_keyless_model_server_start(env, flag):
+    keyless = {k: v for k, v in env.items() if k not in ("LLMGW_OPENAI_API_KEY", "LLMGW_ANTHROPIC_API_KEY")}
+    argv = ["serve", "--port", str(free_port()), "--workers", "2"]   # stops right after the check (see above)
+    if flag.startswith("--"):
+        argv.append(flag)
+    else:
+        keyless["LLMGW_UPSTREAM_AUTH"] = "0"
+    out = llmgw(*argv, env=keyless)
+    assert "no upstream credential" not in out.stderr
+    assert "--workers needs the Kafka ledger" in out.stderr, out.stderr     # it got past the check
+
+
+async def test_an_unknown_path_says_no_route_in_each_sdk_shape(gw, fake_provider):
+    key, _ = gw.key()
+    async with openai.AsyncOpenAI(base_url=gw.url, api_key=key, max_retries=0) as client:   # forgot the /v1
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    err = caught.value.body
+    assert err["code"] == "no_route" and "no route for POST /chat/completions" in err["message"]
+    async with anthropic.AsyncAnthropic(base_url=gw.url + "/v2", api_key=key, max_retries=0) as client:
+        with pytest.raises(anthropic.NotFoundError) as caught_a:
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert "no route for POST /v2/v1/messages" in str(caught_a.value)
+    assert fake_provider.requests == []
