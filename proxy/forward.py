@@ -7,6 +7,7 @@ as they arrive while the adapter's meter reads usage from them.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Mapping
 
@@ -30,6 +31,10 @@ _DROP_UP = _HOP | {"authorization", "x-api-key", "api-key", "cookie", "accept-en
 _DROP_DOWN = _HOP | {"set-cookie"}
 
 
+FORWARDED_QUERY = ("beta",)
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in incoming.items():
@@ -51,9 +56,16 @@ def downstream_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str
     return out
 
 
+def client_query(query: Mapping[str, str]) -> str:
+    """The query parameters a client may pass upstream (Claude Code's ``?beta=true``), plain values only:
+    nothing a client sends may change which URL is called."""
+    return "&".join(f"{k}={query[k]}" for k in FORWARDED_QUERY if _PLAIN.fullmatch(query.get(k, "")))
+
+
 async def open_upstream(session: aiohttp.ClientSession, target: Target, path: str, call: Call,
-                        incoming: Mapping[str, str], method: str = "POST") -> aiohttp.ClientResponse:
-    url = target.upstream.url(path)
+                        incoming: Mapping[str, str], method: str = "POST",
+                        query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+    url = target.upstream.url(path, client_query(query or {}))
     try:
         return await session.request(method, url, data=call.body if method == "POST" else None,
                                      headers=upstream_headers(incoming, target))

@@ -53,7 +53,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
-                                               call, request.headers)                    # forward
+                                               call, request.headers, query=request.query)  # forward
         async with upstream:
             status = upstream.status
             meter = adapter.meter(call)
@@ -133,7 +133,8 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
     """Calls that cost nothing (count_tokens, model lists): authenticated, routed, not metered."""
     method = "POST" if call is not None else "GET"
     upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
-                                           call or Call(model="", stream=False, body=b""), request.headers, method)
+                                           call or Call(model="", stream=False, body=b""), request.headers, method,
+                                           query=request.query)
     async with upstream:
         body = await upstream.read()
         return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))
@@ -152,7 +153,8 @@ class CallRecord:
         self.started_ms = started_ms
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
-        self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+        self.session_id = (h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or h.get("session_id")
+                           or h.get("session-id") or h.get("thread-id") or "")   # Codex sends session_id/-id, thread-id
 
     def settle(self, gw: Gateway, call: Call, usage: Usage, outcome: str, status: int, t0: float,
                ttft_s: float | None, price: Price, price_estimated: bool) -> E.UsageEvent:

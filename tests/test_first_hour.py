@@ -50,3 +50,24 @@ async def test_an_unknown_path_says_no_route_in_each_sdk_shape(gw, fake_provider
                                          messages=[{"role": "user", "content": "hi"}])
     assert "no route for POST /v2/v1/messages" in str(caught_a.value)
     assert fake_provider.requests == []
+
+
+@pytest.mark.parametrize("header", ["session_id", "session-id", "thread-id"])
+async def test_codex_sessions_are_traced_by_their_own_headers(gw, header):
+    key, _ = gw.key()
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0,
+                                  default_headers={header: "0199a2b3-codex"}) as client:
+        await client.responses.create(model="gpt-4o-mini", input="hi")
+    [ev] = await gw.events()
+    assert ev.session_id == "0199a2b3-codex"
+
+
+async def test_claude_codes_beta_query_reaches_the_upstream_and_nothing_else_does(gw, fake_provider):
+    key, _ = gw.key()
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0) as client:
+        await client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                     extra_query={"beta": "true", "base_url": "http://evil.example", "x": "1"})
+        await client.messages.count_tokens(model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}],
+                                           extra_query={"beta": "true"})
+    assert [(r.path, r.query) for r in fake_provider.requests] == [
+        ("/anthropic/v1/messages", {"beta": "true"}), ("/anthropic/v1/messages/count_tokens", {"beta": "true"})]
