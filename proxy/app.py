@@ -24,7 +24,7 @@ from .adapters.openai_chat import OpenAIChat
 from .adapters.openai_embeddings import OpenAIEmbeddings
 from .adapters.openai_responses import OpenAIResponses
 from .context import GATEWAY, REQUEST_ID, EventObserver, Gateway, org_timezones, prices_path
-from .errors import GatewayError, NoRoute
+from .errors import GatewayError, HeaderTooLarge, NoRoute
 from .ops import routes as ops_routes
 from .ops.observe import observe
 from .ops.state import OPS, Ops
@@ -53,6 +53,7 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
     """The one place a ``GatewayError`` becomes a response, in the caller's API shape."""
     request[REQUEST_ID] = rid = "req_" + secrets.token_hex(12)
     try:
+        _check_header_sizes(request)
         resp = await handler(request)
     except GatewayError as err:
         resp = _render(request, err)
@@ -66,6 +67,21 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
     if not resp.prepared:
         resp.headers["x-llmgw-request-id"] = rid
     return resp
+
+
+# aiohttp's parser refuses a header over 8190 bytes by closing the connection at once; with the
+# rest of the request still unread, the kernel then resets it, and the client (seen on Python 3.12)
+# gets ECONNRESET instead of the 400. So the parser takes up to 1 MiB and the gateway answers 431
+# itself, in the caller's API shape, after reading the request like any other refusal.
+PARSER_MAX_FIELD_BYTES = 1024 * 1024
+HEADER_MAX_BYTES = 8190
+
+
+def _check_header_sizes(request: web.Request) -> None:
+    for name, value in request.headers.items():
+        if len(name) + len(value) > HEADER_MAX_BYTES:
+            raise HeaderTooLarge(f"header {name[:64]} is {len(value)} bytes; the gateway takes at most "
+                                 f"{HEADER_MAX_BYTES} per header")
 
 
 def _render(request: web.Request, err: GatewayError) -> web.Response:
@@ -143,7 +159,8 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     # error_edge renders every GatewayError in the caller's API shape; admin paths have their own
     # shape; observe (access log, metrics) sees errors before either edge renders them.
     app = web.Application(middlewares=[error_edge, admin_routes.admin_errors, observe],
-                          client_max_size=settings.max_body_bytes)
+                          client_max_size=settings.max_body_bytes,
+                          handler_args={"max_field_size": PARSER_MAX_FIELD_BYTES})
     app[OPS] = ops
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([

@@ -2,7 +2,8 @@
 
     GatewayError (status, kind)
     ├── BadRequest            400 invalid_request   malformed body, missing model
-    │   └── BodyTooLarge      413
+    │   ├── BodyTooLarge      413
+    │   └── HeaderTooLarge    431   one header over 8 KiB
     ├── AuthError             401 auth              no key, unknown, revoked or expired key
     ├── PolicyDenied          403 policy            model not allowed for this key/user/workspace
     ├── NotFound              404 not_found         unknown model
@@ -48,6 +49,12 @@ class BadRequest(GatewayError):
 
 class BodyTooLarge(BadRequest):
     status = 413
+
+
+class HeaderTooLarge(BadRequest):
+    """One header longer than any client sends: answered, not reset (see ``proxy/app.py``)."""
+
+    status = 431
 
 
 class AuthError(GatewayError):

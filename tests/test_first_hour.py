@@ -71,3 +71,20 @@ async def test_claude_codes_beta_query_reaches_the_upstream_and_nothing_else_doe
                                            extra_query={"beta": "true"})
     assert [(r.path, r.query) for r in fake_provider.requests] == [
         ("/anthropic/v1/messages", {"beta": "true"}), ("/anthropic/v1/messages/count_tokens", {"beta": "true"})]
+
+
+@pytest.mark.parametrize("value", [b"project:x," * 20_000, b"s" * 9000])
+async def test_a_huge_header_is_answered_431_in_the_api_shape_not_reset(gw, fake_provider, value):
+    """aiohttp's own refusal closed the socket with the body unread: a reset on Python 3.12, not a 400."""
+    import orjson
+
+    from tests.test_fuzz_endpoints import ENDPOINTS, raw_request
+    key, _ = gw.key()
+    body = orjson.dumps(ENDPOINTS["/v1/messages"][0])
+    head = (b"POST /v1/messages HTTP/1.1\r\nhost: gw\r\nx-api-key: " + key.encode()
+            + b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nx-llmgw-tags: " + value)
+    status, raw = await raw_request(gw, head, body)
+    assert status == 431
+    err = orjson.loads(raw)
+    assert err["type"] == "error" and "x-llmgw-tags" in err["error"]["message"]
+    assert fake_provider.requests == []
