@@ -148,3 +148,14 @@ async def test_a_stale_discovery_file_is_ignored(env, tmp_path):
                                                    "embedded": True, "analytics_dsn": ""}))
     assert llmgw("keys", "create", "--org", "a", "--workspace", "w", "--user", "u", env=env).returncode == 0
     assert "key:" in (data / "config.jsonl").read_text()
+
+
+@pytest.mark.parametrize("path", ["/admin/config/records", "/admin/ledger/rebuild"])
+async def test_only_the_local_token_may_append_raw_records_or_rebuild(admin_gw, http, path):
+    """An owner's admin key goes through the validated admin API; raw records are the CLI's alone."""
+    from tests.admin_support import OWNER_KEY
+
+    body = {"records": [{"id": "key:k1", "type": "key", "data": {"key_id": "k1"}}]}
+    async with http.post(admin_gw.url + path, json=body, headers={"Authorization": f"Bearer {OWNER_KEY}"}) as r:
+        assert r.status == 403 and "llmgw CLI on this host" in (await r.json())["error"]["message"]
+    assert admin_gw.gw.config.get("key", "k1") is None
