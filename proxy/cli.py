@@ -185,7 +185,7 @@ def cmd_budgets_list(args: argparse.Namespace) -> int:
 
 def cmd_budgets_explain(args: argparse.Namespace) -> int:
     state = _state(args)
-    rec = state.get("key", args.key)
+    rec = state.get("key", K.key_id_of(args.key) or args.key)      # the id, or the key as printed
     if rec is None or rec.data is None:
         print(f"no key {args.key}", file=sys.stderr)
         return 1
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.set_defaults(func=cmd_budgets_default)
     b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)
     be = b.add_parser("explain", help="every budget that applies to a key, and where it came from")
-    be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX)")
+    be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX) or the key itself")
     be.add_argument("--tag", action="append", help="as if the call carried this tag")
     be.set_defaults(func=cmd_budgets_explain)
 

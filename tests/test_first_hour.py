@@ -88,3 +88,10 @@ async def test_a_huge_header_is_answered_431_in_the_api_shape_not_reset(gw, fake
     err = orjson.loads(raw)
     assert err["type"] == "error" and "x-llmgw-tags" in err["error"]["message"]
     assert fake_provider.requests == []
+
+
+def test_budgets_explain_takes_the_key_as_printed(env):
+    key = llmgw("keys", "create", "--org", "acme", "--workspace", "w", "--user", "alice", env=env).stdout.strip()
+    out = llmgw("budgets", "explain", "--key", key, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"key {key.split('-')[2]}: org acme, workspace w, user alice")
