@@ -286,6 +286,32 @@ def trace_ref(client: Client, db: str, ref: str) -> list[TraceCall]:
     return out
 
 
+
+def spend_logs(client: Client, db: str, since_ms: int, until_ms: int, *, key_id: str | None = None,
+               user: str | None = None, request_id: str | None = None,
+               workspaces: Sequence[str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Calls in [since_ms, until_ms), newest first, one dict each (LiteLLM's ``/spend/logs`` rows)."""
+    where, params = _WINDOW, {"since_ms": since_ms, "until_ms": until_ms, "limit": limit}
+    for column, value in (("key_id", key_id), ("user", user), ("request_id", request_id)):
+        if value is not None:
+            where += f" AND {column} = {{{column}:String}}"
+            params[column] = value
+    scope, scope_params = _scope(None, workspaces)
+    sql = f"""
+        SELECT request_id, event_id, api, key_id, cost_micro_usd, {", ".join(TOKEN_COLUMNS)},
+               toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), model, provider, org, workspace,
+               user, session_id, outcome, tags, usage_estimated, cost_estimated
+        FROM {check_identifier(db)}.usage_events FINAL
+        WHERE kind = 'usage' AND {where}{scope}
+        ORDER BY ts_start DESC, event_id
+        LIMIT {{limit:UInt32}}
+    """
+    names = ("request_id", "event_id", "api", "key_id", "cost_micro_usd", *TOKEN_COLUMNS, "ts_start_ms",
+             "ts_end_ms", "model", "provider", "org", "workspace", "user", "session_id", "outcome", "tags",
+             "usage_estimated", "cost_estimated")
+    rows = client.query(sql, parameters={**params, **scope_params}).result_rows
+    return [dict(zip(names, row)) for row in rows]
+
 def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
            by: Sequence[str] = (), org: str | None = None,
            workspaces: Sequence[str] | None = None) -> list[UsageRow]:
@@ -311,6 +337,7 @@ def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
 
 __all__ = [
     "CSV_METRICS", "DIMENSIONS", "GRAINS", "ROLLUP_DIMENSIONS", "TOKEN_COLUMNS", "TraceCall", "UsageRow",
-    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "trace", "trace_ref",
+    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "spend_logs", "trace",
+    "trace_ref",
     "write_chargeback_csv",
 ]
