@@ -59,10 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = _settings(args, host=args.host, port=args.port, workers=args.workers,
                   upstream_auth=False if args.no_upstream_auth else None)
-    if args.worker_index is None and not _upstream_credentials_ok(s):
-        return 2
     if args.worker_index is None and s.workers != 1:
         return _serve_workers(s)
+    if args.worker_index is None and not _upstream_credentials_ok(s):
+        return 2
     from .ops.logs import configure_logging
     configure_logging(s)                     # one JSON object per line, secrets redacted
     try:
@@ -108,6 +108,8 @@ def _serve_workers(s: Settings) -> int:
     from .workers import STOP_GRACE_S, plan, share_dashboard_secret, supervise
 
     workers = plan(s)                        # ValueError: one line, exit 2 (embedded ledger, port 0)
+    if not _upstream_credentials_ok(s):
+        return 2
     configure_logging(s)
     share_dashboard_secret(s, workers)
     print(f"llmgw serving on http://{s.host}:{s.port} (Kafka at {s.kafka_bootstrap}, {s.workers} workers)",
