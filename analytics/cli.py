@@ -91,7 +91,7 @@ def _guarded(command: Callable[[argparse.Namespace, Mapping[str, str] | None], i
         return 1
 
 
-def _holder(args: argparse.Namespace, environ: Mapping[str, str] | None) -> LocalGateway | None:
+def holder(args: argparse.Namespace, environ: Mapping[str, str] | None) -> LocalGateway | None:
     """The running gateway that holds the embedded store this command would open, if any."""
     if args.dsn or args.database:
         return None
@@ -115,7 +115,7 @@ def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     now_ms = time.time_ns() // 1_000_000
     since_ms = args.since if args.since is not None else _month_start_ms(now_ms)
     until_ms = args.until if args.until is not None else now_ms
-    if (gw := _holder(args, environ)) is not None:
+    if (gw := holder(args, environ)) is not None:
         got = gw.json("GET", "/admin/spend", {"by": ",".join(args.by), "since": str(since_ms),
                                               "until": str(until_ms), "org": args.org})
         rows = [_row_from_json(r, args.by) for r in got["rows"]]
@@ -130,7 +130,7 @@ def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
 
 
 def _trace(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
-    if (gw := _holder(args, environ)) is not None:
+    if (gw := holder(args, environ)) is not None:
         try:
             got = gw.json("GET", "/admin/trace/" + urllib.parse.quote(args.session_id, safe=""))
         except GatewayRefused as err:
@@ -153,7 +153,7 @@ def _trace(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
 
 def _chargeback(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     queries.month_bounds_ms(args.month)    # validate before connecting
-    gw = _holder(args, environ)
+    gw = holder(args, environ)
     target = "stdout" if args.out == "-" else args.out
     print(f"chargeback {args.month} by {','.join(args.by) or '-'} -> {target}", file=sys.stderr)
     if gw is not None:                     # the gateway's CSV is the same file: pass its bytes on
@@ -296,4 +296,4 @@ def _tokens_json(row: UsageRow | TraceCall) -> dict[str, int]:
             "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning}
 
 
-__all__ = ["PROGRESS_EVERY_ROWS", "register", "resolve_dsn"]
+__all__ = ["PROGRESS_EVERY_ROWS", "holder", "register", "resolve_dsn"]

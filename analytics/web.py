@@ -55,6 +55,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/chargeback.csv", chargeback_handler, allow_head=False)
     app.router.add_get("/admin/trace/{ref}", trace_handler, allow_head=False)
     dashboard_routes.add_routes(app)
+    from analytics import reconcile_web     # it imports this module: added once this one is whole
+    reconcile_web.add_routes(app)
 
 
 # ---- shared by the handlers -----------------------------------------------------------------

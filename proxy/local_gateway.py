@@ -93,10 +93,10 @@ class LocalGateway:
     analytics_dsn: str
 
     def request(self, method: str, path: str, query: dict[str, str] | None = None,
-                body: Any = None, timeout_s: float = 300.0) -> bytes:
+                body: Any = None, timeout_s: float = 300.0, raw: bytes | None = None) -> bytes:
         """One admin call; waits while the gateway is still starting, raises ``GatewayRefused`` on 4xx/5xx."""
         qs = "?" + urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v is not None}) if query else ""
-        data = orjson.dumps(body) if body is not None else None
+        data = raw if raw is not None else orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(self.url + path + qs, data=data, method=method,
                                      headers={"Authorization": f"Bearer {self.token}",
                                               "Content-Type": "application/json"})
@@ -119,8 +119,9 @@ class LocalGateway:
                                           f"{err.reason}") from None
                 time.sleep(0.1)
 
-    def json(self, method: str, path: str, query: dict[str, str] | None = None, body: Any = None) -> Any:
-        return orjson.loads(self.request(method, path, query, body))
+    def json(self, method: str, path: str, query: dict[str, str] | None = None, body: Any = None,
+             raw: bytes | None = None) -> Any:
+        return orjson.loads(self.request(method, path, query, body, raw=raw))
 
 
 def find(settings: Settings) -> LocalGateway | None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import openai
 import pytest
@@ -129,6 +130,14 @@ async def test_spend_trace_chargeback_and_rebuild_beside_the_running_gateway(ser
 
     rebuilt = llmgw("ledger", "rebuild", env=env)
     assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+
+    bill = Path(__file__).parent / "data" / "reconcile" / "openai_costs_2026-11.json"
+    imported = llmgw("reconcile", "import", str(bill), "--provider", "openai", env=env)
+    assert imported.returncode == 0 and "imported" in imported.stdout, imported.stderr
+    report = llmgw("reconcile", "report", "--since", "2026-11-01", "--until", "2026-12-01", "--json", env=env)
+    assert report.returncode == 0, report.stderr
+    billed = [json.loads(line) for line in report.stdout.splitlines()]
+    assert billed and all(r["provider"] == "openai" and r["billed_micro_usd"] >= 0 for r in billed)
 
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
