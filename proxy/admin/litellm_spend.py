@@ -24,7 +24,7 @@ from aiohttp import web
 from analytics import queries
 from analytics.web import analytics_client, scope_of, store_errors
 from proxy.context import GATEWAY
-from proxy.ops.health import ledger_state
+from proxy.ops.health import NOT_STARTED, ledger_state
 
 from . import entities as E
 from .errors import BadRequest, NotFound
@@ -160,7 +160,8 @@ async def liveliness(request: web.Request) -> web.Response:
 @routes.get("/health/readiness")
 async def readiness(request: web.Request) -> web.Response:
     gw = request.app.get(GATEWAY)
-    state = ledger_state(gw.ledger if gw else None, gw is not None, gw.settings.snapshot_max_age_s if gw else 30.0)
+    state = ledger_state(gw.ledger.health() if gw else NOT_STARTED, gw is not None,
+                         gw.settings.snapshot_max_age_s if gw else 30.0)
     body = state.body()
     return reply({"status": "healthy" if state.ready else "unhealthy",
                   "db": "connected" if state.ready else "not connected", "cache": None, "litellm_version": None,
