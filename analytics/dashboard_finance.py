@@ -97,8 +97,25 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def budget_form(can_write: bool, role: str, notice: str = "") -> str:
+    """For an admin whose role may change budgets: set one (scope, window, limit); others see why not."""
+    done = f'<p class="flag" role="status">{_e(notice)}</p>' if notice else ""
+    if not can_write:
+        return (f'<section class="budget-form"><h2>Budgets</h2>{done}<p class="hint">The {_e(role)} role may not '
+                "change budgets (owner or workspace admin).</p></section>")
+    windows = "".join(f'<option value="{w}">{w}</option>' for w in ("day", "week", "month", "hour"))
+    return ('<section class="budget-form"><h2>Set a budget</h2>' + done +
+            '<form class="range" method="post" action="/dashboard/budgets">'
+            '<label>Scope <input name="scope" required placeholder="workspace:backend" size="22"></label>'
+            f'<label>per <select name="window">{windows}</select></label>'
+            '<label>limit $ <input name="limit_usd" required inputmode="decimal" size="8" placeholder="500"></label>'
+            '<label>org <input name="org" size="10" placeholder="(any)"></label>'
+            '<label>why <input name="reason" size="24" placeholder="reason, for the audit log"></label>'
+            f'<button type="submit">Set as {_e(role)}</button></form></section>')
+
+
 def render(found: Sequence[FinanceRow], rng: Range, by: str, org: str | None, *, admin: str, role: str,
-           error: str = "") -> str:
+           error: str = "", budgets: str = "") -> str:
     total = sum(r.cost_micro_usd for r in found)
     requests = sum(r.requests for r in found)
     estimated = sum(r.estimated_calls for r in found)
@@ -131,7 +148,7 @@ def render(found: Sequence[FinanceRow], rng: Range, by: str, org: str | None, *,
     err = f'<p class="error" role="alert">{_e(error)}</p>' if error else ""
     kpi = (f'<section class="kpis"><div class="kpi"><b>{dollars(total)}</b><span>spend in range</span></div>'
            f'<div class="kpi"><b>{requests:,}</b><span>calls</span></div></section>')
-    return dashboard_html._page("llmgw finance", f"{header}<main>{err}{form}{kpi}{flag}{table}</main>")
+    return dashboard_html._page("llmgw finance", f"{header}<main>{err}{form}{kpi}{flag}{table}{budgets}</main>")
 
 
 def to_csv(found: Sequence[FinanceRow], rng: Range, by: str) -> str:
@@ -175,4 +192,4 @@ async def gather(request: web.Request, admin: Any) -> tuple[list[FinanceRow], Ra
     return found, rng, by, org
 
 
-__all__ = ["FinanceRow", "GROUPS", "Range", "dollars", "gather", "parse_range", "render", "rows", "to_csv"]
+__all__ = ["FinanceRow", "GROUPS", "Range", "budget_form", "dollars", "gather", "parse_range", "render", "rows", "to_csv"]

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from importlib import resources
+from typing import Any
 import orjson
 from aiohttp import web
 
 from analytics import dashboard, dashboard_finance, dashboard_html
 from analytics.session import COOKIE, TTL_MS, Session, Sessions, secret_for
-from proxy.admin.roles import READ_SPEND
+from proxy.admin.roles import READ_SPEND, WRITE_BUDGETS
 from proxy.admin.runtime import ADMIN
 from proxy.context import GATEWAY
 from proxy.errors import GatewayError
@@ -57,6 +58,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/dashboard/data.json", data_json, allow_head=False)
     r.add_get("/dashboard/finance", finance_page, allow_head=False)
     r.add_get("/dashboard/finance.csv", finance_csv, allow_head=False)
+    r.add_post("/dashboard/budgets", set_budget)
     r.add_get(LOGIN, login_form, allow_head=False)
     r.add_post(LOGIN, login)
     r.add_post("/dashboard/logout", logout)
@@ -185,7 +187,39 @@ async def finance_page(request: web.Request) -> web.Response:
                                               error=str(err)), status=400)
     except GatewayError as err:
         return _html(dashboard_html.render_error(str(err)), status=err.status)
-    return _html(dashboard_finance.render(found, rng, by, org, admin=a.name, role=a.role))
+    form = dashboard_finance.budget_form(a.can(WRITE_BUDGETS), a.role, request.query.get("notice", ""))
+    return _html(dashboard_finance.render(found, rng, by, org, admin=a.name, role=a.role, budgets=form))
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    """The finance page's budget form: the signed-in admin's own role and scope decide, as on /admin/budgets."""
+    from urllib.parse import urlencode
+
+    from proxy.admin.budget_ops import authorize_budget, budget_from_json
+
+    session = await _session(request)
+    if session is None:
+        return _see_other(LOGIN)
+    # The session cookie is SameSite=Strict, so another site's form arrives without it; a named foreign
+    # Origin is refused too. Browsers send "null" here, as the page's Referrer-Policy is no-referrer.
+    origin = request.headers.get("Origin")
+    if origin not in (None, "null", f"{request.scheme}://{request.host}"):
+        return _html(dashboard_html.render_error("a budget can only be set from this gateway's own page"), 403)
+    p, form = session.admin, await request.post()
+    body = {k: str(form.get(k) or "").strip() for k in ("scope", "window", "limit_usd", "org", "reason")}
+    gw = request.app[GATEWAY]
+    try:
+        p.require(WRITE_BUDGETS)
+        b = budget_from_json(body, "budget", _now_ms())
+
+        def compute(state: Any) -> tuple[list[Any], str]:
+            authorize_budget(p, state, b)
+            return [b.record(actor=p.actor, reason=body["reason"] or "dashboard")], b.describe()
+        said = await request.app[ADMIN].change(gw, compute)
+        notice = f"set by {p.name} ({p.role}): {said}"
+    except (ValueError, GatewayError) as err:
+        notice = f"not set: {err}"
+    return _see_other("/dashboard/finance?" + urlencode({"notice": notice}))
 
 
 async def finance_csv(request: web.Request) -> web.Response:

@@ -111,12 +111,21 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
             "document.querySelector('form.range').requestSubmit()"))
         by_project = await browser.evaluate(cells)
         await browser.screenshot(shots / "dashboard-finance-by-project.png")
+        await browser.navigated(browser.evaluate(
+            "const f = document.querySelector('form[action=\"/dashboard/budgets\"]');"
+            "f.scope.value = 'workspace:backend'; f.window.value = 'month'; f.limit_usd.value = '1500';"
+            "f.org.value = 'acme'; f.reason.value = 'Q1 plan'; f.requestSubmit()"))
+        notice = await browser.evaluate("document.querySelector('.budget-form .flag').innerText")
+        await browser.screenshot(shots / "dashboard-finance-budget-set.png", full_page=True)
         logs = [e["params"]["entry"] for e in browser.events if e.get("method") == "Log.entryAdded"]
         cookies = (await browser.send("Network.getCookies", {"urls": [h.url + "/dashboard"]}, session=True))["cookies"]
     finally:
         await browser.close()
 
     assert "America/New_York" in tz_shown and "org acme" in tz_shown
+    assert "set by owner-key (owner)" in notice and "monthly budget $1,500.00" in notice, notice
+    [rec] = [r for r in h.gw.config.of_type("budget") if (r.data or {}).get("name") == "backend"]
+    assert rec.data["limit_micro_usd"] == 1_500_000_000 and rec.reason == "Q1 plan" and rec.actor == "admin:owner-key"
     spent = {}
     for e in events:
         if e.org == "acme" and e.kind == "usage":
@@ -141,3 +150,25 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
     assert not [e for e in logs if e.get("level") == "error"], logs
     width, height, rows = png_pixels(png)
     assert (width, height) == (1280, 900) and len({r[x:x + 3] for r in rows[::9] for x in range(0, len(r), 30)}) > 20
+
+
+async def test_a_finance_admin_reads_but_may_not_set_budgets(gateway: GatewayHarness) -> None:
+    from proxy.admin import credentials as C
+
+    key, rec = C.mint_admin("fiona", "finance", actor="test")
+    gateway._put(rec)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:   # a cookie for an IP
+        async with http.post(gateway.url + "/dashboard/login", data={"key": key}, allow_redirects=False) as r:
+            assert r.status == 303
+        async with http.get(gateway.url + "/dashboard/finance") as r:
+            page = await r.text()
+            assert r.status == 200 and "The finance role may not change budgets" in page
+            assert 'action="/dashboard/budgets"' not in page
+        async with http.post(gateway.url + "/dashboard/budgets", allow_redirects=False,
+                             data={"scope": "workspace:backend", "window": "day", "limit_usd": "1"}) as r:
+            assert r.status == 303 and "not+set" in r.headers["Location"]
+        async with http.post(gateway.url + "/dashboard/budgets", allow_redirects=False,
+                             headers={"Origin": "http://evil.example"},
+                             data={"scope": "workspace:backend", "window": "day", "limit_usd": "1"}) as r:
+            assert r.status == 403
+    assert gateway.gw.config.of_type("budget") == []
