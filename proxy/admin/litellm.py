@@ -89,7 +89,7 @@ def budget_window(duration: Any) -> str:
     return _WINDOW_OF_S[seconds]
 
 
-def _default_org(request: web.Request) -> str:
+def default_org(request: web.Request) -> str:
     section = (gateway(request).settings.file_config.get("admin") or {}).get("litellm") or {}
     return str(section.get("default_org") or "default")
 
@@ -103,7 +103,7 @@ def _usd(value: Any) -> str:
     return format(value, "f") if isinstance(value, float) else str(value)
 
 
-def _budget(scope_kind: str, name: str, org: str, body: dict[str, Any], p: AdminPrincipal,
+def budget_record(scope_kind: str, name: str, org: str, body: dict[str, Any], p: AdminPrincipal,
             reason: str) -> ConfigRecord | None:
     if body.get("max_budget") is None:
         return None
@@ -124,7 +124,7 @@ def _mint(body: dict[str, Any], p: AdminPrincipal, org: str, team: str, user: st
                             actor=p.actor, reason=reason)
     key_id = rec.data["key_id"]  # type: ignore[index]
     records = [rec, *limits("key", key_id, "", body, p, reason)]
-    if (b := _budget("key", key_id, "", body, p, reason)) is not None:
+    if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
         records.append(b)
     out = {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": key_id, "expires": iso_ms(expires),
            "models": list(body.get("models") or []), "max_budget": body.get("max_budget"),
@@ -145,7 +145,7 @@ async def key_generate(request: web.Request) -> web.Response:
 
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         team = str(body.get("team_id") or "default")
-        org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
+        org = str(body.get("organization_id") or _org_of_team(state, team, default_org(request)))
         _, records, out = _mint(body, p, org, team, str(body.get("user_id") or "default"), reason)
         return records, out
     return reply(await change(request, compute))
@@ -228,7 +228,7 @@ async def key_update(request: web.Request) -> web.Response:
             updated = _blocked(updated, bool(body["blocked"]), p, reason)
         key_id = rec.data["key_id"]  # type: ignore[index]
         records = [updated, *limits("key", key_id, "", body, p, reason)]
-        if (b := _budget("key", key_id, "", body, p, reason)) is not None:
+        if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
             records.append(b)
         return records, {"key_id": key_id}
     done = await change(request, compute)
@@ -365,7 +365,7 @@ async def team_new(request: web.Request) -> web.Response:
     p, body = admin_of(request), await json_body(request)
     p.require(WRITE_ORGS)
     team = str(body.get("team_id") or f"team-{secrets.token_hex(4)}")
-    org = str(body.get("organization_id") or _default_org(request))
+    org = str(body.get("organization_id") or default_org(request))
     reason = str(body.get("reason") or "LiteLLM /team/new")
     meta = {**(body.get("metadata") or {}), "team_alias": body.get("team_alias"),
             "models": list(body.get("models") or [])}
@@ -375,7 +375,7 @@ async def team_new(request: web.Request) -> web.Response:
         records = [E.workspace_record(org, team, meta, p.actor, reason),
                    *member_records(org, team, found, state, p, reason),
                    *limits("workspace", team, org, body, p, reason)]
-        if (b := _budget("workspace", team, org, body, p, reason)) is not None:
+        if (b := budget_record("workspace", team, org, body, p, reason)) is not None:
             records.append(b)
         return records, None
     await change(request, compute)
@@ -395,12 +395,12 @@ async def user_new(request: web.Request) -> web.Response:
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         user = str(body.get("user_id") or f"user-{secrets.token_hex(4)}")
         team = str(body.get("team_id") or "")
-        org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
+        org = str(body.get("organization_id") or _org_of_team(state, team, default_org(request)))
         p.require(WRITE_USERS, org, team)
         meta = {**(body.get("metadata") or {}), **({"litellm_user_role": body["user_role"]}
                                                      if body.get("user_role") else {})}
         records = [E.user_record(org, user, team, meta, p.actor, reason, email=str(body.get("user_email") or ""))]
-        if (b := _budget("user", user, org, body, p, reason)) is not None:
+        if (b := budget_record("user", user, org, body, p, reason)) is not None:
             records.append(b)
         out: dict[str, Any] = {"user_id": user, "user_email": body.get("user_email"),
                                "user_role": body.get("user_role"), "team_id": team or None,

@@ -29,9 +29,9 @@ from proxy.budgets import Budget
 
 from . import entities as E
 from .errors import BadRequest, NotFound
-from .litellm import (_budget, _default_org, _org_of_team, ignored, key_info_of, limits, member_records, members,
+from .litellm import (budget_record, default_org, ignored, key_info_of, limits, member_records, members,
                       team_members)
-from .roles import READ_CONFIG, WRITE_BUDGETS, WRITE_KEYS, WRITE_ORGS, WRITE_USERS, AdminPrincipal
+from .roles import READ_CONFIG, WRITE_BUDGETS, WRITE_KEYS, WRITE_ORGS, WRITE_USERS
 from .runtime import admin_of, change, gateway, json_body, reply
 
 routes = web.RouteTableDef()
@@ -142,7 +142,7 @@ async def team_update(request: web.Request) -> web.Response:
                 meta[ours] = body[theirs]
         new = E.workspace_record(d["org"], d["name"], meta, p.actor, reason)
         records = [new, *limits("workspace", d["name"], d["org"], body, p, reason)]
-        if (b := _budget("workspace", d["name"], d["org"], body, p, reason)) is not None:
+        if (b := budget_record("workspace", d["name"], d["org"], body, p, reason)) is not None:
             records.append(b)
         return records, new
     new = await change(request, compute)
@@ -265,7 +265,7 @@ async def user_update(request: web.Request) -> web.Response:
         new = E.user_record(d["org"], d["name"], team, meta, p.actor, reason,
                             email=str(body.get("user_email") or d.get("email") or ""))
         records = [new, *limits("user", d["name"], d["org"], body, p, reason)]
-        if (b := _budget("user", d["name"], d["org"], body, p, reason)) is not None:
+        if (b := budget_record("user", d["name"], d["org"], body, p, reason)) is not None:
             records.append(b)
         return records, new
     new = await change(request, compute)
@@ -308,7 +308,7 @@ async def budget_new(request: web.Request) -> web.Response:
     budget_id = E.check_name("budget", body.get("budget_id") or f"budget-{secrets.token_hex(4)}")
     kept = {k: body.get(k) for k in ("max_budget", "budget_duration", "tpm_limit", "rpm_limit")}
     if kept["max_budget"] is not None:
-        _budget("org", "check", "", kept, p, "")          # validates amount and duration before storing
+        budget_record("org", "check", "", kept, p, "")          # validates amount and duration before storing
     limits("org", "check", "", kept, p, "")
     rec = ConfigRecord.put(BUDGET_TYPE, budget_id, {"budget_id": budget_id, **kept}, p.actor,
                            str(body.get("reason") or "LiteLLM /budget/new"))
@@ -333,7 +333,7 @@ async def organization_new(request: web.Request) -> web.Response:
         meta = {**(full.get("metadata") or {}), "organization_alias": full.get("organization_alias"),
                 "models": list(full.get("models") or [])}
         records = [E.org_record(org, meta, p.actor, reason), *limits("org", org, org, full, p, reason)]
-        if (b := _budget("org", org, org, full, p, reason)) is not None:
+        if (b := budget_record("org", org, org, full, p, reason)) is not None:
             records.append(b)
         return records, {"organization_id": org, "organization_alias": full.get("organization_alias"),
                          "models": meta["models"], "metadata": full.get("metadata") or {},
@@ -354,7 +354,7 @@ async def customer_new(request: web.Request) -> web.Response:
     user, so that part is listed in ``ignored`` as ``user_attribution``."""
     p, body = admin_of(request), await json_body(request)
     reason = str(body.get("reason") or "LiteLLM /customer/new")
-    org = _default_org(request)
+    org = default_org(request)
 
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         full = with_budget_id(state, body)
@@ -362,7 +362,7 @@ async def customer_new(request: web.Request) -> web.Response:
         p.require(WRITE_USERS, org, "")
         meta = {"litellm_customer": True, "alias": full.get("alias")}
         records = [E.user_record(org, user, "", meta, p.actor, reason), *limits("user", user, org, full, p, reason)]
-        if (b := _budget("user", user, org, full, p, reason)) is not None:
+        if (b := budget_record("user", user, org, full, p, reason)) is not None:
             records.append(b)
         return records, {"user_id": user, "alias": full.get("alias"), "budget_id": full.get("budget_id"),
                          "max_budget": full.get("max_budget"), "budget_duration": full.get("budget_duration"),
@@ -371,5 +371,4 @@ async def customer_new(request: web.Request) -> web.Response:
     return reply(await change(request, compute))
 
 
-__all__ = ["BUDGET_TYPE", "routes", "team_info", "user_info", "with_budget_id", "_org_of_team",
-           "AdminPrincipal"]
+__all__ = ["BUDGET_TYPE", "routes", "team_info", "user_info", "with_budget_id"]
