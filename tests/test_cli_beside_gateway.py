@@ -83,6 +83,9 @@ async def test_a_key_works_the_moment_keys_create_returns(served, env, monkeypat
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
         with pytest.raises(openai.RateLimitError, match="user erin daily budget"):
             await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    audit = llmgw("audit", "--json", "--type", "key,budget", env=env)     # reads the log beside the gateway
+    assert audit.returncode == 0, audit.stderr
+    assert sum(1 for line in audit.stdout.splitlines() if json.loads(line)["id"].startswith("key:")) == 5
     listed = llmgw("keys", "list", env=env)
     key_id = next(line.split("\t")[0] for line in listed.stdout.splitlines() if "erin" in line)
     assert llmgw("keys", "revoke", key_id, env=env).returncode == 0

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ledger.configlog import ConfigLog, ConfigRecord, ConfigState
+from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, open_config_log
 from ledger.windows import WINDOWS
 from proxy.budgets import usd_to_micro
 from proxy.context import org_timezones
@@ -100,7 +100,8 @@ def _since(text: str) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    _, log = _log(args)
+    s = _settings(args)
+    log = open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)   # reads the log itself, even beside a gateway
     entries = AU.audit_entries(asyncio.run(AU.read_history(log)))
     types = tuple(t for t in (args.type or "").split(",") if t)
     picked = AU.select(entries, since_ms=_since(args.since) if args.since else 0, types=types,
