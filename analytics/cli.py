@@ -5,13 +5,17 @@ which returns the exit status. The ClickHouse DSN comes from ``--dsn``, else
 the gateway's ``Settings``: ``LLMGW_CLICKHOUSE_DSN``, else
 ``chdb://$LLMGW_DATA_DIR/clickhouse`` (the embedded store; ``LLMGW_DATA_DIR``
 defaults to ``./llmgw-data``). The embedded store can be opened by one process
-at a time: stop ``llmgw serve`` first, or point both at a ClickHouse server.
+at a time, so while ``llmgw serve`` holds it these commands ask that gateway
+(its admin API, found through ``<data_dir>/gateway.json``) instead.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -24,6 +28,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from analytics import queries, store
 from analytics.queries import TraceCall, UsageRow
 from ledger.files import atomic_write
+from ledger.events import Tokens
+from proxy.local_gateway import GatewayRefused, LocalGateway, find as find_gateway
 from proxy.settings import Settings
 
 PROGRESS_EVERY_ROWS = 10_000
@@ -80,6 +86,20 @@ def _guarded(command: Callable[[argparse.Namespace, Mapping[str, str] | None], i
     except (store.StoreError, ClickHouseError) as err:
         print(f"llmgw: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except (GatewayRefused, ConnectionError) as err:
+        print(f"llmgw: {err}", file=sys.stderr)
+        return 1
+
+
+def holder(args: argparse.Namespace, environ: Mapping[str, str] | None) -> LocalGateway | None:
+    """The running gateway that holds the embedded store this command would open, if any."""
+    if args.dsn or args.database:
+        return None
+    s = Settings.load(environ)
+    if store.Target.from_dsn(s.analytics_dsn).kind != "chdb":
+        return None                        # a ClickHouse server: anyone may connect
+    gw = find_gateway(s)
+    return gw if gw is not None and gw.analytics_dsn == s.analytics_dsn else None
 
 
 def _open(args: argparse.Namespace, environ: Mapping[str, str] | None) -> tuple[Client, str]:
@@ -95,8 +115,13 @@ def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     now_ms = time.time_ns() // 1_000_000
     since_ms = args.since if args.since is not None else _month_start_ms(now_ms)
     until_ms = args.until if args.until is not None else now_ms
-    client, database = _open(args, environ)
-    rows = queries.spend(client, database, args.by, since_ms, until_ms, org=args.org)
+    if (gw := holder(args, environ)) is not None:
+        got = gw.json("GET", "/admin/spend", {"by": ",".join(args.by), "since": str(since_ms),
+                                              "until": str(until_ms), "org": args.org})
+        rows = [_row_from_json(r, args.by) for r in got["rows"]]
+    else:
+        client, database = _open(args, environ)
+        rows = queries.spend(client, database, args.by, since_ms, until_ms, org=args.org)
     if args.json:
         _print_json_lines(_row_json(r) for r in rows)
     else:
@@ -105,8 +130,17 @@ def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
 
 
 def _trace(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
-    client, database = _open(args, environ)
-    calls = queries.trace(client, database, args.session_id)
+    if (gw := holder(args, environ)) is not None:
+        try:
+            got = gw.json("GET", "/admin/trace/" + urllib.parse.quote(args.session_id, safe=""))
+        except GatewayRefused as err:
+            if err.status != 404:
+                raise
+            got = {"calls": []}
+        calls = [_call_from_json(c) for c in got["calls"]]
+    else:
+        client, database = _open(args, environ)
+        calls = queries.trace_ref(client, database, args.session_id)
     if not calls:
         print(f"llmgw: no calls recorded for session {args.session_id!r}", file=sys.stderr)
         return 1
@@ -119,19 +153,35 @@ def _trace(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
 
 def _chargeback(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     queries.month_bounds_ms(args.month)    # validate before connecting
-    client, database = _open(args, environ)
+    gw = holder(args, environ)
     target = "stdout" if args.out == "-" else args.out
     print(f"chargeback {args.month} by {','.join(args.by) or '-'} -> {target}", file=sys.stderr)
-    rows = _with_progress(queries.chargeback_rows(client, database, args.month, args.by, org=args.org))
+    if gw is not None:                     # the gateway's CSV is the same file: pass its bytes on
+        text = gw.request("GET", "/admin/chargeback.csv", {"month": args.month, "by": ",".join(args.by),
+                                                           "org": args.org}).decode()
+        write: Callable[[TextIO], UsageRow] = lambda file: _copy_csv(text, file)  # noqa: E731
+    else:
+        client, database = _open(args, environ)
+        rows = _with_progress(queries.chargeback_rows(client, database, args.month, args.by, org=args.org))
+        write = lambda file: queries.write_chargeback_csv(rows, file, by=args.by)  # noqa: E731
     if args.out == "-":
-        total = queries.write_chargeback_csv(rows, sys.stdout, by=args.by)
+        total = write(sys.stdout)
     else:
         # finance never sees a half-written file, and a link planted beside it is never followed
         with atomic_write(args.out) as file:
-            total = queries.write_chargeback_csv(rows, file, by=args.by)
+            total = write(file)
     print(f"{total.requests} requests, ${total.cost_usd} ({total.cost_micro_usd} micro-USD) -> {target}",
           file=sys.stderr)
     return 0
+
+
+def _copy_csv(text: str, file: TextIO) -> UsageRow:
+    """Write the gateway's CSV as it is; its TOTAL row (the last) gives the summary line."""
+    file.write(text)
+    lines = list(csv.reader(io.StringIO(text)))
+    head, last = lines[0], lines[-1]
+    return UsageRow((), int(last[head.index("requests")]), Tokens(0, 0, 0, 0, 0, 0),
+                    int(last[head.index("cost_micro_usd")]))
 
 
 def _with_progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:
@@ -209,6 +259,21 @@ def _print_json_lines(objects: Iterator[dict[str, object]]) -> None:
         sys.stdout.write(orjson.dumps(obj).decode() + "\n")
 
 
+def _tokens_from_json(t: dict[str, int]) -> Tokens:
+    return Tokens(t["input"], t["cache_write_5m"], t["cache_write_1h"], t["cache_read"], t["output"], t["reasoning"])
+
+
+def _row_from_json(r: dict[str, Any], by: Sequence[str]) -> UsageRow:
+    return UsageRow(tuple((name, str(r[name])) for name in by), int(r["requests"]), _tokens_from_json(r["tokens"]),
+                    int(r["cost_micro_usd"]))
+
+
+def _call_from_json(c: dict[str, Any]) -> TraceCall:
+    return TraceCall(c["event_id"], int(c["ts_start_ms"]), int(c["ts_end_ms"]), c["kind"], c["model"], c["provider"],
+                     c["api"], c["outcome"], int(c["latency_ms"]), _tokens_from_json(c["tokens"]),
+                     int(c["cost_micro_usd"]), int(c["running_cost_micro_usd"]))
+
+
 def _row_json(row: UsageRow) -> dict[str, object]:
     return {**row.dims, "requests": row.requests, "tokens": _tokens_json(row),
             "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd,
@@ -229,4 +294,4 @@ def _tokens_json(row: UsageRow | TraceCall) -> dict[str, int]:
             "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning}
 
 
-__all__ = ["PROGRESS_EVERY_ROWS", "register", "resolve_dsn"]
+__all__ = ["PROGRESS_EVERY_ROWS", "holder", "register", "resolve_dsn"]

@@ -196,7 +196,7 @@ def _page(title: str, body: str) -> str:
 def render_dashboard(spend: Spend, budgets: Sequence[BudgetUse], alerts: Sequence[AlertView], *,
                      admin: str, role: str, alerts_here: bool) -> str:
     header = (f'<header><h1>llmgw <span>spend</span></h1><div class="asof">as of {_time(spend.now_ms, "%Y-%m-%d %H:%M:%S")}'
-              f'</div><div class="who">{_e(admin)} · {_e(role)}'
+              f'</div><div class="who"><a href="/dashboard/finance">finance view</a> · {_e(admin)} · {_e(role)}'
               '<form method="post" action="/dashboard/logout"><button type="submit">Sign out</button></form></div>'
               "</header>")
     colors = dict(zip(BREAKDOWNS, PALETTE))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from importlib import resources
+from typing import Any
 import orjson
 from aiohttp import web
 
-from analytics import dashboard, dashboard_html
+from analytics import dashboard, dashboard_finance, dashboard_html
 from analytics.session import COOKIE, TTL_MS, Session, Sessions, secret_for
-from proxy.admin.roles import READ_SPEND
+from proxy.admin.roles import READ_SPEND, WRITE_BUDGETS
 from proxy.admin.runtime import ADMIN
 from proxy.context import GATEWAY
 from proxy.errors import GatewayError
@@ -55,6 +56,9 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/dashboard", page, allow_head=False)
     r.add_get("/dashboard/data.json", data_json, allow_head=False)
+    r.add_get("/dashboard/finance", finance_page, allow_head=False)
+    r.add_get("/dashboard/finance.csv", finance_csv, allow_head=False)
+    r.add_post("/dashboard/budgets", set_budget)
     r.add_get(LOGIN, login_form, allow_head=False)
     r.add_post(LOGIN, login)
     r.add_post("/dashboard/logout", logout)
@@ -167,6 +171,71 @@ async def data_json(request: web.Request) -> web.Response:
                             content_type="application/json", headers=_HEADERS)
     return web.Response(body=orjson.dumps(dashboard.as_json(numbers, budgets, alerts)),
                         content_type="application/json", headers=_HEADERS)
+
+
+async def finance_page(request: web.Request) -> web.Response:
+    """Spend over a date range by workspace, project, user or model (``analytics/dashboard_finance.py``)."""
+    session = await _session(request)
+    if session is None:
+        return _see_other(LOGIN)
+    a = session.admin
+    try:
+        found, rng, by, org = await dashboard_finance.gather(request, a)
+    except ValueError as err:
+        rng = dashboard_finance.parse_range({}, "UTC", _now_ms())
+        return _html(dashboard_finance.render([], rng, "workspace", None, admin=a.name, role=a.role,
+                                              error=str(err)), status=400)
+    except GatewayError as err:
+        return _html(dashboard_html.render_error(str(err)), status=err.status)
+    form = dashboard_finance.budget_form(a.can(WRITE_BUDGETS), a.role, request.query.get("notice", ""))
+    return _html(dashboard_finance.render(found, rng, by, org, admin=a.name, role=a.role, budgets=form))
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    """The finance page's budget form: the signed-in admin's own role and scope decide, as on /admin/budgets."""
+    from urllib.parse import urlencode
+
+    from proxy.admin.budget_ops import authorize_budget, budget_from_json
+
+    session = await _session(request)
+    if session is None:
+        return _see_other(LOGIN)
+    # The session cookie is SameSite=Strict, so another site's form arrives without it; a named foreign
+    # Origin is refused too. Browsers send "null" here, as the page's Referrer-Policy is no-referrer.
+    origin = request.headers.get("Origin")
+    if origin not in (None, "null", f"{request.scheme}://{request.host}"):
+        return _html(dashboard_html.render_error("a budget can only be set from this gateway's own page"), 403)
+    p, form = session.admin, await request.post()
+    body = {k: str(form.get(k) or "").strip() for k in ("scope", "window", "limit_usd", "org", "reason")}
+    gw = request.app[GATEWAY]
+    try:
+        p.require(WRITE_BUDGETS)
+        b = budget_from_json(body, "budget", _now_ms())
+
+        def compute(state: Any) -> tuple[list[Any], str]:
+            authorize_budget(p, state, b)
+            return [b.record(actor=p.actor, reason=body["reason"] or "dashboard")], b.describe()
+        said = await request.app[ADMIN].change(gw, compute)
+        notice = f"set by {p.name} ({p.role}): {said}"
+    except (ValueError, GatewayError) as err:
+        notice = f"not set: {err}"
+    return _see_other("/dashboard/finance?" + urlencode({"notice": notice}))
+
+
+async def finance_csv(request: web.Request) -> web.Response:
+    """Exactly the rows the finance page shows, as CSV (money exact, names kept as text)."""
+    session = await _session(request)
+    if session is None:
+        return _see_other(LOGIN)
+    try:
+        found, rng, by, _ = await dashboard_finance.gather(request, session.admin)
+    except ValueError as err:
+        return web.Response(status=400, text=str(err), headers=_HEADERS)
+    except GatewayError as err:
+        return web.Response(status=err.status, text=str(err), headers=_HEADERS)
+    name = f"llmgw-spend-{rng.since}-{rng.until}-by-{by}.csv"
+    return web.Response(text=dashboard_finance.to_csv(found, rng, by), content_type="text/csv", charset="utf-8",
+                        headers={**_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
 
 
 _static_cache: dict[str, bytes] = {}

@@ -282,6 +282,62 @@ def trace(client: Client, db: str, session_id: str) -> list[TraceCall]:
     ]
 
 
+
+def trace_ref(client: Client, db: str, ref: str) -> list[TraceCall]:
+    """``trace`` by a session id, else by a request id (``x-llmgw-request-id``): that call's session,
+    or the call alone when it had no session."""
+    calls = trace(client, db, ref)
+    if calls:
+        return calls
+    sql = f"SELECT session_id FROM {check_identifier(db)}.usage_events FINAL WHERE request_id = {{ref:String}} LIMIT 1"
+    rows = client.query(sql, parameters={"ref": ref}).result_rows
+    if not rows:
+        return []
+    if rows[0][0]:
+        return trace(client, db, str(rows[0][0]))
+    sql = f"""
+        SELECT event_id, toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), kind,
+               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_micro_usd
+        FROM {check_identifier(db)}.usage_events FINAL
+        WHERE request_id = {{ref:String}}
+        ORDER BY ts_start, event_id
+    """
+    out, running = [], 0
+    for r in client.query(sql, parameters={"ref": ref}).result_rows:
+        running += int(r[15])
+        out.append(TraceCall(event_id=r[0], ts_start_ms=int(r[1]), ts_end_ms=int(r[2]), kind=r[3], model=r[4],
+                             provider=r[5], api=r[6], outcome=r[7], latency_ms=int(r[8]),
+                             tokens=Tokens(*(int(v) for v in r[9:15])), cost_micro_usd=int(r[15]),
+                             running_cost_micro_usd=running))
+    return out
+
+
+
+def spend_logs(client: Client, db: str, since_ms: int, until_ms: int, *, key_id: str | None = None,
+               user: str | None = None, request_id: str | None = None,
+               workspaces: Sequence[str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Calls in [since_ms, until_ms), newest first, one dict each (LiteLLM's ``/spend/logs`` rows)."""
+    where, params = _WINDOW, {"since_ms": since_ms, "until_ms": until_ms, "limit": limit}
+    for column, value in (("key_id", key_id), ("user", user), ("request_id", request_id)):
+        if value is not None:
+            where += f" AND {column} = {{{column}:String}}"
+            params[column] = value
+    scope, scope_params = _scope(None, workspaces)
+    sql = f"""
+        SELECT request_id, event_id, api, key_id, cost_micro_usd, {", ".join(TOKEN_COLUMNS)},
+               toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), model, provider, org, workspace,
+               user, session_id, outcome, tags, usage_estimated, cost_estimated
+        FROM {check_identifier(db)}.usage_events FINAL
+        WHERE kind = 'usage' AND {where}{scope}
+        ORDER BY ts_start DESC, event_id
+        LIMIT {{limit:UInt32}}
+    """
+    names = ("request_id", "event_id", "api", "key_id", "cost_micro_usd", *TOKEN_COLUMNS, "ts_start_ms",
+             "ts_end_ms", "model", "provider", "org", "workspace", "user", "session_id", "outcome", "tags",
+             "usage_estimated", "cost_estimated")
+    rows = client.query(sql, parameters={**params, **scope_params}).result_rows
+    return [dict(zip(names, row)) for row in rows]
+
 def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
            by: Sequence[str] = (), org: str | None = None,
            workspaces: Sequence[str] | None = None) -> list[UsageRow]:
@@ -307,6 +363,7 @@ def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
 
 __all__ = [
     "CSV_METRICS", "DIMENSIONS", "GRAINS", "ROLLUP_DIMENSIONS", "TOKEN_COLUMNS", "TraceCall", "UsageRow",
-    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "trace",
+    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "spend_logs", "trace",
+    "trace_ref",
     "write_chargeback_csv",
 ]

@@ -2,7 +2,8 @@
 
 Thin shells over ``analytics.reconcile``. The store is chosen as for ``llmgw
 spend`` (``--dsn``, else ``LLMGW_CLICKHOUSE_DSN``, else the embedded store,
-which only one process can open at a time).
+which only one process can open at a time: while ``llmgw serve`` holds it,
+these go through that gateway, ``/admin/reconcile/...``).
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from analytics import reconcile, store
-from analytics.cli import resolve_dsn
+from analytics.cli import holder, resolve_dsn
 from analytics.queries import format_usd
+from proxy.local_gateway import GatewayRefused
 
 
 def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
@@ -52,7 +55,7 @@ def _guarded(command: Any, environ: Mapping[str, str] | None, args: argparse.Nam
     except (ValueError, OSError) as err:
         print(f"llmgw: {err}", file=sys.stderr)
         return 2
-    except (store.StoreError, ClickHouseError) as err:
+    except (store.StoreError, ClickHouseError, GatewayRefused) as err:
         print(f"llmgw: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
 
@@ -65,9 +68,14 @@ def _open(args: argparse.Namespace, environ: Mapping[str, str] | None) -> tuple[
 
 
 def _import(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
-    costs = reconcile.parse_report(Path(args.file).read_bytes(), args.provider)   # parse before connecting
-    client, database = _open(args, environ)
-    rows = reconcile.import_costs(client, database, costs, source=Path(args.file).name)
+    data = Path(args.file).read_bytes()
+    costs = reconcile.parse_report(data, args.provider)   # parse before connecting
+    if (gw := holder(args, environ)) is not None:
+        rows = gw.json("POST", "/admin/reconcile/import?" + urlencode(
+            {"provider": args.provider, "source": Path(args.file).name}), raw=data)["rows"]
+    else:
+        client, database = _open(args, environ)
+        rows = reconcile.import_costs(client, database, costs, source=Path(args.file).name)
     days = sorted({c.day for c in costs})
     span = f"{days[0]}..{days[-1]}" if days else "no days"
     total = sum(c.cost_micro_usd for c in costs)
@@ -79,8 +87,14 @@ def _report(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     today = datetime.now(timezone.utc).date()
     since = args.since or today - timedelta(days=30)
     until = args.until or today + timedelta(days=1)
-    client, database = _open(args, environ)
-    rows = reconcile.report(client, database, since, until, tuple(args.provider or ()))
+    if (gw := holder(args, environ)) is not None:
+        got = gw.json("GET", "/admin/reconcile/report?" + urlencode(
+            [("since", since.isoformat()), ("until", until.isoformat()), *(("provider", p) for p in args.provider or ())]))
+        rows = [reconcile.DayDelta(date.fromisoformat(r["day"]), r["provider"], r["metered_micro_usd"],
+                                   r["billed_micro_usd"], r["requests"]) for r in got["rows"]]
+    else:
+        client, database = _open(args, environ)
+        rows = reconcile.report(client, database, since, until, tuple(args.provider or ()))
     if args.json:
         import orjson
         for r in rows:

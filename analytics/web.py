@@ -6,6 +6,8 @@
   JSON, money as exact integers (``cost_micro_usd``) and exact decimal strings.
 - ``GET /admin/chargeback.csv?month=2026-11&by=workspace,tag:project[&org=acme]``: the
   CLI's chargeback CSV (same columns, TOTAL row), streamed while ClickHouse reads.
+- ``GET /admin/trace/{session id or request id}``: a session's calls in order with the
+  running cost (``llmgw trace``); a request id (``x-llmgw-request-id``) finds its session.
 - ``/dashboard``: spend to the minute, budgets, alerts, refusals, top sessions
   (``analytics/dashboard*.py``), behind a login form and a signed session cookie.
 
@@ -34,8 +36,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from analytics import queries, store
-from analytics.queries import UsageRow
-from proxy.admin.errors import BadRequest
+from analytics.queries import TraceCall, UsageRow
+from proxy.admin.errors import BadRequest, Forbidden, NotFound
 from proxy.admin.roles import READ_EXPORTS, READ_SPEND, WORKSPACE_ADMIN, AdminPrincipal
 from proxy.admin.runtime import admin_of
 from proxy.context import GATEWAY
@@ -51,7 +53,10 @@ _QUEUE_CHUNKS = 8
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/spend", spend_handler, allow_head=False)
     app.router.add_get("/admin/chargeback.csv", chargeback_handler, allow_head=False)
+    app.router.add_get("/admin/trace/{ref}", trace_handler, allow_head=False)
     dashboard_routes.add_routes(app)
+    from analytics import reconcile_web     # it imports this module: added once this one is whole
+    reconcile_web.add_routes(app)
 
 
 # ---- shared by the handlers -----------------------------------------------------------------
@@ -151,6 +156,39 @@ def _sum_tokens(rows: Sequence[UsageRow]) -> Any:
 
     return Tokens(*(sum(getattr(r.tokens, f) for r in rows) for f in
                     ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output", "reasoning")))
+
+
+# ---- /admin/trace/{ref} --------------------------------------------------------------------------
+
+
+def call_json(call: TraceCall) -> dict[str, Any]:
+    t = call.tokens
+    return {"event_id": call.event_id, "ts_start_ms": call.ts_start_ms, "ts_end_ms": call.ts_end_ms,
+            "kind": call.kind, "model": call.model, "provider": call.provider, "api": call.api,
+            "outcome": call.outcome, "latency_ms": call.latency_ms,
+            "tokens": {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
+                       "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning},
+            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd}
+
+
+async def trace_handler(request: web.Request) -> web.Response:
+    admin = admin_of(request)
+    admin.require(READ_SPEND)
+    if admin.role == WORKSPACE_ADMIN:
+        raise Forbidden("a trace is not limited to one workspace; ask an owner, finance or viewer admin")
+    ref = request.match_info["ref"]
+
+    def run() -> list[TraceCall]:
+        client, db = analytics_client(request.app)
+        return queries.trace_ref(client, db, ref)
+
+    with store_errors():
+        calls = await asyncio.to_thread(run)
+    if not calls:
+        raise NotFound(f"no calls recorded for session or request {ref!r}")
+    body = {"ref": ref, "calls": [call_json(c) for c in calls],
+            "total_cost_micro_usd": calls[-1].running_cost_micro_usd}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 # ---- /admin/chargeback.csv ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from proxy.budgets import Budget, micro_to_usd, parse_scope
+from proxy.local_gateway import cli_config_log
 from proxy.settings import Settings
 
 from .alert_store import FIRED, AlertRecord, ensure_alert_topic, read_alert_topic, read_jsonl
@@ -32,7 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _append(s: Settings, rec: ConfigRecord) -> None:
-    asyncio.run(open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix).append(rec))
+    asyncio.run(cli_config_log(s).append(rec))      # through a running `llmgw serve` of this data dir, if any
 
 
 def _state(s: Settings) -> ConfigState:

@@ -24,7 +24,7 @@ from .adapters.openai_chat import OpenAIChat, is_codex
 from .adapters.openai_embeddings import OpenAIEmbeddings
 from .adapters.openai_responses import OpenAIResponses
 from .context import GATEWAY, REQUEST_ID, EventObserver, Gateway, org_timezones, prices_path
-from .errors import GatewayError, NotFound
+from .errors import GatewayError, HeaderTooLarge, NoRoute
 from .ops import routes as ops_routes
 from .ops.observe import observe
 from .ops.state import OPS, Ops
@@ -53,16 +53,35 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
     """The one place a ``GatewayError`` becomes a response, in the caller's API shape."""
     request[REQUEST_ID] = rid = "req_" + secrets.token_hex(12)
     try:
+        _check_header_sizes(request)
         resp = await handler(request)
     except GatewayError as err:
         resp = _render(request, err)
     except web.HTTPNotFound:
-        resp = _render(request, NotFound(f"no route for {request.method} {request.path}"))
+        resp = _render(request, NoRoute(f"no route for {request.method} {request.path}: the gateway serves "
+                                        "/v1/chat/completions, /v1/responses, /v1/embeddings, /v1/messages and "
+                                        "/v1/models (is the client's base URL right?)"))
     except web.HTTPMethodNotAllowed:
-        resp = _render(request, NotFound(f"{request.method} is not supported on {request.path}"))
+        resp = _render(request, NoRoute(f"no route for {request.method} {request.path} "
+                                        f"({request.method} is not supported there)"))
     if not resp.prepared:
         resp.headers["x-llmgw-request-id"] = rid
     return resp
+
+
+# aiohttp's parser refuses a header over 8190 bytes by closing the connection at once; with the
+# rest of the request still unread, the kernel then resets it, and the client (seen on Python 3.12)
+# gets ECONNRESET instead of the 400. So the parser takes up to 1 MiB and the gateway answers 431
+# itself, in the caller's API shape, after reading the request like any other refusal.
+PARSER_MAX_FIELD_BYTES = 1024 * 1024
+HEADER_MAX_BYTES = 8190
+
+
+def _check_header_sizes(request: web.Request) -> None:
+    for name, value in request.headers.items():
+        if len(name) + len(value) > HEADER_MAX_BYTES:
+            raise HeaderTooLarge(f"header {name[:64]} is {len(value)} bytes; the gateway takes at most "
+                                 f"{HEADER_MAX_BYTES} per header")
 
 
 def _render(request: web.Request, err: GatewayError) -> web.Response:
@@ -157,7 +176,8 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     # shape; observe (access log, metrics) sees model-API errors before error_edge renders them, and
     # admin answers after admin_errors has, so an admin 400/403/409 counts by its real status.
     app = web.Application(middlewares=[error_edge, observe, admin_routes.admin_errors],
-                          client_max_size=settings.max_body_bytes)
+                          client_max_size=settings.max_body_bytes,
+                          handler_args={"max_field_size": PARSER_MAX_FIELD_BYTES})
     app[OPS] = ops
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([

@@ -144,7 +144,8 @@ class CallRecord:
         self.started_ms = started_ms
         self.request_id = request.get(REQUEST_ID, "")
         h = request.headers
-        self.session_id = h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or ""
+        self.session_id = (h.get("x-claude-code-session-id") or h.get("x-llmgw-session") or h.get("session_id")
+                           or h.get("session-id") or h.get("thread-id") or "")   # Codex sends session_id/-id, thread-id
         self.event_id = E.new_event_id(started_ms)     # the started record and the usage event share it
 
     def started(self, gw: Gateway, call: Call, reservation: Reservation) -> CallStarted:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from analytics import cli as analytics_cli, reconcile_cli, sink_cli
 from ledger import alerts_cli
-from ledger.configlog import ConfigRecord, ConfigState, open_config_log
+from ledger.configlog import ConfigRecord, ConfigState
 from pricing import cli as pricing_cli
 
 from . import keys as K
@@ -25,6 +25,7 @@ from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
 from .budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
                       usd_to_micro)
+from .local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
@@ -38,8 +39,8 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def _config_io(args: argparse.Namespace):
-    s = _settings(args)
-    return open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)
+    """Through the running `llmgw serve` of this data dir if there is one: it applies the record at once."""
+    return cli_config_log(_settings(args))
 
 
 def _append(args: argparse.Namespace, rec: ConfigRecord) -> None:
@@ -60,9 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    s = _settings(args, host=args.host, port=args.port, workers=args.workers)
+    s = _settings(args, host=args.host, port=args.port, workers=args.workers,
+                  upstream_auth=False if args.no_upstream_auth else None)
     if args.worker_index is None and s.workers != 1:
         return _serve_workers(s)
+    if args.worker_index is None and not _upstream_credentials_ok(s):
+        return 2
     from .ops.logs import configure_logging
     configure_logging(s)                     # one JSON object per line, secrets redacted
     try:
@@ -73,11 +77,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.worker_index is None:            # a worker's supervisor has printed the line for all of them
         mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
         print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
+    app = create_app(s)
+    if args.worker_index is None:            # the CLI beside it goes through it (proxy/local_gateway.py)
+        from .admin.runtime import ADMIN
+
+        def on_token(token: str) -> None:
+            app[ADMIN].local_token = token
+        app.cleanup_ctx.append(serve_ctx(s, on_token))
     # backlog: aiohttp's default of 128 overflows when a fleet of agents (or a load balancer
     # reconnecting) opens hundreds of connections at once, and each dropped SYN waits 1-3 s to retry
-    web.run_app(create_app(s), host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
+    web.run_app(app, host=s.host, port=s.port, print=None, access_log=None, backlog=LISTEN_BACKLOG,
                 shutdown_timeout=s.shutdown_timeout_s, reuse_port=True if args.worker_index is not None else None)
     return 0
+
+
+def _upstream_credentials_ok(s: Settings) -> bool:
+    """Refuse to start with no upstream credential at all; name the upstreams that have none."""
+    creds = s.upstream_credentials()
+    missing = [name for name, ok in creds.items() if not ok]
+    if not any(creds.values()) and s.upstream_auth:
+        print("llmgw: no upstream credential is set, so every call would reach the provider without a key "
+              "and be refused. Set LLMGW_OPENAI_API_KEY and/or LLMGW_ANTHROPIC_API_KEY (or api_key on an "
+              "upstream in the config file), or pass --no-upstream-auth for a model server that needs none.",
+              file=sys.stderr)
+        return False
+    if missing and any(creds.values()):
+        print(f"llmgw: no credential for upstream {', '.join(missing)}: calls routed there go without a key",
+              file=sys.stderr)
+    return True
 
 
 def _serve_workers(s: Settings) -> int:
@@ -85,6 +112,8 @@ def _serve_workers(s: Settings) -> int:
     from .workers import STOP_GRACE_S, plan, share_dashboard_secret, supervise
 
     workers = plan(s)                        # ValueError: one line, exit 2 (embedded ledger, port 0)
+    if not _upstream_credentials_ok(s):
+        return 2
     configure_logging(s)
     share_dashboard_secret(s, workers)
     print(f"llmgw serving on http://{s.host}:{s.port} (Kafka at {s.kafka_bootstrap}, {s.workers} workers)",
@@ -210,7 +239,7 @@ def cmd_budgets_list(args: argparse.Namespace) -> int:
 
 def cmd_budgets_explain(args: argparse.Namespace) -> int:
     state = _state(args)
-    rec = state.get("key", args.key)
+    rec = state.get("key", K.key_id_of(args.key) or args.key)      # the id, or the key as printed
     if rec is None or rec.data is None:
         print(f"no key {args.key}", file=sys.stderr)
         return 1
@@ -304,6 +333,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
 # -- ledger ----------------------------------------------------------------------------
 def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     s = _settings(args)
+    if s.embedded and (gw := find_gateway(s)) is not None:
+        # the gateway's checkpoint lags what it has folded: compare with its live view at a quiet cut
+        r = gw.json("POST", "/admin/ledger/rebuild")
+        print(f"rebuilt {r['rebuilt_keys']} spend keys from the log up to position {r['position']}; the running "
+              f"gateway has {r['live_keys']}: " + ("identical" if r["identical"] else
+                                                    "DIFFERENT: " + ", ".join(r["differences"])))
+        return 0 if r["identical"] else 1
     if s.embedded:
         from ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
@@ -340,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="listen port (default 4000)")
     s.add_argument("--workers", type=int, default=None, help="processes serving the port, one per core "
                    "(also LLMGW_WORKERS; default 1; more than 1 needs Kafka)")
+    s.add_argument("--no-upstream-auth", action="store_true", help="start even with no upstream credential "
+                   "(a local model server that needs none; also LLMGW_UPSTREAM_AUTH=0)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)   # set by the supervisor
     s.set_defaults(func=cmd_serve)
 
@@ -407,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     bx.set_defaults(func=cmd_budgets_delete)
     b.add_parser("list", help="list budgets, defaults and exceptions").set_defaults(func=cmd_budgets_list)
     be = b.add_parser("explain", help="every budget that applies to a key, and where it came from")
-    be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX)")
+    be.add_argument("--key", required=True, help="key id (kXXXXXXXXXXXX) or the key itself")
     be.add_argument("--tag", action="append", help="as if the call carried this tag")
     be.set_defaults(func=cmd_budgets_explain)
 
@@ -472,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"llmgw: {exc}", file=sys.stderr)
         return 2
+    except (GatewayRefused, ConnectionError) as exc:     # the running gateway said no, or went away
+        print(f"llmgw: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
     GatewayError (status, kind)
     ├── BadRequest            400 invalid_request   malformed body, missing model
     │   ├── BodyTooLarge      413
-    │   └── UnreadableBody    400                   Content-Encoding the body does not have; closes the connection
+    │   ├── UnreadableBody    400                   Content-Encoding the body does not have; closes the connection
+    │   └── HeaderTooLarge    431                   one header over 8 KiB
     ├── AuthError             401 auth              no key, unknown, revoked or expired key
     ├── PolicyDenied          403 policy            model not allowed for this key/user/workspace
-    ├── NotFound              404 not_found         unknown route or unknown model
+    ├── NotFound              404 not_found         unknown model
+    │   └── NoRoute           404 no_route          no such path on the gateway
     ├── BudgetExceeded        429 budget            a budget would go over its cap
     ├── RateLimited           429 rate              RPM/TPM window full
     ├── LedgerUnavailable     503 unavailable       fail-closed while the ledger is unreachable
@@ -71,6 +73,12 @@ class UnreadableBody(BadRequest):
     close_connection = True
 
 
+class HeaderTooLarge(BadRequest):
+    """One header longer than any client sends: answered, not reset (see ``proxy/app.py``)."""
+
+    status = 431
+
+
 class AuthError(GatewayError):
     status, kind, should_retry = 401, "auth", False
 
@@ -81,6 +89,12 @@ class PolicyDenied(GatewayError):
 
 class NotFound(GatewayError):
     status, kind, should_retry = 404, "not_found", False
+
+
+class NoRoute(NotFound):
+    """The path is none of the gateway's (a typo'd base URL), not a model the upstream lacks."""
+
+    kind = "no_route"
 
 
 class BudgetExceeded(GatewayError):

@@ -7,6 +7,7 @@ as they arrive while the adapter's meter reads usage from them.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Mapping
 
@@ -38,6 +39,10 @@ _PASS_DOWN_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-", "anthr
 _CREDENTIAL_WORDS = frozenset({"key", "token", "secret", "auth", "authorization", "cookie", "session",
                                "password", "credential", "credentials", "signature", "organization", "org",
                                "project", "user", "jwt", "bearer"})
+
+
+FORWARDED_QUERY = ("beta",)
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
@@ -86,9 +91,16 @@ def scrub_error_body(status: int, body: bytes, target: Target) -> bytes:
     return body.replace(secret, REDACTED) if secret in body else body
 
 
+def client_query(query: Mapping[str, str]) -> str:
+    """The query parameters a client may pass upstream (Claude Code's ``?beta=true``), plain values only:
+    nothing a client sends may change which URL is called."""
+    return "&".join(f"{k}={query[k]}" for k in FORWARDED_QUERY if _PLAIN.fullmatch(query.get(k, "")))
+
+
 async def open_upstream(session: aiohttp.ClientSession, target: Target, path: str, call: Call,
-                        incoming: Mapping[str, str], method: str = "POST") -> aiohttp.ClientResponse:
-    url = target.upstream.url(path)
+                        incoming: Mapping[str, str], method: str = "POST",
+                        query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+    url = target.upstream.url(path, client_query(query or {}))
     try:
         return await session.request(method, url, data=call.body if method == "POST" else None,
                                      headers=upstream_headers(incoming, target))

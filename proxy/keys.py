@@ -83,7 +83,7 @@ def verified(state: ConfigState, type_: str, record_id: str | None, secret: str,
     d = rec.data
     if not hmac.compare_digest(_hash(secret), d["sha256"]):
         return None
-    if d.get("expires_ms") and now_ms >= d["expires_ms"]:
+    if d.get("expires_ms") and now_ms >= d["expires_ms"] or d.get("blocked"):   # blocked: LiteLLM /key/block
         return None
     return d
 

@@ -39,7 +39,7 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     live.begin()                                    # durable before forwarding: a crash is charged
     try:
         upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
-                                               call, request.headers)                    # forward
+                                               call, request.headers, query=request.query)  # forward
         async with upstream:
             status = upstream.status
             meter = adapter.meter(call)
@@ -104,7 +104,8 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
     """Calls that cost nothing (count_tokens, model lists): authenticated, routed, not metered."""
     method = "POST" if call is not None else "GET"
     upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
-                                           call or Call(model="", stream=False, body=b""), request.headers, method)
+                                           call or Call(model="", stream=False, body=b""), request.headers, method,
+                                           query=request.query)
     async with upstream:
         body = forward.scrub_error_body(upstream.status, await upstream.read(), target)
         return web.Response(status=upstream.status, body=body, headers=forward.downstream_headers(upstream, {}))

@@ -34,9 +34,10 @@ class Upstream:
     def family(self) -> str:
         return _AUTH[self.kind][0]
 
-    def url(self, path: str) -> str:
+    def url(self, path: str, client_query: str = "") -> str:
         url = self.base_url.rstrip("/") + path
-        return f"{url}?{self.query}" if self.query else url
+        query = "&".join(q for q in (self.query, client_query) if q)
+        return f"{url}?{query}" if query else url
 
     def auth_headers(self) -> dict[str, str]:
         _, header, scheme = _AUTH[self.kind]

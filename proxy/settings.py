@@ -47,6 +47,7 @@ class Settings:
     orphan_after_s: float = 3600.0     # Kafka mode: the ledger worker charges a call with no usage event after this
     otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
     workers: int = 1                   # `llmgw serve` processes on one port (Kafka mode; proxy/workers.py)
+    upstream_auth: bool = True         # `serve` refuses to start with no upstream credential (--no-upstream-auth)
     file_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,6 +57,17 @@ class Settings:
     @property
     def analytics_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{Path(self.data_dir).resolve() / 'clickhouse'}"
+
+    def upstream_credentials(self) -> dict[str, bool]:
+        """Upstream name -> whether it has a credential: the two built in, then the config file's.
+
+        Without one, calls would go out with no key and every provider answers 401;
+        only a local model server (vLLM, Ollama) is meant to be called like that.
+        """
+        out = {"openai": bool(self.openai_api_key), "anthropic": bool(self.anthropic_api_key)}
+        for name, u in (self.file_config.get("upstreams") or {}).items():
+            out[str(name)] = bool((u or {}).get("api_key"))
+        return out
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> "Settings":

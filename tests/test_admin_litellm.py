@@ -54,7 +54,7 @@ async def test_max_budget_with_budget_duration_caps_the_key_and_key_info_reports
     status, out = await curl(http, gw.url, "/key/generate", BUDGET_BODY)
     assert status == 200, out
     assert out["max_budget"] == 50.0 and out["budget_duration"] == "30d" and out["expires"] is None
-    assert out["llmgw"]["budget_window"] == "month" and out["llmgw"]["ignored"] == ["rpm_limit", "tpm_limit"]
+    assert out["llmgw"]["budget_window"] == "month" and out["llmgw"]["ignored"] == []
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=out["key"], max_retries=0)
     fake_provider.script(Reply(usage=Usage(input=1_000_000, output=0)))            # $0.15 of gpt-4o-mini
     await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
@@ -70,6 +70,9 @@ async def test_max_budget_with_budget_duration_caps_the_key_and_key_info_reports
     assert by_alias["info"]["token"] == out["token_id"]
     budgets = (await owner.ok("GET", "/admin/budgets"))["data"]
     assert [(b["scope"], b["window"], b["limit_usd"]) for b in budgets] == [(f"key:{out['token_id']}", "month", "50")]
+    limits = {(r["scope"], r["metric"], r["limit"]) for r in (await owner.ok("GET", "/admin/rate-limits"))["data"]}
+    assert limits == {(f"key:{out['token_id']}", "tpm", 100000), (f"key:{out['token_id']}", "rpm", 1000)}
+    assert i["tpm_limit"] == 100000 and i["rpm_limit"] == 1000
 
 
 async def test_team_new_user_new_and_key_delete(gw, http, fake_provider):

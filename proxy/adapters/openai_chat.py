@@ -29,7 +29,7 @@ _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_to
 
 
 def error_object(err: GatewayError) -> dict:
-    code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
+    code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded", "no_route": "no_route"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
     etype = "insufficient_quota" if err.kind == "budget" else _ERROR_TYPES.get(err.status, "server_error")
     if err.client == "codex" and err.codex_final:
         # Codex shows a fixed text for insufficient_quota; for usage_limit_reached it shows the reset

@@ -22,6 +22,7 @@ from ledger.windows import WINDOWS
 from proxy.budgets import usd_to_micro
 from proxy.context import org_timezones
 from proxy.errors import GatewayError
+from proxy.local_gateway import cli_config_log
 from proxy.settings import Settings
 
 from . import apply as A
@@ -41,7 +42,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _log(args: argparse.Namespace) -> tuple[Settings, ConfigLog]:
     s = _settings(args)
-    return s, open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)
+    return s, cli_config_log(s)      # through a running `llmgw serve` of this data dir, if any
 
 
 def _write(log: ConfigLog, records: list[ConfigRecord]) -> None:
@@ -99,7 +100,8 @@ def _since(text: str) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    _, log = _log(args)
+    s = _settings(args)
+    log = open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)   # reads the log itself, even beside a gateway
     entries = AU.audit_entries(asyncio.run(AU.read_history(log)))
     types = tuple(t for t in (args.type or "").split(",") if t)
     picked = AU.select(entries, since_ms=_since(args.since) if args.since else 0, types=types,

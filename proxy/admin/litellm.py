@@ -1,10 +1,23 @@
-"""LiteLLM-compatible management calls, for people migrating their scripts.
+"""LiteLLM-compatible management calls, for people migrating their scripts: keys, and team/user creation.
 
-    POST /key/generate   -> a key (models, max_budget + budget_duration, duration, key_alias, metadata, tags)
-    GET  /key/info       -> the key's settings and spend (?key=<key, key id or alias>)
+    POST /key/generate   -> a key (models, max_budget + budget_duration, duration, key_alias, metadata, tags,
+                            tpm_limit, rpm_limit)
+    POST /key/update     -> change those on an existing key ({"key": ...})
+    GET  /key/list       -> key ids, or key objects with ?return_full_object=true; paged
+    POST /key/regenerate -> a new secret for the same key (budgets and limits keep applying)
+    POST /key/block, /key/unblock -> a blocked key is refused until unblocked
+    GET  /key/info       -> the key's settings and spend (?key=<key, key id or alias>); a client key
+                            may read its own (no ?key, or its own)
     POST /key/delete     -> revoke {"keys": [...]} and/or {"key_aliases": [...]}
-    POST /team/new       -> a workspace (team_id, team_alias, organization_id, max_budget, ...)
+    POST /team/new       -> a workspace (team_id, team_alias, organization_id, max_budget, members_with_roles,
+                            tpm_limit, rpm_limit, ...)
     POST /user/new       -> a user record, its budget, and a key (as LiteLLM does, unless auto_create_key=false)
+
+Teams, users, budgets, customers and organizations beyond creation are in
+``litellm_teams.py``; spend logs, reports, health and model info in
+``litellm_spend.py``. Every response that drops a field the caller sent
+lists it in ``llmgw.ignored`` (accepted, not enforced), so a migration script
+can see what did not carry over.
 
 They authenticate like LiteLLM's master key: ``Authorization: Bearer <admin
 credential>``, and check the same roles as ``/admin``. Mapping: a team is a
@@ -26,19 +39,43 @@ from ledger import fold as F
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import window_bounds
 from proxy import keys as K
+from proxy.keys import presented_key
 from proxy.budgets import Budget, usd_to_micro
+from proxy.ratelimit import RateLimit
 
 from . import entities as E
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Forbidden, NotFound
 from .roles import READ_KEYS, WRITE_BUDGETS, WRITE_KEYS, WRITE_ORGS, WRITE_USERS, AdminPrincipal
 from .runtime import admin_of, change, gateway, json_body, reply
 from .timeutil import iso_ms, parse_duration_s
 
 routes = web.RouteTableDef()
-# /key/generate fields we map; anything else (tpm_limit, rpm_limit, aliases, ...) is accepted, not enforced,
+# /key/generate fields we map; anything else (aliases, guardrails, ...) is accepted, not enforced,
 # and named in the response's ``llmgw.ignored`` so a migration script can see it.
 _KEY_FIELDS = {"models", "max_budget", "budget_duration", "user_id", "team_id", "organization_id", "metadata",
-               "key_alias", "duration", "tags", "reason", "auto_create_key", "user_email", "user_role"}
+               "key_alias", "duration", "tags", "reason", "auto_create_key", "user_email", "user_role",
+               "tpm_limit", "rpm_limit"}
+_LIMIT_FIELDS = {"tpm_limit": "tpm", "rpm_limit": "rpm"}
+
+
+def ignored(body: dict[str, Any], known: set[str]) -> list[str]:
+    """The fields a caller sent that this call does not carry over (for ``llmgw.ignored``)."""
+    return sorted(set(body) - known)
+
+
+def limits(scope_kind: str, name: str, org: str, body: dict[str, Any], p: AdminPrincipal,
+           reason: str) -> list[ConfigRecord]:
+    """LiteLLM's tpm_limit / rpm_limit as llmgw rate limits on the same scope."""
+    out = []
+    for field_, metric in _LIMIT_FIELDS.items():
+        value = body.get(field_)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise BadRequest(f"{field_} must be a positive integer, not {value!r}")
+        p.require(WRITE_BUDGETS)
+        out.append(RateLimit(scope_kind, name, metric, value, org=org).record(actor=p.actor, reason=reason))
+    return out
 _WINDOW_OF_S = {3600: "hour", 86400: "day", 7 * 86400: "week", 30 * 86400: "month", 31 * 86400: "month"}
 
 
@@ -52,7 +89,7 @@ def budget_window(duration: Any) -> str:
     return _WINDOW_OF_S[seconds]
 
 
-def _default_org(request: web.Request) -> str:
+def default_org(request: web.Request) -> str:
     section = (gateway(request).settings.file_config.get("admin") or {}).get("litellm") or {}
     return str(section.get("default_org") or "default")
 
@@ -66,7 +103,7 @@ def _usd(value: Any) -> str:
     return format(value, "f") if isinstance(value, float) else str(value)
 
 
-def _budget(scope_kind: str, name: str, org: str, body: dict[str, Any], p: AdminPrincipal,
+def budget_record(scope_kind: str, name: str, org: str, body: dict[str, Any], p: AdminPrincipal,
             reason: str) -> ConfigRecord | None:
     if body.get("max_budget") is None:
         return None
@@ -86,8 +123,8 @@ def _mint(state: ConfigState, body: dict[str, Any], p: AdminPrincipal, org: str,
                             alias=str(body.get("key_alias") or ""), metadata=body.get("metadata"),
                             actor=p.actor, reason=reason)
     key_id = rec.data["key_id"]  # type: ignore[index]
-    records = [rec]
-    if (b := _budget("key", key_id, "", body, p, reason)) is not None:
+    records = [rec, *limits("key", key_id, "", body, p, reason)]
+    if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
         records.append(b)
     out = {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": key_id, "expires": iso_ms(expires),
            "models": list(body.get("models") or []), "max_budget": body.get("max_budget"),
@@ -97,7 +134,7 @@ def _mint(state: ConfigState, body: dict[str, Any], p: AdminPrincipal, org: str,
            "llmgw": {"org": org, "workspace": team, "user": user, "key_id": key_id,
                      "budget_window": budget_window(body.get("budget_duration"))
                      if body.get("max_budget") is not None else None,
-                     "ignored": sorted(set(body) - _KEY_FIELDS)}}
+                     "ignored": ignored(body, _KEY_FIELDS)}}
     return key, records, out
 
 
@@ -108,36 +145,158 @@ async def key_generate(request: web.Request) -> web.Response:
 
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         team = str(body.get("team_id") or "default")
-        org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
+        org = str(body.get("organization_id") or _org_of_team(state, team, default_org(request)))
         _, records, out = _mint(state, body, p, org, team, str(body.get("user_id") or "default"), reason)
         return records, out
     return reply(await change(request, compute))
 
 
-@routes.get("/key/info")
-async def key_info(request: web.Request) -> web.Response:
-    p, gw = admin_of(request), gateway(request)
-    ref = request.query.get("key") or ""
-    rec = E.find_key(gw.config, ref)
-    if rec is None or rec.data is None:
-        raise NotFound(f"no key {ref[:16]}...")
-    d = rec.data
-    p.require(READ_KEYS, d["org"], d["workspace"])
+def key_info_of(gw: Any, rec: ConfigRecord) -> dict[str, Any]:
+    """LiteLLM's key info for one key record: settings, the key budget, spend in its window (else this month)."""
+    d = rec.data or {}
     cap = next((Budget.from_record(r) for r in gw.config.of_type("budget")
                 if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]  # type: ignore[index]
                 and r.data["kind"] == "budget" and not r.data["tag"]), None)  # type: ignore[index]
     window = cap.window if cap else "month"
     start, _ = window_bounds(window, int(time.time() * 1000), gw.tz_of(d["org"]))
     spent = gw.ledger.view.spent(F.spend_key(F.KEY, d["key_id"], window, start))
-    info = {"token": d["key_id"], "key_alias": d.get("alias") or None, "key_name": None,
+    rates = {r.data["metric"]: r.data["limit"] for r in gw.config.of_type("ratelimit")  # type: ignore[index]
+             if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]}  # type: ignore[index]
+    return {"token": d["key_id"], "key_alias": d.get("alias") or None, "key_name": None,
             "spend": spent / 1_000_000,           # LiteLLM's wire format is float USD; ours stays int
             "spend_micro_usd": spent, "expires": iso_ms(int(d.get("expires_ms") or 0)),
             "models": d.get("allowed_models") or [], "user_id": d["user"], "team_id": d["workspace"],
             "organization_id": d["org"], "metadata": d.get("metadata") or {}, "tags": d.get("tags") or [],
             "max_budget": cap.limit_micro_usd / 1_000_000 if cap else None,
             "budget_duration": {"hour": "1h", "day": "1d", "week": "7d", "month": "30d"}[window] if cap else None,
+            "tpm_limit": rates.get("tpm"), "rpm_limit": rates.get("rpm"), "blocked": bool(d.get("blocked")),
             "created_at": iso_ms(int(d.get("created_ms") or 0))}
-    return reply({"key": ref, "info": info})
+
+
+@routes.get("/key/info")
+async def key_info(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    ref = request.query.get("key") or ""
+    token = presented_key(request.headers) or ""
+    if token.startswith(K.PREFIX):                 # a client key reads its own info, as on LiteLLM
+        own = gw.authenticate(request)
+        if ref and ref != token and ref != own.key_id:
+            raise Forbidden("a client key may read only its own /key/info")
+        rec = gw.config.get("key", own.key_id)
+        return reply({"key": ref or token, "info": key_info_of(gw, rec)})  # type: ignore[arg-type]
+    p = admin_of(request)
+    rec = E.find_key(gw.config, ref)
+    if rec is None or rec.data is None:
+        raise NotFound(f"no key {ref[:16]}...")
+    p.require(READ_KEYS, rec.data["org"], rec.data["workspace"])
+    return reply({"key": ref, "info": key_info_of(gw, rec)})
+
+
+_UPDATE_FIELDS = {"key", "models", "max_budget", "budget_duration", "metadata", "key_alias", "duration", "tags",
+                  "tpm_limit", "rpm_limit", "blocked", "reason"}
+
+
+def _found(state: ConfigState, ref: Any, p: AdminPrincipal) -> ConfigRecord:
+    if not isinstance(ref, str) or not ref:
+        raise BadRequest("send the key as {\"key\": \"sk-...\"} (the key, its id or its alias)")
+    rec = E.find_key(state, ref)
+    if rec is None or rec.data is None:
+        raise NotFound(f"no key {ref[:16]}...")
+    p.require(WRITE_KEYS, rec.data["org"], rec.data["workspace"])
+    return rec
+
+
+@routes.post("/key/update")
+async def key_update(request: web.Request) -> web.Response:
+    p, body = admin_of(request), await json_body(request)
+    reason = str(body.get("reason") or "LiteLLM /key/update")
+
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
+        rec = _found(state, body.get("key"), p)
+        changes: dict[str, Any] = {}
+        if "models" in body:
+            changes["allowed_models"] = body["models"] or []
+        for ours, theirs in (("tags", "tags"), ("alias", "key_alias"), ("metadata", "metadata")):
+            if theirs in body:
+                changes[ours] = body[theirs]
+        if "duration" in body:
+            d = body["duration"]
+            changes["expires_ms"] = 0 if d in (None, "", "permanent") else \
+                int(time.time() * 1000) + parse_duration_s(str(d)) * 1000
+        updated = E.update_key(rec, changes, p.actor, reason)
+        if "blocked" in body:
+            updated = _blocked(updated, bool(body["blocked"]), p, reason)
+        key_id = rec.data["key_id"]  # type: ignore[index]
+        records = [updated, *limits("key", key_id, "", body, p, reason)]
+        if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
+            records.append(b)
+        return records, {"key_id": key_id}
+    done = await change(request, compute)
+    info = key_info_of(gateway(request), gateway(request).config.get("key", done["key_id"]))  # type: ignore[arg-type]
+    return reply({"key": body.get("key"), **info, "llmgw": {"ignored": ignored(body, _UPDATE_FIELDS)}})
+
+
+def _blocked(rec: ConfigRecord, blocked: bool, p: AdminPrincipal, reason: str) -> ConfigRecord:
+    d = {**(rec.data or {}), "blocked": blocked}
+    return ConfigRecord.put("key", d["key_id"], d, p.actor, reason)
+
+
+def _block_route(blocked: bool) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        p, body = admin_of(request), await json_body(request)
+        reason = str(body.get("reason") or f"LiteLLM /key/{'block' if blocked else 'unblock'}")
+
+        def compute(state: ConfigState) -> tuple[list[ConfigRecord], str]:
+            rec = _found(state, body.get("key"), p)
+            return [_blocked(rec, blocked, p, reason)], rec.data["key_id"]  # type: ignore[index]
+        key_id = await change(request, compute)
+        gw = gateway(request)
+        return reply({"key": body.get("key"), **key_info_of(gw, gw.config.get("key", key_id)),  # type: ignore[arg-type]
+                      "llmgw": {"ignored": ignored(body, {"key", "reason"})}})
+    return handler
+
+
+routes.post("/key/block")(_block_route(True))
+routes.post("/key/unblock")(_block_route(False))
+
+
+@routes.post("/key/regenerate")
+async def key_regenerate(request: web.Request) -> web.Response:
+    """A new secret for the same key id (LiteLLM: a new key with the old one's settings); the old one stops."""
+    p, body = admin_of(request), await json_body(request)
+    reason = str(body.get("reason") or "LiteLLM /key/regenerate")
+
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
+        key, rec = E.rotate_key(_found(state, body.get("key"), p), p.actor, reason)
+        d = rec.data or {}
+        return [rec], {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": d["key_id"],
+                       "expires": iso_ms(int(d.get("expires_ms") or 0)), "models": d.get("allowed_models") or [],
+                       "user_id": d["user"], "team_id": d["workspace"], "key_alias": d.get("alias") or None,
+                       "metadata": d.get("metadata") or {}, "tags": d.get("tags") or [],
+                       "llmgw": {"ignored": ignored(body, {"key", "reason"})}}
+    return reply(await change(request, compute))
+
+
+@routes.get("/key/list")
+async def key_list(request: web.Request) -> web.Response:
+    p, gw, q = admin_of(request), gateway(request), request.query
+    p.require(READ_KEYS)
+    try:
+        page, size = int(q.get("page", "1")), int(q.get("size", "10"))
+    except ValueError:
+        raise BadRequest("page and size must be integers") from None
+    if page < 1 or not 1 <= size <= 100:
+        raise BadRequest("page starts at 1; size is 1 to 100")
+    filters = {"user": q.get("user_id"), "workspace": q.get("team_id"), "org": q.get("organization_id"),
+               "alias": q.get("key_alias")}
+    recs = [r for r in sorted(gw.config.of_type("key"), key=lambda r: r.ts_ms)
+            if r.data and p.covers(r.data["org"], r.data["workspace"])
+            and all(v is None or r.data.get(f) == v for f, v in filters.items())]
+    chosen = recs[(page - 1) * size: page * size]
+    full = q.get("return_full_object", "").lower() == "true"
+    keys = [key_info_of(gw, r) if full else r.data["key_id"] for r in chosen]  # type: ignore[index]
+    return reply({"keys": keys, "total_count": len(recs), "current_page": page,
+                  "total_pages": (len(recs) + size - 1) // size})
 
 
 @routes.post("/key/delete")
@@ -160,23 +319,72 @@ async def key_delete(request: web.Request) -> web.Response:
     return reply(await change(request, compute))
 
 
+_TEAM_FIELDS = {"team_id", "team_alias", "organization_id", "max_budget", "budget_duration", "metadata", "models",
+                "members_with_roles", "tpm_limit", "rpm_limit", "reason"}
+
+
+def members(body: dict[str, Any], key: str = "members_with_roles") -> list[dict[str, Any]]:
+    """LiteLLM's ``[{"role": "admin"|"user", "user_id": ..., "user_email": ...}]`` (one or a list)."""
+    raw = body.get(key) or []
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for m in items:
+        if not isinstance(m, dict) or not (m.get("user_id") or m.get("user_email")):
+            raise BadRequest(f"{key}: each member is {{\"role\": \"user\" or \"admin\", \"user_id\": ...}}")
+        role = str(m.get("role") or "user")
+        if role not in ("user", "admin"):
+            raise BadRequest(f"{key}: role must be user or admin, not {role!r}")
+        out.append({"user_id": str(m.get("user_id") or m.get("user_email")), "user_email": m.get("user_email"),
+                    "role": role})
+    return out
+
+
+def member_records(org: str, team: str, found: list[dict[str, Any]], state: ConfigState, p: AdminPrincipal,
+                   reason: str) -> list[ConfigRecord]:
+    """Each member becomes a user record in the workspace; its team role is kept in the user's metadata
+    (a team admin gets no admin credential: mint one with /admin/admins for that)."""
+    p.require(WRITE_USERS, org, team)
+    out = []
+    for m in found:
+        prev = (state.get("user", f"{org}/{m['user_id']}") or ConfigRecord("", "", {}, 0)).data or {}
+        meta = {**(prev.get("metadata") or {}), "litellm_team_role": m["role"]}
+        out.append(E.user_record(org, m["user_id"], team, meta, p.actor, reason,
+                                 email=str(m.get("user_email") or prev.get("email") or "")))
+    return out
+
+
+def team_members(state: ConfigState, org: str, team: str) -> list[dict[str, Any]]:
+    return [{"user_id": r.data["name"], "user_email": r.data.get("email") or None,  # type: ignore[index]
+             "role": (r.data.get("metadata") or {}).get("litellm_team_role", "user")}  # type: ignore[union-attr]
+            for r in sorted(state.of_type("user"), key=lambda r: r.id)
+            if r.data and r.data["org"] == org and r.data.get("workspace") == team]
+
+
 @routes.post("/team/new")
 async def team_new(request: web.Request) -> web.Response:
     p, body = admin_of(request), await json_body(request)
     p.require(WRITE_ORGS)
     team = str(body.get("team_id") or f"team-{secrets.token_hex(4)}")
-    org = str(body.get("organization_id") or _default_org(request))
+    org = str(body.get("organization_id") or default_org(request))
     reason = str(body.get("reason") or "LiteLLM /team/new")
     meta = {**(body.get("metadata") or {}), "team_alias": body.get("team_alias"),
             "models": list(body.get("models") or [])}
-    records = [E.workspace_record(org, team, meta, p.actor, reason)]
-    if (b := _budget("workspace", team, org, body, p, reason)) is not None:
-        records.append(b)
-    await change(request, lambda _s: (records, None))
+    found = members(body)
+
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], None]:
+        records = [E.workspace_record(org, team, meta, p.actor, reason),
+                   *member_records(org, team, found, state, p, reason),
+                   *limits("workspace", team, org, body, p, reason)]
+        if (b := budget_record("workspace", team, org, body, p, reason)) is not None:
+            records.append(b)
+        return records, None
+    await change(request, compute)
     return reply({"team_id": team, "team_alias": body.get("team_alias"), "organization_id": org,
                   "models": meta["models"], "max_budget": body.get("max_budget"),
                   "budget_duration": body.get("budget_duration"), "metadata": body.get("metadata") or {},
-                  "members_with_roles": [], "spend": 0.0})
+                  "tpm_limit": body.get("tpm_limit"), "rpm_limit": body.get("rpm_limit"),
+                  "members_with_roles": team_members(gateway(request).config, org, team), "spend": 0.0,
+                  "llmgw": {"org": org, "workspace": team, "ignored": ignored(body, _TEAM_FIELDS)}})
 
 
 @routes.post("/user/new")
@@ -187,18 +395,19 @@ async def user_new(request: web.Request) -> web.Response:
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         user = str(body.get("user_id") or f"user-{secrets.token_hex(4)}")
         team = str(body.get("team_id") or "")
-        org = str(body.get("organization_id") or _org_of_team(state, team, _default_org(request)))
+        org = str(body.get("organization_id") or _org_of_team(state, team, default_org(request)))
         p.require(WRITE_USERS, org, team)
         E.check_user_home(state, org, team or "default", user, p)
         meta = {**(body.get("metadata") or {}), **({"litellm_user_role": body["user_role"]}
                                                      if body.get("user_role") else {})}
         records = [E.user_record(org, user, team, meta, p.actor, reason, email=str(body.get("user_email") or ""))]
-        if (b := _budget("user", user, org, body, p, reason)) is not None:
+        if (b := budget_record("user", user, org, body, p, reason)) is not None:
             records.append(b)
         out: dict[str, Any] = {"user_id": user, "user_email": body.get("user_email"),
                                "user_role": body.get("user_role"), "team_id": team or None,
                                "max_budget": body.get("max_budget"), "budget_duration": body.get("budget_duration"),
-                               "models": list(body.get("models") or []), "metadata": meta, "spend": 0.0}
+                               "models": list(body.get("models") or []), "metadata": meta, "spend": 0.0,
+                               "llmgw": {"org": org, "ignored": ignored(body, _KEY_FIELDS)}}
         if body.get("auto_create_key", True):
             key_body = {k: v for k, v in body.items() if k not in ("max_budget", "budget_duration")}
             _, key_records, key_out = _mint(state, key_body, p, org, team or "default", user, reason)

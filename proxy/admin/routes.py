@@ -14,10 +14,12 @@ from aiohttp import web
 
 from proxy.errors import GatewayError
 
-from . import http_budgets, http_entities, http_governance, http_keys, http_limits, litellm
+from . import (http_budgets, http_entities, http_governance, http_keys, http_limits, http_local, litellm,
+               litellm_spend, litellm_teams)
 from .errors import BadRequest, NotFound, render
 
-PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/")
+PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/", "/spend/", "/global/", "/budget/", "/customer/",
+            "/organization/", "/model/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -43,5 +45,6 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    for module in (http_entities, http_keys, http_budgets, http_limits, http_governance, litellm):
+    for module in (http_entities, http_keys, http_budgets, http_limits, http_governance, http_local, litellm,
+                   litellm_teams, litellm_spend):
         router.add_routes(module.routes)

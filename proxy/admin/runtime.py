@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import sys
 import time
@@ -27,7 +28,7 @@ from . import credentials as C
 from .errors import AuthError, BadRequest
 from .increase import expired_raises
 from .oidc import OidcVerifier, looks_like_jwt
-from .roles import AdminPrincipal
+from .roles import OWNER, AdminPrincipal
 
 log = logging.getLogger("llmgw.admin")
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class AdminRuntime:
     owner_key: str
     oidc: OidcVerifier | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    local_token: str = ""          # `llmgw serve`'s token for the CLI beside it (proxy/local_gateway.py)
 
     async def change(self, gw: Gateway, compute: Callable[[ConfigState], tuple[list[ConfigRecord], T]]) -> T:
         """Run ``compute`` on the live state and append the records it returns, as one step."""
@@ -67,6 +69,8 @@ class AdminRuntime:
         if token.startswith(CLIENT_PREFIX):
             raise AuthError("a client key cannot be used on admin endpoints; send an admin credential "
                             "(LLMGW_ADMIN_KEY, an llmgw-admin- key, or an OIDC token)")
+        if self.local_token and hmac.compare_digest(token.encode(), self.local_token.encode()):
+            return AdminPrincipal("local", OWNER, via="cli")
         p = C.authenticate_admin(state, self.owner_key, token, int(time.time() * 1000))
         if p is not None:
             return p
