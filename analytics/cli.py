@@ -181,7 +181,7 @@ def _copy_csv(text: str, file: TextIO) -> UsageRow:
     lines = list(csv.reader(io.StringIO(text)))
     head, last = lines[0], lines[-1]
     return UsageRow((), int(last[head.index("requests")]), Tokens(0, 0, 0, 0, 0, 0),
-                    int(last[head.index("cost_micro_usd")]))
+                    int(last[head.index("cost_nano_usd")]))
 
 
 def _with_progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:
@@ -265,13 +265,13 @@ def _tokens_from_json(t: dict[str, int]) -> Tokens:
 
 def _row_from_json(r: dict[str, Any], by: Sequence[str]) -> UsageRow:
     return UsageRow(tuple((name, str(r[name])) for name in by), int(r["requests"]), _tokens_from_json(r["tokens"]),
-                    int(r["cost_micro_usd"]))
+                    int(r["cost_nano_usd"]), int(r.get("web_search_calls", 0)))
 
 
 def _call_from_json(c: dict[str, Any]) -> TraceCall:
     return TraceCall(c["event_id"], int(c["ts_start_ms"]), int(c["ts_end_ms"]), c["kind"], c["model"], c["provider"],
                      c["api"], c["outcome"], int(c["latency_ms"]), _tokens_from_json(c["tokens"]),
-                     int(c["cost_micro_usd"]), int(c["running_cost_micro_usd"]))
+                     int(c["cost_nano_usd"]), int(c["running_cost_nano_usd"]))
 
 
 def _row_json(row: UsageRow) -> dict[str, object]:

@@ -168,7 +168,8 @@ def call_json(call: TraceCall) -> dict[str, Any]:
             "outcome": call.outcome, "latency_ms": call.latency_ms,
             "tokens": {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
                        "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning},
-            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd}
+            "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd,
+            "cost_nano_usd": call.cost_nano_usd, "running_cost_nano_usd": call.running_cost_nano_usd}
 
 
 async def trace_handler(request: web.Request) -> web.Response:
