@@ -16,7 +16,7 @@ from ledger.configlog import open_config_log
 from ledger.driver import Ledger
 from pricing import load_catalog
 
-from . import parts, pipeline
+from . import parts, pipeline, providers
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
@@ -166,4 +166,5 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     admin_routes.add_routes(r)
     ops_routes.add_routes(r)
     analytics_web.add_routes(app)
+    providers.add_routes(r, ADAPTER)
     return app

@@ -54,9 +54,10 @@ def downstream_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str
 async def open_upstream(session: aiohttp.ClientSession, target: Target, path: str, call: Call,
                         incoming: Mapping[str, str], method: str = "POST") -> aiohttp.ClientResponse:
     url = target.upstream.url(path)
+    body, headers = (call.body if method == "POST" else None), upstream_headers(incoming, target)
+    await target.upstream.sign(method, url, headers, body)       # Bedrock: SigV4 over the final request
     try:
-        return await session.request(method, url, data=call.body if method == "POST" else None,
-                                     headers=upstream_headers(incoming, target))
+        return await session.request(method, url, data=body, headers=headers)
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"upstream {target.upstream.name} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
@@ -66,7 +67,7 @@ async def open_upstream(session: aiohttp.ClientSession, target: Target, path: st
 
 
 def is_stream(resp: aiohttp.ClientResponse) -> bool:
-    return resp.content_type == "text/event-stream"
+    return resp.content_type in ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
 class Relay:

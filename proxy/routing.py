@@ -6,8 +6,8 @@ chooses a URL, so the gateway cannot be turned into an open proxy.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, MutableMapping, Protocol
 
 from .errors import NotFound
 from .settings import Settings
@@ -18,7 +18,17 @@ _AUTH = {
     "openai": ("openai", "authorization", "Bearer "),
     "openai_compatible": ("openai", "authorization", "Bearer "),
     "azure": ("openai", "api-key", ""),
+    "bedrock": ("bedrock", "", ""),                # SigV4 per request (adapters/bedrock.py)
 }
+# What a kind's calls are priced as when the upstream names no catalog provider: Bedrock's
+# Claude list prices are Anthropic's (regional endpoints' premium: an override or `provider:`).
+_PRICE_PROVIDER = {"openai_compatible": "openai", "bedrock": "anthropic"}
+
+
+class Signer(Protocol):
+    """Credentials computed per request from its method, URL and body (AWS SigV4)."""
+
+    async def sign(self, method: str, url: str, headers: MutableMapping[str, str], body: bytes | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,7 @@ class Upstream:
     api_key: str = ""
     provider: str = ""            # price catalog provider; defaults to the kind
     query: str = ""               # e.g. Azure's "api-version=..."
+    signer: Signer | None = field(default=None, compare=False, repr=False)
 
     @property
     def family(self) -> str:
@@ -40,11 +51,23 @@ class Upstream:
 
     def auth_headers(self) -> dict[str, str]:
         _, header, scheme = _AUTH[self.kind]
-        return {header: scheme + self.api_key} if self.api_key else {}
+        return {header: scheme + self.api_key} if self.api_key and header else {}
+
+    async def sign(self, method: str, url: str, headers: MutableMapping[str, str], body: bytes | None) -> None:
+        """Per-request credentials (Bedrock's SigV4) over the headers already built; a no-op for key kinds."""
+        if self.signer is not None:
+            await self.signer.sign(method, url, headers, body)
 
     @property
     def price_provider(self) -> str:
-        return self.provider or ("openai" if self.kind == "openai_compatible" else self.kind)
+        return self.provider or _PRICE_PROVIDER.get(self.kind, self.kind)
+
+    def catalog_model(self, model: str) -> str:
+        """The name the catalog knows a model by (Bedrock ids carry profile, vendor and version)."""
+        if self.kind == "bedrock":
+            from .adapters.bedrock import catalog_model
+            return catalog_model(model)
+        return model
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +95,15 @@ class RoutingTable:
         for r in self.routes:
             up = self.upstreams[r.upstream]
             if up.family == family and fnmatch.fnmatchcase(model, r.pattern):
-                return Target(up, r.price_as or model)
-        default = self.upstreams.get(family)
-        if default is None or not default.base_url:
+                return Target(up, r.price_as or up.catalog_model(model))
+        default = self.upstreams.get(family) or self._first_of(family)
+        if default is None or not default.base_url or default.family != family:
             raise NotFound(f"no upstream is configured for model {model!r}")
-        return Target(default, model)
+        return Target(default, default.catalog_model(model))
+
+    def _first_of(self, family: str) -> Upstream | None:
+        """The default of a family with no upstream named after it (``bedrock``): its first configured one."""
+        return next((u for u in self.upstreams.values() if u.family == family), None)
 
     def default(self, family: str) -> Upstream:
         up = self.upstreams.get(family)
@@ -95,8 +122,25 @@ class RoutingTable:
             kind = u.get("kind", "openai_compatible")
             if kind not in _AUTH:
                 raise ValueError(f"upstream {name!r}: kind must be one of {sorted(_AUTH)}")
+            if kind == "bedrock":
+                ups[name] = _bedrock(name, u)
+                continue
             ups[name] = Upstream(name, kind, u["base_url"], str(u.get("api_key", "")),
                                  str(u.get("provider", "")), str(u.get("query", "")))
         routes = [Route(str(r["model"]), str(r["upstream"]), str(r.get("price_as", "")))
                   for r in conf.get("routes") or []]
         return cls(ups, routes)
+
+
+def _bedrock(name: str, u: Mapping[str, Any]) -> Upstream:
+    """``kind: bedrock``: ``region`` (required), ``base_url`` (default: the region's runtime endpoint),
+    ``aws_access_key_id`` / ``aws_secret_access_key`` / ``aws_session_token`` (default: botocore's chain)."""
+    from .adapters.bedrock import SigV4Signer
+
+    region = str(u.get("region") or "")
+    if not region:
+        raise ValueError(f"upstream {name!r}: a bedrock upstream needs `region`")
+    signer = SigV4Signer(region, str(u.get("aws_access_key_id", "")), str(u.get("aws_secret_access_key", "")),
+                         str(u.get("aws_session_token", "")))
+    base = str(u.get("base_url") or f"https://bedrock-runtime.{region}.amazonaws.com")
+    return Upstream(name, "bedrock", base, provider=str(u.get("provider", "")), signer=signer)
