@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Mapping, MutableMapping, Protocol
+from typing import Any, Callable, Mapping, MutableMapping, Protocol
 
 from .errors import NotFound
 from .settings import Settings
@@ -19,10 +19,13 @@ _AUTH = {
     "openai_compatible": ("openai", "authorization", "Bearer "),
     "azure": ("openai", "api-key", ""),
     "bedrock": ("bedrock", "", ""),                # SigV4 per request (adapters/bedrock.py)
+    "vertex": ("vertex", "", ""),                  # Google OAuth bearer (adapters/vertex.py)
+    "gemini": ("gemini", "", ""),                  # x-goog-api-key, set by its signer
 }
 # What a kind's calls are priced as when the upstream names no catalog provider: Bedrock's
 # Claude list prices are Anthropic's (regional endpoints' premium: an override or `provider:`).
-_PRICE_PROVIDER = {"openai_compatible": "openai", "bedrock": "anthropic"}
+# Vertex serves two publishers (Anthropic and Google): its models are found under any provider.
+_PRICE_PROVIDER: dict[str, str | None] = {"openai_compatible": "openai", "bedrock": "anthropic", "vertex": None}
 
 
 class Signer(Protocol):
@@ -40,12 +43,15 @@ class Upstream:
     provider: str = ""            # price catalog provider; defaults to the kind
     query: str = ""               # e.g. Azure's "api-version=..."
     signer: Signer | None = field(default=None, compare=False, repr=False)
+    rewrite: Callable[[str], str] | None = field(default=None, compare=False, repr=False)   # Vertex: own project
 
     @property
     def family(self) -> str:
         return _AUTH[self.kind][0]
 
     def url(self, path: str) -> str:
+        if self.rewrite is not None:
+            path = self.rewrite(path)
         url = self.base_url.rstrip("/") + path
         return f"{url}?{self.query}" if self.query else url
 
@@ -59,7 +65,7 @@ class Upstream:
             await self.signer.sign(method, url, headers, body)
 
     @property
-    def price_provider(self) -> str:
+    def price_provider(self) -> str | None:
         return self.provider or _PRICE_PROVIDER.get(self.kind, self.kind)
 
     def catalog_model(self, model: str) -> str:
@@ -122,8 +128,8 @@ class RoutingTable:
             kind = u.get("kind", "openai_compatible")
             if kind not in _AUTH:
                 raise ValueError(f"upstream {name!r}: kind must be one of {sorted(_AUTH)}")
-            if kind == "bedrock":
-                ups[name] = _bedrock(name, u)
+            if kind in _CLOUD:
+                ups[name] = _CLOUD[kind](name, u)
                 continue
             ups[name] = Upstream(name, kind, u["base_url"], str(u.get("api_key", "")),
                                  str(u.get("provider", "")), str(u.get("query", "")))
@@ -144,3 +150,29 @@ def _bedrock(name: str, u: Mapping[str, Any]) -> Upstream:
                          str(u.get("aws_session_token", "")))
     base = str(u.get("base_url") or f"https://bedrock-runtime.{region}.amazonaws.com")
     return Upstream(name, "bedrock", base, provider=str(u.get("provider", "")), signer=signer)
+
+
+def _vertex(name: str, u: Mapping[str, Any]) -> Upstream:
+    """``kind: vertex``: ``project`` (required), ``location`` (default ``global``), ``base_url`` (default:
+    the location's endpoint), ``access_token`` or ``credentials_file`` (a service-account JSON)."""
+    from .adapters.vertex import GoogleBearer, with_project
+
+    project, location = str(u.get("project") or ""), str(u.get("location") or "global")
+    if not project:
+        raise ValueError(f"upstream {name!r}: a vertex upstream needs `project`")
+    host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
+    signer = GoogleBearer(str(u.get("access_token", "")), str(u.get("credentials_file", "")))
+    return Upstream(name, "vertex", str(u.get("base_url") or f"https://{host}"), provider=str(u.get("provider", "")),
+                    signer=signer, rewrite=lambda path: with_project(path, project, location))
+
+
+def _gemini(name: str, u: Mapping[str, Any]) -> Upstream:
+    """``kind: gemini``: the Gemini API; ``api_key``, ``base_url`` (default generativelanguage)."""
+    from .adapters.vertex import GoogleApiKey
+
+    key = str(u.get("api_key", ""))
+    return Upstream(name, "gemini", str(u.get("base_url") or "https://generativelanguage.googleapis.com"),
+                    provider=str(u.get("provider", "")), signer=GoogleApiKey(key))
+
+
+_CLOUD = {"bedrock": _bedrock, "vertex": _vertex, "gemini": _gemini}

@@ -267,7 +267,7 @@ class SigV4Signer:
         from yarl import URL
 
         for name in [k for k in headers if k.lower().startswith("x-amz-") or k.lower() == "authorization"]:
-            del headers[name]
+            headers.pop(name, None)
         headers.setdefault("content-type", "application/json")
         from botocore.exceptions import BotoCoreError
 
