@@ -250,8 +250,11 @@ class SigV4Signer:
 
     def __init__(self, region: str, access_key: str = "", secret_key: str = "", session_token: str = "",
                  service: str = "bedrock") -> None:
-        from botocore.credentials import Credentials
-        from botocore.session import get_session
+        try:
+            from botocore.credentials import Credentials
+            from botocore.session import get_session
+        except ImportError:
+            raise ValueError("a bedrock upstream needs botocore (pip install 'llmgw[bedrock]')") from None
 
         self.region, self.service = region, service
         if access_key:
