@@ -23,6 +23,7 @@ from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
 from .budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_scope, usd_to_micro
 from .ops import cli as ops_cli
+from . import routes_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
 
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_ledger_worker)
 
     for register in (pricing_cli.register, analytics_cli.register, sink_cli.register, reconcile_cli.register,
-                     admin_cli.register, ops_cli.register, alerts_cli.register):
+                     admin_cli.register, ops_cli.register, alerts_cli.register, routes_cli.register):
         register(sub)
     return p
 

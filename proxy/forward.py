@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from .routing import Target
 from .types import Call, Meter
 
@@ -61,9 +61,12 @@ async def open_upstream(session: aiohttp.ClientSession, target: Target, path: st
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"upstream {target.upstream.name} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"could not connect to upstream {target.upstream.name}: {exc.os_error}") from None
+        raise UpstreamUnreachable(f"could not connect to upstream {target.upstream.name}: {exc.os_error}") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
+        # closed before any response header (a pooled connection to an upstream going away): nothing served
+        cls = UpstreamUnreachable if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)) \
+            else UpstreamError
+        raise cls(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
 
 
 def is_stream(resp: aiohttp.ClientResponse) -> bool:

@@ -15,7 +15,7 @@ from aiohttp import web
 from ledger import events as E
 from pricing import Price, RequestShape, cost
 
-from . import admission, forward
+from . import admission, failover, forward
 from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError
 from .capture import CapturedCall, policy_for
@@ -52,8 +52,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         ctx = CallRecord(principal, adapter, call, target.upstream.name, started_ms, request, ctx.call.model)
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
     try:
-        upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
-                                               call, request.headers)                    # forward
+        upstream, target = await failover.open_upstream(gw, target, adapter.upstream_path, call,
+                                                        request.headers)                 # forward
+        ctx.provider = target.upstream.name           # the upstream that took it, after any failover
         async with upstream:
             status = upstream.status
             meter = adapter.meter(call)

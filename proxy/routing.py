@@ -6,6 +6,8 @@ chooses a URL, so the gateway cannot be turned into an open proxy.
 from __future__ import annotations
 
 import fnmatch
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, MutableMapping, Protocol
 
@@ -77,35 +79,116 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """One upstream of a route: lower ``order`` is tried first; members sharing an order share its load
+    by ``weight``."""
+
+    upstream: str
+    weight: float = 1.0
+    order: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     pattern: str
-    upstream: str
+    upstream: str                 # the first member (the only one for a one-upstream route)
     price_as: str = ""            # price this model as another catalog entry
+    members: tuple[Member, ...] = ()
+
+    @property
+    def all_members(self) -> tuple[Member, ...]:
+        return self.members or (Member(self.upstream),)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     upstream: Upstream
     price_model: str
+    # where the call goes if ``upstream`` cannot take it (connect error, 429, 5xx before any byte)
+    fallbacks: tuple[Upstream, ...] = ()
+
+    def attempts(self) -> tuple["Target", ...]:
+        return (self, *(Target(u, self.price_model) for u in self.fallbacks))
+
+
+class Breaker:
+    """A circuit breaker per upstream: ``threshold`` failures in a row open it for ``cooldown_s``; then
+    one call is let through (half-open) and its outcome closes or reopens it. Per process, in memory."""
+
+    __slots__ = ("threshold", "cooldown_s", "failures", "open_until", "total_failures", "failovers")
+
+    def __init__(self, threshold: int = 3, cooldown_s: float = 30.0) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.failures, self.open_until = 0, 0.0
+        self.total_failures = 0          # exported as a counter
+        self.failovers = 0               # calls moved off this upstream to the next
+
+    def available(self, now: float) -> bool:
+        """Closed, or open with its cooldown over (half-open: the next call is the trial)."""
+        return self.failures < self.threshold or now >= self.open_until
+
+    def trying(self, now: float) -> None:
+        """A call goes to this upstream: if it is half-open, later calls wait out a new cooldown meanwhile."""
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s
+
+    @property
+    def healthy(self) -> bool:
+        return self.failures < self.threshold
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        self.total_failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s
 
 
 class RoutingTable:
-    def __init__(self, upstreams: Mapping[str, Upstream], routes: list[Route]) -> None:
+    def __init__(self, upstreams: Mapping[str, Upstream], routes: list[Route], *,
+                 failure_threshold: int = 3, cooldown_s: float = 30.0) -> None:
         self.upstreams = dict(upstreams)
         self.routes = routes
+        self.breakers = {name: Breaker(failure_threshold, cooldown_s) for name in self.upstreams}
         for r in routes:
-            if r.upstream not in self.upstreams:
-                raise ValueError(f"route {r.pattern!r} names unknown upstream {r.upstream!r}")
+            ups = []
+            for m in r.all_members:
+                if m.upstream not in self.upstreams:
+                    raise ValueError(f"route {r.pattern!r} names unknown upstream {m.upstream!r}")
+                if not m.weight > 0:
+                    raise ValueError(f"route {r.pattern!r}: upstream {m.upstream!r} needs a weight above 0")
+                ups.append(self.upstreams[m.upstream])
+            # a failover must not change how the call is priced or what wire it speaks
+            if len({(u.family, u.price_provider) for u in ups}) > 1:
+                raise ValueError(f"route {r.pattern!r}: its upstreams must serve one API family and price "
+                                 "alike (same kind, or the same `provider:`)")
 
     def resolve(self, family: str, model: str) -> Target:
         for r in self.routes:
             up = self.upstreams[r.upstream]
             if up.family == family and fnmatch.fnmatchcase(model, r.pattern):
-                return Target(up, r.price_as or up.catalog_model(model))
+                first, *rest = self.order(r)
+                return Target(first, r.price_as or first.catalog_model(model), tuple(rest))
         default = self.upstreams.get(family) or self._first_of(family)
         if default is None or not default.base_url or default.family != family:
             raise NotFound(f"no upstream is configured for model {model!r}")
         return Target(default, default.catalog_model(model))
+
+    def order(self, route: Route, now: float | None = None, rng: random.Random | None = None) -> list[Upstream]:
+        """The route's upstreams in the order to try them: by ``order``, a weighted shuffle within one
+        order, and upstreams whose breaker is open after every healthy one (tried only when all are out)."""
+        members = route.all_members
+        if len(members) == 1:
+            return [self.upstreams[members[0].upstream]]
+        now = time.monotonic() if now is None else now
+        rand = (rng or random).random
+        # Efraimidis-Spirakis: sorting by u ** (1 / w) is a draw without replacement weighted by w
+        keyed = sorted(members, key=lambda m: (m.order, -(rand() ** (1.0 / m.weight))))
+        ups = [self.upstreams[m.upstream] for m in keyed]
+        up_now = [u for u in ups if self.breakers[u.name].available(now)]
+        return up_now + [u for u in ups if u not in up_now]
 
     def _first_of(self, family: str) -> Upstream | None:
         """The default of a family with no upstream named after it (``bedrock``): its first configured one."""
@@ -133,9 +216,24 @@ class RoutingTable:
                 continue
             ups[name] = Upstream(name, kind, u["base_url"], str(u.get("api_key", "")),
                                  str(u.get("provider", "")), str(u.get("query", "")))
-        routes = [Route(str(r["model"]), str(r["upstream"]), str(r.get("price_as", "")))
-                  for r in conf.get("routes") or []]
-        return cls(ups, routes)
+        routes = [_route(r) for r in conf.get("routes") or []]
+        opts: Mapping[str, Any] = conf.get("routing") or {}
+        return cls(ups, routes, failure_threshold=int(opts.get("failure_threshold", 3)),
+                   cooldown_s=float(opts.get("cooldown_s", 30.0)))
+
+
+def _route(r: Mapping[str, Any]) -> Route:
+    """``{model, upstream}`` or ``{model, upstreams: [name | {upstream, weight, order}]}``; a member's
+    ``order`` defaults to its place in the list, so a plain list is a failover chain."""
+    if "upstreams" not in r:
+        return Route(str(r["model"]), str(r["upstream"]), str(r.get("price_as", "")))
+    raw = r["upstreams"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"route {r.get('model')!r}: `upstreams` must be a non-empty list")
+    members = tuple(Member(m, 1.0, i) if isinstance(m, str) else
+                    Member(str(m["upstream"]), float(m.get("weight", 1)), int(m.get("order", i)))
+                    for i, m in enumerate(raw))
+    return Route(str(r["model"]), members[0].upstream, str(r.get("price_as", "")), members)
 
 
 def _bedrock(name: str, u: Mapping[str, Any]) -> Upstream:
