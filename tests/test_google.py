@@ -2,6 +2,7 @@
 clients (anthropic's AnthropicVertex, google-genai) and the fake Google (tests/fakes/google.py)."""
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,3 +132,34 @@ async def test_gemini_stream_cut_mid_way_is_billed(gw, google, http):
             pass
     [ev] = await gw.events()
     assert ev.outcome == E.UPSTREAM_ERROR and ev.tokens.output >= 1 and ev.cost_micro_usd > 0
+
+
+async def test_vertex_token_minted_from_a_service_account_file(fake_provider, google, tmp_path, http):
+    """The real deployment path: google-auth signs a JWT with the service account's key and trades it
+    at the token endpoint; the token is reused across calls, not minted per call."""
+    pytest.importorskip("google.oauth2.service_account")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    google.sa_public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps({"type": "service_account", "project_id": "gw-project", "private_key_id": "k1",
+                              "private_key": pem, "client_email": "llmgw@gw-project.iam.gserviceaccount.com",
+                              "client_id": "1", "token_uri": f"{google.base_url}/token"}))
+    ups = {"vertex": {"kind": "vertex", "project": "gw-project", "location": "global", "base_url": google.base_url,
+                      "credentials_file": str(sa)}}
+    async with GatewayHarness(fake_provider, tmp_path, file_config={"upstreams": ups}) as h:
+        k, _ = h.key()
+        url = h.url + "/vertex/v1/projects/x/locations/y/publishers/anthropic/models/claude-haiku-4-5:rawPredict"
+        body = b'{"anthropic_version": "vertex-2023-10-16", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}'
+        for _ in range(2):
+            async with http.post(url, data=body, headers={"x-api-key": k}) as r:
+                assert r.status == 200, await r.text()
+        assert google.minted == 1
+        assert [r.headers["authorization"] for r in google.requests] == ["Bearer ya29.minted-1"] * 2
+        assert all("/projects/gw-project/locations/global/" in r.path for r in google.requests)
+        assert len(await h.events()) == 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any, MutableMapping
 
 import orjson
@@ -88,10 +87,10 @@ class GoogleBearer:
         creds = self._creds
         if creds is None:
             return self._token
-        if creds.token and creds.expiry and creds.expiry.timestamp() - time.time() > 300:
+        if creds.valid:                   # google-auth counts a token as expired minutes before it is
             return creds.token
         async with self._lock:
-            if not (creds.token and creds.expiry and creds.expiry.timestamp() - time.time() > 300):
+            if not creds.valid:
                 from google.auth.exceptions import GoogleAuthError
                 from google.auth.transport.requests import Request
                 try:

@@ -4,7 +4,9 @@
     {base}/{v1,v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent|streamGenerateContent
     {base}/{v1,v1beta}/models/{m}:generateContent|streamGenerateContent          (the Gemini API)
 
-Vertex needs ``Authorization: Bearer {TOKEN}``; the Gemini API needs ``x-goog-api-key: {API_KEY}``.
+Vertex needs ``Authorization: Bearer {TOKEN}`` (or a token minted by ``POST {base}/token``, Google's
+OAuth token endpoint for service accounts: a JWT-bearer grant whose RS256 assertion is checked against
+``sa_public_pem``); the Gemini API needs ``x-goog-api-key: {API_KEY}``.
 A refusal is Google's error JSON. Replies are scripted FIFO (``GoogleReply``); usage is neutral:
 ``input`` excludes cached tokens; Gemini spells it ``promptTokenCount = input + cache_read``,
 ``cachedContentTokenCount``, ``candidatesTokenCount = output - thoughts``, ``thoughtsTokenCount``.
@@ -67,6 +69,9 @@ _GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIE
 class FakeGoogle:
     requests: list[Recorded] = field(default_factory=list)
     base_url: str = ""
+    sa_public_pem: bytes = b""                 # set by a test that mints tokens from a service account
+    tokens: set[str] = field(default_factory=lambda: {TOKEN})
+    minted: int = 0
     _queue: deque[GoogleReply] = field(default_factory=deque)
     _runner: web.AppRunner | None = None
 
@@ -75,6 +80,7 @@ class FakeGoogle:
         app.router.add_post("/{version:v1|v1beta1}/projects/{project}/locations/{location}/publishers/"
                             "{publisher}/models/{target}", self._vertex)
         app.router.add_post("/{version:v1|v1beta}/models/{target}", self._gemini_api)
+        app.router.add_post("/token", self._token)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -127,12 +133,29 @@ class FakeGoogle:
 
     async def _vertex(self, request: web.Request) -> web.StreamResponse:
         body, obj = await self._record(request)
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
             return self._error(401, "Request had invalid authentication credentials.")
         model, _, method = request.match_info["target"].rpartition(":")
         if request.match_info["publisher"] == "anthropic":
             return await self._anthropic(request, body, obj, model, method)
         return await self._generate(request, body, obj, model, method)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        from google.auth import jwt
+
+        form = await request.post()
+        try:
+            claims = jwt.decode(str(form.get("assertion", "")), certs=self.sa_public_pem,
+                                audience="https://oauth2.googleapis.com/token")   # what google-auth signs for
+        except ValueError as exc:
+            return web.json_response({"error": "invalid_grant", "error_description": str(exc)}, status=400)
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or "cloud-platform" not in claims.get("scope", ""):
+            return web.json_response({"error": "invalid_request"}, status=400)
+        self.minted += 1
+        token = f"ya29.minted-{self.minted}"
+        self.tokens.add(token)
+        return web.json_response({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
 
     async def _gemini_api(self, request: web.Request) -> web.StreamResponse:
         body, obj = await self._record(request)
