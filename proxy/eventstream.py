@@ -16,6 +16,7 @@ from typing import Iterator, Mapping
 
 CONTENT_TYPE = "application/vnd.amazon.eventstream"
 _PRELUDE = struct.Struct(">III")
+_CRC = struct.Struct(">I")
 _MIN_MESSAGE = 16                   # prelude (12) + message CRC (4)
 MAX_MESSAGE = 24 * 1024 * 1024      # a length past this is a broken stream, not a message to wait for
 
@@ -83,6 +84,20 @@ def decode_headers(raw: bytes) -> dict[str, object]:
     return out
 
 
+_HEADER_MEMO: dict[bytes, dict[str, object]] = {}
+
+
+def _headers(raw: bytes) -> Mapping[str, object]:
+    """Decoded headers, memoized: a stream repeats the same few header blocks on every message."""
+    found = _HEADER_MEMO.get(raw)
+    if found is None:
+        found = decode_headers(raw)
+        if len(_HEADER_MEMO) >= 256:        # bounded: header values come from the upstream
+            _HEADER_MEMO.clear()
+        _HEADER_MEMO[raw] = found
+    return found
+
+
 class EventStreamSplitter:
     """Whole messages out of a byte stream cut anywhere. CRCs are checked: a message that fails
     them means the stream is not what it claims, and the splitter stops (``broken``) rather than
@@ -98,25 +113,26 @@ class EventStreamSplitter:
         if self.broken:
             return
         buf = self._buf + chunk if self._buf else chunk
-        start = 0
-        while len(buf) - start >= 12:
+        view = memoryview(buf)
+        start, size = 0, len(buf)
+        while size - start >= 12:
             total, hlen, pcrc = _PRELUDE.unpack_from(buf, start)
-            if zlib.crc32(buf[start:start + 8]) != pcrc or total < _MIN_MESSAGE + hlen or total > MAX_MESSAGE:
+            if zlib.crc32(view[start:start + 8]) != pcrc or total < _MIN_MESSAGE + hlen or total > MAX_MESSAGE:
                 self.broken, self._buf = True, b""
                 return
-            if len(buf) - start < total:
+            if size - start < total:
                 break
-            frame = buf[start:start + total]
-            if zlib.crc32(frame[:-4]) != struct.unpack_from(">I", frame, total - 4)[0]:
+            end = start + total
+            if zlib.crc32(view[start:end - 4]) != _CRC.unpack_from(buf, end - 4)[0]:
                 self.broken, self._buf = True, b""
                 return
             try:
-                headers = decode_headers(frame[12:12 + hlen])
+                headers = _headers(buf[start + 12:start + 12 + hlen])
             except FramingError:
                 self.broken, self._buf = True, b""
                 return
-            yield Message(headers, frame[12 + hlen:total - 4])
-            start += total
+            yield Message(headers, buf[start + 12 + hlen:end - 4])
+            start = end
         self._buf = buf[start:]
 
     @property

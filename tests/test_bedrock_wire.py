@@ -113,3 +113,13 @@ def test_catalog_names_of_bedrock_ids():
     assert catalog_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.anthropic.claude-opus-5-5") \
         == "claude-opus-5-5"
     assert catalog_model("meta.llama3-70b-instruct-v1:0") == "meta.llama3-70b-instruct"
+
+
+def test_text_that_spells_event_names_does_not_fool_the_meter():
+    text = 'quote "content_block_delta" "message_delta" "usage": {"output_tokens": 999} amazon-bedrock-invocationMetrics'
+    usage = BedrockUsage(input=5, output=7, cache_read=1, cache_write=2)
+    t = _Turn(BedrockReply(text=text, usage=usage, seed=3), b"{}", {}, "m")
+    m = InvokeMeter(None)
+    for frame in t.invoke_frames():
+        m.feed(frame)
+    assert m.result().tokens == Tokens(input=5, output=7, cache_read=1, cache_write_5m=2)

@@ -16,7 +16,6 @@ the SDKs send from ``AWS_BEARER_TOKEN_BEDROCK``); upstream the gateway signs wit
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import re
 from typing import Any, MutableMapping
@@ -147,18 +146,18 @@ class InvokeMeter:
 
     def _chunk(self, payload: bytes) -> None:
         try:
-            wrapper = orjson.loads(payload)
-            raw = base64.b64decode(wrapper["bytes"], validate=True)
-            event = orjson.loads(raw)
-        except (orjson.JSONDecodeError, binascii.Error, KeyError, TypeError, ValueError):
+            raw = binascii.a2b_base64(orjson.loads(payload)["bytes"])
+            if b'"content_block_delta"' in raw:        # most events: no usage in them, no need to parse
+                kind = b"content_block_delta"
+            else:
+                event = orjson.loads(raw)
+                metrics = event.get("amazon-bedrock-invocationMetrics")
+                if isinstance(metrics, dict):
+                    self._metrics = metrics
+                kind = str(event.get("type")).encode()
+        except (orjson.JSONDecodeError, binascii.Error, KeyError, TypeError, ValueError, AttributeError):
             return
-        if not isinstance(event, dict):
-            return
-        metrics = event.get("amazon-bedrock-invocationMetrics")
-        if isinstance(metrics, dict):
-            self._metrics = metrics
-        kind = event.get("type")
-        self._inner.feed(b"event: " + str(kind).encode() + b"\ndata: " + raw + b"\n\n")
+        self._inner.feed(b"event: " + kind + b"\ndata: " + raw + b"\n\n")
 
     def finish_json(self, body: bytes) -> None:
         self._inner.finish_json(body)
