@@ -2,7 +2,7 @@
 
     /bedrock/model/{modelId}/{invoke,invoke-with-response-stream,converse,converse-stream}
     /vertex/{v1,v1beta1}/projects/{p}/locations/{l}/publishers/{anthropic,google}/models/{m}:{method}
-    /gemini/{v1,v1beta,v1alpha}/models/{m}:{generateContent,streamGenerateContent}
+    /gemini/{v1,v1beta,v1alpha}/models/{m}:{generateContent,streamGenerateContent,countTokens}
 
 A caller points its SDK's base URL at the prefix and authenticates with its gateway key
 (``Authorization: Bearer`` or ``x-api-key``; ``x-goog-api-key`` on the Gemini API); the gateway
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import pipeline
 from .adapters import bedrock
-from .adapters.gemini import GENERATE, STREAM_GENERATE, GeminiGenerate, GoogleErrors
+from .adapters.gemini import METHODS, STREAM_GENERATE, GeminiGenerate, GoogleErrors
 from .adapters.vertex import VertexAnthropic, model_path
 from .errors import NotFound
 
@@ -57,7 +57,7 @@ def add_routes(r: web.UrlDispatcher, adapter_key: Any) -> None:
         path = model_path(m["version"], m["project"], m["location"], publisher, model, method)
         if publisher == "anthropic":
             adapter: Any = VertexAnthropic(model, method, path)
-        elif method in (GENERATE, STREAM_GENERATE):
+        elif method in METHODS:
             adapter = GeminiGenerate("vertex", model, method, path + _alt(method, request))
         else:
             raise NotFound(f"{publisher} models' `{method}` is not served by this gateway")
@@ -67,7 +67,7 @@ def add_routes(r: web.UrlDispatcher, adapter_key: Any) -> None:
     async def gemini(request: web.Request) -> web.StreamResponse:
         request[adapter_key] = _GOOGLE_ERRORS
         model, method = _model_and_method(request.match_info["target"])
-        if method not in (GENERATE, STREAM_GENERATE):
+        if method not in METHODS:
             raise NotFound(f"`{method}` is not served by this gateway")
         path = f"/{request.match_info['version']}/models/{model}:{method}{_alt(method, request)}"
         adapter = GeminiGenerate("gemini", model, method, path)

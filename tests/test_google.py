@@ -85,7 +85,10 @@ async def test_gemini_api_via_google_genai(gw, google):
     assert resp.text == "gemini says hi"
     chunks = [c async for c in await client.aio.models.generate_content_stream(model="gemini-2.5-pro", contents="x")]
     assert "".join(c.text or "" for c in chunks) == "one two three"
-    r1, r2 = google.requests
+    counted = await client.aio.models.count_tokens(model="gemini-2.5-flash", contents="how many")
+    assert counted.total_tokens and counted.total_tokens > 0
+    r1, r2, r3 = google.requests
+    assert r3.path.endswith("/models/gemini-2.5-flash:countTokens") and r3.headers["x-goog-api-key"] == API_KEY
     assert r1.headers["x-goog-api-key"] == API_KEY and key not in str(r1.headers)
     assert r2.query == {"alt": "sse"} and r2.path.endswith("/models/gemini-2.5-pro:streamGenerateContent?alt=sse")
     e1, e2 = sorted(await gw.events(), key=lambda e: e.ts_start_ms)

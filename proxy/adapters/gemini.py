@@ -20,7 +20,8 @@ from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
 from ._common import int_of, optional_int, parse_object
 
-GENERATE, STREAM_GENERATE = "generateContent", "streamGenerateContent"
+GENERATE, STREAM_GENERATE, COUNT_TOKENS = "generateContent", "streamGenerateContent", "countTokens"
+METHODS = (GENERATE, STREAM_GENERATE, COUNT_TOKENS)
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
          413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
@@ -123,7 +124,7 @@ def _finished(obj: dict[str, Any]) -> bool:
 
 
 class GeminiGenerate(GoogleErrors):
-    """``models/{model}:generateContent`` and ``:streamGenerateContent``; ``family`` is the upstream kind
+    """``models/{model}:generateContent``, ``:streamGenerateContent`` and the free ``:countTokens``; ``family`` is the upstream kind
     that serves it (``gemini`` for the Gemini API, ``vertex`` for Vertex AI)."""
 
     api = "gemini_generate"
@@ -134,6 +135,8 @@ class GeminiGenerate(GoogleErrors):
 
     def parse(self, body: bytes) -> Call:
         obj = parse_object(body)
+        if self.method == COUNT_TOKENS:               # free: authenticated and routed, never metered
+            return Call(model=self.model, stream=False, body=body, metered=False)
         cfg = obj.get("generationConfig")
         if cfg is not None and not isinstance(cfg, dict):
             raise BadRequest("`generationConfig` must be an object")

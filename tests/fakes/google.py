@@ -187,6 +187,11 @@ class FakeGoogle:
 
     async def _generate(self, request: web.Request, body: bytes, obj: Any, model: str,
                         method: str) -> web.StreamResponse:
+        if method == "countTokens":                   # never consumes a scripted reply
+            if not isinstance(obj, dict) or not isinstance(obj.get("contents"), list):
+                return self._error(400, "contents is required")
+            return web.json_response({"totalTokens": max(1, len(body) // 4),
+                                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": max(1, len(body) // 4)}]})
         reply = self._next()
         if reply.status >= 400:
             return self._error(reply.status, "scripted failure")
