@@ -166,3 +166,21 @@ async def test_vertex_token_minted_from_a_service_account_file(fake_provider, go
         assert [r.headers["authorization"] for r in google.requests] == ["Bearer ya29.minted-1"] * 2
         assert all("/projects/gw-project/locations/global/" in r.path for r in google.requests)
         assert len(await h.events()) == 2
+
+
+async def test_vertex_gemini_via_google_genai(gw, google):
+    """google-genai in Vertex mode, its OAuth bearer being the gateway key (a static credentials object)."""
+    from google.oauth2.credentials import Credentials
+
+    key, key_id = gw.key()
+    google.script(GoogleReply(text="vertex gemini", usage=GoogleUsage(input=12, cache_read=4, output=9, thoughts=5)))
+    client = genai.Client(vertexai=True, project="callers-project", location="us-central1",
+                          credentials=Credentials(token=key), http_options={"base_url": gw.url + "/vertex/"})
+    chunks = [c async for c in await client.aio.models.generate_content_stream(model="gemini-2.5-pro", contents="x")]
+    assert "".join(c.text or "" for c in chunks) == "vertex gemini"
+    [up] = google.requests
+    assert "/projects/gw-project/locations/us-east5/publishers/google/models/gemini-2.5-pro:streamGenerateContent" in up.path
+    assert up.headers["authorization"] == f"Bearer {TOKEN}"
+    [ev] = await gw.events()
+    assert ev.tokens == E.Tokens(input=12, cache_read=4, output=9, reasoning=5) and ev.key_id == key_id
+    assert ev.provider == "vertex" and ev.cost_micro_usd == priced("gemini-2.5-pro", ev.tokens, ev.ts_start_ms)
