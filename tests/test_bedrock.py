@@ -42,8 +42,10 @@ def abr(gw: GatewayHarness, key: str) -> anthropic.AsyncAnthropicBedrock:
 
 
 def expected_cost(model: str, tokens: E.Tokens, ts_ms: int) -> int:
+    """Anthropic's list price; geographic and in-region ids 10% more (the catalog's ``regional`` tier)."""
     price = load_catalog().price_at(catalog_model(model), ts_ms, provider="anthropic")
-    return cost(tokens, price, service_tier="standard").micro_usd
+    list_price = cost(tokens, price, service_tier="standard").micro_usd
+    return list_price if model.startswith("global.") else round(list_price * 1.1)
 
 
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
@@ -75,18 +77,22 @@ async def test_invoke_stream_via_anthropic_bedrock_sdk(gw, bedrock):
     assert ev.cost_micro_usd == expected_cost(SONNET, tokens, ev.ts_start_ms) > 0
 
 
-async def test_invoke_non_stream(gw, bedrock):
+@pytest.mark.parametrize("model", [OPUS, "global.anthropic.claude-opus-5-5"])
+async def test_invoke_non_stream(gw, bedrock, model):
     key, _ = gw.key()
-    bedrock.script(BedrockReply(text="plain answer", usage=BedrockUsage(input=12, output=3)))
+    bedrock.script(BedrockReply(text="plain answer", usage=BedrockUsage(input=120000, output=3000)))
     client = abr(gw, key)
     try:
-        msg = await client.messages.create(model=OPUS, max_tokens=32, messages=[{"role": "user", "content": "hi"}])
+        msg = await client.messages.create(model=model, max_tokens=3200, messages=[{"role": "user", "content": "hi"}])
     finally:
         await client.close()
     assert msg.content[0].text == "plain answer"
     [ev] = await gw.events()
-    assert ev.tokens == E.Tokens(input=12, output=3) and not ev.stream and ev.outcome == E.OK
-    assert ev.cost_micro_usd == expected_cost(OPUS, ev.tokens, ev.ts_start_ms)
+    assert ev.tokens == E.Tokens(input=120000, output=3000) and not ev.stream and ev.outcome == E.OK
+    # $4/$20 per Mtok: $0.54 at the global endpoint, 10% more at a geographic one
+    assert ev.cost_micro_usd == expected_cost(model, ev.tokens, ev.ts_start_ms) == \
+        (540_000 if model.startswith("global.") else 594_000)
+    assert ev.service_tier == ("standard" if model.startswith("global.") else "regional")
 
 
 def boto_client(gw: GatewayHarness, key: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]

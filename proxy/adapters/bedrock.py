@@ -29,7 +29,7 @@ from ..errors import BadRequest, GatewayError, UpstreamError
 from ..eventstream import EventStreamSplitter, encode
 from ..types import Call, Usage
 from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, take_metadata_tags
-from .anthropic_messages import AnthropicMeter, speed_tier
+from .anthropic_messages import AnthropicMeter
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", "converse-stream"
 ACTIONS = (INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM)
@@ -50,6 +50,13 @@ def catalog_model(model_id: str) -> str:
     and ``claude-opus-5-5``. Ids of other vendors keep their vendor prefix."""
     name = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
     return _VERSION.sub("", _PROFILE.sub("", name, count=1))
+
+
+def endpoint_tier(model_id: str) -> str:
+    """``global.`` inference profiles bill at list price; geographic (``us.``, ``eu.``...) and in-region
+    ids at the catalog's ``regional`` tier (10% more from Sonnet 4.5 and Haiku 4.5 on)."""
+    name = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    return "standard" if name.startswith("global.") else "regional"
 
 
 def error_object(err: GatewayError) -> dict[str, Any]:
@@ -91,7 +98,7 @@ class BedrockInvoke(_Bedrock):
         tags, changed = take_metadata_tags(obj, string_values_are_tags=False)
         return Call(model=self.model_id, stream=self.stream, body=orjson.dumps(obj) if changed else body,
                     max_output_tokens=optional_int(obj, "max_tokens"), image_count=count_url_images(obj.get("messages")),
-                    web_search=has_web_search(obj.get("tools")), tags=tags, service_tier=speed_tier(obj.get("speed")))
+                    web_search=has_web_search(obj.get("tools")), tags=tags, service_tier=endpoint_tier(self.model_id))
 
     def meter(self, call: Call) -> "InvokeMeter":
         return InvokeMeter(call.max_output_tokens)
@@ -110,7 +117,7 @@ class BedrockConverse(_Bedrock):
         tools = (obj.get("toolConfig") or {}).get("tools") if isinstance(obj.get("toolConfig"), dict) else None
         return Call(model=self.model_id, stream=self.stream, body=body,
                     max_output_tokens=optional_int(cfg or {}, "maxTokens"),
-                    web_search=has_web_search(tools))
+                    web_search=has_web_search(tools), service_tier=endpoint_tier(self.model_id))
 
     def meter(self, call: Call) -> "ConverseMeter":
         return ConverseMeter(call.max_output_tokens)
