@@ -40,8 +40,9 @@ WEB_SEARCH_TOKENS_PER_USE = 25_000
 COLD_OUTPUT_TOKENS = 4_096
 
 # Never chosen by the provider on its own: a request must name them (ultrafast is per request,
-# never a project default), so a request that names no tier is not held at their rates.
-_OPT_IN_TIERS = frozenset({"flex", "batch", "ultrafast"})
+# never a project default; regional is the endpoint a Bedrock call names), so a request that names
+# no tier is not held at their rates.
+_OPT_IN_TIERS = frozenset({"flex", "batch", "ultrafast", "regional"})
 
 
 @dataclass(frozen=True, slots=True)

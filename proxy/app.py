@@ -16,7 +16,7 @@ from ledger.configlog import open_config_log
 from ledger.driver import Ledger
 from pricing import load_catalog
 
-from . import holds, parts, pipeline
+from . import failover, holds, parts, pipeline, providers
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
@@ -204,4 +204,6 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     admin_routes.add_routes(r)
     ops_routes.add_routes(r)
     analytics_web.add_routes(app)
+    providers.add_routes(r, ADAPTER)
+    ops.metrics.registry.register(failover.HealthCollector(app))     # upstream health, read at scrape
     return app

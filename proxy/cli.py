@@ -27,6 +27,7 @@ from .budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold
                       usd_to_micro)
 from .local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
+from . import routes_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
 from .settings import Settings
 
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_ledger_worker)
 
     for register in (pricing_cli.register, analytics_cli.register, sink_cli.register, reconcile_cli.register,
-                     admin_cli.register, ops_cli.register, alerts_cli.register):
+                     admin_cli.register, ops_cli.register, alerts_cli.register, routes_cli.register):
         register(sub)
     return p
 

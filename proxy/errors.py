@@ -13,7 +13,8 @@
     ├── RateLimited           429 rate              RPM/TPM window full
     ├── LedgerUnavailable     503 unavailable       fail-closed while the ledger is unreachable
     └── UpstreamError         502 upstream          provider unreachable
-        └── UpstreamTimeout   504
+        ├── UpstreamTimeout   504
+        └── UpstreamUnreachable                     no response began (a route may fail over)
 
 Each adapter renders these in its own wire's shape (``adapters/*.error_body``);
 only the edge (the middleware, or the relay once headers are sent) renders.
@@ -120,3 +121,8 @@ class UpstreamError(GatewayError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No response at all: no connection, or the connection closed before any response header.
+    The provider served nothing, so another upstream of the route may take the call."""

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from .routing import Target
 from .types import Call, Meter
 
@@ -101,15 +101,19 @@ async def open_upstream(session: aiohttp.ClientSession, target: Target, path: st
                         incoming: Mapping[str, str], method: str = "POST",
                         query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
     url = target.upstream.url(path, client_query(query or {}))
+    body, headers = (call.body if method == "POST" else None), upstream_headers(incoming, target)
+    await target.upstream.sign(method, url, headers, body)       # Bedrock: SigV4 over the final request
     try:
-        return await session.request(method, url, data=call.body if method == "POST" else None,
-                                     headers=upstream_headers(incoming, target))
+        return await session.request(method, url, data=body, headers=headers)
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"upstream {target.upstream.name} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"could not connect to upstream {target.upstream.name}: {exc.os_error}") from None
+        raise UpstreamUnreachable(f"could not connect to upstream {target.upstream.name}: {exc.os_error}") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
+        # closed before any response header (a pooled connection to an upstream going away): nothing served
+        cls = UpstreamUnreachable if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)) \
+            else UpstreamError
+        raise cls(f"upstream {target.upstream.name} failed: {type(exc).__name__}") from None
 
 
 class StreamScrub:
@@ -140,7 +144,7 @@ def _sent_credential(upstream: aiohttp.ClientResponse) -> bytes:
 
 
 def is_stream(resp: aiohttp.ClientResponse) -> bool:
-    return resp.content_type == "text/event-stream"
+    return resp.content_type in ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
 class Relay:

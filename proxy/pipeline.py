@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ledger import events as E
 
-from . import forward
+from . import failover, forward
 from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
 from .errors import BodyTooLarge, GatewayError, UnreadableBody
@@ -38,8 +38,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
     live.begin()                                    # durable before forwarding: a crash is charged
     try:
-        upstream = await forward.open_upstream(gw.session(target.upstream), target, adapter.upstream_path,
-                                               call, request.headers, query=request.query)  # forward
+        upstream, target = await failover.open_upstream(gw, target, adapter.upstream_path, call,
+                                                        request.headers, query=request.query)   # forward
+        live.record.provider = target.upstream.name     # the upstream that took it, after any failover
         async with upstream:
             status = upstream.status
             meter = adapter.meter(call)

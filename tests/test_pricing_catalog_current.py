@@ -178,8 +178,8 @@ def test_worst_case_covers_the_dearest_call_of_that_shape(model: str) -> None:
     shape = RequestShape(body_bytes=300_000, max_output_tokens=8_000)
     # the prompt can be at most 304,096 tokens (bytes + allowance), all of them at the dearest rate
     dearest = Tokens(cache_write_1h=304_096, output=8_000)
-    # tiers a request must name (flex, batch, ultrafast) are not held for a request that names none
-    tiers = [t.name for t in p.service_tiers if t.name not in ("batch", "flex", "ultrafast")]
+    # tiers a request must name (flex, batch, ultrafast, regional) are not held for a request that names none
+    tiers = [t.name for t in p.service_tiers if t.name not in ("batch", "flex", "ultrafast", "regional")]
     assert worst_case(p, shape) >= max(cost(dearest, p, service_tier=t).micro_usd for t in [None, *tiers])
     for named in (t.name for t in p.service_tiers):
         held = worst_case(p, RequestShape(body_bytes=300_000, max_output_tokens=8_000, service_tier=named))

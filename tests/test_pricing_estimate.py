@@ -114,7 +114,7 @@ def calls(draw: st.DrawFn) -> tuple[Price, RequestShape, Tokens, str | None, int
                     output=output, reasoning=reasoning)
 
     if asked in (None, "auto", "scale"):       # the provider picks: standard or any tier it may choose itself
-        served = draw(st.sampled_from([None, *(t.name for t in price.service_tiers if t.name not in ("flex", "batch", "ultrafast"))]))
+        served = draw(st.sampled_from([None, *(t.name for t in price.service_tiers if t.name not in ("flex", "batch", "ultrafast", "regional"))]))
     elif asked == "default":
         served = "default"
     else:

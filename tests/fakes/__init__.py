@@ -1,0 +1,1 @@
+"""Fake providers beyond tests/fake_provider.py, one module per cloud wire."""
