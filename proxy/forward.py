@@ -30,12 +30,13 @@ _DROP_UP = _HOP | {"authorization", "x-api-key", "api-key", "cookie", "accept-en
                    "x-real-ip", "via"}
 # Downstream, only what a client of the provider's own API uses: the body's type and encoding, request
 # ids to quote to support, the provider's rate-limit and retry advice (the SDKs read them), and the
-# provider's informative openai-*/anthropic-* headers. Everything else is dropped: hop-by-hop headers,
+# provider's informative openai-*/anthropic-*/x-amzn-* headers (botocore reads a Bedrock error's code from
+# x-amzn-errortype, its request id from x-amzn-requestid). Everything else is dropped: hop-by-hop headers,
 # cookies, the upstream's infrastructure (server, via, CDN ids) and anything naming a credential or the
 # gateway's own provider account (openai-organization, openai-project, anthropic-organization-id).
 _PASS_DOWN = frozenset({"content-type", "content-encoding", "cache-control", "retry-after", "retry-after-ms",
                         "x-should-retry", "request-id", "x-request-id"})
-_PASS_DOWN_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-", "anthropic-")
+_PASS_DOWN_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-", "anthropic-", "x-amzn-")
 _CREDENTIAL_WORDS = frozenset({"key", "token", "secret", "auth", "authorization", "cookie", "session",
                                "password", "credential", "credentials", "signature", "organization", "org",
                                "project", "user", "jwt", "bearer"})

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import aiohttp
 import orjson
@@ -343,8 +342,8 @@ async def test_kill_9_in_kafka_mode_without_restart_the_worker_charges_all_40(
         assert org_day.spend_micro_usd == sum(e.cost_micro_usd for e in events)
 
         # the gateway's spool comes back after all and replays one call's real event: counted once
-        late = replace(next(e for e in events if e.outcome == E.ORPHANED), outcome=E.OK, cost_micro_usd=1,
-                       cost_estimated=False, error_type="")
+        late = next(e for e in events if e.outcome == E.ORPHANED).with_(outcome=E.OK, cost_nano_usd=1_000,
+                                                                        cost_estimated=False, error_type="")
         await produce(kafka_bootstrap, topics, [late])
         await wait_caught_up(kafka_bootstrap, topics)
         assert await read_snapshots(kafka_bootstrap, topics) == live

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import re
+from dataclasses import replace
 from typing import Any, MutableMapping
 from urllib.parse import quote
 
@@ -28,7 +29,8 @@ from ledger.events import Tokens
 from ..errors import BadRequest, GatewayError, UpstreamError
 from ..eventstream import EventStreamSplitter, encode
 from ..types import Call, Usage
-from ._common import count_url_images, has_web_search, int_of, optional_bool, optional_int, parse_object, take_metadata_tags
+from ..usage import UsageReader, sane, settled
+from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, take_metadata_tags
 from .anthropic_messages import AnthropicMeter
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", "converse-stream"
@@ -101,7 +103,7 @@ class BedrockInvoke(_Bedrock):
                     web_search=has_web_search(obj.get("tools")), tags=tags, service_tier=endpoint_tier(self.model_id))
 
     def meter(self, call: Call) -> "InvokeMeter":
-        return InvokeMeter(call.max_output_tokens)
+        return InvokeMeter(call)
 
 
 class BedrockConverse(_Bedrock):
@@ -120,7 +122,7 @@ class BedrockConverse(_Bedrock):
                     web_search=has_web_search(tools), service_tier=endpoint_tier(self.model_id))
 
     def meter(self, call: Call) -> "ConverseMeter":
-        return ConverseMeter(call.max_output_tokens)
+        return ConverseMeter(call)
 
 
 def for_path(model_id: str, action: str) -> BedrockInvoke | BedrockConverse:
@@ -135,10 +137,11 @@ def _exception_type(headers: Any) -> str:
 class InvokeMeter:
     """Event-stream ``chunk`` events unwrapped into the Anthropic stream they carry."""
 
-    __slots__ = ("_inner", "_split", "_metrics", "_error")
+    __slots__ = ("_call", "_inner", "_split", "_metrics", "_error")
 
-    def __init__(self, max_output_tokens: int | None) -> None:
-        self._inner = AnthropicMeter(max_output_tokens)
+    def __init__(self, call: Call | None) -> None:
+        self._call = call
+        self._inner = AnthropicMeter(call)
         self._split = EventStreamSplitter()
         self._metrics: dict[str, Any] | None = None
         self._error = ""
@@ -173,12 +176,14 @@ class InvokeMeter:
         usage = self._inner.result()
         m = self._metrics
         if not usage.complete and m is not None:
-            usage.tokens = Tokens(input=int_of(m, "inputTokenCount"), output=int_of(m, "outputTokenCount"),
-                                  cache_read=int_of(m, "cacheReadInputTokenCount"),
-                                  cache_write_5m=int_of(m, "cacheWriteInputTokenCount"))
-            usage.complete = True
+            r = UsageReader()
+            tokens = Tokens(input=r.count(m, "inputTokenCount", name="input") or 0,
+                            output=r.count(m, "outputTokenCount", name="output") or 0,
+                            cache_read=r.count(m, "cacheReadInputTokenCount", name="cache_read") or 0,
+                            cache_write_5m=r.count(m, "cacheWriteInputTokenCount", name="cache_write") or 0)
+            usage = sane(settled(replace(usage, tokens=tokens, complete=True), r), self._call)
         if self._error:
-            usage.error_type = self._error
+            usage = replace(usage, error_type=self._error)
         return usage
 
     def tail(self) -> bytes:
@@ -188,19 +193,22 @@ class InvokeMeter:
         return self._inner.saw_output()
 
 
-def converse_tokens(u: dict[str, Any]) -> Tokens:
+def converse_tokens(u: dict[str, Any], r: UsageReader | None = None) -> Tokens:
     """Converse counts cache reads and writes apart from ``inputTokens``; writes are 5-minute ones."""
-    return Tokens(input=int_of(u, "inputTokens"), output=int_of(u, "outputTokens"),
-                  cache_read=int_of(u, "cacheReadInputTokens"), cache_write_5m=int_of(u, "cacheWriteInputTokens"))
+    r = r or UsageReader()
+    return Tokens(input=r.count(u, "inputTokens", name="input") or 0, output=r.count(u, "outputTokens", name="output") or 0,
+                  cache_read=r.count(u, "cacheReadInputTokens", name="cache_read") or 0,
+                  cache_write_5m=r.count(u, "cacheWriteInputTokens", name="cache_write") or 0)
 
 
 class ConverseMeter:
-    __slots__ = ("usage", "_split", "_max_output", "_deltas", "_delta_bytes")
+    __slots__ = ("usage", "_split", "_call", "_read", "_deltas", "_delta_bytes")
 
-    def __init__(self, max_output_tokens: int | None) -> None:
+    def __init__(self, call: Call | None) -> None:
         self.usage = Usage()
         self._split = EventStreamSplitter()
-        self._max_output = max_output_tokens
+        self._call = call
+        self._read = UsageReader()
         self._deltas = 0
         self._delta_bytes = 0
 
@@ -221,23 +229,23 @@ class ConverseMeter:
         except orjson.JSONDecodeError:
             return
         if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-            self.usage.tokens = converse_tokens(obj["usage"])
+            self._read = UsageReader()
+            self.usage.tokens = converse_tokens(obj["usage"], self._read)
             self.usage.complete = True
 
     def finish_json(self, body: bytes) -> None:
         self._take(body)
 
     def result(self) -> Usage:
-        if not self.usage.complete and self._deltas:
+        usage = self.usage
+        if not usage.complete and self._deltas:
             # Cut mid-stream: bill what was generated. Each delta is a token or more; past ~60 bytes
             # of JSON around the text, ~3 bytes of text per token (errs high, as a budget should).
             est = max(self._deltas, (self._delta_bytes - 60 * self._deltas) // 3)
-            if self._max_output:
-                est = min(est, self._max_output)
-            t = self.usage.tokens
-            self.usage.tokens = Tokens(input=t.input, cache_read=t.cache_read, cache_write_5m=t.cache_write_5m,
-                                       output=max(t.output, est))
-        return self.usage
+            if self._call is not None and self._call.max_output_tokens:
+                est = min(est, self._call.max_output_tokens)
+            usage = replace(usage, tokens=replace(usage.tokens, output=max(usage.tokens.output, est)))
+        return sane(settled(usage, self._read), self._call)
 
     def tail(self) -> bytes:
         return b""

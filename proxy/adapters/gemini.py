@@ -9,6 +9,7 @@ seen counts, never the sum. ``streamGenerateContent`` without ``alt=sse`` answer
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -18,7 +19,8 @@ from ledger.events import Tokens
 from ..errors import BadRequest, GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
-from ._common import int_of, optional_int, parse_object
+from ..usage import UsageReader, sane, settled
+from ._common import optional_int, parse_object
 
 GENERATE, STREAM_GENERATE, COUNT_TOKENS = "generateContent", "streamGenerateContent", "countTokens"
 METHODS = (GENERATE, STREAM_GENERATE, COUNT_TOKENS)
@@ -47,24 +49,26 @@ def valid_model(model: str) -> str:
     return model
 
 
-def gemini_tokens(u: dict[str, Any]) -> Tokens:
-    prompt = int_of(u, "promptTokenCount") + int_of(u, "toolUsePromptTokenCount")
-    cached = int_of(u, "cachedContentTokenCount")
-    thoughts = int_of(u, "thoughtsTokenCount")
+def gemini_tokens(u: dict[str, Any], r: UsageReader | None = None) -> Tokens:
+    r = r or UsageReader()
+    prompt = (r.count(u, "promptTokenCount", name="input") or 0) + (r.count(u, "toolUsePromptTokenCount", name="input") or 0)
+    cached = r.count(u, "cachedContentTokenCount", name="cache_read") or 0
+    thoughts = r.count(u, "thoughtsTokenCount", name="reasoning") or 0
     return Tokens(input=max(prompt - cached, 0), cache_read=cached,
-                  output=int_of(u, "candidatesTokenCount") + thoughts, reasoning=thoughts)
+                  output=(r.count(u, "candidatesTokenCount", name="output") or 0) + thoughts, reasoning=thoughts)
 
 
 class GeminiMeter:
-    __slots__ = ("usage", "_split", "_output_seen", "_chunks", "_chunk_bytes", "_max_output")
+    __slots__ = ("usage", "_split", "_output_seen", "_chunks", "_chunk_bytes", "_call", "_read")
 
-    def __init__(self, max_output_tokens: int | None = None) -> None:
+    def __init__(self, call: Call | None = None) -> None:
         self.usage = Usage()
         self._split = SseSplitter()
         self._output_seen = False
         self._chunks = 0
         self._chunk_bytes = 0
-        self._max_output = max_output_tokens
+        self._call = call
+        self._read = UsageReader()
 
     def feed(self, chunk: bytes) -> bytes:
         for event in self._split.feed(chunk):
@@ -82,7 +86,8 @@ class GeminiMeter:
             self.usage.error_type = str(obj["error"].get("status") or "error")
         u = obj.get("usageMetadata")
         if isinstance(u, dict):
-            self.usage.tokens = gemini_tokens(u)          # cumulative: the latest replaces, never adds
+            self._read = UsageReader()                    # only the latest block's anomalies count
+            self.usage.tokens = gemini_tokens(u, self._read)          # cumulative: the latest replaces, never adds
             # the chunk with the finish reason carries the final count; earlier ones are a floor
             self.usage.complete = self.usage.complete or _finished(obj)
         version = obj.get("modelVersion")
@@ -101,15 +106,14 @@ class GeminiMeter:
             self.usage.complete = True
 
     def result(self) -> Usage:
-        if not self.usage.complete and self._chunks:
+        usage = self.usage
+        if not usage.complete and self._chunks:
             # Cut mid-stream: the usage seen so far is a floor; the text streamed bounds the output too.
             est = max(self._chunks, (self._chunk_bytes - 200 * self._chunks) // 3)
-            if self._max_output:
-                est = min(est, self._max_output)
-            t = self.usage.tokens
-            self.usage.tokens = Tokens(input=t.input, cache_read=t.cache_read, reasoning=t.reasoning,
-                                       output=max(t.output, est))
-        return self.usage
+            if self._call is not None and self._call.max_output_tokens:
+                est = min(est, self._call.max_output_tokens * max(self._call.choices, 1))
+            usage = replace(usage, tokens=replace(usage.tokens, output=max(usage.tokens.output, est)))
+        return sane(settled(usage, self._read), self._call)
 
     def tail(self) -> bytes:
         return b""
@@ -149,4 +153,4 @@ class GeminiGenerate(GoogleErrors):
                     max_output_tokens=optional_int(cfg, "maxOutputTokens"), web_search=search, choices=n)
 
     def meter(self, call: Call) -> GeminiMeter:
-        return GeminiMeter(call.max_output_tokens)
+        return GeminiMeter(call)

@@ -62,7 +62,7 @@ class VertexAnthropic(GoogleErrors):
                     web_search=has_web_search(obj.get("tools")), tags=tags, service_tier=speed_tier(obj.get("speed")))
 
     def meter(self, call: Call) -> AnthropicMeter:
-        return AnthropicMeter(call.max_output_tokens)
+        return AnthropicMeter(call)
 
 
 class GoogleBearer:
