@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from ledger.events import Tokens
 from proxy.adapters.bedrock import ConverseMeter, InvokeMeter, catalog_model
 from proxy.eventstream import EventStreamSplitter, encode
+from proxy.types import Call
 from tests.fakes.bedrock import BedrockReply, BedrockUsage, _Turn
 
 usages = st.builds(BedrockUsage, input=st.integers(0, 10**6), output=st.integers(1, 10**5),
@@ -123,3 +124,15 @@ def test_text_that_spells_event_names_does_not_fool_the_meter():
     for frame in t.invoke_frames():
         m.feed(frame)
     assert m.result().tokens == Tokens(input=5, output=7, cache_read=1, cache_write_5m=2)
+
+
+def test_converse_usage_that_cannot_be_true_is_clamped_and_flagged():
+    call = Call(model="anthropic.claude-sonnet-4-5", stream=False, body=b"{}", max_output_tokens=20)
+    m = ConverseMeter(call)
+    m.finish_json(b'{"output": {}, "usage": {"inputTokens": 4, "outputTokens": -3}}')
+    r = m.result()
+    assert r.tokens.output == 0 and "negative_output" in r.anomalies and not r.complete
+    m = ConverseMeter(call)
+    m.finish_json(b'{"usage": {"inputTokens": 4, "outputTokens": 900}}')
+    r = m.result()
+    assert r.tokens.output == 20 and "output_above_max_tokens" in r.anomalies

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from ledger.events import Tokens
 from proxy.adapters.gemini import GeminiMeter, gemini_tokens
+from proxy.types import Call
 from tests.fakes.bedrock import _dumps
 
 counts = st.integers(0, 10**6)
@@ -65,7 +66,7 @@ def test_json_array_stream_and_plain_body(inp, cached, cand, pieces, seed):
 def test_a_stream_cut_before_the_final_chunk_is_billed_from_what_was_seen():
     u = {"promptTokenCount": 100, "candidatesTokenCount": 40}
     _, data = stream(8, u, True, random.Random(1), b"\r\n")
-    m = GeminiMeter(max_output_tokens=30)
+    m = GeminiMeter(Call(model="gemini-2.5-pro", stream=True, body=b"{}", max_output_tokens=30))
     m.feed(data[: len(data) // 2])
     r = m.result()
     assert not r.complete and r.tokens.input == 100 and 1 <= r.tokens.output <= 30
@@ -73,3 +74,19 @@ def test_a_stream_cut_before_the_final_chunk_is_billed_from_what_was_seen():
 
 def test_cached_count_never_makes_input_negative():
     assert gemini_tokens({"promptTokenCount": 5, "cachedContentTokenCount": 9}).input == 0
+
+
+def test_impossible_usage_is_clamped_and_flagged_not_billed_as_reported():
+    """A negative count reads as 0 and makes the usage an estimate; output above maxOutputTokens is cut
+    to it; both leave anomaly codes (``usage_anomalous`` on the event), like every other meter."""
+    call = Call(model="gemini-2.5-pro", stream=False, body=b"{}", max_output_tokens=50)
+    neg = GeminiMeter(call)
+    neg.finish_json(b'{"candidates": [{"finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": -5, '
+                    b'"candidatesTokenCount": 7}}')
+    r = neg.result()
+    assert r.tokens.input == 0 and r.tokens.output == 7 and "negative_input" in r.anomalies and not r.complete
+    big = GeminiMeter(call)
+    big.finish_json(b'{"candidates": [{"finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3, '
+                    b'"candidatesTokenCount": 1000000}}')
+    r = big.result()
+    assert r.tokens.output == 50 and "output_above_max_tokens" in r.anomalies
