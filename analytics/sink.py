@@ -31,7 +31,8 @@ from analytics import store
 from ledger.events import UsageEvent
 
 # (column, ClickHouse type, value) in table order: 001_usage_events.sql's columns and those 006
-# added (cost_nano_usd after cost_micro_usd; service_tier, web_search_calls after schema_version).
+# added (cost_nano_usd after cost_micro_usd; service_tier, web_search_calls after schema_version),
+# and 007's usage_anomalous last.
 # tests/test_analytics_sink.py checks this list against the table.
 _COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
     ("event_id", "String", lambda e: e.event_id),
@@ -73,6 +74,7 @@ _COLUMNS: tuple[tuple[str, str, Callable[[UsageEvent], object]], ...] = (
     ("schema_version", "UInt16", lambda e: e.schema_version),
     ("service_tier", "LowCardinality(String)", lambda e: e.service_tier),
     ("web_search_calls", "UInt32", lambda e: e.web_search_calls),
+    ("usage_anomalous", "Bool", lambda e: e.usage_anomalous),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in _COLUMNS)
 _COLUMN_TYPES = tuple(type_name for _, type_name, _ in _COLUMNS)

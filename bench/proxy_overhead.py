@@ -6,6 +6,7 @@ Run by hand (not part of the test suite), loopback only:
     python bench/proxy_overhead.py --litellm /tmp/litellm-venv/bin/litellm   # also LiteLLM's proxy
     python bench/proxy_overhead.py --seconds 10 --concurrency 1,64,512
     python bench/proxy_overhead.py --concurrency '' --paced 64,512   # only model-paced streams
+    python bench/proxy_overhead.py --baseline /tmp/llmgw-old      # also llmgw from another checkout
 
 Two kinds of load. *Saturating*: the fake answers at once and every client sends its next call as
 soon as one ends, so the numbers measure throughput and, once the target's core is full, queueing.
@@ -171,11 +172,28 @@ async def open_streams(url: str, key: str, n: int, pid: int) -> float:
     return (peak - before) * 1000 / n
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen:
     """``cpus``: the cores the process (and every thread it starts) may run on."""
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=cwd,
                             preexec_fn=pin)
+
+
+async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], log: Path,
+                      cpus: set[int] | None) -> tuple[subprocess.Popen, str, str]:
+    """A gateway on its embedded default, run from the checkout at ``root`` (its modules come first
+    on the path), with one key: (process, base URL, key)."""
+    genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
+            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(root)}
+    key = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--org", "bench",
+                          "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
+                         check=True, cwd=root).stdout.strip().splitlines()[-1]
+    port = free_port()
+    gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], genv, log, cpus, cwd=root)
+    await wait_http(f"http://127.0.0.1:{port}/healthz")
+    return gw, f"http://127.0.0.1:{port}/v1", key
 
 
 def litellm_config(path: Path, fake_openai: str) -> None:
@@ -229,6 +247,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--concurrency", default="1,64,512")
     ap.add_argument("--litellm", default="", help="path to the litellm CLI (its own venv)")
+    ap.add_argument("--baseline", default="", help="another llmgw checkout (e.g. a git worktree of an older "
+                                                    "commit), run beside this one as target llmgw@<commit>")
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS measurement")
     ap.add_argument("--paced", default="64", help="concurrency levels of model-paced streams ('' for none)")
     ap.add_argument("--paced-seconds", type=float, default=15)
@@ -257,16 +277,8 @@ async def main() -> None:
         procs.append(start([sys.executable, "-m", "tests.fake_provider", "--port", str(fport)], env, tmp / "fake.log"))
         fake = f"http://127.0.0.1:{fport}"
         await wait_http(fake + "/openai/v1/models")
-        genv = {**env, "LLMGW_DATA_DIR": str(tmp / "gw"), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
-                "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
-        key = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--org", "bench",
-                              "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
-                             check=True, cwd=ROOT).stdout.strip()
-        gport = free_port()
-        gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(gport)], genv, tmp / "gw.log",
-                   target_cpus)
+        gw, gw_url, key = await start_llmgw(ROOT, tmp / "gw", fake, env, tmp / "gw.log", target_cpus)
         procs.append(gw)
-        await wait_http(f"http://127.0.0.1:{gport}/healthz")
         hport = free_port()
         hop = start([sys.executable, str(ROOT / "bench" / "tcp_hop.py"), "--port", str(hport),
                      "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log", target_cpus)
@@ -274,7 +286,15 @@ async def main() -> None:
         await wait_http(f"http://127.0.0.1:{hport}/openai/v1/models")
         targets = {"direct": (fake + "/openai/v1", "sk-openai-upstream-test", None),
                    "tcp-hop": (f"http://127.0.0.1:{hport}/openai/v1", "sk-openai-upstream-test", hop.pid),
-                   "llmgw": (f"http://127.0.0.1:{gport}/v1", key, gw.pid)}
+                   "llmgw": (gw_url, key, gw.pid)}
+        if args.baseline:
+            base_root = Path(args.baseline).resolve()
+            old, old_url, old_key = await start_llmgw(base_root, tmp / "gw-base", fake, env, tmp / "gw-base.log",
+                                                      target_cpus)
+            procs.append(old)
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=base_root).stdout.strip()
+            targets[f"llmgw@{commit}"] = (old_url, old_key, old.pid)
         if args.litellm:
             lport = free_port()
             litellm_config(tmp / "litellm.yaml", fake + "/openai/v1")

@@ -95,13 +95,16 @@ class LiveCall:
                bytes_out: int = 0, forwarded: bool = True) -> E.UsageEvent | None:
         """The call's one usage event, submitted, and its hold released; None if already settled.
 
-        A call served (``ok``) or cut (``cancelled``) without the provider's final usage is never
-        priced at zero: ``estimate_missing`` bounds it. Never awaits."""
+        A call served (``ok``), cut (``cancelled``) or failed after its output began streaming
+        (an in-stream error) without the provider's final usage is never priced at zero:
+        ``estimate_missing`` bounds it. Never awaits."""
         if self.settled:
             return None
         self.settled = True
         gw = self.gw
-        if forwarded and not usage.complete and (outcome == E.OK or (outcome == E.CANCELLED and not usage.tokens.total)):
+        failed_streaming = outcome == E.UPSTREAM_ERROR and status < 400 and first_output_s is not None
+        if forwarded and not usage.complete and (
+                outcome == E.OK or ((outcome == E.CANCELLED or failed_streaming) and not usage.tokens.total)):
             usage = estimate_missing(usage, self.call, bytes_out)
         event, tokens_used = None, None            # None: the rate limits keep the worst case
         try:

@@ -87,11 +87,11 @@ def test_migration_006_keeps_rows_written_before_it(analytics_db: AnalyticsDB) -
             " schema_version) VALUES ('e-old', fromUnixTimestamp64Milli(toInt64({t})), fromUnixTimestamp64Milli("
             "toInt64({t})), 'acme', 'ws-a', 'ada', 'k', 'openai', 'chat', 'gpt-5', 'gpt-5', 10, 5, 4321, 'ok',"
             " 'usage', 1)".format(t=NOV_4_MS))
-        assert store.migrate(client, db) == [6]
-        [[nano, tier, searches, usd]] = client.query(
-            f"SELECT cost_nano_usd, service_tier, web_search_calls, toString(cost_usd) FROM {db}.usage_events"
-        ).result_rows
-        assert (nano, tier, searches, usd) == (4_321_000, "", 0, "0.004321")
+        assert store.migrate(client, db) == [6, 7]
+        [[nano, tier, searches, usd, anomalous]] = client.query(
+            f"SELECT cost_nano_usd, service_tier, web_search_calls, toString(cost_usd), usage_anomalous"
+            f" FROM {db}.usage_events").result_rows
+        assert (nano, tier, searches, usd, anomalous) == (4_321_000, "", 0, "0.004321", False)
         [day] = queries.rollup(client, db, "day", *NOV_MS)
         assert (day.cost_nano_usd, day.requests) == (4_321_000, 1)
         # a v2 row lands next to it, in the raw table and the (altered) rollup views
@@ -104,3 +104,13 @@ def test_migration_006_keeps_rows_written_before_it(analytics_db: AnalyticsDB) -
         assert store.migrate(client, db) == []
     finally:
         client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+
+
+def test_an_anomalous_usage_flag_reaches_clickhouse(analytics_db: AnalyticsDB) -> None:
+    """An analyst finds every call whose usage the gateway clamped (migration 007)."""
+    db, client = analytics_db.database, analytics_db.client
+    events = [usage_event(i, usage_anomalous=i % 3 == 0, cost_micro_usd=0, cost_nano_usd=1_000 + i) for i in range(9)]
+    assert analytics_db.sink.insert(events) == len(events)
+    rows = client.query(f"SELECT event_id, usage_anomalous FROM {db}.usage_events FINAL ORDER BY event_id").result_rows
+    assert {eid: flag for eid, flag in rows} == {e.event_id: e.usage_anomalous for e in events}
+    assert sum(flag for _, flag in rows) == 3

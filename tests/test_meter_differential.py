@@ -175,3 +175,28 @@ async def test_a_websocket_error_frame_ends_its_own_call_and_never_shifts_the_ne
     assert failed.outcome == E.UPSTREAM_ERROR and failed.error_type == "server_error"
     assert ok.outcome == E.OK and ok.tokens == expected_tokens("responses", fake_provider.served[1])
     assert ok.cost_micro_usd == expected_cost(ok, ok.tokens)
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_a_chat_stream_that_fails_midway_is_an_upstream_error_billed_for_what_it_streamed(gw, fake_provider, style):
+    """OpenAI (and compatible servers) end a failing stream with ``data: {"error": {...}}`` after the
+    deltas already sent; the call is an upstream error with the failure's type, whatever the JSON style,
+    and the text that quotes ``"error"`` in the deltas before it never counts as one."""
+    fake_provider.style = style
+    key, _ = gw.key()
+    fake_provider.script(Reply(text=TRICKY + ' {"error": {"type": "x"}}', fail_mid_stream=True, chunks=8,
+                               error_type="server_error"),
+                         Reply(text=TRICKY + ' {"error": {"type": "x"}}', usage=served_usage(2)))
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0) as oai:
+        for _ in range(2):
+            try:
+                stream = await oai.chat.completions.create(model="gpt-5-mini", stream=True,
+                                                           messages=[{"role": "user", "content": "hi"}])
+                async for _chunk in stream:
+                    pass
+            except openai.APIError:
+                pass                                  # the SDK raises on the error event; that is the point
+    failed, ok = await _events(gw, 2)
+    assert failed.outcome == E.UPSTREAM_ERROR and failed.error_type == "server_error"
+    assert failed.tokens.output > 0 and failed.usage_estimated       # billed what it streamed, flagged
+    assert ok.outcome == E.OK and ok.tokens == expected_tokens("chat", fake_provider.served[1])

@@ -40,6 +40,7 @@ def error_object(err: GatewayError) -> dict:
 
 
 _USAGE_OBJECT = re.compile(rb'usage"(?:\s|data:)*:(?:\s|data:)*\{')
+_ERROR_OBJECT = re.compile(rb'error"(?:\s|data:)*:(?:\s|data:)*\{')
 
 
 def _may_hold_usage(event: bytes) -> bool:
@@ -50,6 +51,12 @@ def _may_hold_usage(event: bytes) -> bool:
     if n == 0 or n == event.count(b'"usage":null'):
         return False
     return _USAGE_OBJECT.search(event) is not None
+
+
+def _may_hold_error(event: bytes) -> bool:
+    """False only for an event that cannot be an in-stream error ``{"error": {...}}`` (its key is
+    written as those five letters or with a ``\\u00`` escape, which ``_may_hold_usage`` takes)."""
+    return b"error" in event and _ERROR_OBJECT.search(event) is not None
 
 
 def is_codex(headers: Mapping[str, str]) -> bool:
@@ -120,7 +127,10 @@ class ChatMeter:
       pretty-printing. The ``"usage":null`` every chunk carries once usage was
       asked for, and text that mentions usage (its quotes are escaped), are
       not parsed. ``tests/test_meter_properties.py`` checks this over
-      re-serialized and re-chunked streams.
+      re-serialized and re-chunked streams;
+    * an in-stream error (``{"error": {...}}``, which OpenAI and compatible
+      servers send when a stream fails after it began), found the same way
+      by its key, so the call is recorded as an upstream error.
 
     The usage chunk the gateway asked for (``stream_options.include_usage``,
     ``hide_usage_chunk``) is the one whose parsed JSON has a ``usage`` object
@@ -151,11 +161,15 @@ class ChatMeter:
 
     def _look(self, event: bytes) -> bool:
         """Observe one event; True if it is the usage-only chunk."""
-        if self._output_seen and not _may_hold_usage(event):
+        if self._output_seen and not _may_hold_usage(event) and not _may_hold_error(event):
             return False
         obj = data_of(event)
         if obj is None:
             return False
+        err = obj.get("error")
+        if isinstance(err, dict):              # an OpenAI-compatible server's in-stream failure
+            kind = err.get("type") or err.get("code")
+            self.usage.error_type = kind if isinstance(kind, str) and kind else "error"
         if not self._output_seen:
             self._output_seen = _has_output(obj.get("choices"))
         if not isinstance(obj.get("usage"), dict):
