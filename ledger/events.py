@@ -210,7 +210,9 @@ def decode(data: bytes | str | Mapping[str, Any]) -> UsageEvent:
 
 def normalize_tags(tags: Mapping[str, str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Tags as sorted unique "name:value" strings (a bare name gets an empty value)."""
-    items = [f"{k}:{v}" for k, v in tags.items()] if isinstance(tags, Mapping) else list(tags)
+    if not tags:
+        return ()
+    items = list(tags) if isinstance(tags, (tuple, list)) else [f"{k}:{v}" for k, v in tags.items()]
     out = set()
     for t in items:
         t = t.strip()

@@ -57,13 +57,14 @@ async def admit(gw: "Gateway", request: web.Request, principal: Principal, famil
         try:
             t = gw.routing.resolve(family, model)
             pr, est = gw.price(t, model, now_ms)
-            amount = policy.estimate(principal, model, pr, shape)
+            amount = policy.estimate(principal, model, pr, shape, call.tags, now_ms)
         except (GatewayError, ValueError):
             return None
         alternatives[model] = (t, pr, est)
         return amount
 
-    r = policy.reserve(principal, call.tags, policy.estimate(principal, call.model, price, shape), now_ms,
+    estimate = policy.estimate(principal, call.model, price, shape, call.tags, now_ms)
+    r = policy.reserve(principal, call.tags, estimate, now_ms,
                        tokens=worst_case_tokens(price, shape), downgrade=cheaper,
                        max_wait_ms=policy.waits.allowance_ms(request.headers))
     await policy.waits.wait(policy, r)              # a caller that leaves meanwhile gives it all back

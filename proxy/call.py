@@ -45,7 +45,9 @@ def route(gw: Gateway, request: web.Request, principal: Principal, adapter: Adap
     """The checks before a call is priced: its tags (``stale``: what the failure policy said right
     after authentication, ``Gateway.stale_tags``), model access and routing. Raises without an
     event, as nothing was held."""
-    call = replace(call, tags=E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale)))
+    tags = E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale))
+    if tags != call.tags:
+        call = replace(call, tags=tags)
     gw.policy.check_model(principal, call.model)
     return call, gw.routing.resolve(adapter.family, call.model)
 

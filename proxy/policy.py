@@ -212,12 +212,18 @@ class Policy:
         return exp.get(h.key, 0) - sum(exp.get(k, 0) for k in h.carve_keys)
 
     # -- the hold's size ---------------------------------------------------------
-    def estimate(self, p: Principal, model: str, price: Price, shape: RequestShape) -> Estimate:
+    def estimate(self, p: Principal, model: str, price: Price, shape: RequestShape,
+                 tags: tuple[str, ...] = (), now_ms: int | None = None) -> Estimate:
         """Both holds of a call: the worst case, and the prediction from this key's (else its
-        user's) recent calls on ``model``; ``release(..., observed=)`` feeds the prediction."""
+        user's) recent calls on ``model``; ``release(..., observed=)`` feeds the prediction.
+        Given the call's ``tags`` and ``now_ms``, a call no ``predicted`` budget holds skips the
+        prediction (its hold is the worst case) but still teaches it."""
         basis = Basis((f"key:{p.key_id}", f"user:{p.org}/{p.user}"), model, shape.body_bytes, shape.n)
+        worst = worst_case(price, shape)
+        if now_ms is not None and all(h.applied.budget.hold == "strict" for h in self.holds_for(p, tags, now_ms)):
+            return Estimate(worst, worst, basis)
         profile = self.predictor.profile(basis.who, model)
-        return Estimate(worst_case(price, shape), predicted(price, shape, profile), basis, profile is not None)
+        return Estimate(worst, predicted(price, shape, profile), basis, profile is not None)
 
     def holds_for(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> list[Hold]:
         """The budgets of a call, as spend keys; cached per caller and tags until a window

@@ -18,6 +18,12 @@ agent); neither gives the cold start of ``pricing.predicted``.
 Memory only, per proxy: a restart or another proxy starts cold, which only
 makes holds larger. At most ``MAX_PROFILES`` histories are kept, the least
 recently updated dropped first.
+
+A profile is computed once and kept until its history changes, and while a
+history is full it is recomputed after every ``REFRESH``-th new sample, not
+every one: sorting five columns per call was the gateway's largest per-call
+cost of predicted holds (``bench/proxy_overhead.py``), and a percentile of 32
+samples moves little in three.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from pricing import CallProfile
 SAMPLES = 32
 PERCENTILE = 95
 MAX_PROFILES = 100_000
+REFRESH = 4
 
 Sample = tuple[int, int, int, int, int]     # input, write 5m, write 1h, read (per million bytes), output
 
@@ -44,17 +51,31 @@ class Basis:
     completions: int = 1
 
 
+class _History:
+    __slots__ = ("samples", "profile", "fresh")
+
+    def __init__(self, size: int) -> None:
+        self.samples: deque[Sample] = deque(maxlen=size)
+        self.profile: CallProfile | None = None
+        self.fresh = 0                 # samples added since ``profile`` was computed
+
+
 class HoldPredictor:
     def __init__(self, samples: int = SAMPLES, percentile: int = PERCENTILE,
-                 max_profiles: int = MAX_PROFILES) -> None:
+                 max_profiles: int = MAX_PROFILES, refresh: int = REFRESH) -> None:
         self.samples, self.percentile, self.max_profiles = samples, percentile, max_profiles
-        self._seen: OrderedDict[tuple[str, str], deque[Sample]] = OrderedDict()
+        self.refresh = refresh
+        self._seen: OrderedDict[tuple[str, str], _History] = OrderedDict()
 
     def profile(self, who: tuple[str, ...], model: str) -> CallProfile | None:
         for w in who:
-            seen = self._seen.get((w, model))
-            if seen:
-                return CallProfile(*(self._high(col) for col in zip(*seen)))
+            h = self._seen.get((w, model))
+            if h is not None and h.samples:
+                full = len(h.samples) == h.samples.maxlen
+                if h.profile is None or h.fresh >= (self.refresh if full else 1):
+                    h.profile = CallProfile(*(self._high(col) for col in zip(*h.samples)))
+                    h.fresh = 0
+                return h.profile
         return None
 
     def observe(self, basis: Basis, tokens: Tokens) -> None:
@@ -66,14 +87,15 @@ class HoldPredictor:
                   -(-tokens.output // max(basis.completions, 1)))
         for w in basis.who:
             k = (w, basis.model)
-            seen = self._seen.get(k)
-            if seen is None:
-                seen = self._seen[k] = deque(maxlen=self.samples)
+            h = self._seen.get(k)
+            if h is None:
+                h = self._seen[k] = _History(self.samples)
                 while len(self._seen) > self.max_profiles:
                     self._seen.popitem(last=False)
             else:
                 self._seen.move_to_end(k)
-            seen.append(sample)
+            h.samples.append(sample)
+            h.fresh += 1
 
     def _high(self, column: tuple[int, ...]) -> int:
         ordered = sorted(column)

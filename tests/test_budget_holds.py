@@ -70,6 +70,24 @@ def test_the_predictor_keeps_a_high_percentile_per_key_then_user():
     assert p.profile(("key:k1",), "other-model") is None
 
 
+def test_a_full_history_refreshes_its_profile_every_few_samples_and_a_filling_one_at_once():
+    """The profile is kept between calls; a full history (32 samples) takes ``REFRESH`` new ones
+    before it is recomputed, a history still filling up is recomputed on every new sample."""
+    p = HoldPredictor(samples=8, refresh=3)
+    basis = Basis(("key:k",), "m", 1_000)
+    for out in (10, 20, 30):
+        p.observe(basis, Tokens(output=out))
+        assert p.profile(basis.who, "m").output_tokens == out          # filling: at once
+    for _ in range(5):
+        p.observe(basis, Tokens(output=40))
+    assert p.profile(basis.who, "m").output_tokens == 40
+    p.observe(basis, Tokens(output=900))
+    p.observe(basis, Tokens(output=900))
+    assert p.profile(basis.who, "m").output_tokens == 40                # full: two new samples, not yet
+    p.observe(basis, Tokens(output=900))
+    assert p.profile(basis.who, "m").output_tokens == 900               # the third refreshes it
+
+
 # -- on the gateway -----------------------------------------------------------------------------
 
 BIG_SYSTEM = "You are a coding agent. " * 3_000      # ~72 KB, like Claude Code's system prompt and tools
