@@ -35,7 +35,7 @@ from .adapters.openai_responses import OpenAIResponses, ResponsesMeter, parse_cr
 from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
 from .errors import AuthError, BadRequest, GatewayError, UpstreamError
-from .forward import upstream_headers
+from .forward import REDACTED, upstream_headers
 from .keys import Principal, authenticate, presented_key
 from .routing import Target
 from .types import Call
@@ -58,14 +58,16 @@ async def responses_ws(request: web.Request) -> web.StreamResponse:
     principal = gw.authenticate(request)
     if request.headers.get("upgrade", "").lower() != "websocket":
         raise BadRequest("GET /v1/responses is the WebSocket mode; use POST /v1/responses for HTTP")
-    upstream = await _connect(gw, request, Target(gw.routing.default("openai"), ""))
+    target = Target(gw.routing.default("openai"), "")
+    upstream = await _connect(gw, request, target)
     client = web.WebSocketResponse(autoping=True, max_msg_size=gw.settings.max_body_bytes)
     try:
         await client.prepare(request)
     except BaseException:
         await upstream.close()
         raise
-    await ResponsesSession(gw, request, presented_key(request.headers) or "", principal, client, upstream).run()
+    await ResponsesSession(gw, request, presented_key(request.headers) or "", principal, client, upstream,
+                           upstream_secret=target.upstream.api_key).run()
     return client
 
 
@@ -151,8 +153,12 @@ class ResponsesSession:
     """One client socket relayed to one upstream socket, opened with one gateway key."""
 
     def __init__(self, gw: Gateway, request: web.Request, key: str, principal: Principal,
-                 client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+                 client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse,
+                 upstream_secret: str = "") -> None:
         self.gw, self.request, self.client, self.upstream = gw, request, client, upstream
+        # the gateway's provider credential: a frame that echoes it (an error quoting the key it
+        # was sent) reaches the client redacted, as HTTP error bodies do (forward.scrub_error_body)
+        self._secret = upstream_secret if len(upstream_secret) >= 8 else ""
         self._key = key                          # re-checked on each turn and config change; never logged
         self.principal = principal
         self.key_id = principal.key_id
@@ -276,6 +282,9 @@ class ResponsesSession:
             if msg.type == WSMsgType.TEXT:
                 if turns and (status := turns[0].observe(msg.data)) is not None:
                     turns.popleft().finish(status)          # settled before the frame goes on
-                await client.send_str(msg.data)
+                data = msg.data
+                if self._secret and self._secret in data:
+                    data = data.replace(self._secret, REDACTED.decode())
+                await client.send_str(data)
             elif msg.type == WSMsgType.BINARY:
                 await client.send_bytes(msg.data)

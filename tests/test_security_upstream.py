@@ -112,3 +112,24 @@ def test_a_streamed_error_never_carries_the_key_whatever_the_chunking(prefix: by
     scrub = StreamScrub(secret)
     out = b"".join(scrub.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])) + scrub.tail()
     assert out == data.replace(secret, b"<redacted>")
+
+
+@pytest.mark.parametrize("reply", ["status", "mid_stream"])
+async def test_a_websocket_error_frame_echoing_the_provider_key_reaches_the_client_scrubbed(
+        gw: GatewayHarness, fake_provider: Any, reply: str) -> None:
+    """Over the Responses WebSocket too: a refusal frame or an in-stream error that quotes the key the
+    gateway sent upstream reaches the client redacted, and the call still settles once."""
+    key = fake_provider.openai_key
+    message = f"invalid key {key}"
+    fake_provider.script(Reply(status=401, error_message=message) if reply == "status"
+                         else Reply(fail_mid_stream=True, chunks=4, error_message=message))
+    client_key, _ = gw.key()
+    frames: list[str] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            gw.url + "/v1/responses", headers={"authorization": f"Bearer {client_key}"}) as ws:
+        await ws.send_json({"type": "response.create", "model": "gpt-5-mini", "input": "hi"})
+        while not frames or '"type":"error"' not in frames[-1].replace(" ", ""):
+            frames.append(await ws.receive_str(timeout=5))
+    assert key not in "".join(frames) and "<redacted>" in frames[-1]
+    [ev] = await gw.events()
+    assert ev.outcome == "upstream_error"
