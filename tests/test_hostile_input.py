@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import brotli
 import orjson
 import pytest
 
@@ -53,7 +54,10 @@ async def test_the_valid_twin_of_every_case_goes_through(hgw: GatewayHarness, fa
             status, raw = await send(http, hgw, Case("valid gzip", path, {**headers, "content-encoding": "gzip"},
                                                      gzip.compress(orjson.dumps(body)), ""))
             assert status == 200, (path, raw[:300])
-    assert len(fake_provider.requests) == 2 * len(VALID)
+            status, raw = await send(http, hgw, Case("valid br", path, {**headers, "content-encoding": "br"},
+                                                     brotli.compress(orjson.dumps(body)), ""))
+            assert status == 200, (path, raw[:300])
+    assert len(fake_provider.requests) == 3 * len(VALID)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini-2024-07-18", "accounts/fireworks/models/llama-v3p1-8b",
@@ -64,14 +68,15 @@ def test_real_model_name_shapes_are_not_refused(model: str) -> None:
     assert require_model({"model": model}) == model
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "zstd"])
 async def test_an_undecodable_body_closes_the_connection_and_the_next_call_is_served(
-        hgw: GatewayHarness, fake_provider: Any) -> None:
+        hgw: GatewayHarness, fake_provider: Any, encoding: str) -> None:
     body, headers, _ = VALID["/v1/chat/completions"]
     async with aiohttp.ClientSession() as http:                   # one pooled connection, reused if it can be
         for _ in range(3):
-            status, _ = await send(http, hgw, Case("bad", "/v1/chat/completions",
-                                                   {**headers, "content-encoding": "gzip"}, orjson.dumps(body), ""))
-            assert status == 400
+            status, raw = await send(http, hgw, Case("bad", "/v1/chat/completions",
+                                                     {**headers, "content-encoding": encoding}, orjson.dumps(body), ""))
+            assert status == 400 and orjson.loads(raw)["error"]["type"] == "invalid_request_error", raw[:200]
             status, _ = await send(http, hgw, Case("good", "/v1/chat/completions", headers, orjson.dumps(body), ""))
             assert status == 200
     assert len(fake_provider.requests) == 3
