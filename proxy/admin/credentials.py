@@ -20,7 +20,7 @@ from ledger.configlog import ConfigRecord, ConfigState
 from proxy.keys import PREFIX as CLIENT_PREFIX
 from proxy.keys import verified
 
-from .entities import check_name
+from .entities import check_expiry, check_name
 from .roles import OWNER, WORKSPACE_ADMIN, AdminPrincipal, check_role
 
 ADMIN_PREFIX = "llmgw-admin-"
@@ -37,6 +37,7 @@ def mint_admin(name: str, role: str, workspaces: tuple[str, ...] = (), *, expire
     """A new admin key and the config record that makes it valid (append it to the log)."""
     check_name("admin", name)                  # the API's and the CLI's one validation
     check_role(role)
+    check_expiry(expires_ms, int(time.time() * 1000))   # a credential born expired is a typo, not a key
     if role == WORKSPACE_ADMIN and not workspaces:
         raise ValueError("a workspace_admin needs at least one workspace (ORG/WORKSPACE)")
     for ws in workspaces:
