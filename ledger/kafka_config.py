@@ -31,7 +31,13 @@ _CONFIG_TOPIC_CONFIGS = topic_configs(Topics())[Topics().config]
 
 
 class ConfigLogUnavailable(RuntimeError):
-    """Kafka did not answer within the deadline (the gateway cannot know its keys and budgets)."""
+    """Kafka did not answer within the deadline, or refused the connection outright (the gateway
+    cannot know its keys and budgets from the log; ``ledger.config_cache`` has the last ones it saw)."""
+
+
+# What "Kafka is away" looks like: aiokafka refuses at once (KafkaConnectionError: nothing listens)
+# or times out (a broker that does not answer); a socket error can also escape its bootstrap.
+_AWAY = (TimeoutError, KafkaError, OSError)
 
 
 class KafkaConfigLog:
@@ -54,9 +60,9 @@ class KafkaConfigLog:
             async with asyncio.timeout(self.timeout_s):
                 await producer.start()
                 await producer.send_and_wait(self.topic, rec.encode(), key=rec.id.encode(), partition=0)
-        except TimeoutError:
-            raise ConfigLogUnavailable(f"Kafka at {self.bootstrap} did not take config record {rec.id!r} "
-                                       f"within {self.timeout_s:.0f}s") from None
+        except _AWAY as exc:
+            raise ConfigLogUnavailable(f"Kafka at {self.bootstrap} did not take config record {rec.id!r}: "
+                                       f"{self._why(exc)}") from None
         finally:
             await producer.stop()
 
@@ -74,9 +80,9 @@ class KafkaConfigLog:
                 while await consumer.position(self._tp) < end:
                     self._apply(state, await consumer.getmany(self._tp, timeout_ms=500))
                 self._position = await consumer.position(self._tp)
-        except TimeoutError:
+        except _AWAY as exc:
             raise ConfigLogUnavailable(f"could not read config topic {self.topic} from Kafka at "
-                                       f"{self.bootstrap} within {self.timeout_s:.0f}s") from None
+                                       f"{self.bootstrap}: {self._why(exc)}") from None
         finally:
             await consumer.stop()
         return state
@@ -122,9 +128,9 @@ class KafkaConfigLog:
                 if self.topic not in await admin.list_topics():
                     await self._create(admin)
                 await self._wait_for_leader(admin)
-        except TimeoutError:
-            raise ConfigLogUnavailable(f"Kafka at {self.bootstrap} did not answer within "
-                                       f"{self.timeout_s:.0f}s (config topic {self.topic})") from None
+        except _AWAY as exc:
+            raise ConfigLogUnavailable(f"config topic {self.topic} at Kafka {self.bootstrap}: "
+                                       f"{self._why(exc)}") from None
         finally:
             await admin.close()
         self._topic_ready = True
@@ -148,6 +154,9 @@ class KafkaConfigLog:
                                                    for p in meta["partitions"]):
                     return
             await asyncio.sleep(0.1)
+
+    def _why(self, exc: BaseException) -> str:
+        return f"no answer within {self.timeout_s:.0f}s" if isinstance(exc, TimeoutError) else str(exc)
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id="llmgw-config",

@@ -124,15 +124,23 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
                 capture_sink: BodySink | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
-        state = await config_log.load()
+        if settings.embedded:
+            state, current = await config_log.load(), True
+        else:    # Kafka away at start: the last config this replica applied, and the failure policy
+            from ledger.config_cache import ConfigCache, follow_cached, load_or_cached
+            cache = ConfigCache(settings.data_dir, f"{settings.topic_prefix}.config")
+            state, current = await load_or_cached(config_log, cache)
         tzs = org_timezones(dict(settings.file_config))
         led = ledger or await _default_ledger(settings, tzs)
         gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
                      led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers)
+        gw.config_current = current
         app[GATEWAY] = gw
         await led.start()
-        follower = asyncio.get_running_loop().create_task(config_log.follow(state, gw.config_changed),
-                                                          name="llmgw-config-follow")
+        follow = (config_log.follow(state, gw.config_changed) if settings.embedded else
+                  follow_cached(config_log, cache, state, current, gw.config_changed,
+                                on_current=lambda: setattr(gw, "config_current", True)))
+        follower = asyncio.get_running_loop().create_task(follow, name="llmgw-config-follow")
         try:
             yield
         finally:

@@ -64,6 +64,8 @@ class Gateway:
     failure: FailurePolicy = field(init=False)
     # open WebSocket sessions by key id: each registers on open and leaves on close (proxy/websocket.py)
     key_sessions: dict[str, set[KeySession]] = field(default_factory=dict)
+    # False while the config came from the local cache (Kafka away at start; ledger/config_cache.py)
+    config_current: bool = True
 
     def __post_init__(self) -> None:
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,

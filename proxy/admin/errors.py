@@ -5,7 +5,8 @@
     ├── AuthError      401 auth              no credential, a client key, a bad token
     ├── Forbidden      403 forbidden         the role or the scope does not allow it   (here)
     ├── NotFound       404 not_found         no such org, workspace, user, key, request
-    └── Conflict       409 conflict          already exists, already decided           (here)
+    ├── Conflict       409 conflict          already exists, already decided           (here)
+    └── ConfigUnavailable 503 unavailable    the config log cannot take the change (Kafka away)  (here)
 
 Every admin, LiteLLM-compatible and increase-request route answers errors as
 ``{"error": {"message", "type", "code"}}``; ``render`` is the only place that
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from proxy.errors import AuthError, BadRequest, GatewayError, NotFound
 
-__all__ = ["AuthError", "BadRequest", "Conflict", "Forbidden", "NotFound", "render"]
+__all__ = ["AuthError", "BadRequest", "ConfigUnavailable", "Conflict", "Forbidden", "NotFound", "render"]
 
 
 class Forbidden(GatewayError):
@@ -29,8 +30,14 @@ class Conflict(GatewayError):
     status, kind, should_retry = 409, "conflict", False
 
 
+class ConfigUnavailable(GatewayError):
+    """A write the config log did not take: nothing changed, and the same request may be retried."""
+    status, kind, should_retry = 503, "unavailable", True
+
+
 _TYPES = {"invalid_request": "invalid_request_error", "auth": "authentication_error",
-          "forbidden": "permission_error", "not_found": "not_found_error", "conflict": "conflict_error"}
+          "forbidden": "permission_error", "not_found": "not_found_error", "conflict": "conflict_error",
+          "unavailable": "service_unavailable_error"}
 
 
 def render(err: GatewayError) -> web.Response:

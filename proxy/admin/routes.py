@@ -7,19 +7,22 @@ Every route here answers errors as ``{"error": {"message", "type", "code"}}``
 """
 from __future__ import annotations
 
+import logging
 from typing import Awaitable, Callable
 
 import yaml
 from aiohttp import web
 
+from ledger.kafka_config import ConfigLogUnavailable
 from proxy.errors import GatewayError
 
 from . import (http_budgets, http_entities, http_governance, http_keys, http_limits, http_local, litellm,
                litellm_spend, litellm_teams)
-from .errors import BadRequest, NotFound, render
+from .errors import BadRequest, ConfigUnavailable, NotFound, render
 
 PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/", "/spend/", "/global/", "/budget/", "/customer/",
             "/organization/", "/model/")
+log = logging.getLogger("llmgw.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -36,6 +39,11 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except GatewayError as err:
         return render(err)
+    except ConfigLogUnavailable as exc:                # a read of the config log while Kafka is away
+        log.error("%s %s: config log unavailable: %s", request.method, request.path, exc,
+                  extra={"event": "admin_config_unavailable"})
+        return render(ConfigUnavailable(f"the config log is unreachable ({exc}); retry once it is back",
+                                        retry_after_s=5))
     except (ValueError, yaml.YAMLError) as exc:        # validation in the pure functions
         return render(BadRequest(str(exc)))
     except web.HTTPNotFound:

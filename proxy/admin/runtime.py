@@ -20,12 +20,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, FileConfigLog, open_config_log
+from ledger.kafka_config import ConfigLogUnavailable
 from proxy.context import GATEWAY, Gateway
 from proxy.keys import PREFIX as CLIENT_PREFIX, presented_key
 from proxy.pipeline import unreadable_body
 
 from . import credentials as C
-from .errors import AuthError, BadRequest
+from .errors import AuthError, BadRequest, ConfigUnavailable
 from .increase import expired_raises
 from .oidc import OidcVerifier, looks_like_jwt
 from .roles import OWNER, AdminPrincipal
@@ -39,11 +40,18 @@ INCREASE_HINT = ("file a budget-increase request with this same key: POST /v1/ll
 
 
 async def append(log_: ConfigLog, rec: ConfigRecord) -> None:
-    """Append one record; the file log's fsync runs off the event loop."""
-    if isinstance(log_, FileConfigLog):
-        await asyncio.to_thread(log_.append_sync, rec)
-    else:
-        await log_.append(rec)
+    """Append one record; the file log's fsync runs off the event loop. A log that cannot take it
+    (Kafka away, a full disk) is a 503 with the reason, and nothing is applied."""
+    try:
+        if isinstance(log_, FileConfigLog):
+            await asyncio.to_thread(log_.append_sync, rec)
+        else:
+            await log_.append(rec)
+    except (ConfigLogUnavailable, OSError) as exc:
+        log.error("config change %s not written: %s", rec.id, exc,
+                  extra={"event": "admin_write_unavailable", "record_type": rec.type})
+        raise ConfigUnavailable(f"the config log did not take this change, so nothing was changed ({exc}); "
+                                "retry once it is reachable again", retry_after_s=5) from None
 
 
 @dataclass
@@ -91,7 +99,10 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
                       OidcVerifier.from_file_config(dict(s.file_config)))
     app[ADMIN] = rt
     gw.policy.increase_hint = INCREASE_HINT
-    if C.needs_bootstrap(gw.config, s.admin_key):
+    if not gw.config_current:      # Kafka away at start: whether an owner exists is unknown, so none is minted
+        log.warning("config from the local cache (Kafka unavailable): no first owner key is generated "
+                    "on this start", extra={"event": "admin_bootstrap_skipped"})
+    elif C.needs_bootstrap(gw.config, s.admin_key):
         key, records = C.bootstrap_records()
         await rt.change(gw, lambda _state: (records, None))
         print("llmgw: no LLMGW_ADMIN_KEY set, so this first start generated the owner admin key "

@@ -35,14 +35,14 @@ REFUSALS = {"auth": "auth", "invalid_request": "invalid_request", "policy": "pol
 # The gateway's own endpoints (admin, LiteLLM-compatible, dashboard) render their errors themselves:
 # their answer's status is the whole story, and a 4xx there is a refusal, never an upstream error.
 _OWN_REFUSALS = {400: "invalid_request", 401: "auth", 403: "forbidden", 404: "not_found", 405: "not_found",
-                 409: "conflict", 413: "body_too_large", 429: "rate"}
+                 409: "conflict", 413: "body_too_large", 429: "rate", 503: "unavailable"}
 _KEY_ID = re.compile(r"k[0-9a-f]{12}")
 
 
 def _outcome(status: int, kind: str, own: bool = False) -> tuple[str, str | None]:
     """(outcome, refusal reason) of a request that produced no usage event."""
     if own and not kind:
-        if status >= 500:
+        if status >= 500 and status not in _OWN_REFUSALS:
             return "internal_error", None
         if status >= 400:
             reason = _OWN_REFUSALS.get(status, "invalid_request")
