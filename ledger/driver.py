@@ -18,6 +18,7 @@ from ledger.started import CallStarted
 
 EMBEDDED = "embedded"
 KAFKA = "kafka"
+UNKNOWN_WORKERS = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +31,34 @@ class LedgerHealth:
     backlog_events: int              # settled calls the folded totals do not show yet
     spool_depth_events: int = 0      # Kafka: events parked on disk until the broker takes them
     errors: int = 0                  # Kafka: failed sends and connects since start
+    # Kafka: since when (ms) the workers' fold has not advanced while the usage topic had events to
+    # fold (0: it keeps up); the unfolded offsets per usage partition; members of the workers' group.
+    fold_behind_since_ms: int = 0
+    fold_lag: tuple[tuple[int, int], ...] = ()
+    ledger_workers: int = UNKNOWN_WORKERS
 
     def snapshot_age_s(self, now_ms: int | None = None) -> float:
-        """How old the spend this replica decides on is: 0 where it folds in-process,
-        infinite before a Kafka-mode replica first caught up."""
+        """How old the spend this replica decides on is: 0 where it folds in-process, infinite
+        before a Kafka-mode replica first caught up; else the larger of the time since the follower
+        was last at the end of the snapshot topic and the time the fold has been stuck."""
         last = self.last_snapshot_ms
         if last is None:
             return 0.0
         if not self.snapshot_ready or not last:
             return math.inf
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        return max(0.0, (now - last) / 1000)
+        return max(0.0, (now - last) / 1000, self.fold_stalled_s(now))
+
+    def fold_stalled_s(self, now_ms: int | None = None) -> float:
+        """How long the fold has not advanced while there was something to fold (0: it keeps up)."""
+        if not self.fold_behind_since_ms:
+            return 0.0
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return max(0.0, (now - self.fold_behind_since_ms) / 1000)
+
+    @property
+    def fold_lag_records(self) -> int:
+        return sum(n for _, n in self.fold_lag)
 
 
 class Ledger(Protocol):
@@ -58,4 +76,4 @@ class Ledger(Protocol):
     def health(self) -> LedgerHealth: ...
 
 
-__all__ = ["EMBEDDED", "KAFKA", "Ledger", "LedgerHealth"]
+__all__ = ["EMBEDDED", "KAFKA", "UNKNOWN_WORKERS", "Ledger", "LedgerHealth"]

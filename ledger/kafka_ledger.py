@@ -45,9 +45,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from .driver import KAFKA, LedgerHealth
+from .driver import KAFKA, UNKNOWN_WORKERS, LedgerHealth
 from .events import UsageEvent
 from .fold import TzOf, utc
+from .fold_watch import FoldWatch
 from .spend import SpendView
 from .spool import DEFAULT_MAX_BYTES, Spool
 from .started import CallStarted, Record, encode_record, record_id
@@ -79,7 +80,8 @@ class KafkaLedger:
                  tz_of: TzOf = utc, gateway_id: str = "", spool_max_bytes: int = DEFAULT_MAX_BYTES,
                  send_timeout_s: float = 5.0, connect_timeout_s: float = 10.0,
                  retry_backoff_s: float = 0.5, batch_max: int = 500, linger_ms: int = 5,
-                 follow_snapshots: bool = True, create_topics: bool = True) -> None:
+                 follow_snapshots: bool = True, create_topics: bool = True, worker_group: str = "",
+                 fold_watch_interval_s: float = 1.0) -> None:
         self.bootstrap = bootstrap
         self.topics = Topics(topic_prefix)
         self.usage_topic, self.snapshot_topic = self.topics.usage, self.topics.snapshots
@@ -96,6 +98,12 @@ class KafkaLedger:
         self.follower: SnapshotFollower | None = (
             SnapshotFollower(bootstrap, self.snapshot_topic, self.view, client_id=self._client_id("snapshots"),
                              retry_backoff_s=retry_backoff_s) if follow_snapshots else None)
+        # the fold's health: needs the progress records the follower reads (ledger/fold_watch.py)
+        self.fold_watch: FoldWatch | None = (
+            FoldWatch(bootstrap, self.usage_topic, worker_group or f"{topic_prefix}-ledger", self.view.progress,
+                      self.follower.progress_ms, client_id=self._client_id("fold-watch"),
+                      interval_s=fold_watch_interval_s, retry_backoff_s=retry_backoff_s)
+            if self.follower is not None else None)
         self.spool: Spool | None = None
         self._queue: deque[Record] = deque()       # submitted, not yet handed to Kafka or the spool
         self._overflow: deque[Record] = deque()    # refused by a full spool; goes in before _queue
@@ -158,6 +166,8 @@ class KafkaLedger:
         self._tasks.append(loop.create_task(self._send_loop(), name="llmgw-ledger-sender"))
         if self.follower is not None:
             self._tasks.append(loop.create_task(self.follower.run(), name="llmgw-snapshot-follower"))
+        if self.fold_watch is not None:
+            self._tasks.append(loop.create_task(self.fold_watch.run(), name="llmgw-fold-watch"))
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is acked by Kafka (not merely spooled).
@@ -206,9 +216,13 @@ class KafkaLedger:
         return self.follower.last_snapshot_ms if self.follower is not None else 0
 
     def health(self) -> LedgerHealth:
+        fw = self.fold_watch
         return LedgerHealth(KAFKA, snapshot_ready=self.snapshot_ready, last_snapshot_ms=self.last_snapshot_ms,
                             backlog_events=self.backlog_events, spool_depth_events=self.spool_depth_events,
-                            errors=self.send_failures + self.connect_failures)
+                            errors=self.send_failures + self.connect_failures,
+                            fold_behind_since_ms=fw.behind_since_ms if fw else 0,
+                            fold_lag=tuple(sorted(fw.lag.items())) if fw else (),
+                            ledger_workers=fw.workers if fw else UNKNOWN_WORKERS)
 
     def stats(self) -> dict[str, int | bool]:
         """Everything a metrics exporter needs, in one call."""
@@ -223,6 +237,8 @@ class KafkaLedger:
         }
         if self.follower is not None:
             out.update(self.follower.stats())
+        if self.fold_watch is not None:
+            out.update(self.fold_watch.stats())
         return out
 
     # -- the sender --------------------------------------------------------------------------
@@ -571,6 +587,7 @@ class SnapshotFollower:
         self.last_record_delay_ms = 0
         self.records_applied = 0
         self.bad_records = 0
+        self.progress_ms: dict[int, int] = {}    # usage partition -> timestamp of its last progress record
         self._positions: dict[int, int] = {}     # next offset per partition, kept across reconnects
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -661,6 +678,7 @@ class SnapshotFollower:
             if is_progress_key(key):
                 if rec.value is not None:   # co-partitioned: the record's partition is its usage partition
                     self.view.advance(rec.partition, decode_progress(rec.value))
+                    self.progress_ms[rec.partition] = rec.timestamp
             elif key:
                 self.view.apply_snapshot(key, decode_snapshot(rec.value))
             else:

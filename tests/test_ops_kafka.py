@@ -9,6 +9,8 @@ import anthropic
 import pytest
 
 from ledger.kafka_ledger import KafkaLedger
+from ledger.topics import Topics
+from ledger.worker import LedgerWorker
 from proxy.failure import STALE_TAG
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.gateway_harness import GatewayHarness
@@ -53,6 +55,10 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
     await create_topics(bootstrap, {f"{prefix}.usage": 2, f"{prefix}.snapshots": 2}, compacted={f"{prefix}.snapshots"})
     ledger = KafkaLedger(bootstrap, tmp_path, topic_prefix=prefix, send_timeout_s=1.0, retry_backoff_s=0.25,
                          connect_timeout_s=2.0)
+    # a fresh snapshot needs a live fold: without a worker the replica is (rightly) never ready for long
+    worker = LedgerWorker(bootstrap, Topics(prefix, partitions=2), group_id=f"{prefix}-ledger",
+                          session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
+    await worker.start()
     h = GatewayHarness(fake_provider, tmp_path, ledger=ledger, snapshot_max_age_s=2.0, file_config=POLICY)
     await h.start()
     try:
@@ -87,6 +93,7 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
         await call(h.url, closed)
     finally:
         await h.stop()
+        await worker.stop()
     tags = [e.tags for e in await _usage(bootstrap, prefix)]
     assert sorted(STALE_TAG in t for t in tags) == [False, False, True]
 

@@ -14,6 +14,7 @@ from ledger.config_cache import CACHE_NAME, ConfigCache
 from ledger.configlog import ConfigRecord
 from ledger.started import usage_event_of
 from ledger.topics import Topics, ensure_topics
+from ledger.worker import LedgerWorker
 from proxy import keys as K
 from proxy.failure import STALE_TAG
 from tests.admin_support import OWNER_KEY, Api, admin_harness
@@ -91,7 +92,10 @@ async def test_started_with_kafka_refusing_it_serves_from_the_cache_per_policy(f
 async def test_started_with_the_broker_stopped_then_the_broker_comes_back(kafka_broker, fake_provider, tmp_path):
     bootstrap = kafka_broker.bootstrap
     prefix = unique_topic("outage")
-    await ensure_topics(bootstrap, Topics(prefix, partitions=2))
+    topics = await ensure_topics(bootstrap, Topics(prefix, partitions=2))
+    worker = LedgerWorker(bootstrap, topics, group_id=f"{prefix}-ledger", session_timeout_ms=6_000,
+                          heartbeat_interval_ms=1_000)      # ready needs a live fold (ledger/fold_watch.py)
+    await worker.start()
     first = admin_harness(fake_provider, tmp_path, kafka_bootstrap=bootstrap, topic_prefix=prefix,
                           gateway_id="gw-before", snapshot_max_age_s=5.0, file_config=POLICY)
     await first.start()
@@ -139,6 +143,7 @@ async def test_started_with_the_broker_stopped_then_the_broker_comes_back(kafka_
         await h.gw.ledger.flush(30)                        # type: ignore[attr-defined]
     finally:
         await h.stop()
+        await worker.stop()
     events = await usage_events(bootstrap, prefix, want=2)
     by_key = {}
     for ev in events:

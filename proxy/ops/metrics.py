@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ledger import events as E
+from ledger.driver import KAFKA
 
 from ..usage import AnomalyCollector
 from .health import LedgerState
@@ -131,6 +132,18 @@ class LedgerCollector(Collector):
         c = CounterMetricFamily("llmgw_producer_errors", "Kafka sends and connects that failed")
         c.add_metric([], float(s.producer_errors))
         yield c
+        if s.mode != KAFKA:
+            return
+        yield _gauge("llmgw_ledger_fold_stalled_seconds", "How long the ledger workers' fold has not advanced "
+                     "while the usage topic had events to fold (0: it keeps up)", s.fold_stalled_s)
+        lag = GaugeMetricFamily("llmgw_ledger_fold_lag_records", "Usage topic offsets past the fold's progress, "
+                                "per usage partition", labels=["partition"])
+        for p, n in s.fold_lag:
+            lag.add_metric([str(p)], float(n))
+        yield lag
+        if s.ledger_workers >= 0:
+            yield _gauge("llmgw_ledger_workers", "Members of the ledger workers' consumer group",
+                         float(s.ledger_workers))
 
 
 class HoldsCollector(Collector):
