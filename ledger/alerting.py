@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 
 from proxy.budgets import BudgetBook
 
-from .alert_store import (DROPPED, FIRED, SUPERSEDED, AlertRecord, AlertStore, AlertStoreError,
+from .alert_store import (DROPPED, FIRED, PENDING, SUPERSEDED, AlertRecord, AlertStore, AlertStoreError,
                           AlertStoreFenced, Delivery, FileAlertStore, KafkaAlertStore)
 from .alerts import Alert, AlertPolicy, PolicyBook, evaluate, subjects_of
 from .configlog import ConfigState
@@ -85,7 +85,7 @@ class AlertEngine:
         self.options = options
         self.tz_of = tz_of
         self.clock_ms = clock_ms
-        self.deliverer = Deliverer(options.retry, self._on_result, clock_ms=clock_ms)
+        self.deliverer = Deliverer(options.retry, self._on_result, clock_ms=clock_ms, on_attempt=self._on_attempt)
         self.records: dict[str, AlertRecord] = {}
         self.ticks = 0
         self.errors = 0
@@ -191,16 +191,32 @@ class AlertEngine:
         for rec in list(self.records.values()):
             if rec.status != FIRED or not rec.pending:
                 continue
+            made = {d.webhook_id: d.attempts for d in rec.deliveries}
             for wid in rec.pending:
                 hook = self._webhooks.get(wid)
                 if hook is not None:
-                    self.deliverer.submit(rec.alert, hook)
+                    self.deliverer.submit(rec.alert, hook, made.get(wid, 0))
                 else:
                     rec = rec.with_delivery(Delivery(wid, DROPPED, error="webhook removed", done_ms=self.clock_ms()))
             if rec is not self.records[rec.key]:
                 self.records[rec.key] = rec
                 dropped.append(rec)
         await self.store.put(dropped)
+
+    async def _on_attempt(self, alert: Alert, hook: Webhook, attempt: int) -> None:
+        """Before an attempt goes out: its number is durable, so a crash does not restart the count
+        (an attempt cut by the crash counts: the receiver may have had it)."""
+        rec = self.records.get(alert.key)
+        if rec is None or rec.alert != alert:
+            return
+        rec = rec.with_delivery(Delivery(hook.id, PENDING, attempt))
+        self.records[alert.key] = rec
+        try:
+            await self.store.put([rec])
+        except AlertStoreError as exc:
+            log.error("alert %s: attempt %d to webhook %s not recorded (%r)", alert.key, attempt, hook.id, exc,
+                      extra={"event": "alert_attempt_unrecorded"})
+            self._failure = exc
 
     async def _on_result(self, alert: Alert, hook: Webhook, result: Delivery) -> None:
         rec = self.records.get(alert.key)

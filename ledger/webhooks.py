@@ -144,6 +144,12 @@ class RetryPolicy:
 
 
 ResultHook = Callable[[Alert, Webhook, Delivery], Awaitable[None]]
+# Before each POST: the attempt it is (1-based, counted across restarts), to be made durable.
+AttemptHook = Callable[[Alert, Webhook, int], Awaitable[None]]
+
+
+async def _no_record(alert: Alert, hook: Webhook, attempt: int) -> None:
+    return None
 
 
 async def post_once(session: aiohttp.ClientSession, hook: Webhook, body: bytes, alert_id: str, attempt: int,
@@ -179,13 +185,17 @@ class Deliverer:
 
     ``stop`` lets an attempt already on the wire finish (bounded by ``grace_s``) so its result is
     recorded; deliveries waiting to retry are cancelled and stay pending in the store, to be
-    resumed by the next evaluator.
+    resumed by the next evaluator. ``on_attempt`` records each attempt before it goes out, so the
+    count (and ``X-Llmgw-Delivery-Attempt``) goes on from where a crashed evaluator left it, and
+    the backoff with it, rather than restarting at 1.
     """
 
     def __init__(self, retry: RetryPolicy, on_result: ResultHook, *,
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 on_attempt: AttemptHook = _no_record) -> None:
         self.retry = retry
         self.on_result = on_result
+        self.on_attempt = on_attempt
         self.clock_ms = clock_ms
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[asyncio.Task[None], bool] = {}       # task -> an attempt is on the wire
@@ -198,8 +208,9 @@ class Deliverer:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16),
                                               cookie_jar=aiohttp.DummyCookieJar())
 
-    def submit(self, alert: Alert, hook: Webhook) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(alert, hook),
+    def submit(self, alert: Alert, hook: Webhook, attempts_made: int = 0) -> None:
+        """Deliver ``alert`` to ``hook``; ``attempts_made`` by earlier evaluators (from the store)."""
+        task = asyncio.get_running_loop().create_task(self._deliver(alert, hook, attempts_made),
                                                       name=f"llmgw-alert-delivery-{hook.id}")
         self._tasks[task] = False
         task.add_done_callback(self._done)
@@ -213,18 +224,19 @@ class Deliverer:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def _deliver(self, alert: Alert, hook: Webhook) -> None:
+    async def _deliver(self, alert: Alert, hook: Webhook, attempts_made: int) -> None:
         assert self._session is not None, "start() first"
         me = asyncio.current_task()
         assert me is not None
         body = render(alert, hook.format)
         deadline_ms = alert.fired_ms + int(self.retry.give_up_after_s * 1000)
-        backoff = self.retry.backoff_s
-        attempt = 0
+        attempt = max(0, attempts_made)
+        backoff = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** min(attempt, 32))
         while True:
             attempt += 1
             self.attempts += 1
             self._tasks[me] = True
+            await self.on_attempt(alert, hook, attempt)
             status, error, after = await post_once(self._session, hook, body, alert.key, attempt,
                                                    self.retry.timeout_s)
             if 200 <= status < 300:
@@ -267,5 +279,5 @@ class Deliverer:
             self._session = None
 
 
-__all__ = ["Deliverer", "FORMATS", "PAYLOAD_TYPE", "RetryPolicy", "WEBHOOK_TYPE", "Webhook", "json_payload",
+__all__ = ["AttemptHook", "Deliverer", "FORMATS", "PAYLOAD_TYPE", "RetryPolicy", "WEBHOOK_TYPE", "Webhook", "json_payload",
            "post_once", "render", "retryable", "slack_payload"]

@@ -320,3 +320,28 @@ async def test_one_evaluator_per_data_dir(tmp_path):
     finally:
         await first.close()
     await FileAlertStore(tmp_path).open()
+
+
+async def test_the_attempt_count_survives_a_restart_instead_of_starting_again_at_1(tmp_path, receiver):
+    state, k = world(receiver.url)
+    receiver.statuses.extend([503] * 1000)                  # down for the first evaluator's whole life
+    e = engine_on(tmp_path)
+    await e.start()
+    (rec,) = await fire(e, {k: Totals(spend_nano_usd=95_000_000 * 1000)}, state)
+    await eventually(lambda: len(receiver.attempts) >= 3)
+    await e.stop()                                          # like a crash: delivery still pending
+    made = len(receiver.attempts)
+    (d,) = read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].deliveries
+    assert (d.status, d.attempts) == (PENDING, made)        # every attempt recorded before it went out
+    receiver.statuses.clear()
+    receiver.statuses.extend([500])
+    e = engine_on(tmp_path)
+    await e.start()
+    try:
+        await e.tick({k: Totals(spend_nano_usd=95_000_000 * 1000)}, state)
+        await eventually(lambda: e.deliverer.in_flight == 0)
+    finally:
+        await e.stop()
+    assert [a for _, _, a in receiver.attempts] == [str(i) for i in range(1, made + 3)]
+    (d,) = read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].deliveries
+    assert (d.status, d.attempts, d.http_status) == (DELIVERED, made + 2, 200)
