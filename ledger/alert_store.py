@@ -32,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError, for_code
 
 from .alerts import Alert
+from .files import atomic_write
 
 log = logging.getLogger("llmgw.ledger.alerts")
 
@@ -101,6 +102,8 @@ class AlertStore(Protocol):
         """Take ownership (lock or fence) and return the latest record of every key."""
     async def put(self, records: Sequence[AlertRecord]) -> None:
         """Durable when it returns; raises ``AlertStoreFenced`` if another evaluator took over."""
+    async def forget(self, keys: Sequence[str]) -> None:
+        """Drop these alerts for good (closed windows past retention): the store stays bounded."""
     async def close(self) -> None: ...
 
 
@@ -172,6 +175,21 @@ class FileAlertStore:
         blob = b"".join(r.encode() + b"\n" for r in records)
         async with self._write_lock:
             await asyncio.to_thread(self._append, blob)
+
+    async def forget(self, keys: Sequence[str]) -> None:
+        """Rewrite the file without these keys (and without superseded lines), whole or not at all."""
+        if not keys:
+            return
+        async with self._write_lock:
+            await asyncio.to_thread(self._rewrite_without, frozenset(keys))
+
+    def _rewrite_without(self, keys: frozenset[str]) -> None:
+        assert self._f is not None, "open() first"
+        live = [r for k, r in read_jsonl(self.path).items() if k not in keys]
+        with atomic_write(self.path, binary=True) as f:
+            f.write(b"".join(r.encode() + b"\n" for r in live))
+        self._f.close()
+        self._f = open(self.path, "ab")
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -278,6 +296,13 @@ class KafkaAlertStore:
         return await read_alert_topic(self.bootstrap, self.topic, self.timeout_s)
 
     async def put(self, records: Sequence[AlertRecord]) -> None:
+        await self._write([(r.key, r.encode()) for r in records])
+
+    async def forget(self, keys: Sequence[str]) -> None:
+        """Tombstones: compaction removes the keys from the topic (after ``delete.retention.ms``)."""
+        await self._write([(k, None) for k in keys])
+
+    async def _write(self, records: Sequence[tuple[str, bytes | None]]) -> None:
         if not records:
             return
         async with self._write_lock:
@@ -287,8 +312,8 @@ class KafkaAlertStore:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     async with producer.transaction():
-                        futs = [await producer.send(self.topic, r.encode(), key=r.key.encode(), partition=0)
-                                for r in records]
+                        futs = [await producer.send(self.topic, value, key=key.encode(), partition=0)
+                                for key, value in records]
                         acks = await asyncio.gather(*futs, return_exceptions=True)
                         failed = next((a for a in acks if isinstance(a, BaseException)), None)
                         if failed is not None:

@@ -62,6 +62,9 @@ class AlertOptions:
     sweep_s: float = 60.0
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # alerts of windows closed longer ago than this are dropped from the store (never needed again:
+    # a closed window cannot fire); deliveries still pending are kept until they end
+    retain_closed_s: float = 7 * 86_400.0
 
     @classmethod
     def from_file_config(cls, file_config: Mapping[str, Any]) -> "AlertOptions":
@@ -74,7 +77,8 @@ class AlertOptions:
                             float(d.get("retry_max_backoff_s", r.max_backoff_s)),
                             float(d.get("give_up_after_s", r.give_up_after_s)))
         return cls(bool(d.get("enabled", base.enabled)), float(d.get("interval_s", base.interval_s)),
-                   float(d.get("sweep_s", base.sweep_s)), AlertPolicy.from_mapping(d), retry)
+                   float(d.get("sweep_s", base.sweep_s)), AlertPolicy.from_mapping(d), retry,
+                   float(d.get("retain_closed_s", base.retain_closed_s)))
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class AlertEngine:
         if sweep:
             self._seen = seen
             self._last_sweep_ms = now
+            await self._prune(now)
         else:
             self._seen.update(seen)
         self.ticks += 1
@@ -202,6 +207,20 @@ class AlertEngine:
                 self.records[rec.key] = rec
                 dropped.append(rec)
         await self.store.put(dropped)
+
+    async def _prune(self, now: int) -> None:
+        """Forget alerts of windows closed over ``retain_closed_s`` ago whose deliveries have ended."""
+        cutoff = now - int(self.options.retain_closed_s * 1000)
+        old = [k for k, r in self.records.items()
+               if 0 < r.alert.window_end_ms < cutoff and not (r.status == FIRED and r.pending)]
+        if not old:
+            return
+        await self.store.forget(old)
+        for k in old:
+            self.records.pop(k, None)
+            self._fired.pop(k, None)
+        log.info("forgot %d alerts of windows closed over %.0f s ago", len(old), self.options.retain_closed_s,
+                 extra={"event": "alerts_pruned"})
 
     async def _on_attempt(self, alert: Alert, hook: Webhook, attempt: int) -> None:
         """Before an attempt goes out: its number is durable, so a crash does not restart the count

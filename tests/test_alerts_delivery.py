@@ -345,3 +345,27 @@ async def test_the_attempt_count_survives_a_restart_instead_of_starting_again_at
     assert [a for _, _, a in receiver.attempts] == [str(i) for i in range(1, made + 3)]
     (d,) = read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].deliveries
     assert (d.status, d.attempts, d.http_status) == (DELIVERED, made + 2, 200)
+
+
+async def test_alerts_of_windows_closed_past_retention_are_forgotten_by_the_store(tmp_path, receiver):
+    state, k = world(receiver.url)
+    e = engine_on(tmp_path)
+    await e.start()
+    try:
+        (rec,) = await fire(e, {k: Totals(spend_nano_usd=91_000_000 * 1000)}, state)
+        await eventually(lambda: e.deliverer.in_flight == 0)
+    finally:
+        await e.stop()
+    assert read_jsonl(tmp_path / "alerts" / "alerts.jsonl")[rec.key].deliveries[0].status == DELIVERED
+    opts = AlertOptions(policy=AlertPolicy(runway=False), retain_closed_s=86_400)
+    just_inside = rec.alert.window_end_ms + 86_400_000 - 1
+    for now, kept in ((just_inside, True), (just_inside + 2, False)):
+        later = AlertEngine(FileAlertStore(tmp_path), opts, clock_ms=lambda now=now: now)
+        await later.start()
+        try:
+            assert not await later.tick({k: Totals(spend_nano_usd=91_000_000 * 1000)}, state)
+            assert (rec.key in later.records) is kept
+        finally:
+            await later.stop()
+        assert (rec.key in read_jsonl(tmp_path / "alerts" / "alerts.jsonl")) is kept
+    assert receiver.thresholds() == [90]                   # forgetting never fires it again

@@ -138,3 +138,24 @@ async def test_a_second_evaluator_fences_the_first_and_the_alert_fires_once(kafk
     finally:
         await d.close()
         await receiver.stop()
+
+
+async def test_forgotten_alerts_are_tombstoned_on_the_alert_topic(kafka_bootstrap):
+    from ledger.alert_store import AlertRecord, KafkaAlertStore
+    from ledger.alerts import Alert
+
+    def alert_for_store(i: int) -> Alert:
+        return Alert(f"b{i}|0|90", "threshold", 90, f"b{i}", "config", "budget", "$1/month", "refuse",
+                     "workspace acme/backend", "workspace", "acme/backend", "acme", "month", 0, 1_000, "UTC",
+                     900_000, 1_000_000, 0, 500, "90% used")
+
+    topic = f"{unique_topic('alerts')}.alerts"
+    store = KafkaAlertStore(kafka_bootstrap, topic, f"{topic}-txn")
+    assert await store.open() == {}
+    try:
+        old, new = (AlertRecord(alert_for_store(i), FIRED) for i in (1, 2))
+        await store.put([old, new])
+        await store.forget([old.key])
+    finally:
+        await store.close()
+    assert list(await read_alert_topic(kafka_bootstrap, topic)) == [new.key]
