@@ -1,6 +1,6 @@
 """The audit log in ClickHouse: every configuration change, kept after the config log compacts.
 
-Entries are what ``proxy.admin.audit_entries(records)`` derives from the config
+Entries are what ``ledger.audit.audit_entries(records)`` derives from the config
 log's history (``{ts_ms, actor, reason, id, type, action, before, after,
 changed, ...}``: before is the previous record of the same id, secrets' hashes
 redacted). ``insert_entries`` lands them in ``audit_log`` (migration 003),
@@ -21,8 +21,9 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from analytics.store import check_identifier
-from ledger.configlog import ConfigRecord
+from llmgw.analytics.store import check_identifier
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.audit import audit_entries
 
 _COLUMNS = ("ts", "actor", "type", "id", "action", "before", "after", "changed", "reason", "entry_key")
 
@@ -38,9 +39,7 @@ def entry_key(entry: Mapping[str, Any]) -> str:
 
 
 def entries_from_records(records: Iterable[ConfigRecord]) -> list[dict[str, Any]]:
-    """Audit entries of a config-log history, as the admin API shows them (``proxy.admin.audit_entries``)."""
-    from proxy.admin import audit_entries     # the admin part owns the entry shape and the redaction
-
+    """Audit entries of a config-log history, as the admin API shows them (``ledger.audit.audit_entries``)."""
     return audit_entries(records)
 
 
@@ -73,7 +72,7 @@ def insert_entries(client: Client, db: str, entries: Sequence[Mapping[str, Any]]
 
 
 def insert_records(client: Client, db: str, records: Iterable[ConfigRecord]) -> int:
-    """Land a config-log history (``proxy.admin.audit.read_history``) in ``audit_log``."""
+    """Land a config-log history (``ledger.audit.read_history``) in ``audit_log``."""
     return insert_entries(client, db, entries_from_records(records))
 
 

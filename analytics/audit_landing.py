@@ -14,9 +14,9 @@ import asyncio
 import logging
 from typing import Any
 
-from analytics import audit, store
-from ledger.configlog import ConfigLog
-from proxy.admin.audit import AuditTrail, read_history_since
+from llmgw.analytics import audit, store
+from llmgw.ledger.configlog import ConfigLog
+from llmgw.ledger.audit import AuditTrail, read_history_since
 
 log = logging.getLogger("llmgw.audit")
 

@@ -1,4 +1,4 @@
-"""Writes captured bodies (``proxy/capture.py``) to ClickHouse's ``call_bodies``, in batches.
+"""Writes captured bodies (``core/capture.py``) to ClickHouse's ``call_bodies``, in batches.
 
 The composition root (``proxy/app.py``) builds one when analytics is on and
 hands it to the gateway as its ``capture_sink``. Capture is a debugging aid, not the ledger: a batch that
@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from analytics import store
-from proxy.capture import CapturedCall
+from llmgw.analytics import store
+from llmgw.core.capture import CapturedCall
 
 log = logging.getLogger("llmgw.capture")
 _COLUMNS = ("event_id", "ts", "org", "workspace", "api", "request", "response", "truncated")

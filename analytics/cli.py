@@ -25,12 +25,12 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from analytics import queries, store
-from analytics.queries import TraceCall, UsageRow
-from ledger.files import atomic_write
-from ledger.events import Tokens
-from proxy.local_gateway import GatewayRefused, LocalGateway, find as find_gateway
-from proxy.settings import Settings
+from llmgw.analytics import queries, store
+from llmgw.analytics.queries import TraceCall, UsageRow
+from llmgw.core.files import atomic_write
+from llmgw.core.events import Tokens
+from llmgw.ledger.local_gateway import GatewayRefused, LocalGateway, find as find_gateway
+from llmgw.core.settings import Settings
 
 PROGRESS_EVERY_ROWS = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

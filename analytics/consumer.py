@@ -35,12 +35,12 @@ from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition)
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
 
-from analytics import store
-from analytics.sink import Sink, check_event
-from ledger.topics import TopicLayoutError, partitions_of
-from ledger.events import UsageEvent, decode
-from ledger.orphans import is_tick
-from ledger.started import is_started
+from llmgw.analytics import store
+from llmgw.analytics.sink import Sink, check_event
+from llmgw.ledger.topics import TopicLayoutError, partitions_of
+from llmgw.core.events import UsageEvent, decode
+from llmgw.ledger.orphans import is_tick
+from llmgw.ledger.started import is_started
 
 log = logging.getLogger("llmgw.analytics.sink")
 

@@ -16,15 +16,15 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from analytics import queries
-from analytics.queries import UsageRow
-from analytics.store import check_identifier
-from ledger import fold as F
-from ledger.configlog import ConfigState
-from ledger.events import micro_of_nano
-from ledger.spend import SpendView
-from ledger.windows import window_bounds
-from proxy.budgets import Budget, BudgetBook
+from llmgw.analytics import queries
+from llmgw.analytics.queries import UsageRow
+from llmgw.analytics.store import check_identifier
+from llmgw.core import spend_keys as F
+from llmgw.core.config import ConfigState
+from llmgw.core.events import micro_of_nano
+from llmgw.ledger.spend import SpendView
+from llmgw.core.windows import window_bounds
+from llmgw.core.budgets import Budget, BudgetBook
 
 MINUTES = 60
 TOP = 10
@@ -191,7 +191,7 @@ def budget_uses(view: SpendView, book: BudgetBook, config: ConfigState, now_ms: 
     each entity that has spend, carve-outs subtracted); explicit budgets
     without spend yet are listed at zero.
     """
-    from ledger.alerts import scope_label, subjects_of
+    from llmgw.ledger.alerts import scope_label, subjects_of
 
     key_orgs = {str(r.data["key_id"]): str(r.data["org"]) for r in config.of_type("key") if r.data}
     uses: dict[tuple[str, str], BudgetUse] = {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from analytics.dashboard import BREAKDOWNS, AlertView, BudgetUse, Spend, utc_text
-from analytics.queries import format_usd
+from llmgw.analytics.dashboard import BREAKDOWNS, AlertView, BudgetUse, Spend, utc_text
+from llmgw.analytics.queries import format_usd
 
 PALETTE = ("#4f7cff", "#f28b30", "#2bb673", "#e5484d", "#9b6cf0", "#13a8b8", "#d6a300", "#8a8f98")
 _TITLES = {"org": "organization", "workspace": "workspace", "user": "user", "model": "model"}

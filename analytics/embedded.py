@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from analytics import store
-from analytics.sink import Sink
-from ledger.events import UsageEvent
+from llmgw.analytics import store
+from llmgw.analytics.sink import Sink
+from llmgw.core.events import UsageEvent
 
 BatchHook = Callable[[Sequence[UsageEvent], int, int], Awaitable[None]]
 

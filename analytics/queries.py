@@ -24,9 +24,9 @@ from typing import Any, TextIO
 
 from clickhouse_connect.driver.client import Client
 
-from analytics.csv_safe import csv_writer
-from analytics.store import check_identifier
-from ledger.events import Tokens, micro_of_nano
+from llmgw.analytics.csv_safe import csv_writer
+from llmgw.analytics.store import check_identifier
+from llmgw.core.events import Tokens, micro_of_nano
 
 DIMENSIONS: dict[str, str] = {
     "org": "org", "workspace": "workspace", "user": "user", "key": "key_id", "model": "model",

@@ -44,8 +44,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from analytics.store import check_identifier
-from ledger.events import micro_of_nano
+from llmgw.analytics.store import check_identifier
+from llmgw.core.events import micro_of_nano
 
 PROVIDERS = ("openai", "anthropic")
 _MICRO = Decimal(1_000_000)

@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from analytics import reconcile, store
-from analytics.cli import holder, resolve_dsn
-from analytics.queries import format_usd
-from proxy.local_gateway import GatewayRefused
+from llmgw.analytics import reconcile, store
+from llmgw.analytics.cli import holder, resolve_dsn
+from llmgw.analytics.queries import format_usd
+from llmgw.ledger.local_gateway import GatewayRefused
 
 
 def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:

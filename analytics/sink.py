@@ -27,8 +27,8 @@ from itertools import groupby
 
 from clickhouse_connect.driver.client import Client
 
-from analytics import store
-from ledger.events import UsageEvent
+from llmgw.analytics import store
+from llmgw.core.events import UsageEvent
 
 # (column, ClickHouse type, value) in table order: 001_usage_events.sql's columns and those 006
 # added (cost_nano_usd after cost_micro_usd; service_tier, web_search_calls after schema_version),

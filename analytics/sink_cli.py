@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from analytics import consumer, store
-from ledger.topics import Topics
-from proxy.settings import Settings
+from llmgw.analytics import consumer, store
+from llmgw.ledger.topics import Topics
+from llmgw.core.settings import Settings
 
 
 def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
@@ -72,8 +72,8 @@ def _sink(environ: Mapping[str, str] | None, args: argparse.Namespace) -> int:
 async def _serve_with_audit(settings: Settings, dsn: str, options: consumer.SinkOptions,
                             database: str | None) -> int:
     """The usage sink, and beside it the audit trail from the config topic."""
-    from analytics.audit_landing import land_forever
-    from ledger.configlog import open_config_log
+    from llmgw.analytics.audit_landing import land_forever
+    from llmgw.ledger.configlog import open_config_log
 
     config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
     audit_task = asyncio.get_running_loop().create_task(land_forever(config_log, dsn, database, interval_s=10.0))

@@ -205,7 +205,7 @@ class Migration:
 def load_migrations() -> list[Migration]:
     """The packaged migrations, in version order."""
     found = []
-    for entry in resources.files("analytics").joinpath("migrations").iterdir():
+    for entry in resources.files("llmgw.analytics").joinpath("migrations").iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

@@ -27,21 +27,22 @@ import subprocess
 import time
 from pathlib import Path
 
-from ledger.configlog import ConfigState
-from ledger.events import UsageEvent
-from ledger.fold import Totals, keys_of
-from ledger.spend import SpendView
-from proxy import keys as K
-from proxy.budgets import Budget
-from proxy.policy import Policy
-from proxy.ratelimit import RateLimit
+from llmgw.core.config import ConfigState
+from llmgw.core.events import UsageEvent
+from llmgw.ledger.fold import Totals, keys_of
+from llmgw.ledger.spend import SpendView
+from llmgw.proxy import keys as K
+from llmgw.core.budgets import Budget
+from llmgw.proxy.policy import Policy
+from llmgw.proxy.ratelimit import RateLimit
+from llmgw.core.principal import Principal
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000
 MONTH_MS = 31 * DAY_MS
 
 
-def build_state(with_limits: bool) -> tuple[ConfigState, list[K.Principal]]:
+def build_state(with_limits: bool) -> tuple[ConfigState, list[Principal]]:
     state = ConfigState()
     principals = []
     until = int(time.time() * 1000) + 30 * DAY_MS
@@ -53,7 +54,7 @@ def build_state(with_limits: bool) -> tuple[ConfigState, list[K.Principal]]:
             _, rec = K.mint("acme", ws, user)
             state.apply(rec)
             d = rec.data or {}
-            principals.append(K.Principal(d["key_id"], "acme", ws, user))
+            principals.append(Principal(d["key_id"], "acme", ws, user))
             state.apply(Budget("user", user, "day", 50_000_000, org="acme").record())
             if u < 5:
                 state.apply(Budget("user", user, "day", 200_000_000, org="acme", tag="project:big",
@@ -70,7 +71,7 @@ def build_state(with_limits: bool) -> tuple[ConfigState, list[K.Principal]]:
     return state, principals
 
 
-def spent_view(principals: list[K.Principal], now_ms: int) -> SpendView:
+def spent_view(principals: list[Principal], now_ms: int) -> SpendView:
     view = SpendView()
     for p in principals:
         ev = UsageEvent("x", now_ms - 60_000, now_ms, p.org, p.workspace, p.user, p.key_id, "anthropic",
@@ -81,7 +82,7 @@ def spent_view(principals: list[K.Principal], now_ms: int) -> SpendView:
     return view
 
 
-def measure(policy: Policy, principals: list[K.Principal], checks: int) -> tuple[list[float], float]:
+def measure(policy: Policy, principals: list[Principal], checks: int) -> tuple[list[float], float]:
     """Wall time of each check (us), and the mean CPU time per check (us) over the run."""
     rng = random.Random(7)
     now_ms = int(time.time() * 1000)

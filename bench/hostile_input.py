@@ -87,12 +87,12 @@ async def main() -> int:
                    "LLMGW_ANTHROPIC_API_KEY": fake.anthropic_key, "LLMGW_LOG_LEVEL": "WARNING",
                    "LLMGW_ANALYTICS": "0", "LLMGW_ADMIN_KEY": "llmgw-admin-bench-only-0123456789"}
             env.pop("LLMGW_KAFKA_BOOTSTRAP", None)
-            key = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--org", "bench",
+            key = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", "keys", "create", "--org", "bench",
                                   "--workspace", "w", "--user", "u"], env=env, capture_output=True, text=True,
                                  check=True, cwd=ROOT).stdout.strip()
             port = free_port()
             with open(Path(tmp) / "gw.log", "wb") as log:
-                gw = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+                gw = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
                 try:
                     url = f"http://127.0.0.1:{port}"

@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO))
 import aiokafka  # noqa: E402
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from ledger.events import Tokens, UsageEvent, encode, new_event_id  # noqa: E402
-from ledger.fold import fold_all  # noqa: E402
-from ledger.kafka_rebuild import fold_topic  # noqa: E402
-from ledger.topics import PartitionReader, Topics, ensure_topics  # noqa: E402
-from ledger.worker import LedgerWorker  # noqa: E402
+from llmgw.core.events import Tokens, UsageEvent, encode, new_event_id  # noqa: E402
+from llmgw.ledger.fold import fold_all  # noqa: E402
+from llmgw.ledger.kafka_rebuild import fold_topic  # noqa: E402
+from llmgw.ledger.topics import PartitionReader, Topics, ensure_topics  # noqa: E402
+from llmgw.ledger.worker import LedgerWorker  # noqa: E402
 
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 

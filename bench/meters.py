@@ -43,10 +43,10 @@ def per_call_us(run: Callable[[], None], rounds: int) -> float:
 
 
 def main() -> None:
-    from proxy.adapters.anthropic_messages import AnthropicMeter
-    from proxy.adapters.openai_chat import ChatMeter
-    from proxy.adapters.openai_responses import ResponsesMeter
-    from proxy.types import Call
+    from llmgw.proxy.adapters.anthropic_messages import AnthropicMeter
+    from llmgw.proxy.adapters.openai_chat import ChatMeter
+    from llmgw.proxy.adapters.openai_responses import ResponsesMeter
+    from llmgw.proxy.types import Call
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=44)

@@ -187,11 +187,11 @@ async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], lo
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
             "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(root)}
-    key = subprocess.run([sys.executable, "-m", "proxy.cli", "keys", "create", "--org", "bench",
+    key = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                          check=True, cwd=root).stdout.strip().splitlines()[-1]
     port = free_port()
-    gw = start([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], genv, log, cpus, cwd=root)
+    gw = start([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], genv, log, cpus, cwd=root)
     await wait_http(f"http://127.0.0.1:{port}/healthz")
     return gw, f"http://127.0.0.1:{port}/v1", key
 

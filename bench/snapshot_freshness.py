@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import ConsumerRecord  # noqa: E402
 
-from ledger.events import Tokens, UsageEvent, new_event_id  # noqa: E402
-from ledger.fold import Totals, keys_of  # noqa: E402
-from ledger.kafka_ledger import KafkaLedger  # noqa: E402
-from ledger.topics import Topics, ensure_topics  # noqa: E402
-from ledger.worker import LedgerWorker  # noqa: E402
+from llmgw.core.events import Tokens, UsageEvent, new_event_id  # noqa: E402
+from llmgw.ledger.fold import Totals, keys_of  # noqa: E402
+from llmgw.ledger.kafka_ledger import KafkaLedger  # noqa: E402
+from llmgw.ledger.topics import Topics, ensure_topics  # noqa: E402
+from llmgw.ledger.worker import LedgerWorker  # noqa: E402
 
 
 def make_event(i: int, run: str) -> UsageEvent:

@@ -43,9 +43,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ledger.embedded import log_events  # noqa: E402
-from ledger.events import UsageEvent  # noqa: E402
-from ledger.started import usage_event_of  # noqa: E402
+from llmgw.ledger.embedded import log_events  # noqa: E402
+from llmgw.core.events import UsageEvent  # noqa: E402
+from llmgw.ledger.started import usage_event_of  # noqa: E402
 
 MIX = [  # (weight, kind, path, body, terminal marker that proves the whole answer arrived)
     (40, "messages-stream", "/v1/messages",
@@ -106,7 +106,7 @@ class Replica:
     def start(self) -> None:
         self.starts += 1
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(self.port)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(self.port)],
                                          env=self.env, cwd=ROOT, stdout=log, stderr=log)
 
     def kill9(self) -> None:
@@ -139,7 +139,7 @@ async def wait_ready(http: aiohttp.ClientSession, url: str, path: str = "/readyz
 
 
 def llmgw(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", *args], env=env, cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", *args], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     if out.returncode:
         raise RuntimeError(f"llmgw {' '.join(args)}: {out.stderr}")
@@ -331,7 +331,7 @@ async def main(args: argparse.Namespace) -> int:
         env["LLMGW_KAFKA_BOOTSTRAP"] = bootstrap
         env["LLMGW_TOPIC_PREFIX"] = prefix = f"soak{os.getpid()}"
         worker_log = open(work / "worker.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.cli", "ledger", "worker"], env={
+        procs.append(subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "ledger", "worker"], env={
             **env, "LLMGW_DATA_DIR": str(work / "worker")}, cwd=ROOT, stdout=worker_log, stderr=worker_log))
     replicas = [Replica(i, env, work) for i in (1, 2)]
     keys_env = {**env, "LLMGW_DATA_DIR": str(replicas[0].data)}

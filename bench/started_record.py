@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import events as E  # noqa: E402
-from ledger.embedded import EmbeddedLedger, EventLog  # noqa: E402
-from ledger.started import CallStarted  # noqa: E402
+from llmgw.core import events as E  # noqa: E402
+from llmgw.ledger.embedded import EmbeddedLedger, EventLog  # noqa: E402
+from llmgw.ledger.started import CallStarted  # noqa: E402
 
 TAGS = ("project:apollo",)
 

@@ -14,9 +14,9 @@ FP=$!
 sleep 1.5
 export LLMGW_DATA_DIR=$T/gw LLMGW_OPENAI_BASE_URL=http://127.0.0.1:18777/openai/v1 LLMGW_OPENAI_API_KEY=sk-openai-upstream-test \
   LLMGW_ANTHROPIC_BASE_URL=http://127.0.0.1:18777/anthropic LLMGW_ANTHROPIC_API_KEY=sk-ant-upstream-test LLMGW_ANALYTICS=0
-KEY=$(python -m proxy.cli keys create --org acme --workspace eng --user cli-check 2>/dev/null)
-[ -n "${BUDGET:-}" ] && python -m proxy.cli budgets set user:cli-check day "$BUDGET"
-python -m proxy.cli serve --port 18778 > $T/gw.log 2>&1 &
+KEY=$(python -m llmgw.proxy.cli keys create --org acme --workspace eng --user cli-check 2>/dev/null)
+[ -n "${BUDGET:-}" ] && python -m llmgw.proxy.cli budgets set user:cli-check day "$BUDGET"
+python -m llmgw.proxy.cli serve --port 18778 > $T/gw.log 2>&1 &
 GP=$!
 sleep 3
 echo "== claude"

@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError, for_code
 
 from .alerts import Alert
-from .files import atomic_write
+from llmgw.core.files import atomic_write
 
 log = logging.getLogger("llmgw.ledger.alerts")
 

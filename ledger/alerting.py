@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from aiokafka.errors import KafkaError
 
-from proxy.budgets import BudgetBook
+from llmgw.core.budgets import BudgetBook
 
 from .alert_store import (DROPPED, FIRED, PENDING, SUPERSEDED, AlertRecord, AlertStore, AlertStoreError,
                           AlertStoreFenced, Delivery, FileAlertStore, KafkaAlertStore)
 from .alerts import Alert, AlertPolicy, PolicyBook, evaluate, subjects_of
-from .configlog import ConfigState
+from llmgw.core.config import ConfigState
 from .fold import Totals, TzOf, utc
 from .webhooks import WEBHOOK_TYPE, Deliverer, RetryPolicy, Webhook
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.ledger.alerts")
 

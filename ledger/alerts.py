@@ -32,13 +32,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
-from proxy.budgets import Applied, Budget, BudgetBook, micro_to_usd
-from proxy.keys import Principal
+from llmgw.core.budgets import Applied, Budget, BudgetBook, micro_to_usd
+from llmgw.core.principal import Principal
 
-from . import fold as F
-from .configlog import ConfigState
-from .fold import TzOf, parse_spend_key, spend_key
-from .windows import window_bounds
+from llmgw.core import spend_keys as F
+from llmgw.core.config import ConfigState
+from llmgw.ledger.fold import TzOf
+from llmgw.core.spend_keys import parse_spend_key, spend_key
+from llmgw.core.windows import window_bounds
 
 DEFAULT_THRESHOLDS_PCT = (50, 75, 90, 100)
 THRESHOLD, RUNWAY = "threshold", "runway"

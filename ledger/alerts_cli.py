@@ -17,13 +17,14 @@ from typing import Any
 
 import aiohttp
 
-from proxy.budgets import Budget, micro_to_usd, parse_scope
-from proxy.local_gateway import cli_config_log
-from proxy.settings import Settings
+from llmgw.core.budgets import Budget, micro_to_usd, parse_scope
+from llmgw.ledger.local_gateway import cli_config_log
+from llmgw.core.settings import Settings
 
 from .alert_store import FIRED, AlertRecord, ensure_alert_topic, read_alert_topic, read_jsonl
 from .alerts import POLICY_TYPE, THRESHOLD, Alert, AlertPolicy
-from .configlog import ConfigRecord, ConfigState, open_config_log
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.ledger.configlog import open_config_log
 from .webhooks import FORMATS, WEBHOOK_TYPE, Webhook, post_once, render
 
 

@@ -4,7 +4,7 @@ Keys, budgets and admins live in the config topic (``ledger.kafka_config``). A
 gateway that restarts while Kafka is away (an OOM kill, a roll, a scale-up
 during an outage) cannot read them, and without them it can authenticate no
 one. So each gateway writes the records it last applied to
-``<data_dir>/config-cache.jsonl`` (``ledger.files.atomic_write``: whole or
+``<data_dir>/config-cache.jsonl`` (``core.files.atomic_write``: whole or
 not at all, 0600), and a start that cannot read the topic starts from that
 file and serves per the failure policy (``proxy/failure.py``) until the topic
 answers again, when the log's state replaces the cached one in one step.
@@ -25,8 +25,9 @@ from typing import Callable
 
 import orjson
 
-from .configlog import ConfigLog, ConfigRecord, ConfigState
-from .files import atomic_write
+from llmgw.ledger.configlog import ConfigLog
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.files import atomic_write
 from .kafka_config import ConfigLogUnavailable
 
 log = logging.getLogger("llmgw.ledger.config")

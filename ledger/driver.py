@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ledger.events import UsageEvent
-from ledger.spend import SpendView
-from ledger.started import CallStarted
+from llmgw.core.events import UsageEvent
+from llmgw.ledger.spend import SpendView
+from llmgw.ledger.started import CallStarted
 
 EMBEDDED = "embedded"
 KAFKA = "kafka"

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Iterator, Sequence
 import orjson
 
 from .driver import EMBEDDED, LedgerHealth
-from .events import UsageEvent
+from llmgw.core.events import UsageEvent
 from .fold import Totals, TzOf, fold, utc
 from .spend import SpendView
 from .started import CallStarted, Record, decode_record, decode_started, encode_record

@@ -17,17 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
-                     UsageEvent, micro_of_nano)
-from .windows import WINDOWS, window_start
+from llmgw.core.events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
+                               UsageEvent, micro_of_nano)
+from llmgw.core.windows import WINDOWS, window_start
+from llmgw.core.spend_keys import BUDGET_TAGS, KEY, ORG, TAG, USER, USER_TAG, WORKSPACE, WORKSPACE_TAG, spend_key
 
-ORG, WORKSPACE, USER, KEY, TAG, WORKSPACE_TAG, USER_TAG = (
-    "org", "workspace", "user", "key", "tag", "workspace.tag", "user.tag")
-DIMENSIONS = (ORG, WORKSPACE, USER, KEY, TAG, WORKSPACE_TAG, USER_TAG)
-
-# Tag names that become budget dimensions. Other tags are kept on the event
-# for analytics only: folding every free-form tag would grow state unbounded.
-BUDGET_TAGS = frozenset({"project"})
 
 _NOT_SPENT = frozenset({REJECTED_BUDGET, REJECTED_RATE, REJECTED_POLICY})
 
@@ -90,16 +84,6 @@ def entities(event: UsageEvent) -> Iterator[tuple[str, str]]:
             yield TAG, f"{org}/{tag}"
             yield WORKSPACE_TAG, f"{org}/{event.workspace}/{tag}"
             yield USER_TAG, f"{org}/{event.user}/{tag}"
-
-
-def spend_key(dim: str, entity: str, window: str, start_ms: int) -> str:
-    return f"{dim}|{entity}|{window}|{start_ms}"
-
-
-def parse_spend_key(key: str) -> tuple[str, str, str, int]:
-    dim, rest = key.split("|", 1)
-    entity, window, start = rest.rsplit("|", 2)
-    return dim, entity, window, int(start)
 
 
 def contribution(event: UsageEvent) -> Totals:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from .configlog import ConfigRecord, ConfigState
+from llmgw.core.config import ConfigRecord, ConfigState
 from .topics import Topics, topic_configs
 
 log = logging.getLogger("llmgw.ledger.config")

@@ -46,7 +46,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from .driver import KAFKA, UNKNOWN_WORKERS, LedgerHealth
-from .events import UsageEvent
+from llmgw.core.events import UsageEvent
 from .fold import TzOf, utc
 from .fold_watch import FoldWatch
 from .spend import SpendView
@@ -55,7 +55,7 @@ from .started import CallStarted, Record, encode_record, record_id
 from .topics import Topics, decode_progress, decode_snapshot, ensure_topics, is_progress_key
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.ledger.kafka")
 

@@ -25,7 +25,7 @@ from .worker import (DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds,
                      tz_of_settings)
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from llmgw.core.settings import Settings
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .events import UsageEvent, micro_of_nano
+from llmgw.core.events import UsageEvent, micro_of_nano
 from .fold import ZERO, Totals, contribution, keys_of, TzOf, utc
 
 _Pending = tuple[int, int, list[str], int]

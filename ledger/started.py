@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .events import ORPHANED, UsageEvent, decode
+from llmgw.core.events import ORPHANED, UsageEvent, decode
 
 STARTED_KEY = "started_event_id"
 GATEWAY_CRASH = "gateway_crash"     # error_type of an orphan charge

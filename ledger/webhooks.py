@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from proxy.budgets import micro_to_usd
+from llmgw.core.budgets import micro_to_usd
 
 from .alert_store import DELIVERED, FAILED, REJECTED, Delivery
 from .alerts import RUNWAY, Alert, usd_text
-from .configlog import ConfigRecord
-from .windows import iso_utc
+from llmgw.core.config import ConfigRecord
+from llmgw.core.windows import iso_utc
 
 log = logging.getLogger("llmgw.ledger.webhooks")
 

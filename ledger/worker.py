@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 
-from .events import ORPHANED, UsageEvent, decode, encode
+from llmgw.core.events import ORPHANED, UsageEvent, decode, encode
 from .fold import Totals, TzOf, fold, utc
 from .orphans import DEFAULT_ORPHAN_AFTER_MS, OpenCalls, encode_tick, is_tick
 from .started import CallStarted, decode_started, is_started
@@ -54,7 +54,7 @@ from .topics import (PartitionReader, Topics, encode_progress, encode_snapshot, 
                      progress_key, read_snapshot_partitions)
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.ledger.worker")
 
@@ -742,7 +742,7 @@ def tz_of_settings(settings: "Settings") -> TzOf:
 def run_worker(settings: "Settings") -> int:
     """``llmgw ledger worker``: fold ``{prefix}.usage`` into ``{prefix}.snapshots`` until stopped."""
     try:
-        from proxy.ops.logs import configure_logging   # the gateway's structured, redacting logs
+        from llmgw.core.logs import configure_logging   # the gateway's structured, redacting logs
         configure_logging(settings)
     except ImportError:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

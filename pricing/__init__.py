@@ -11,11 +11,11 @@ lives only in here, built from the catalog's strings and rounded once per call.
     worst_case(price, RequestShape(...)) -> int             # a strict reservation's hold
     predicted(price, RequestShape(...), CallProfile | None) # a predicted reservation's hold
 """
-from pricing.catalog import Catalog, UnknownModel, load_catalog
-from pricing.cost import Cost, cost
-from pricing.estimate import CallProfile, RequestShape, predicted, worst_case
-from pricing.price import CatalogError, Price
-from pricing.rerate import CallOptions, rerate
+from llmgw.pricing.catalog import Catalog, UnknownModel, load_catalog
+from llmgw.pricing.cost import Cost, cost
+from llmgw.pricing.estimate import CallProfile, RequestShape, predicted, worst_case
+from llmgw.pricing.price import CatalogError, Price
+from llmgw.pricing.rerate import CallOptions, rerate
 
 __all__ = [
     "CallOptions", "CallProfile", "Catalog", "CatalogError", "Cost", "Price", "RequestShape", "UnknownModel",

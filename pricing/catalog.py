@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Literal, Mapping
 
 import orjson
 
-from pricing.instant import format_instant, parse_instant_ms
-from pricing.price import CatalogError, Price, overlay
+from llmgw.pricing.instant import format_instant, parse_instant_ms
+from llmgw.pricing.price import CatalogError, Price, overlay
 
 FORMAT = "llmgw.prices/1"
 _MEMO_LIMIT = 4096
@@ -211,7 +211,7 @@ def read_entries(data: bytes, where: str) -> list[tuple[str, Mapping[str, object
 
 
 def shipped_entries() -> list[Price]:
-    data = resources.files("pricing").joinpath("data", "catalog.json").read_bytes()
+    data = resources.files("llmgw.pricing").joinpath("data", "catalog.json").read_bytes()
     return [Price.from_entry(raw, w) for w, raw in read_entries(data, "pricing/data/catalog.json")]
 
 

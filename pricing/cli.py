@@ -15,13 +15,13 @@ from typing import Mapping
 
 import orjson
 
-from ledger.events import Tokens
-from pricing import litellm
-from pricing.catalog import Catalog, UnknownModel, load_catalog
-from pricing.cost import cost
-from pricing.importer import format_changes, plan_import, to_write, write_overrides
-from pricing.instant import format_instant, parse_instant_ms
-from pricing.price import CatalogError, Price, dec_str
+from llmgw.core.events import Tokens
+from llmgw.pricing import litellm
+from llmgw.pricing.catalog import Catalog, UnknownModel, load_catalog
+from llmgw.pricing.cost import cost
+from llmgw.pricing.importer import format_changes, plan_import, to_write, write_overrides
+from llmgw.pricing.instant import format_instant, parse_instant_ms
+from llmgw.pricing.price import CatalogError, Price, dec_str
 
 DEFAULT_DATA_DIR = "./llmgw-data"
 OVERRIDES_NAME = "prices.json"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 
-from ledger.events import NANO_PER_MICRO, Tokens, micro_of_nano
-from pricing.price import STANDARD_TIERS, Price, Rates
+from llmgw.core.events import NANO_PER_MICRO, Tokens, micro_of_nano
+from llmgw.pricing.price import STANDARD_TIERS, Price, Rates
 
 # Wide enough that no product or sum of catalog decimals and token counts is ever
 # rounded before the final quantize (28 digits, the default, would also do; this
@@ -33,7 +33,7 @@ class Cost:
 
     @property
     def micro_usd(self) -> int:
-        """Micro-USD, rounded up from the nanos (``ledger.events.micro_of_nano``)."""
+        """Micro-USD, rounded up from the nanos (``core.events.micro_of_nano``)."""
         return micro_of_nano(self.nano_usd)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, localcontext
 
-from ledger.events import Tokens
-from pricing.cost import MONEY_CONTEXT, WEB_SEARCH, cost, fee_exact
-from pricing.price import STANDARD_TIERS, Price
+from llmgw.core.events import Tokens
+from llmgw.pricing.cost import MONEY_CONTEXT, WEB_SEARCH, cost, fee_exact
+from llmgw.pricing.price import STANDARD_TIERS, Price
 
 # Tokens a provider adds to a request that are not in its body. Tallied from the
 # providers' published figures: Anthropic's tool-use system prompt (up to ~935

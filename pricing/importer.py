@@ -17,10 +17,10 @@ from typing import Iterable, Mapping
 
 import orjson
 
-from ledger.files import atomic_write
-from pricing.catalog import FORMAT, Catalog, UnknownModel
-from pricing.instant import format_instant, parse_instant_ms
-from pricing.price import CatalogError, Price, overlay
+from llmgw.core.files import atomic_write
+from llmgw.pricing.catalog import FORMAT, Catalog, UnknownModel
+from llmgw.pricing.instant import format_instant, parse_instant_ms
+from llmgw.pricing.price import CatalogError, Price, overlay
 
 NEW, CHANGED, UNCHANGED, SKIPPED = "new", "changed", "unchanged", "skipped"
 

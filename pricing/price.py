@@ -17,7 +17,7 @@ from typing import Mapping
 
 import orjson
 
-from pricing.instant import format_instant, parse_instant_ms, version_stamp
+from llmgw.pricing.instant import format_instant, parse_instant_ms, version_stamp
 
 MODES = ("chat", "embedding")
 STANDARD_TIERS = frozenset({"", "default", "standard", "standard_only"})  # billed at base rates

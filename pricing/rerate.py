@@ -26,10 +26,10 @@ import logging
 from dataclasses import dataclass
 from typing import AbstractSet, Callable, Iterable
 
-from ledger.events import ADJUSTMENT, NANO_PER_MICRO, SCHEMA_VERSION, USAGE, Tokens, UsageEvent, new_event_id
-from pricing.catalog import Catalog, UnknownModel
-from pricing.cost import cost
-from pricing.price import Price
+from llmgw.core.events import ADJUSTMENT, NANO_PER_MICRO, SCHEMA_VERSION, USAGE, Tokens, UsageEvent, new_event_id
+from llmgw.pricing.catalog import Catalog, UnknownModel
+from llmgw.pricing.cost import cost
+from llmgw.pricing.price import Price
 
 log = logging.getLogger(__name__)
 

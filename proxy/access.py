@@ -13,10 +13,10 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from ledger.configlog import ConfigRecord, ConfigState
+from llmgw.core.config import ConfigRecord, ConfigState
 
 from .errors import PolicyDenied
-from .keys import Principal
+from llmgw.core.principal import Principal
 from .ratelimit import KINDS, name_of
 
 TYPE = "models"

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from pricing import Price, RequestShape
+from llmgw.pricing import Price, RequestShape
 
 from .errors import GatewayError
-from .keys import Principal
+from llmgw.core.principal import Principal
 from .policy import Estimate, Reservation
 from .ratelimit import worst_case_tokens
 from .routing import Target

@@ -10,11 +10,11 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from analytics import web as analytics_web
-from analytics.bodies import BodySink
-from ledger.configlog import open_config_log
-from ledger.driver import Ledger
-from pricing import load_catalog
+from llmgw.proxy.reports import web as analytics_web
+from llmgw.analytics.bodies import BodySink
+from llmgw.ledger.configlog import open_config_log
+from llmgw.ledger.driver import Ledger
+from llmgw.pricing import load_catalog
 
 from . import failover, holds, parts, pipeline, providers
 from .admin import routes as admin_routes
@@ -29,7 +29,7 @@ from .ops import routes as ops_routes
 from .ops.observe import observe
 from .ops.state import OPS, Ops
 from .routing import RoutingTable, Target
-from .settings import Settings
+from llmgw.core.settings import Settings
 from .types import Adapter
 from .websocket import responses_ws
 
@@ -127,7 +127,7 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
         if settings.embedded:
             state, current = await config_log.load(), True
         else:    # Kafka away at start: the last config this replica applied, and the failure policy
-            from ledger.config_cache import ConfigCache, follow_cached, load_or_cached
+            from llmgw.ledger.config_cache import ConfigCache, follow_cached, load_or_cached
             cache = ConfigCache(settings.data_dir, f"{settings.topic_prefix}.config")
             state, current = await load_or_cached(config_log, cache)
         tzs = org_timezones(dict(settings.file_config))
@@ -166,13 +166,13 @@ async def hold_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
     tz_of = lambda org: tzs.get(org, "UTC")  # noqa: E731
     if settings.embedded:
-        from ledger.embedded import EmbeddedLedger
+        from llmgw.ledger.embedded import EmbeddedLedger
         hook = None
         if settings.analytics:
-            from analytics.embedded import analytics_hook
+            from llmgw.analytics.embedded import analytics_hook
             hook = await analytics_hook(settings.analytics_dsn)
         return EmbeddedLedger(settings.data_dir, tz_of=tz_of, on_batch=hook)
-    from ledger.kafka_ledger import KafkaLedger
+    from llmgw.ledger.kafka_ledger import KafkaLedger
     return KafkaLedger.from_settings(settings, tz_of=tz_of)
 
 

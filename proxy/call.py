@@ -22,14 +22,14 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from ledger import events as E
-from ledger.started import CallStarted
-from pricing import Price, RequestShape, cost
+from llmgw.core import events as E
+from llmgw.ledger.started import CallStarted
+from llmgw.pricing import Price, RequestShape, cost
 
 from . import admission
 from .context import REQUEST_ID, Gateway
 from .errors import GatewayError
-from .keys import Principal
+from llmgw.core.principal import Principal
 from .policy import Reservation
 from .routing import Target
 from .types import Adapter, Call, Usage

@@ -15,21 +15,22 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
-from analytics import cli as analytics_cli, reconcile_cli, sink_cli
-from ledger import alerts_cli
-from ledger.configlog import ConfigRecord, ConfigState
-from pricing import cli as pricing_cli
+from llmgw.analytics import cli as analytics_cli, reconcile_cli, sink_cli
+from llmgw.ledger import alerts_cli
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.pricing import cli as pricing_cli
 
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
-from .budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
-                      usd_to_micro)
-from .local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
+from llmgw.core.budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
+                                usd_to_micro)
+from llmgw.ledger.local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
 from . import routes_cli
 from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
-from .settings import Settings
+from llmgw.core.settings import Settings
+from llmgw.core.principal import Principal
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -68,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(s)
     if args.worker_index is None and not _upstream_credentials_ok(s):
         return 2
-    from .ops.logs import configure_logging
+    from llmgw.core.logs import configure_logging
     configure_logging(s)                     # one JSON object per line, secrets redacted
     try:
         import uvloop
@@ -79,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mode = "embedded ledger in " + s.data_dir if s.embedded else "Kafka at " + s.kafka_bootstrap
         print(f"llmgw serving on http://{s.host}:{s.port} ({mode})", flush=True)
     app = create_app(s)
-    if args.worker_index is None:            # the CLI beside it goes through it (proxy/local_gateway.py)
+    if args.worker_index is None:            # the CLI beside it goes through it (ledger/local_gateway.py)
         from .admin.runtime import ADMIN
 
         def on_token(token: str) -> None:
@@ -109,7 +110,7 @@ def _upstream_credentials_ok(s: Settings) -> bool:
 
 
 def _serve_workers(s: Settings) -> int:
-    from .ops.logs import configure_logging
+    from llmgw.core.logs import configure_logging
     from .workers import STOP_GRACE_S, plan, share_dashboard_secret, supervise
 
     workers = plan(s)                        # ValueError: one line, exit 2 (embedded ledger, port 0)
@@ -127,7 +128,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     """The API's own validation (proxy/admin/entities.create_key): names, tags, models, an expiry ahead."""
     from .admin import entities as E
     from .admin.roles import OWNER, AdminPrincipal
-    from .admin.timeutil import parse_instant_ms
+    from llmgw.core.timeutil import parse_instant_ms
 
     expires = parse_instant_ms(args.expires, int(time.time() * 1000)) if args.expires else 0
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else ()
@@ -245,7 +246,7 @@ def cmd_budgets_explain(args: argparse.Namespace) -> int:
         print(f"no key {args.key}", file=sys.stderr)
         return 1
     d = rec.data
-    p = K.Principal(d["key_id"], d["org"], d["workspace"], d["user"], tuple(d.get("tags") or ()),
+    p = Principal(d["key_id"], d["org"], d["workspace"], d["user"], tuple(d.get("tags") or ()),
                     tuple(d.get("allowed_models") or ()))
     tags = tuple(sorted({*p.tags, *(args.tag or ())}))
     applied = BudgetBook.from_state(state).effective(p, tags, int(time.time() * 1000))
@@ -323,7 +324,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 # -- capture ---------------------------------------------------------------------------
 def cmd_capture(args: argparse.Namespace) -> int:
-    from .capture import record
+    from llmgw.core.capture import record
     on = args.state == "on"
     _append(args, record(args.org, args.workspace, on, args.max_bytes, reason=args.reason or ""))
     print(f"body capture {'on' if on else 'off'} for {args.org}/{args.workspace}"
@@ -342,7 +343,7 @@ def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
                                                     "DIFFERENT: " + ", ".join(r["differences"])))
         return 0 if r["identical"] else 1
     if s.embedded:
-        from ledger.embedded import Checkpoint, rebuild
+        from llmgw.ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
         rebuilt = rebuild(s.data_dir)
         position, live = Checkpoint(Path(s.data_dir) / "ledger" / "totals.json").load()
@@ -350,7 +351,7 @@ def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
         print(f"rebuilt {len(rebuilt)} spend keys from the log; checkpoint has {len(live)}: "
               + ("identical" if same else "DIFFERENT (the checkpoint may be behind a running gateway)"))
         return 0 if same else 1
-    from ledger.kafka_rebuild import main as kafka_rebuild
+    from llmgw.ledger.kafka_rebuild import main as kafka_rebuild
     return kafka_rebuild(s)
 
 
@@ -360,7 +361,7 @@ def cmd_ledger_worker(args: argparse.Namespace) -> int:
         print("the ledger worker needs Kafka (set LLMGW_KAFKA_BOOTSTRAP); embedded mode folds in-process",
               file=sys.stderr)
         return 2
-    from ledger.worker import run_worker
+    from llmgw.ledger.worker import run_worker
     return run_worker(s)
 
 

@@ -16,18 +16,19 @@ from typing import Any, Callable, Protocol
 import aiohttp
 from aiohttp import web
 
-from ledger.configlog import ConfigState
-from ledger.events import UsageEvent, normalize_tags
-from ledger.driver import Ledger
-from pricing import Catalog, Price, UnknownModel
+from llmgw.core.config import ConfigState
+from llmgw.core.events import UsageEvent, normalize_tags
+from llmgw.ledger.driver import Ledger
+from llmgw.pricing import Catalog, Price, UnknownModel
 
-from .capture import CapturedCall
+from llmgw.core.capture import CapturedCall
 from .errors import AuthError, BadRequest
 from .failure import FailurePolicy, stale_tags
-from .keys import Principal, authenticate, presented_key
+from llmgw.core.principal import Principal
+from llmgw.proxy.keys import authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream
-from .settings import Settings
+from llmgw.core.settings import Settings
 
 
 class KeySession(Protocol):

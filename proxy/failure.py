@@ -27,10 +27,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ledger.driver import LedgerHealth
+from llmgw.ledger.driver import LedgerHealth
 
 from .errors import LedgerUnavailable
-from .keys import Principal
+from llmgw.core.principal import Principal
 
 FAIL_CLOSED = "fail_closed"
 FAIL_OPEN = "fail_open"

@@ -153,7 +153,7 @@ class Relay:
 
     def __init__(self, meter: Meter, keep_bytes: int = 0) -> None:
         self.meter = meter
-        # a copy of the first ``keep_bytes`` forwarded, for body capture (proxy/capture.py)
+        # a copy of the first ``keep_bytes`` forwarded, for body capture (core/capture.py)
         self.kept: bytearray | None = bytearray() if keep_bytes else None
         self.keep_bytes = keep_bytes
         self.first_output_s: float | None = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from .policy import Policy, Reservation
-    from .settings import Settings
+    from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.proxy")
 

@@ -11,34 +11,11 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
 
-from ledger.configlog import ConfigRecord, ConfigState
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.principal import Principal
 
 PREFIX = "sk-llmgw-"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the attribution every event and budget check uses."""
-
-    key_id: str
-    org: str
-    workspace: str
-    user: str
-    tags: tuple[str, ...] = ()
-    allowed_models: tuple[str, ...] = ()     # glob patterns; empty means any
-    expires_ms: int = 0                      # 0: never
-
-    def entity(self, kind: str) -> str:
-        """The entity a scope kind names for this caller, org-qualified as spend keys are."""
-        if kind == "org":
-            return self.org
-        if kind == "workspace":
-            return f"{self.org}/{self.workspace}"
-        if kind == "user":
-            return f"{self.org}/{self.user}"
-        return self.key_id
 
 
 def _hash(key: str) -> str:

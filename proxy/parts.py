@@ -14,12 +14,12 @@ from typing import AsyncIterator, Callable, Coroutine
 
 from aiohttp import web
 
-from analytics.audit_landing import land_forever
-from analytics.bodies import BodySink
-from ledger.alerting import AlertEngine, AlertOptions, AlertsSlot, supervise
-from ledger.alert_store import FileAlertStore
-from ledger.configlog import open_config_log
-from ledger.presence import Presence
+from llmgw.analytics.audit_landing import land_forever
+from llmgw.analytics.bodies import BodySink
+from llmgw.ledger.alerting import AlertEngine, AlertOptions, AlertsSlot, supervise
+from llmgw.ledger.alert_store import FileAlertStore
+from llmgw.ledger.configlog import open_config_log
+from llmgw.ledger.presence import Presence
 
 from .context import GATEWAY
 

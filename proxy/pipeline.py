@@ -13,13 +13,13 @@ import time
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from ledger import events as E
+from llmgw.core import events as E
 
 from . import failover, forward
 from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
 from .errors import BodyTooLarge, GatewayError, UnreadableBody
-from .capture import CapturedCall, policy_for
+from llmgw.core.capture import CapturedCall, policy_for
 from .routing import Target
 from .types import Adapter, Call, Usage
 

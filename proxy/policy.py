@@ -39,20 +39,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ledger.configlog import ConfigState
-from ledger.events import NANO_PER_MICRO, micro_of_nano
-from ledger.fold import ZERO, spend_key
-from ledger.spend import SpendView
-from ledger.events import Tokens
-from ledger.windows import iso_utc, window_bounds
-from pricing import Price, RequestShape, predicted, worst_case
+from llmgw.core.config import ConfigState
+from llmgw.core.events import NANO_PER_MICRO, micro_of_nano
+from llmgw.ledger.fold import ZERO
+from llmgw.core.spend_keys import spend_key
+from llmgw.ledger.spend import SpendView
+from llmgw.core.events import Tokens
+from llmgw.core.windows import iso_utc, window_bounds
+from llmgw.pricing import Price, RequestShape, predicted, worst_case
 
 from .access import ModelAccess
-from .budgets import Applied, BudgetBook, micro_to_usd
+from llmgw.core.budgets import Applied, BudgetBook, micro_to_usd
 from .errors import BudgetExceeded
 from .holds import OpenHolds
 from .prediction import Basis, HoldPredictor
-from .keys import Principal
+from llmgw.core.principal import Principal
 from .queueing import WaitQueue
 from .ratelimit import EMPTY, ProxyCount, RateBook, RateLimiter, Ticket
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ledger.events import Tokens
-from pricing import CallProfile
+from llmgw.core.events import Tokens
+from llmgw.pricing import CallProfile
 
 SAMPLES = 32
 PERCENTILE = 95

@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ledger.configlog import ConfigRecord, ConfigState
-from pricing import Price, RequestShape
-from pricing.estimate import output_bound, prompt_bound
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.pricing import Price, RequestShape
+from llmgw.pricing.estimate import output_bound, prompt_bound
 
 from .errors import RateLimited
-from .keys import Principal
+from llmgw.core.principal import Principal
 
 TYPE = "ratelimit"
 KINDS = ("org", "workspace", "user", "key")

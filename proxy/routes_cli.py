@@ -12,12 +12,12 @@ import fnmatch
 import time
 from typing import Any
 
-from pricing import UnknownModel, load_catalog
+from llmgw.pricing import UnknownModel, load_catalog
 
 from .context import prices_path
 from .errors import NotFound
 from .routing import RoutingTable
-from .settings import Settings
+from llmgw.core.settings import Settings
 
 
 def explain(settings: Settings, model: str) -> list[str]:

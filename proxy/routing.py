@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, MutableMapping, Protocol
 
 from .errors import NotFound
-from .settings import Settings
+from llmgw.core.settings import Settings
 
 # kind -> (API family it serves, header that carries the credential, scheme)
 _AUTH = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from .errors import GatewayError
 

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from .types import Call, Usage
 

@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ledger import events as E
+from llmgw.core import events as E
 
 from .adapters.openai_chat import is_codex
 from .adapters.openai_responses import OpenAIResponses, ResponsesMeter, parse_create
@@ -36,7 +36,8 @@ from .call import LiveCall, outcome_of, route
 from .context import GATEWAY, Gateway
 from .errors import AuthError, BadRequest, GatewayError, UpstreamError
 from .forward import REDACTED, upstream_headers
-from .keys import Principal, authenticate, presented_key
+from llmgw.core.principal import Principal
+from llmgw.proxy.keys import authenticate, presented_key
 from .routing import Target
 from .types import Call
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .settings import Settings
+from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.workers")
 
@@ -78,7 +78,7 @@ def _worker(s: Settings, index: int) -> Worker:
     flags = ["--data-dir", data_dir, "--kafka-bootstrap", s.kafka_bootstrap]
     if s.config:
         flags += ["--config", s.config]
-    argv = (sys.executable, "-m", "proxy.cli", *flags, "serve", "--host", s.host, "--port", str(s.port),
+    argv = (sys.executable, "-m", "llmgw.proxy.cli", *flags, "serve", "--host", s.host, "--port", str(s.port),
             "--workers", "1", "--worker-index", str(index))
     env: dict[str, str] = {}
     if s.gateway_id != _default_gateway_id():       # set by the user: keep it recognisable, make it unique
@@ -112,7 +112,7 @@ def share_dashboard_secret(s: Settings, workers: Sequence[Worker]) -> None:
     refused by the next connection's worker."""
     if s.admin_key:
         return
-    from analytics.session import secret_for
+    from llmgw.proxy.reports.session import secret_for
 
     secret_for(s)
     for w in workers:

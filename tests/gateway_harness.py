@@ -7,14 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, FileConfigLog
-from ledger.embedded import EmbeddedLedger, log_events
-from ledger.events import UsageEvent
-from proxy import keys as K
-from proxy.app import create_app
-from proxy.budgets import Budget, usd_to_micro
-from proxy.context import GATEWAY, Gateway
-from proxy.settings import Settings
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.configlog import FileConfigLog
+from llmgw.ledger.embedded import EmbeddedLedger, log_events
+from llmgw.core.events import UsageEvent
+from llmgw.proxy import keys as K
+from llmgw.proxy.app import create_app
+from llmgw.core.budgets import Budget, usd_to_micro
+from llmgw.proxy.context import GATEWAY, Gateway
+from llmgw.core.settings import Settings
 
 
 class GatewayHarness:

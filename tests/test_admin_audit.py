@@ -7,8 +7,8 @@ import aiohttp
 import orjson
 import pytest
 
-from ledger.configlog import ConfigRecord
-from proxy.admin import audit_entries
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.audit import audit_entries
 from tests.admin_support import OWNER_KEY, Api, admin_harness, admin_with_role
 from tests.test_cli_serve import llmgw
 
@@ -69,8 +69,8 @@ async def test_workspace_admin_sees_only_its_workspaces_in_the_audit_log(fake_pr
 async def test_audit_reads_the_history_from_the_kafka_config_topic(kafka_bootstrap):
     import uuid
 
-    from ledger.kafka_config import KafkaConfigLog
-    from proxy.admin.audit import read_history
+    from llmgw.ledger.kafka_config import KafkaConfigLog
+    from llmgw.ledger.audit import read_history
 
     log = KafkaConfigLog(kafka_bootstrap, f"audit-{uuid.uuid4().hex[:8]}.config")
     for limit in (1, 2, 3):

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 import openai
 import pytest
 
-from ledger.configlog import ConfigState
-from proxy.admin import increase as I
-from proxy.admin.roles import OWNER, AdminPrincipal
-from proxy.budgets import Budget
+from llmgw.core.config import ConfigState
+from llmgw.proxy.admin import increase as I
+from llmgw.proxy.admin.roles import OWNER, AdminPrincipal
+from llmgw.core.budgets import Budget
 from tests.admin_support import OWNER_KEY, Api, admin_with_role
 from tests.fake_provider import Reply, Usage
 from tests.test_cli_serve import env, free_port, llmgw, wait_ready  # noqa: F401  (env is a fixture)
@@ -126,7 +126,7 @@ async def test_a_raise_ends_on_time_and_the_cap_returns(gw, http, fake_provider)
 def test_raises_stack_and_end_one_by_one():
     state = ConfigState()
     state.apply(Budget("user", "dan", "day", 10, org="acme").record())
-    from proxy import keys as K
+    from llmgw.proxy import keys as K
     _, krec = K.mint("acme", "backend", "dan")
     state.apply(krec)
     boss = AdminPrincipal("boss", OWNER)
@@ -156,7 +156,7 @@ async def test_request_and_approve_from_the_cli_lift_a_refusal_in_a_running_gate
     assert llmgw("budgets", "set", "user:alice", "day", "0.000001", "--org", "acme", env=env).returncode == 0
     port = free_port()
     env = {**env, "LLMGW_ANALYTICS": "0", "LLMGW_ADMIN_KEY": OWNER_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -6,8 +6,8 @@ import aiohttp
 import openai
 import pytest
 
-from ledger.topics import Topics, ensure_topics
-from ledger.worker import LedgerWorker
+from llmgw.ledger.topics import Topics, ensure_topics
+from llmgw.ledger.worker import LedgerWorker
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.fake_provider import Reply, Usage
 from tests.fixtures.kafka import unique_topic

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import openai
 import pytest
 
-from analytics import queries, store
+from llmgw.analytics import queries, store
 from tests.admin_support import OWNER_KEY, Api
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.admin.routes import is_admin_path
-from proxy.app import create_app
-from proxy.settings import Settings
+from llmgw.proxy.admin.routes import is_admin_path
+from llmgw.proxy.app import create_app
+from llmgw.core.settings import Settings
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "admin-openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch"}

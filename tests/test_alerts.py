@@ -8,13 +8,13 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from ledger.alerts import (RUNWAY, AlertPolicy, PolicyBook, evaluate, ordinal, runway_hit_ms, subjects_of,
-                           when_phrase)
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.fold import spend_key
-from ledger.webhooks import Webhook, json_payload, render, slack_payload
-from ledger.windows import window_bounds
-from proxy.budgets import Budget, BudgetBook
+from llmgw.ledger.alerts import (RUNWAY, AlertPolicy, PolicyBook, evaluate, ordinal, runway_hit_ms, subjects_of,
+                                 when_phrase)
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.spend_keys import spend_key
+from llmgw.ledger.webhooks import Webhook, json_payload, render, slack_payload
+from llmgw.core.windows import window_bounds
+from llmgw.core.budgets import Budget, BudgetBook
 
 UTC = timezone.utc
 

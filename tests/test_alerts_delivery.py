@@ -14,16 +14,17 @@ import orjson
 import pytest
 from aiohttp import web
 
-from ledger.alert_store import DELIVERED, FIRED, PENDING, REJECTED, SUPERSEDED, FileAlertStore, read_jsonl
-from ledger.alerting import AlertEngine, AlertOptions
-from proxy.parts import ALERTS
-from ledger.alerts import AlertPolicy
-from ledger.configlog import ConfigState
-from ledger.fold import Totals, spend_key
-from ledger.webhooks import RetryPolicy, Webhook
-from ledger.windows import window_bounds
-from proxy.budgets import Budget
-from proxy.cli import main as llmgw
+from llmgw.ledger.alert_store import DELIVERED, FIRED, PENDING, REJECTED, SUPERSEDED, FileAlertStore, read_jsonl
+from llmgw.ledger.alerting import AlertEngine, AlertOptions
+from llmgw.proxy.parts import ALERTS
+from llmgw.ledger.alerts import AlertPolicy
+from llmgw.core.config import ConfigState
+from llmgw.ledger.fold import Totals
+from llmgw.core.spend_keys import spend_key
+from llmgw.ledger.webhooks import RetryPolicy, Webhook
+from llmgw.core.windows import window_bounds
+from llmgw.core.budgets import Budget
+from llmgw.proxy.cli import main as llmgw
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 from tests.test_alerts import assert_slack_message
@@ -314,7 +315,7 @@ async def test_one_evaluator_per_data_dir(tmp_path):
     first = FileAlertStore(tmp_path)
     await first.open()
     try:
-        from ledger.alert_store import AlertStoreError
+        from llmgw.ledger.alert_store import AlertStoreError
         with pytest.raises(AlertStoreError):
             await FileAlertStore(tmp_path).open()
     finally:

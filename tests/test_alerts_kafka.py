@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ledger.alert_store import DELIVERED, FIRED, read_alert_topic
-from ledger.alerting import AlertsSlot, run_kafka
-from ledger.fold import Totals, spend_key
-from ledger.kafka_config import KafkaConfigLog
-from ledger.topics import encode_progress, encode_snapshot, progress_key
-from ledger.webhooks import Webhook
-from ledger.windows import window_bounds
-from proxy.budgets import Budget
-from proxy.settings import Settings
+from llmgw.ledger.alert_store import DELIVERED, FIRED, read_alert_topic
+from llmgw.ledger.alerting import AlertsSlot, run_kafka
+from llmgw.ledger.fold import Totals
+from llmgw.core.spend_keys import spend_key
+from llmgw.ledger.kafka_config import KafkaConfigLog
+from llmgw.ledger.topics import encode_progress, encode_snapshot, progress_key
+from llmgw.ledger.webhooks import Webhook
+from llmgw.core.windows import window_bounds
+from llmgw.core.budgets import Budget
+from llmgw.core.settings import Settings
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.test_alerts_delivery import Receiver, eventually
 
@@ -141,8 +142,8 @@ async def test_a_second_evaluator_fences_the_first_and_the_alert_fires_once(kafk
 
 
 async def test_forgotten_alerts_are_tombstoned_on_the_alert_topic(kafka_bootstrap):
-    from ledger.alert_store import AlertRecord, KafkaAlertStore
-    from ledger.alerts import Alert
+    from llmgw.ledger.alert_store import AlertRecord, KafkaAlertStore
+    from llmgw.ledger.alerts import Alert
 
     def alert_for_store(i: int) -> Alert:
         return Alert(f"b{i}|0|90", "threshold", 90, f"b{i}", "config", "budget", "$1/month", "refuse",

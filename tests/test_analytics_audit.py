@@ -1,10 +1,10 @@
 """The audit log in ClickHouse: config-log history in, who/when/before/after/why out, each change once."""
 from __future__ import annotations
 
-from analytics import audit
-from ledger.configlog import ConfigRecord
-from proxy import keys as K
-from proxy.budgets import Budget
+from llmgw.analytics import audit
+from llmgw.core.config import ConfigRecord
+from llmgw.proxy import keys as K
+from llmgw.core.budgets import Budget
 from tests.fixtures.chdb import NOV_4_MS, AnalyticsDB
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics import cli
+from llmgw.analytics import cli
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 
 

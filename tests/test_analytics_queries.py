@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from analytics import queries
-from analytics.queries import CSV_METRICS, format_usd, month_bounds_ms
-from analytics.sink import Sink
-from ledger.events import ADJUSTMENT, Tokens
+from llmgw.analytics import queries
+from llmgw.analytics.queries import CSV_METRICS, format_usd, month_bounds_ms
+from llmgw.analytics.sink import Sink
+from llmgw.core.events import ADJUSTMENT, Tokens
 from tests.fixtures.chdb import NOV_4_MS, AnalyticsDB, usage_event
 
 HOUR_MS = 3_600_000

@@ -5,11 +5,11 @@ import re
 from datetime import date
 from pathlib import Path
 
-from analytics import audit, reconcile, store
-from analytics.reconcile import BilledCost
-from ledger.configlog import ConfigRecord
-from ledger.events import REJECTED_BUDGET, Tokens
-from proxy.budgets import Budget
+from llmgw.analytics import audit, reconcile, store
+from llmgw.analytics.reconcile import BilledCost
+from llmgw.core.config import ConfigRecord
+from llmgw.core.events import REJECTED_BUDGET, Tokens
+from llmgw.core.budgets import Budget
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 
 README = Path(__file__).resolve().parents[1] / "analytics" / "README.md"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from analytics import reconcile, reconcile_cli
-from analytics.reconcile import BilledCost, DayDelta
+from llmgw.analytics import reconcile, reconcile_cli
+from llmgw.analytics.reconcile import BilledCost, DayDelta
 from tests.fixtures.chdb import NOV_4_MS, AnalyticsDB, usage_event
 
 DATA = Path(__file__).parent / "data" / "reconcile"

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics import queries
-from analytics.sink import COLUMN_NAMES, Sink
-from ledger.events import ADJUSTMENT, REJECTED_BUDGET, Tokens, new_event_id
+from llmgw.analytics import queries
+from llmgw.analytics.sink import COLUMN_NAMES, Sink
+from llmgw.core.events import ADJUSTMENT, REJECTED_BUDGET, Tokens, new_event_id
 from tests.fixtures.chdb import NOV_4_MS, AnalyticsDB, usage_event
 
 EVERYTHING = (0, 2**62)
@@ -194,14 +194,14 @@ def test_redelivery_never_double_counts(analytics_db: AnalyticsDB, batches: list
 
 
 def test_token_names_the_caller_month_and_events() -> None:
-    from analytics.sink import _token  # the token format is internal; check its shape once
+    from llmgw.analytics.sink import _token  # the token format is internal; check its shape once
     token = _token("kafka:usage:0:1-2", "202611", [usage_event(1), usage_event(2)])
     assert re.fullmatch(r"kafka:usage:0:1-2\|202611\|2\|[0-9a-f]{32}", token)
     assert token != _token("kafka:usage:0:1-2", "202611", [usage_event(1), usage_event(3)])
 
 
 async def test_embedded_hook_inserts_ledger_batches(analytics_db: AnalyticsDB) -> None:
-    from analytics.embedded import analytics_hook
+    from llmgw.analytics.embedded import analytics_hook
     on_batch = await analytics_hook(f"{analytics_db.dsn}?database={analytics_db.database}")
     batch = [usage_event(i) for i in range(3)]
     await on_batch(batch, 0, 900)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import analytics.cli
-import analytics.embedded
-import analytics.queries
-import analytics.sink
-import analytics.store
-from analytics import store
-from analytics.store import EngineConflict, Migration, MigrationError, StoreError, Target
+import llmgw.analytics.cli
+from llmgw import analytics
+import llmgw.analytics.embedded
+import llmgw.analytics.queries
+import llmgw.analytics.sink
+import llmgw.analytics.store
+from llmgw.analytics import store
+from llmgw.analytics.store import EngineConflict, Migration, MigrationError, StoreError, Target
 from tests.fixtures.chdb import AnalyticsDB
 
 

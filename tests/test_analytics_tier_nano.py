@@ -8,10 +8,10 @@ from __future__ import annotations
 import csv
 import io
 
-from analytics import queries, store
-from analytics.queries import month_bounds_ms
-from ledger.events import Tokens
-from ledger.fold import fold_all
+from llmgw.analytics import queries, store
+from llmgw.analytics.queries import month_bounds_ms
+from llmgw.core.events import Tokens
+from llmgw.ledger.fold import fold_all
 from tests.fixtures.chdb import NOV_4_MS, AnalyticsDB, usage_event
 
 NOV_MS = month_bounds_ms("2026-11")
@@ -95,7 +95,7 @@ def test_migration_006_keeps_rows_written_before_it(analytics_db: AnalyticsDB) -
         [day] = queries.rollup(client, db, "day", *NOV_MS)
         assert (day.cost_nano_usd, day.requests) == (4_321_000, 1)
         # a v2 row lands next to it, in the raw table and the (altered) rollup views
-        from analytics.sink import Sink
+        from llmgw.analytics.sink import Sink
         Sink(client, db).insert([usage_event(1, cost_micro_usd=0, cost_nano_usd=240, service_tier="flex")])
         [day] = queries.rollup(client, db, "day", *NOV_MS)
         assert (day.cost_nano_usd, day.requests) == (4_321_240, 2)

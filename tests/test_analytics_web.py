@@ -15,9 +15,9 @@ import anthropic
 import openai
 import pytest
 
-from analytics import queries, store
-from ledger import events as E
-from ledger.windows import window_start
+from llmgw.analytics import queries, store
+from llmgw.core import events as E
+from llmgw.core.windows import window_start
 from tests.admin_support import OWNER_KEY, Api, admin_with_role
 from tests.fake_provider import Reply, Usage
 from tests.fixtures.chdb import usage_event
@@ -179,5 +179,5 @@ async def test_chargeback_streams_a_large_month(gateway: Gateway) -> None:
 
 
 def _insert(g: Gateway, events: list[E.UsageEvent]) -> None:
-    from analytics.sink import Sink
+    from llmgw.analytics.sink import Sink
     Sink(g.client, g.database).insert(events)

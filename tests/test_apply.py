@@ -10,12 +10,12 @@ import orjson
 import pytest
 import yaml
 
-from ledger.configlog import ConfigState
-from proxy.admin import apply as A
-from proxy.admin import increase as I
-from proxy.admin.roles import OWNER, AdminPrincipal
-from proxy.budgets import Budget
-from proxy import keys as K
+from llmgw.core.config import ConfigState
+from llmgw.proxy.admin import apply as A
+from llmgw.proxy.admin import increase as I
+from llmgw.proxy.admin.roles import OWNER, AdminPrincipal
+from llmgw.core.budgets import Budget
+from llmgw.proxy import keys as K
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.test_cli_serve import llmgw
 

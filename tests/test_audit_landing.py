@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from analytics import audit, store
-from analytics.audit_landing import AuditLanding
-from ledger.configlog import ConfigRecord, FileConfigLog
+from llmgw.analytics import audit, store
+from llmgw.analytics.audit_landing import AuditLanding
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.configlog import FileConfigLog
 from tests.gateway_harness import GatewayHarness
 
 

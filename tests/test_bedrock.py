@@ -11,9 +11,9 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from ledger import events as E
-from pricing import cost, load_catalog
-from proxy.adapters.bedrock import catalog_model
+from llmgw.core import events as E
+from llmgw.pricing import cost, load_catalog
+from llmgw.proxy.adapters.bedrock import catalog_model
 from tests.fakes.bedrock import ACCESS_KEY, BedrockReply, BedrockUsage, FakeBedrock
 from tests.gateway_harness import GatewayHarness
 

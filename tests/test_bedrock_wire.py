@@ -9,10 +9,10 @@ import orjson
 from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings, strategies as st
 
-from ledger.events import Tokens
-from proxy.adapters.bedrock import ConverseMeter, InvokeMeter, catalog_model
-from proxy.eventstream import EventStreamSplitter, encode
-from proxy.types import Call
+from llmgw.core.events import Tokens
+from llmgw.proxy.adapters.bedrock import ConverseMeter, InvokeMeter, catalog_model
+from llmgw.proxy.eventstream import EventStreamSplitter, encode
+from llmgw.proxy.types import Call
 from tests.fakes.bedrock import BedrockReply, BedrockUsage, _Turn
 
 usages = st.builds(BedrockUsage, input=st.integers(0, 10**6), output=st.integers(1, 10**5),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cli import main
+from llmgw.proxy.cli import main
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def test_budgets_delete_keys_update_and_every_change_names_the_person(llmgw, tmp
     import asyncio
     import getpass
 
-    from ledger.configlog import open_config_log
-    from proxy.budgets import Budget
+    from llmgw.ledger.configlog import open_config_log
+    from llmgw.core.budgets import Budget
     _, key, _ = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "ivy")
     key_id = key.strip().split("-")[2]
     assert llmgw("budgets", "set", "workspace:acme/backend", "day", "5", "--hold", "strict")[0] == 0

@@ -6,7 +6,7 @@ import asyncio
 import anthropic
 import pytest
 
-from ledger import events as E
+from llmgw.core import events as E
 from tests.fake_provider import Reply, Usage
 
 

@@ -10,12 +10,12 @@ import openai
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from ledger import events as E
-from ledger.events import Tokens
-from pricing import CallProfile, RequestShape, load_catalog, predicted, worst_case
-from pricing.estimate import COLD_OUTPUT_TOKENS
-from proxy.prediction import Basis, HoldPredictor
-from proxy.ratelimit import RateLimit
+from llmgw.core import events as E
+from llmgw.core.events import Tokens
+from llmgw.pricing import CallProfile, RequestShape, load_catalog, predicted, worst_case
+from llmgw.pricing.estimate import COLD_OUTPUT_TOKENS
+from llmgw.proxy.prediction import Basis, HoldPredictor
+from llmgw.proxy.ratelimit import RateLimit
 from tests.fake_provider import Reply, Usage
 
 CATALOG = load_catalog()
@@ -240,8 +240,8 @@ async def test_codex_gets_its_usage_limit_shape_and_sdks_the_standard_one(gw, fa
 
 
 def test_workspace_scopes_in_the_org_slash_name_form_and_money_with_its_precision():
-    from proxy.admin.budget_ops import budget_from_json
-    from proxy.budgets import micro_to_usd, scope_org
+    from llmgw.proxy.admin.budget_ops import budget_from_json
+    from llmgw.core.budgets import micro_to_usd, scope_org
     b = budget_from_json({"scope": "workspace:acme/backend", "window": "day", "limit_usd": "5"}, "budget", AT)
     assert (b.scope_kind, b.name, b.org) == ("workspace", "backend", "acme")
     assert scope_org("workspace", "backend", "") == ("backend", "")

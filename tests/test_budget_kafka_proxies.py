@@ -15,14 +15,14 @@ import time
 import anthropic
 import pytest
 
-from ledger.fold import spend_key
-from ledger.kafka_rebuild import fold_topic
-from ledger.topics import Topics, ensure_topics
-from ledger.windows import window_start
-from ledger.worker import LedgerWorker
-from pricing import RequestShape, load_catalog, worst_case
-from proxy import keys as K
-from proxy.budgets import Budget
+from llmgw.core.spend_keys import spend_key
+from llmgw.ledger.kafka_rebuild import fold_topic
+from llmgw.ledger.topics import Topics, ensure_topics
+from llmgw.core.windows import window_start
+from llmgw.ledger.worker import LedgerWorker
+from llmgw.pricing import RequestShape, load_catalog, worst_case
+from llmgw.proxy import keys as K
+from llmgw.core.budgets import Budget
 from tests.fake_provider import Reply, Usage
 from tests.fixtures.kafka import unique_topic
 from tests.gateway_harness import GatewayHarness

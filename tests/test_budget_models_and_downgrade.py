@@ -5,8 +5,8 @@ import anthropic
 import openai
 import pytest
 
-from ledger import events as E
-from proxy.access import ModelList
+from llmgw.core import events as E
+from llmgw.proxy.access import ModelList
 from tests.fake_provider import OPENAI_CHAT, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

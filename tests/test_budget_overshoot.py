@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import anthropic
 import pytest
 
-from ledger import events as E
-from ledger.fold import fold
-from ledger.driver import KAFKA, LedgerHealth
-from ledger.spend import SpendView
+from llmgw.core import events as E
+from llmgw.ledger.fold import fold
+from llmgw.ledger.driver import KAFKA, LedgerHealth
+from llmgw.ledger.spend import SpendView
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

@@ -7,13 +7,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ledger import events as E
-from ledger.fold import fold
-from ledger.spend import SpendView
-from proxy.budgets import Budget, BudgetBook
-from proxy.errors import BudgetExceeded
-from proxy.keys import Principal
-from proxy.policy import Policy
+from llmgw.core import events as E
+from llmgw.ledger.fold import fold
+from llmgw.ledger.spend import SpendView
+from llmgw.core.budgets import Budget, BudgetBook
+from llmgw.proxy.errors import BudgetExceeded
+from llmgw.core.principal import Principal
+from llmgw.proxy.policy import Policy
 
 ALICE = Principal("k1", "acme", "backend", "alice")
 

@@ -6,8 +6,8 @@ import uuid
 
 import openai
 
-from analytics import store
-from proxy.capture import record, redact
+from llmgw.analytics import store
+from llmgw.core.capture import record, redact
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

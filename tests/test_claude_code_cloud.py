@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import events as E
+from llmgw.core import events as E
 from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.google import FakeGoogle
 from tests.gateway_harness import GatewayHarness

@@ -1,7 +1,7 @@
 """Every `llmgw` command beside a running embedded `llmgw serve`, each in its own process.
 
 The gateway holds chDB's file lock and follows the config log on a timer; the CLI finds it through
-`<data_dir>/gateway.json` and goes through its admin API instead (proxy/local_gateway.py).
+`<data_dir>/gateway.json` and goes through its admin API instead (ledger/local_gateway.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from proxy.cli import main
+from llmgw.proxy.cli import main
 
 from tests.test_cli_serve import env, free_port, llmgw, wait_ready  # noqa: F401  (env is a fixture)
 
@@ -29,7 +29,7 @@ from tests.test_cli_serve import env, free_port, llmgw, wait_ready  # noqa: F401
 @pytest.fixture
 async def served(env):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,9 +14,9 @@ import aiohttp
 import openai
 import pytest
 
-from ledger.embedded import log_events
-from ledger.events import OK, REJECTED_BUDGET
-from proxy.cli import LISTEN_BACKLOG
+from llmgw.ledger.embedded import log_events
+from llmgw.core.events import OK, REJECTED_BUDGET
+from llmgw.proxy.cli import LISTEN_BACKLOG
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def llmgw(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", *args], env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -70,7 +70,7 @@ async def test_serve_forwards_records_and_follows_config_from_another_process(en
     key = created.stdout.strip()
     assert key.startswith("sk-llmgw-") and "shown once" in created.stderr
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,14 +19,14 @@ import pytest
 from aiokafka import TopicPartition
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ledger import events as E
-from ledger.embedded import EmbeddedLedger, log_events, rebuild
-from ledger.fold import fold_all
-from ledger.kafka_rebuild import compare, read_snapshots
-from ledger.started import GATEWAY_CRASH, CallStarted, decode_record, encode_record, usage_event_of
-from ledger.topics import PartitionReader, Topics, ensure_topics
-from ledger.worker import LedgerWorker
-from pricing import cost, load_catalog
+from llmgw.core import events as E
+from llmgw.ledger.embedded import EmbeddedLedger, log_events, rebuild
+from llmgw.ledger.fold import fold_all
+from llmgw.ledger.kafka_rebuild import compare, read_snapshots
+from llmgw.ledger.started import GATEWAY_CRASH, CallStarted, decode_record, encode_record, usage_event_of
+from llmgw.ledger.topics import PartitionReader, Topics, ensure_topics
+from llmgw.ledger.worker import LedgerWorker
+from llmgw.pricing import cost, load_catalog
 from tests.fake_provider import ANTHROPIC_MESSAGES, Reply, Usage
 from tests.fixtures.kafka import unique_topic
 from tests.test_cli_serve import free_port, llmgw
@@ -192,7 +192,7 @@ def env(fake_provider, tmp_path):
 
 async def serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -21,10 +21,10 @@ import anthropic
 import openai
 import pytest
 
-from analytics import store
-from analytics.dashboard_html import usd
-from ledger import events as E
-from proxy.parts import ALERTS
+from llmgw.analytics import store
+from llmgw.analytics.dashboard_html import usd
+from llmgw.core import events as E
+from llmgw.proxy.parts import ALERTS
 from tests.admin_support import OWNER_KEY
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness

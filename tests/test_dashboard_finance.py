@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from analytics import store
-from analytics.dashboard_finance import dollars, parse_range
-from analytics.queries import format_usd
+from llmgw.analytics import store
+from llmgw.proxy.reports.dashboard_finance import dollars, parse_range
+from llmgw.analytics.queries import format_usd
 from tests.admin_support import OWNER_KEY
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
@@ -153,7 +153,7 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
 
 
 async def test_a_finance_admin_reads_but_may_not_set_budgets(gateway: GatewayHarness) -> None:
-    from proxy.admin import credentials as C
+    from llmgw.proxy.admin import credentials as C
 
     key, rec = C.mint_admin("fiona", "finance", actor="test")
     gateway._put(rec)

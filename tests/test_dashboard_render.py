@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import re
 
-from analytics.dashboard import BudgetUse, Spend
-from analytics.dashboard_html import meter, render_dashboard, render_login, stacked_bars, usd
-from analytics.queries import UsageRow
-from ledger.events import Tokens
+from llmgw.analytics.dashboard import BudgetUse, Spend
+from llmgw.analytics.dashboard_html import meter, render_dashboard, render_login, stacked_bars, usd
+from llmgw.analytics.queries import UsageRow
+from llmgw.core.events import Tokens
 
 NOW_MS = 1_793_800_000_000
 

@@ -8,10 +8,10 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from proxy.cli import build_parser
-from proxy.failure import FailurePolicy
-from proxy.routing import RoutingTable
-from proxy.settings import Settings, describe
+from llmgw.proxy.cli import build_parser
+from llmgw.proxy.failure import FailurePolicy
+from llmgw.proxy.routing import RoutingTable
+from llmgw.core.settings import Settings, describe
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
@@ -136,7 +136,7 @@ def test_kubernetes_readiness_does_not_defeat_fail_open():
 
 
 def test_the_startup_wait_for_a_snapshot_fits_the_startup_probe():
-    from proxy.ops.routes import STARTUP_WAIT_MAX_S
+    from llmgw.proxy.ops.routes import STARTUP_WAIT_MAX_S
     [deploy] = [d for d in K8S["gateway.yaml"] if d["kind"] == "Deployment"]
     probe = deploy["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] > STARTUP_WAIT_MAX_S + 10

@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ledger.embedded import EmbeddedLedger
-from ledger.events import Tokens, UsageEvent, new_event_id
+from llmgw.ledger.embedded import EmbeddedLedger
+from llmgw.core.events import Tokens, UsageEvent, new_event_id
 
 
 def event(i: int) -> UsageEvent:

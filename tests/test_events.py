@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import orjson
 
-from ledger import events as E
+from llmgw.core import events as E
 
 
 def sample(**kw) -> E.UsageEvent:
@@ -74,7 +74,7 @@ V1_BYTES = (b'{"event_id":"0195f0c2-0000-7000-8000-000000000001","ts_start_ms":1
 
 
 def test_a_v1_event_decodes_to_its_micro_usd_in_nanos_and_folds_the_same():
-    from ledger.fold import fold_all
+    from llmgw.ledger.fold import fold_all
     ev = E.decode(V1_BYTES)
     assert ev.schema_version == 1
     assert ev.cost_nano_usd == 1_000_000 and ev.cost_micro_usd == 1_000

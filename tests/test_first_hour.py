@@ -22,7 +22,7 @@ def test_serve_refuses_to_start_without_any_upstream_credential(env):
 async def _starts(env: dict[str, str], *argv: str) -> str:
     """Start `llmgw serve`, wait until it answers, stop it; its stderr."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port), *argv], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port), *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc)

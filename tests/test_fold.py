@@ -6,9 +6,10 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings, strategies as st
 
-from ledger import events as E
-from ledger.fold import Totals, fold, fold_all, keys_of, parse_spend_key
-from ledger.windows import window_bounds
+from llmgw.core import events as E
+from llmgw.ledger.fold import Totals, fold, fold_all, keys_of
+from llmgw.core.spend_keys import parse_spend_key
+from llmgw.core.windows import window_bounds
 
 
 def ms(*args, tz=timezone.utc) -> int:

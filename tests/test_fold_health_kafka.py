@@ -12,8 +12,8 @@ import aiohttp
 import anthropic
 import pytest
 
-from ledger.topics import Topics, ensure_topics
-from ledger.worker import LedgerWorker
+from llmgw.ledger.topics import Topics, ensure_topics
+from llmgw.ledger.worker import LedgerWorker
 from tests.fixtures.kafka import unique_topic
 from tests.gateway_harness import GatewayHarness
 from tests.waits import until

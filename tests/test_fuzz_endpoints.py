@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.events import encode
+from llmgw.core.events import encode
 from tests.gateway_harness import GatewayHarness
 
 ANT = {"anthropic-version": "2023-06-01"}

@@ -7,9 +7,9 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from ledger.events import Tokens
-from proxy.adapters.gemini import GeminiMeter, gemini_tokens
-from proxy.types import Call
+from llmgw.core.events import Tokens
+from llmgw.proxy.adapters.gemini import GeminiMeter, gemini_tokens
+from llmgw.proxy.types import Call
 from tests.fakes.bedrock import _dumps
 
 counts = st.integers(0, 10**6)

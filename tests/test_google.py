@@ -10,8 +10,8 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from ledger import events as E
-from pricing import cost, load_catalog
+from llmgw.core import events as E
+from llmgw.pricing import cost, load_catalog
 from tests.fakes.google import API_KEY, TOKEN, FakeGoogle, GoogleReply, GoogleUsage
 from tests.gateway_harness import GatewayHarness
 

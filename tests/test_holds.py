@@ -16,12 +16,12 @@ import openai
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from ledger import events as E
-from proxy.adapters.openai_chat import OpenAIChat
-from proxy.call import LiveCall, route
-from proxy.holds import sweep
-from proxy.keys import authenticate
-from proxy.types import Usage
+from llmgw.core import events as E
+from llmgw.proxy.adapters.openai_chat import OpenAIChat
+from llmgw.proxy.call import LiveCall, route
+from llmgw.proxy.holds import sweep
+from llmgw.proxy.keys import authenticate
+from llmgw.proxy.types import Usage
 from tests.fake_provider import FakeProvider, Reply
 from tests.fake_provider import Usage as Served
 from tests.gateway_harness import GatewayHarness

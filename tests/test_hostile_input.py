@@ -64,7 +64,7 @@ async def test_the_valid_twin_of_every_case_goes_through(hgw: GatewayHarness, fa
                                    "anthropic.claude-3-5-sonnet-20240620-v1:0", "claude-sonnet-4-5@20250929",
                                    "ft:gpt-4o-mini:acme:custom:abc123", "meta-llama/Llama-3.3-70B-Instruct+x"])
 def test_real_model_name_shapes_are_not_refused(model: str) -> None:
-    from proxy.adapters._common import require_model
+    from llmgw.proxy.adapters._common import require_model
     assert require_model({"model": model}) == model
 
 

@@ -28,10 +28,11 @@ def test_a_kafka_mode_gateway_imports_neither_chdb_nor_pyarrow_nor_pandas():
             "        if name.split('.')[0] in ('chdb', 'chdb_core', 'pyarrow', 'pandas'):\n"
             "            raise ImportError('not installed in a replica: ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "from proxy.app import create_app\n"
-            "from proxy.settings import Settings\n"
-            "import ledger.kafka_ledger, ledger.worker, analytics.sink_cli, analytics.web, proxy.cli\n"
+            "from llmgw.proxy.app import create_app\n"
+            "from llmgw.core.settings import Settings\n"
+            "import llmgw.ledger.kafka_ledger, llmgw.ledger.worker, llmgw.analytics.sink_cli, llmgw.proxy.reports.web\n"
+            "from llmgw.proxy import cli\n"
             "create_app(Settings(kafka_bootstrap='127.0.0.1:9', openai_api_key='x'))\n"
-            "proxy.cli.build_parser()\n")
+            "cli.build_parser()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -14,12 +14,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from ledger.configlog import ConfigRecord, ConfigState, open_config_log
-from ledger.events import Tokens, UsageEvent, decode, new_event_id
-from ledger.fold import Totals, fold_all, keys_of
-from ledger.kafka_config import KafkaConfigLog
-from ledger.kafka_ledger import KafkaLedger
-from ledger.topics import encode_progress, encode_snapshot, progress_key
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.ledger.configlog import open_config_log
+from llmgw.core.events import Tokens, UsageEvent, decode, new_event_id
+from llmgw.ledger.fold import Totals, fold_all, keys_of
+from llmgw.ledger.kafka_config import KafkaConfigLog
+from llmgw.ledger.kafka_ledger import KafkaLedger
+from llmgw.ledger.topics import encode_progress, encode_snapshot, progress_key
 from tests.fixtures.kafka import KafkaBroker, create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka

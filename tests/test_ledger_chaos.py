@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ledger.events import UsageEvent, encode
-from ledger.fold import fold_all
-from ledger.kafka_rebuild import compare, read_snapshots
-from ledger.topics import Topics, ensure_topics
+from llmgw.core.events import UsageEvent, encode
+from llmgw.ledger.fold import fold_all
+from llmgw.ledger.kafka_rebuild import compare, read_snapshots
+from llmgw.ledger.topics import Topics, ensure_topics
 from tests.fixtures.kafka import KafkaBroker, unique_topic
-from ledger.worker import LedgerWorker
+from llmgw.ledger.worker import LedgerWorker
 from tests.test_ledger_worker import ProgressWatcher, produce, random_events, usage_ends
 
 pytestmark = pytest.mark.kafka
@@ -138,7 +138,7 @@ class Workers:
     async def start(self) -> asyncio.subprocess.Process:
         log = open(self.log_dir / f"worker{len(self.procs)}.log", "wb")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ledger.worker", "--bootstrap", self.bootstrap, "--prefix", self.topics.prefix,
+            sys.executable, "-m", "llmgw.ledger.worker", "--bootstrap", self.bootstrap, "--prefix", self.topics.prefix,
             "--partitions", str(self.topics.partitions), "--session-timeout-ms", "6000",
             "--heartbeat-interval-ms", "1000", cwd=REPO, stdout=log, stderr=log,
             env={**os.environ, "PYTHONPATH": str(REPO)})

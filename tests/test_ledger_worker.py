@@ -16,14 +16,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from hypothesis import given, settings, strategies as st
 
-from ledger import kafka_rebuild
-from ledger.events import ADJUSTMENT, OK, REJECTED_BUDGET, Tokens, UsageEvent, encode, new_event_id
-from ledger.fold import Totals, fold_all
-from ledger.kafka_rebuild import compare, fold_topic, read_snapshot_state, read_snapshots
-from ledger.topics import (PartitionReader, TopicLayoutError, Topics, decode_progress, encode_snapshot, ensure_topics,
-                           is_progress_key, read_snapshot_partitions)
-from ledger.worker import SeenIds, LedgerWorker
-from proxy.settings import Settings
+from llmgw.ledger import kafka_rebuild
+from llmgw.core.events import ADJUSTMENT, OK, REJECTED_BUDGET, Tokens, UsageEvent, encode, new_event_id
+from llmgw.ledger.fold import Totals, fold_all
+from llmgw.ledger.kafka_rebuild import compare, fold_topic, read_snapshot_state, read_snapshots
+from llmgw.ledger.topics import (PartitionReader, TopicLayoutError, Topics, decode_progress, encode_snapshot,
+                                 ensure_topics, is_progress_key, read_snapshot_partitions)
+from llmgw.ledger.worker import SeenIds, LedgerWorker
+from llmgw.core.settings import Settings
 from tests.fixtures.kafka import unique_topic
 
 TEST_TIMEOUT_S = 90

@@ -15,9 +15,9 @@ import openai
 import orjson
 import pytest
 
-from ledger import events as E
-from pricing import cost, load_catalog
-from proxy.sse import SseSplitter, data_of
+from llmgw.core import events as E
+from llmgw.pricing import cost, load_catalog
+from llmgw.proxy.sse import SseSplitter, data_of
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

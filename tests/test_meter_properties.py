@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ledger.events import Tokens
-from pricing import cost, load_catalog
-from proxy.adapters.anthropic_messages import AnthropicMeter
-from proxy.adapters.openai_chat import ChatMeter
-from proxy.adapters.openai_responses import ResponsesMeter
-from proxy.sse import SseSplitter, data_of
-from proxy.types import Call, Usage as MeteredUsage
-from proxy.usage import SANE_MAX_TOKENS, sane
+from llmgw.core.events import Tokens
+from llmgw.pricing import cost, load_catalog
+from llmgw.proxy.adapters.anthropic_messages import AnthropicMeter
+from llmgw.proxy.adapters.openai_chat import ChatMeter
+from llmgw.proxy.adapters.openai_responses import ResponsesMeter
+from llmgw.proxy.sse import SseSplitter, data_of
+from llmgw.proxy.types import Call, Usage as MeteredUsage
+from llmgw.proxy.usage import SANE_MAX_TOKENS, sane
 from tests.fake_provider import (MISSING, Reply, Usage, _Anthropic, _Chat, _dumps, _numbered, _Responses, _Turn,
                                  _ws_payload, sse_event)
 

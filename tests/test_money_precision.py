@@ -9,11 +9,11 @@ from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ledger import events as E
-from ledger.fold import ZERO, Totals, contribution, fold_all
-from ledger.spend import SpendView
-from pricing import Price, cost, load_catalog
-from pricing.cost import MONEY_CONTEXT, WEB_SEARCH, fee_exact, token_cost_exact
+from llmgw.core import events as E
+from llmgw.ledger.fold import ZERO, Totals, contribution, fold_all
+from llmgw.ledger.spend import SpendView
+from llmgw.pricing import Price, cost, load_catalog
+from llmgw.pricing.cost import MONEY_CONTEXT, WEB_SEARCH, fee_exact, token_cost_exact
 
 CATALOG = load_catalog()
 AT = 1_790_000_000_000
@@ -115,10 +115,10 @@ def test_a_budget_counts_sub_micro_calls_and_compares_exactly() -> None:
     all free and the budget never closed."""
     import pytest
 
-    from proxy.budgets import Budget, BudgetBook
-    from proxy.errors import BudgetExceeded
-    from proxy.keys import Principal
-    from proxy.policy import Policy
+    from llmgw.core.budgets import Budget, BudgetBook
+    from llmgw.proxy.errors import BudgetExceeded
+    from llmgw.core.principal import Principal
+    from llmgw.proxy.policy import Policy
 
     alice = Principal("k", "acme", "ws", "u")
     view = SpendView()

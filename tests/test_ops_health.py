@@ -11,9 +11,9 @@ import anthropic
 import openai
 import pytest
 
-from ledger.driver import KAFKA, LedgerHealth
-from ledger.embedded import EmbeddedLedger
-from proxy.failure import FAIL_CLOSED, FAIL_OPEN, STALE_TAG, FailurePolicy, Rule
+from llmgw.ledger.driver import KAFKA, LedgerHealth
+from llmgw.ledger.embedded import EmbeddedLedger
+from llmgw.proxy.failure import FAIL_CLOSED, FAIL_OPEN, STALE_TAG, FailurePolicy, Rule
 from tests.gateway_harness import GatewayHarness
 
 POLICY = {"failure_policy": {

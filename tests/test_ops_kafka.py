@@ -8,10 +8,10 @@ import aiohttp
 import anthropic
 import pytest
 
-from ledger.kafka_ledger import KafkaLedger
-from ledger.topics import Topics
-from ledger.worker import LedgerWorker
-from proxy.failure import STALE_TAG
+from llmgw.ledger.kafka_ledger import KafkaLedger
+from llmgw.ledger.topics import Topics
+from llmgw.ledger.worker import LedgerWorker
+from llmgw.proxy.failure import STALE_TAG
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.gateway_harness import GatewayHarness
 from tests.waits import until
@@ -101,7 +101,7 @@ async def test_broker_outage_flips_readiness_and_applies_the_failure_policy(kafk
 async def _usage(bootstrap: str, prefix: str):
     from aiokafka import AIOKafkaConsumer
 
-    from ledger.started import usage_event_of
+    from llmgw.ledger.started import usage_event_of
     consumer = AIOKafkaConsumer(f"{prefix}.usage", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()

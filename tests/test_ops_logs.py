@@ -10,8 +10,8 @@ import openai
 import orjson
 import pytest
 
-from proxy.ops.logs import REDACTED, JsonFormatter, Redactor, configure_logging, secrets_of
-from proxy.settings import Settings
+from llmgw.core.logs import REDACTED, JsonFormatter, Redactor, configure_logging, secrets_of
+from llmgw.core.settings import Settings
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

@@ -7,7 +7,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger import events as E
+from llmgw.core import events as E
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import openai
 
-from ledger import events as E
-from proxy.ops.otel import OtelHook, otel_hook
-from proxy.ops.state import OPS
+from llmgw.core import events as E
+from llmgw.proxy.ops.otel import OtelHook, otel_hook
+from llmgw.proxy.ops.state import OPS
 from tests.gateway_harness import GatewayHarness
 
 

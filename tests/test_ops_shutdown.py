@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from ledger import events as E
-from ledger.embedded import log_events
+from llmgw.core import events as E
+from llmgw.ledger.embedded import log_events
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 from tests.test_cli_serve import free_port, llmgw
@@ -77,7 +77,7 @@ def env(fake_provider, tmp_path):
 
 async def serve(env: dict[str, str], **extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)], env={**env, **extra},
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env={**env, **extra},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from ledger import events as E
-from ledger.fold import Totals, fold_all
-from ledger.orphans import OpenCalls, encode_tick
-from ledger.started import CallStarted, encode_record
-from ledger.worker import (DUPLICATE, FOLDED, ORPHAN_COPY, STARTED, TICK, SeenIds, _Staged, admit_record,
-                           fold_record)
+from llmgw.core import events as E
+from llmgw.ledger.fold import Totals, fold_all
+from llmgw.ledger.orphans import OpenCalls, encode_tick
+from llmgw.ledger.started import CallStarted, encode_record
+from llmgw.ledger.worker import (DUPLICATE, FOLDED, ORPHAN_COPY, STARTED, TICK, SeenIds, _Staged, admit_record,
+                                 fold_record)
 
 T0 = 1_764_000_000_000
 
@@ -143,7 +143,7 @@ def test_every_started_call_is_charged_exactly_once_within_the_horizon(plan, aft
 
 # -- analytics accepts what crash-safe metering writes ---------------------------------------------
 def test_clickhouse_stores_orphan_charges_and_spend_splits_them_by_outcome(analytics_db):
-    from analytics.queries import spend
+    from llmgw.analytics.queries import spend
 
     now = 1_764_000_000_000
     s = replace(started(1, 4_321), ts_ms=now)
@@ -158,7 +158,7 @@ def test_clickhouse_stores_orphan_charges_and_spend_splits_them_by_outcome(analy
 
 
 def test_the_kafka_sink_passes_over_started_and_tick_records_without_counting_them_bad():
-    from analytics.consumer import decode_batch
+    from llmgw.analytics.consumer import decode_batch
 
     class Rec:
         def __init__(self, value: bytes) -> None:

@@ -10,13 +10,13 @@ import anthropic
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from ledger.config_cache import CACHE_NAME, ConfigCache
-from ledger.configlog import ConfigRecord
-from ledger.started import usage_event_of
-from ledger.topics import Topics, ensure_topics
-from ledger.worker import LedgerWorker
-from proxy import keys as K
-from proxy.failure import STALE_TAG
+from llmgw.ledger.config_cache import CACHE_NAME, ConfigCache
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.started import usage_event_of
+from llmgw.ledger.topics import Topics, ensure_topics
+from llmgw.ledger.worker import LedgerWorker
+from llmgw.proxy import keys as K
+from llmgw.proxy.failure import STALE_TAG
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.fixtures.kafka import unique_topic
 from tests.waits import until

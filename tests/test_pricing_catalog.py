@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-import pricing
-from ledger.events import Tokens
-from pricing import Catalog, CatalogError, UnknownModel, cost, load_catalog
-from pricing.instant import format_instant, parse_instant_ms
+from llmgw import pricing
+from llmgw.core.events import Tokens
+from llmgw.pricing import Catalog, CatalogError, UnknownModel, cost, load_catalog
+from llmgw.pricing.instant import format_instant, parse_instant_ms
 
 AT = parse_instant_ms("2025-12-01T00:00:00Z")
 CATALOG = load_catalog()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.events import Tokens
-from pricing import RequestShape, cost, load_catalog, worst_case
-from pricing.instant import parse_instant_ms
+from llmgw.core.events import Tokens
+from llmgw.pricing import RequestShape, cost, load_catalog, worst_case
+from llmgw.pricing.instant import parse_instant_ms
 
 NOW = parse_instant_ms("2026-11-25T00:00:00Z")
 CATALOG = load_catalog()

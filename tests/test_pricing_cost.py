@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.events import Tokens
-from pricing import Cost, Price, cost, load_catalog
-from pricing.instant import parse_instant_ms
+from llmgw.core.events import Tokens
+from llmgw.pricing import Cost, Price, cost, load_catalog
+from llmgw.pricing.instant import parse_instant_ms
 
 AT = parse_instant_ms("2025-12-01T00:00:00Z")   # after every shipped effective_from
 CATALOG = load_catalog()

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.events import Tokens
-from pricing import Price, RequestShape, cost, load_catalog, worst_case
-from pricing.estimate import (DEFAULT_IMAGE_TOKENS, INJECTED_TOKENS_ALLOWANCE, WEB_SEARCH_DEFAULT_USES,
-                              WEB_SEARCH_TOKENS_PER_USE)
-from pricing.instant import parse_instant_ms
+from llmgw.core.events import Tokens
+from llmgw.pricing import Price, RequestShape, cost, load_catalog, worst_case
+from llmgw.pricing.estimate import (DEFAULT_IMAGE_TOKENS, INJECTED_TOKENS_ALLOWANCE, WEB_SEARCH_DEFAULT_USES,
+                                    WEB_SEARCH_TOKENS_PER_USE)
+from llmgw.pricing.instant import parse_instant_ms
 
 AT = parse_instant_ms("2025-12-01T00:00:00Z")
 CATALOG = load_catalog()

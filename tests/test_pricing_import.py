@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ledger.events import Tokens
-from pricing import cost, load_catalog
-from pricing.cli import format_usd, register
-from pricing.instant import parse_instant_ms
-from pricing.litellm import entries_from_litellm, parse, per_mtok
+from llmgw.core.events import Tokens
+from llmgw.pricing import cost, load_catalog
+from llmgw.pricing.cli import format_usd, register
+from llmgw.pricing.instant import parse_instant_ms
+from llmgw.pricing.litellm import entries_from_litellm, parse, per_mtok
 
 # A slice of LiteLLM's model_prices_and_context_window.json, numbers written as LiteLLM writes them.
 LITELLM = b"""{

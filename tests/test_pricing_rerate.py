@@ -6,9 +6,9 @@ from typing import Mapping
 
 import orjson
 
-from ledger.events import ADJUSTMENT, REJECTED_BUDGET, USAGE, Tokens, UsageEvent, new_event_id
-from pricing import CallOptions, Catalog, cost, load_catalog, rerate
-from pricing.instant import parse_instant_ms
+from llmgw.core.events import ADJUSTMENT, REJECTED_BUDGET, USAGE, Tokens, UsageEvent, new_event_id
+from llmgw.pricing import CallOptions, Catalog, cost, load_catalog, rerate
+from llmgw.pricing.instant import parse_instant_ms
 
 SHIPPED = load_catalog()
 TOKENS = Tokens(input=10_000, output=2_000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from ledger import events as E
+from llmgw.core import events as E
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

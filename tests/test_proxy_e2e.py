@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from ledger import events as E
+from llmgw.core import events as E
 from tests.fake_provider import OPENAI_CHAT, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
@@ -266,7 +266,7 @@ async def test_a_cookie_one_callers_response_set_never_rides_on_another_callers_
 
 
 def _price_now(model: str, tokens: E.Tokens, tier: str | None) -> int:
-    from pricing import cost, load_catalog
+    from llmgw.pricing import cost, load_catalog
     return cost(tokens, load_catalog().price_at(model, int(time.time() * 1000)), service_tier=tier).micro_usd
 
 

@@ -8,11 +8,11 @@ import aiohttp
 import openai
 import pytest
 
-from ledger import events as E
-from ledger.configlog import FileConfigLog
-from proxy import keys as K
-from proxy.admin import entities
-from proxy.ratelimit import RateLimit
+from llmgw.core import events as E
+from llmgw.ledger.configlog import FileConfigLog
+from llmgw.proxy import keys as K
+from llmgw.proxy.admin import entities
+from llmgw.proxy.ratelimit import RateLimit
 from tests.fake_provider import OPENAI_RESPONSES, Reply, Usage
 from tests.waits import until
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.configlog import ConfigState
-from proxy.errors import RateLimited
-from proxy.keys import Principal
-from proxy.queueing import WaitQueue
-from proxy.ratelimit import ProxyCount, RateBook, RateLimit, RateLimiter
+from llmgw.core.config import ConfigState
+from llmgw.proxy.errors import RateLimited
+from llmgw.core.principal import Principal
+from llmgw.proxy.queueing import WaitQueue
+from llmgw.proxy.ratelimit import ProxyCount, RateBook, RateLimit, RateLimiter
 
 ALICE = Principal("k1", "acme", "backend", "alice")
 BOB = Principal("k2", "acme", "backend", "bob")

@@ -8,12 +8,13 @@ import anthropic
 import openai
 import pytest
 
-from ledger import events as E
-from proxy import keys as K
-from proxy.ratelimit import RateLimit
+from llmgw.core import events as E
+from llmgw.proxy import keys as K
+from llmgw.proxy.ratelimit import RateLimit
 from tests.fake_provider import Reply, Usage
 from tests.gateway_harness import GatewayHarness
 from tests.test_ratelimit_buckets import Clock
+from llmgw.core.principal import Principal
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def limit(h: GatewayHarness, scope: str, metric: str, n: int, burst: int = 0) ->
     h._put(RateLimit(kind, name, metric, n, burst).record())
 
 
-def principal(h: GatewayHarness, key: str) -> K.Principal:
+def principal(h: GatewayHarness, key: str) -> Principal:
     p = K.authenticate(h.gw.config, key, int(time.time() * 1000))
     assert p is not None
     return p

@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from ledger import events as E
-from proxy.routing import Member, Route, RoutingTable, Upstream
+from llmgw.core import events as E
+from llmgw.proxy.routing import Member, Route, RoutingTable, Upstream
 from tests.fake_provider import OPENAI_CHAT, FakeProvider, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 
@@ -150,7 +150,7 @@ def test_a_route_may_not_fail_over_to_another_wire_or_price():
 
 
 def test_routes_explain_names_the_order_and_the_price(tmp_path, capsys):
-    from proxy.cli import main
+    from llmgw.proxy.cli import main
 
     cfg = tmp_path / "llmgw.yaml"
     cfg.write_text("""

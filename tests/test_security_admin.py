@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ledger.configlog import FileConfigLog
-from proxy.cli import main as cli_main
+from llmgw.ledger.configlog import FileConfigLog
+from llmgw.proxy.cli import main as cli_main
 from tests.admin_support import OWNER_KEY, Api, admin_harness, admin_with_role
 from tests.gateway_harness import GatewayHarness
 from tests.test_ops_metrics import scrape, value

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from analytics import cli, queries, store
-from analytics.csv_safe import csv_cell
-from analytics.sink import Sink
-from ledger.files import atomic_write
+from llmgw.analytics import cli, queries, store
+from llmgw.analytics.csv_safe import csv_cell
+from llmgw.analytics.sink import Sink
+from llmgw.core.files import atomic_write
 from tests.admin_support import OWNER_KEY, Api
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 from tests.gateway_harness import GatewayHarness

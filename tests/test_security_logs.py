@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from proxy.ops.logs import REDACTED, JsonFormatter, Redactor, secrets_of
-from proxy.settings import Settings
+from llmgw.core.logs import REDACTED, JsonFormatter, Redactor, secrets_of
+from llmgw.core.settings import Settings
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.gateway_harness import GatewayHarness
 

@@ -92,7 +92,7 @@ async def test_only_allow_listed_response_headers_reach_the_client(
 
 
 def test_the_allow_list_reads_names_not_prefixes_alone() -> None:
-    from proxy.forward import passes_down
+    from llmgw.proxy.forward import passes_down
     assert passes_down("Anthropic-Ratelimit-Tokens-Remaining") and passes_down("openai-processing-ms")
     assert passes_down("Retry-After") and passes_down("x-should-retry") and passes_down("Content-Type")
     for name in ("openai-organization", "openai-project", "anthropic-organization-id", "openai-api-key",
@@ -105,7 +105,7 @@ def test_the_allow_list_reads_names_not_prefixes_alone() -> None:
        cuts=st.lists(st.integers(0, 400), max_size=12))
 def test_a_streamed_error_never_carries_the_key_whatever_the_chunking(prefix: bytes, suffix: bytes, copies: int,
                                                                        cuts: list[int]) -> None:
-    from proxy.forward import StreamScrub
+    from llmgw.proxy.forward import StreamScrub
     secret = b"sk-ant-api03-secretsecret"
     data = prefix + (secret + suffix) * copies
     bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})

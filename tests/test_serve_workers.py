@@ -19,11 +19,11 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from ledger.events import UsageEvent
-from ledger.started import usage_event_of
-from ledger.topics import partitions_of
-from proxy.settings import Settings
-from proxy.workers import plan
+from llmgw.core.events import UsageEvent
+from llmgw.ledger.started import usage_event_of
+from llmgw.ledger.topics import partitions_of
+from llmgw.core.settings import Settings
+from llmgw.proxy.workers import plan
 from tests.fixtures.kafka import unique_topic
 from tests.test_cli_serve import free_port, llmgw
 
@@ -132,7 +132,7 @@ async def start_workers(env: dict[str, str], n: int, stderr: Path,
     stderr goes to a file: N workers' JSON lines could fill a pipe nobody reads and stall them."""
     port = free_port()
     with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(port), "--workers",
+        proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port), "--workers",
                                  str(n)], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     supervisors.append(proc)
     deadline = time.monotonic() + 90

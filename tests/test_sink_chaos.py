@@ -20,8 +20,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ledger.events import ADJUSTMENT, REJECTED_BUDGET, Tokens, UsageEvent, encode, new_event_id
-from ledger.topics import PartitionReader
+from llmgw.core.events import ADJUSTMENT, REJECTED_BUDGET, Tokens, UsageEvent, encode, new_event_id
+from llmgw.ledger.topics import PartitionReader
 from tests.fixtures.chdb import NOV_4_MS, usage_event
 from tests.fixtures.kafka import create_topics, unique_topic
 
@@ -68,7 +68,7 @@ class SinkProcess:
     """``python -m proxy.cli sink`` with its stderr followed line by line."""
 
     def __init__(self, bootstrap: str, prefix: str, dsn: str, *extra: str) -> None:
-        self.argv = [sys.executable, "-m", "proxy.cli", "--kafka-bootstrap", bootstrap, "sink", "--dsn", dsn,
+        self.argv = [sys.executable, "-m", "llmgw.proxy.cli", "--kafka-bootstrap", bootstrap, "sink", "--dsn", dsn,
                      "--max-batch", "100", "--max-wait-s", "0.2", "--session-timeout-ms", "6000", *extra]
         self.env = {**os.environ, "LLMGW_TOPIC_PREFIX": prefix, "LLMGW_LOG_LEVEL": "INFO"}
         self.lines: list[str] = []
@@ -224,6 +224,6 @@ async def test_sink_killed_twice_mid_batch_stores_each_event_once(kafka_bootstra
     assert {org: n for org, _, n in stored["rollup"]} == want_requests
 
     spend = [json.loads(line) for line in run_script(
-        "-m", "proxy.cli", "spend", "--dsn", dsn, "--by", "org", "--since", "2026-10-01",
+        "-m", "llmgw.proxy.cli", "spend", "--dsn", dsn, "--by", "org", "--since", "2026-10-01",
         "--until", "2026-12-01", "--json").splitlines()]
     assert {row["org"]: row["cost_micro_usd"] for row in spend} == want_cost

@@ -10,9 +10,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from analytics import queries
-from analytics.consumer import KafkaSink, SinkOptions, batch_token, decode_batch
-from ledger.events import Tokens, encode, new_event_id
+from llmgw.analytics import queries
+from llmgw.analytics.consumer import KafkaSink, SinkOptions, batch_token, decode_batch
+from llmgw.core.events import Tokens, encode, new_event_id
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 from tests.fixtures.kafka import create_topics, unique_topic
 from tests.waits import until

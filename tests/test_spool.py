@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import Tokens, UsageEvent, encode, new_event_id
-from ledger.spool import Spool, SpoolError, SpoolFull
+from llmgw.core.events import Tokens, UsageEvent, encode, new_event_id
+from llmgw.ledger.spool import Spool, SpoolError, SpoolFull
 
 
 def event(i: int, org: str = "acme") -> UsageEvent:

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ledger import events as E
-from proxy.usage import FAR_INPUT_SLACK, INJECTED_TOKENS, SANE_MAX_TOKENS
+from llmgw.core import events as E
+from llmgw.proxy.usage import FAR_INPUT_SLACK, INJECTED_TOKENS, SANE_MAX_TOKENS
 from tests.fake_provider import MISSING, Reply, Usage
 from tests.gateway_harness import GatewayHarness
 

@@ -6,8 +6,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from ledger.topics import Topics, ensure_topics
-from ledger.worker import LedgerWorker
+from llmgw.ledger.topics import Topics, ensure_topics
+from llmgw.ledger.worker import LedgerWorker
 from tests.admin_support import OWNER_KEY, Api, admin_harness
 from tests.fixtures.kafka import unique_topic
 from tests.test_proxy_websocket import closed_within, until_done

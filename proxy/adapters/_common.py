@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ledger.events import normalize_tags
+from llmgw.core.events import normalize_tags
 
 from ..errors import BadRequest
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import orjson
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from ..errors import GatewayError
 from ..sse import SseSplitter, event_name, fields_of, loads_object

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import orjson
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from ..errors import BadRequest, GatewayError, UpstreamError
 from ..eventstream import EventStreamSplitter, encode

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from ..errors import BadRequest, GatewayError
 from ..sse import SseSplitter, data_of

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import orjson
 
-from ledger.events import Tokens
+from llmgw.core.events import Tokens
 
 from ..errors import GatewayError
 from ..sse import SseSplitter, data_of, loads_object

@@ -11,15 +11,14 @@
     oidc.py             optional JWT bearer tokens from a company IdP (joserfc)
     entities.py         orgs, workspaces, users, keys as config records (pure)
     budget_ops.py       budgets/defaults/exceptions from JSON, and who may write which scope (pure)
-    timeutil.py         durations and instants
     increase.py         budget-increase requests and time-boxed raises (pure)
     apply.py            config as code: desired records, diff, plan (pure)
-    audit.py            audit_entries(records) from the config log's history
+    audit.py            the audit log's filters (its entries: ledger/audit.py)
 
 Every change is a ``ConfigRecord`` appended to the config log with ``actor``
 (the admin) and ``reason``; every proxy follows the log. docs/governance.md
 tells the whole story; docs/admin-openapi.yaml specifies the HTTP surface.
 """
-from .audit import audit_entries
+from llmgw.ledger.audit import audit_entries
 
 __all__ = ["audit_entries"]

@@ -21,15 +21,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import WINDOWS
-from proxy.access import TYPE as MODELS_TYPE, ModelList
-from proxy.budgets import Budget, micro_to_usd, parse_hold, usd_to_micro
-from proxy.ratelimit import METRICS, TYPE as LIMITS_TYPE, RateLimit
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import WINDOWS
+from llmgw.proxy.access import TYPE as MODELS_TYPE, ModelList
+from llmgw.core.budgets import Budget, micro_to_usd, parse_hold, usd_to_micro
+from llmgw.proxy.ratelimit import METRICS, TYPE as LIMITS_TYPE, RateLimit
 
 from . import entities as E
 from .increase import active_raise_micro
-from .timeutil import parse_instant_ms
+from llmgw.core.timeutil import parse_instant_ms
 
 MANAGED_TYPES = ("org", "workspace", "user", "budget", MODELS_TYPE, LIMITS_TYPE)
 _POLICY = {"models", "limits"}

@@ -1,6 +1,6 @@
 """Budgets, defaults and exceptions from admin JSON, and who may write which.
 
-The budget model itself lives in ``proxy/budgets.py``; this module only turns
+The budget model itself lives in ``core/budgets.py``; this module only turns
 request bodies into ``Budget`` values, renders them, and answers "which
 workspaces does this budget touch?" so that a workspace admin is kept to its own.
 """
@@ -9,14 +9,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Mapping
 
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import WINDOWS
-from proxy.budgets import MAX_USD, Budget, parse_hold, parse_scope, scope_org, usd_to_micro
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import WINDOWS
+from llmgw.core.budgets import MAX_USD, Budget, parse_hold, parse_scope, scope_org, usd_to_micro
 
 from .entities import user_workspaces
 from .errors import Forbidden
 from .roles import WORKSPACE_ADMIN, WRITE_BUDGETS, WRITE_DEFAULTS, AdminPrincipal
-from .timeutil import iso_ms, parse_instant_ms
+from llmgw.core.timeutil import iso_ms, parse_instant_ms
 
 KINDS = ("budget", "default", "exception")
 

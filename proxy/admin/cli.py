@@ -17,20 +17,22 @@ from typing import Any, Callable
 
 import orjson
 
-from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, open_config_log
-from ledger.windows import WINDOWS
-from proxy.budgets import usd_to_micro
-from proxy.context import org_timezones
-from proxy.errors import GatewayError
-from proxy.local_gateway import cli_config_log
-from proxy.settings import Settings
+from llmgw.ledger.configlog import ConfigLog, open_config_log
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import WINDOWS
+from llmgw.core.budgets import usd_to_micro
+from llmgw.proxy.context import org_timezones
+from llmgw.proxy.errors import GatewayError
+from llmgw.ledger.local_gateway import cli_config_log
+from llmgw.core.settings import Settings
 
 from . import apply as A
 from . import audit as AU
 from . import credentials as C
 from . import increase as I
 from .roles import OWNER, ROLES, AdminPrincipal
-from .timeutil import iso_ms, parse_duration_s, parse_instant_ms
+from llmgw.core.timeutil import iso_ms, parse_duration_s, parse_instant_ms
+from llmgw.ledger.audit import audit_entries, read_history
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -102,7 +104,7 @@ def _since(text: str) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     s = _settings(args)
     log = open_config_log(s.data_dir, s.kafka_bootstrap, s.topic_prefix)   # reads the log itself, even beside a gateway
-    entries = AU.audit_entries(asyncio.run(AU.read_history(log)))
+    entries = audit_entries(asyncio.run(read_history(log)))
     types = tuple(t for t in (args.type or "").split(",") if t)
     picked = AU.select(entries, since_ms=_since(args.since) if args.since else 0, types=types,
                        actor=args.actor_filter or "", record_id=args.id or "", limit=args.limit or 0)

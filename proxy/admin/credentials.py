@@ -16,9 +16,9 @@ import secrets
 import time
 from typing import Any
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy.keys import PREFIX as CLIENT_PREFIX
-from proxy.keys import verified
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.proxy.keys import PREFIX as CLIENT_PREFIX
+from llmgw.proxy.keys import verified
 
 from .entities import check_expiry, check_name
 from .roles import OWNER, WORKSPACE_ADMIN, AdminPrincipal, check_role

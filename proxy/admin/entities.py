@@ -16,8 +16,8 @@ import secrets
 import time
 from typing import Any
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy import keys as K
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.proxy import keys as K
 
 from .errors import Forbidden
 from .roles import WORKSPACE_ADMIN, AdminPrincipal

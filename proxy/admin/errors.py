@@ -17,7 +17,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from proxy.errors import AuthError, BadRequest, GatewayError, NotFound
+from llmgw.proxy.errors import AuthError, BadRequest, GatewayError, NotFound
 
 __all__ = ["AuthError", "BadRequest", "ConfigUnavailable", "Conflict", "Forbidden", "NotFound", "render"]
 

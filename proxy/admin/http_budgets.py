@@ -9,8 +9,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy.budgets import Budget
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.budgets import Budget
 
 from .budget_ops import authorize_budget, budget_from_json, budget_records, budget_view, visible_to
 from .errors import NotFound

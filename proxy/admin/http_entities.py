@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, ConfigState
+from llmgw.core.config import ConfigRecord, ConfigState
 
 from . import credentials as C
 from . import entities as E
@@ -13,7 +13,7 @@ from .errors import Conflict, NotFound
 from .roles import (MANAGE_ADMINS, READ_CONFIG, WORKSPACE_ADMIN, WRITE_ORGS, WRITE_USERS, AdminPrincipal,
                     check_role)
 from .runtime import admin_of, change, gateway, json_body, now_ms, reason_of, reply
-from .timeutil import parse_instant_ms
+from llmgw.core.timeutil import parse_instant_ms
 
 routes = web.RouteTableDef()
 

@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy.context import Gateway
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.proxy.context import Gateway
 
 from . import apply as A
 from . import audit
@@ -16,7 +16,8 @@ from .budget_ops import authorize_budget, money_micro
 from .errors import BadRequest, NotFound
 from .roles import APPLY, APPROVE_INCREASE, READ_AUDIT, READ_CONFIG, REQUEST_INCREASE, WORKSPACE_ADMIN
 from .runtime import ADMIN, admin_of, change, gateway, json_body, now_ms, reason_of, reply
-from .timeutil import parse_duration_s, parse_instant_ms
+from llmgw.core.timeutil import parse_duration_s, parse_instant_ms
+from llmgw.ledger.audit import audit_entries, read_history
 
 routes = web.RouteTableDef()
 
@@ -39,7 +40,7 @@ async def get_audit(request: web.Request) -> web.Response:
         limit = int(q.get("limit", "1000"))
     except ValueError:
         raise BadRequest("limit must be an integer") from None
-    entries = audit.audit_entries(await audit.read_history(request.app[ADMIN].log))
+    entries = audit_entries(await read_history(request.app[ADMIN].log))
     if p.role == WORKSPACE_ADMIN:
         entries = [e for e in entries if audit.touches_workspaces(e, p.workspaces)]
     types = tuple(t for t in q.get("type", "").split(",") if t)

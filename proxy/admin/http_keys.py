@@ -7,16 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy import keys as K
-from proxy.budgets import micro_to_usd
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.proxy import keys as K
+from llmgw.core.budgets import micro_to_usd
 
 from . import entities as E
 from .errors import NotFound
 from .increase import principal_of
 from .roles import READ_KEYS, READ_SPEND, WRITE_KEYS, AdminPrincipal
 from .runtime import admin_of, change, gateway, json_body, now_ms, reason_of, reply
-from .timeutil import iso_ms, parse_instant_ms
+from llmgw.core.timeutil import iso_ms, parse_instant_ms
 
 routes = web.RouteTableDef()
 

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord, ConfigState
-from proxy.access import TYPE as MODELS, ModelList
-from proxy.ratelimit import TYPE as LIMITS, RateLimit, parse_limit_scope
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.proxy.access import TYPE as MODELS, ModelList
+from llmgw.proxy.ratelimit import TYPE as LIMITS, RateLimit, parse_limit_scope
 
 from .budget_ops import authorize_scope, scope_workspaces
 from .entities import check_models

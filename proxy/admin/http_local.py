@@ -1,4 +1,4 @@
-"""What the ``llmgw`` CLI beside a running gateway does through it (``proxy/local_gateway.py``).
+"""What the ``llmgw`` CLI beside a running gateway does through it (``ledger/local_gateway.py``).
 
 - ``POST /admin/config/records``: append config records the CLI built, applied
   here at once, so a key works the moment ``llmgw keys create`` returns.
@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ledger.configlog import ConfigRecord
-from ledger.fold import Totals, fold
+from llmgw.core.config import ConfigRecord
+from llmgw.ledger.fold import Totals, fold
 
 from .errors import BadRequest, Conflict, Forbidden
 from .runtime import admin_of, change, gateway, reply
@@ -63,7 +63,7 @@ async def append_records(request: web.Request) -> web.Response:
 @routes.post("/admin/ledger/rebuild")
 async def ledger_rebuild(request: web.Request) -> web.Response:
     _local(request)
-    from ledger.embedded import EmbeddedLedger
+    from llmgw.ledger.embedded import EmbeddedLedger
 
     led = gateway(request).ledger
     if not isinstance(led, EmbeddedLedger):

@@ -25,14 +25,14 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import WINDOWS, window_bounds
-from proxy.budgets import Applied, Budget, BudgetBook, parse_scope
-from proxy.keys import Principal
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import WINDOWS, window_bounds
+from llmgw.core.budgets import Applied, Budget, BudgetBook, parse_scope
+from llmgw.core.principal import Principal
 
 from .errors import Conflict, NotFound
 from .roles import AdminPrincipal
-from .timeutil import iso_ms
+from llmgw.core.timeutil import iso_ms
 
 TYPE = "increase_request"
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"

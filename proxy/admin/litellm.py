@@ -35,19 +35,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger import fold as F
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import window_bounds
-from proxy import keys as K
-from proxy.keys import presented_key
-from proxy.budgets import Budget, usd_to_micro
-from proxy.ratelimit import RateLimit
+from llmgw.core import spend_keys as F
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import window_bounds
+from llmgw.proxy import keys as K
+from llmgw.proxy.keys import presented_key
+from llmgw.core.budgets import Budget, usd_to_micro
+from llmgw.proxy.ratelimit import RateLimit
 
 from . import entities as E
 from .errors import BadRequest, Forbidden, NotFound
 from .roles import READ_KEYS, WRITE_BUDGETS, WRITE_KEYS, WRITE_ORGS, WRITE_USERS, AdminPrincipal
 from .runtime import admin_of, change, gateway, json_body, reply
-from .timeutil import iso_ms, parse_duration_s
+from llmgw.core.timeutil import iso_ms, parse_duration_s
 
 routes = web.RouteTableDef()
 # /key/generate fields we map; anything else (aliases, guardrails, ...) is accepted, not enforced,

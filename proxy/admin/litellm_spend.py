@@ -21,10 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics import queries
-from analytics.web import analytics_client, scope_of, store_errors
-from proxy.context import GATEWAY
-from proxy.ops.health import NOT_STARTED, ledger_state
+from llmgw.analytics import queries
+from llmgw.proxy.reports.web import analytics_client, scope_of, store_errors
+from llmgw.proxy.context import GATEWAY
+from llmgw.proxy.ops.health import NOT_STARTED, ledger_state
 
 from . import entities as E
 from .errors import BadRequest, NotFound

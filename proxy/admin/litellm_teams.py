@@ -21,11 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger import fold as F
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import window_bounds
-from proxy import keys as K
-from proxy.budgets import Budget
+from llmgw.core import spend_keys as F
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import window_bounds
+from llmgw.proxy import keys as K
+from llmgw.core.budgets import Budget
 
 from . import entities as E
 from .errors import BadRequest, NotFound

@@ -13,8 +13,8 @@ from typing import Awaitable, Callable
 import yaml
 from aiohttp import web
 
-from ledger.kafka_config import ConfigLogUnavailable
-from proxy.errors import GatewayError
+from llmgw.ledger.kafka_config import ConfigLogUnavailable
+from llmgw.proxy.errors import GatewayError
 
 from . import (http_budgets, http_entities, http_governance, http_keys, http_limits, http_local, litellm,
                litellm_spend, litellm_teams)

@@ -19,11 +19,12 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, FileConfigLog, open_config_log
-from ledger.kafka_config import ConfigLogUnavailable
-from proxy.context import GATEWAY, Gateway
-from proxy.keys import PREFIX as CLIENT_PREFIX, presented_key
-from proxy.pipeline import unreadable_body
+from llmgw.ledger.configlog import ConfigLog, FileConfigLog, open_config_log
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.ledger.kafka_config import ConfigLogUnavailable
+from llmgw.proxy.context import GATEWAY, Gateway
+from llmgw.proxy.keys import PREFIX as CLIENT_PREFIX, presented_key
+from llmgw.proxy.pipeline import unreadable_body
 
 from . import credentials as C
 from .errors import AuthError, BadRequest, ConfigUnavailable
@@ -60,7 +61,7 @@ class AdminRuntime:
     owner_key: str
     oidc: OidcVerifier | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    local_token: str = ""          # `llmgw serve`'s token for the CLI beside it (proxy/local_gateway.py)
+    local_token: str = ""          # `llmgw serve`'s token for the CLI beside it (ledger/local_gateway.py)
 
     async def change(self, gw: Gateway, compute: Callable[[ConfigState], tuple[list[ConfigRecord], T]]) -> T:
         """Run ``compute`` on the live state and append the records it returns, as one step."""

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..settings import Settings
+from llmgw.core.settings import Settings
 
 _PATHS = {"live": "/healthz", "ready": "/readyz"}
 

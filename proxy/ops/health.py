@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.driver import EMBEDDED, KAFKA, LedgerHealth
+from llmgw.ledger.driver import EMBEDDED, KAFKA, LedgerHealth
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ledger import events as E
-from ledger.driver import KAFKA
+from llmgw.core import events as E
+from llmgw.ledger.driver import KAFKA
 
 from ..usage import AnomalyCollector
 from .health import LedgerState

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from ledger.events import UsageEvent
+from llmgw.core.events import UsageEvent
 
 from ..context import CALL_EVENTS, REQUEST_ID
 from ..errors import GatewayError

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ledger.events import USAGE, UsageEvent
+from llmgw.core.events import USAGE, UsageEvent
 
 log = logging.getLogger("llmgw.ops")
 

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ledger.driver import Ledger
+from llmgw.ledger.driver import Ledger
 
 from ..context import GATEWAY
 from .health import NOT_STARTED, ledger_state

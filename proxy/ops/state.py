@@ -6,7 +6,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from ledger.events import UsageEvent
+from llmgw.core.events import UsageEvent
 
 from ..context import Gateway
 from .health import LedgerState, ledger_state

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.eventstream import CONTENT_TYPE, encode
+from llmgw.proxy.eventstream import CONTENT_TYPE, encode
 
 ACCESS_KEY = "AKIAFAKEBEDROCK00001"
 SECRET_KEY = "fake/bedrock/secret/key/for/tests/only0000"

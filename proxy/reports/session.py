@@ -24,10 +24,10 @@ from pathlib import Path
 
 import orjson
 
-from ledger.configlog import ConfigState
-from proxy.admin.credentials import ADMIN_PREFIX, ADMIN_TYPE
-from proxy.admin.roles import AdminPrincipal
-from proxy.settings import Settings
+from llmgw.core.config import ConfigState
+from llmgw.proxy.admin.credentials import ADMIN_PREFIX, ADMIN_TYPE
+from llmgw.proxy.admin.roles import AdminPrincipal
+from llmgw.core.settings import Settings
 
 COOKIE = "llmgw_dashboard"
 TTL_MS = 8 * 3_600_000

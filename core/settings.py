@@ -41,7 +41,7 @@ class Settings:
     gateway_id: str = ""
     admin_key: str = ""
     log_level: str = "INFO"
-    log_format: str = "json"           # "json": one object per line (proxy/ops/logs.py); "text": plain
+    log_format: str = "json"           # "json": one object per line (core/logs.py); "text": plain
     snapshot_max_age_s: float = 30.0   # /readyz fails once the budget snapshot is older (Kafka mode)
     shutdown_timeout_s: float = 30.0   # SIGTERM: open streams get this long to finish, then events flush
     orphan_after_s: float = 3600.0     # Kafka mode: the ledger worker charges a call with no usage event after this

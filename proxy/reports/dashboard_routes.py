@@ -8,7 +8,7 @@
     GET  /dashboard/static/NAME dashboard.css, dashboard.js, favicon.svg (no data, no login)
 
 The credential travels once, in the POST body; the page and the cookie never
-carry it (``analytics/session.py``). Every page is sent with a strict Content
+carry it (``proxy/reports/session.py``). Every page is sent with a strict Content
 Security Policy: only this gateway's own script and stylesheet run.
 """
 from __future__ import annotations
@@ -20,12 +20,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from analytics import dashboard, dashboard_finance, dashboard_html
-from analytics.session import COOKIE, TTL_MS, Session, Sessions, secret_for
-from proxy.admin.roles import READ_SPEND, WRITE_BUDGETS
-from proxy.admin.runtime import ADMIN
-from proxy.context import GATEWAY
-from proxy.errors import GatewayError
+from llmgw.analytics import dashboard, dashboard_html
+from llmgw.proxy.reports import dashboard_finance
+from llmgw.proxy.reports.session import COOKIE, TTL_MS, Session, Sessions, secret_for
+from llmgw.proxy.admin.roles import READ_SPEND, WRITE_BUDGETS
+from llmgw.proxy.admin.runtime import ADMIN
+from llmgw.proxy.context import GATEWAY
+from llmgw.proxy.errors import GatewayError
 
 class _Slot:
     """The gateway's ``Sessions``, made on first use (a secret file is only created if someone signs in)."""
@@ -120,7 +121,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def _collect(request: web.Request, session: Session) -> tuple[
         dashboard.Spend, list[dashboard.BudgetUse], list[dashboard.AlertView], bool]:
-    from analytics.web import analytics_client, scope_of, store_errors
+    from llmgw.proxy.reports.web import analytics_client, scope_of, store_errors
 
     gw = request.app[GATEWAY]
     now = _now_ms()
@@ -139,7 +140,7 @@ async def _collect(request: web.Request, session: Session) -> tuple[
 
 def _alerts(app: web.Application) -> tuple[list[dashboard.AlertView], bool]:
     """Fired alerts from the in-process evaluator, and whether one runs here (embedded mode)."""
-    from proxy.parts import ALERTS     # the composition root's key; imported late (the root imports this module)
+    from llmgw.proxy.parts import ALERTS     # the composition root's key; imported late (the root imports this module)
     slot = app.get(ALERTS)
     engine = slot.engine if slot is not None else None
     if engine is None:
@@ -174,7 +175,7 @@ async def data_json(request: web.Request) -> web.Response:
 
 
 async def finance_page(request: web.Request) -> web.Response:
-    """Spend over a date range by workspace, project, user or model (``analytics/dashboard_finance.py``)."""
+    """Spend over a date range by workspace, project, user or model (``proxy/reports/dashboard_finance.py``)."""
     session = await _session(request)
     if session is None:
         return _see_other(LOGIN)
@@ -195,7 +196,7 @@ async def set_budget(request: web.Request) -> web.Response:
     """The finance page's budget form: the signed-in admin's own role and scope decide, as on /admin/budgets."""
     from urllib.parse import urlencode
 
-    from proxy.admin.budget_ops import authorize_budget, budget_from_json
+    from llmgw.proxy.admin.budget_ops import authorize_budget, budget_from_json
 
     session = await _session(request)
     if session is None:
@@ -248,7 +249,7 @@ async def static(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     body = _static_cache.get(name)
     if body is None:
-        body = _static_cache[name] = resources.files("analytics").joinpath("static", name).read_bytes()
+        body = _static_cache[name] = resources.files("llmgw.analytics").joinpath("static", name).read_bytes()
     return web.Response(body=body, content_type=kind, charset="utf-8",
                         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 

@@ -24,9 +24,10 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import orjson
 
-from ledger.configlog import ConfigLog, ConfigRecord, ConfigState, open_config_log
+from llmgw.ledger.configlog import ConfigLog, open_config_log
+from llmgw.core.config import ConfigRecord, ConfigState
 
-from .settings import Settings
+from llmgw.core.settings import Settings
 
 FILE_NAME = "gateway.json"
 TOKEN_PREFIX = "llmgw-local-"

@@ -4,7 +4,7 @@
     GET  /admin/reconcile/report?since=YYYY-MM-DD&until=YYYY-MM-DD[&provider=...]
 
 ``llmgw reconcile`` calls these while a running embedded gateway holds the
-chDB store (``proxy/local_gateway.py``). Importing changes what finance
+chDB store (``ledger/local_gateway.py``). Importing changes what finance
 reads, so it takes an owner or finance credential; reading, ``exports.read``.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics import reconcile
-from analytics.web import analytics_client, store_errors
-from proxy.admin.errors import BadRequest, Forbidden
-from proxy.admin.roles import FINANCE, OWNER, READ_EXPORTS
-from proxy.admin.runtime import admin_of, reply
+from llmgw.analytics import reconcile
+from llmgw.proxy.reports.web import analytics_client, store_errors
+from llmgw.proxy.admin.errors import BadRequest, Forbidden
+from llmgw.proxy.admin.roles import FINANCE, OWNER, READ_EXPORTS
+from llmgw.proxy.admin.runtime import admin_of, reply
 
 MAX_REPORT_BYTES = 64 * 1024 * 1024
 

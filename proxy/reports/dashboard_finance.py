@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
-from analytics import dashboard_html
-from analytics.queries import DIMENSIONS, format_usd
-from analytics.store import check_identifier
+from llmgw.analytics import dashboard_html
+from llmgw.analytics.queries import DIMENSIONS, format_usd
+from llmgw.analytics.store import check_identifier
 
 GROUPS = ("workspace", "project", "user", "model")
 _TITLES = {"workspace": "Workspace", "project": "Project (tag project:)", "user": "User", "model": "Model"}
@@ -171,8 +171,8 @@ def _cell(text: str) -> str:
 
 async def gather(request: web.Request, admin: Any) -> tuple[list[FinanceRow], Range, str, str | None]:
     """Parse the query and read the rows (the caller has checked the session)."""
-    from analytics.web import analytics_client, scope_of, store_errors
-    from proxy.context import GATEWAY
+    from llmgw.proxy.reports.web import analytics_client, scope_of, store_errors
+    from llmgw.proxy.context import GATEWAY
 
     gw = request.app[GATEWAY]
     q = request.query

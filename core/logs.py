@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from ..settings import Settings
+from llmgw.core.settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

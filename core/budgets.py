@@ -31,11 +31,11 @@ import bisect
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from ledger import fold as F
-from ledger.configlog import ConfigRecord, ConfigState
-from ledger.windows import WINDOWS
+from llmgw.core import spend_keys as F
+from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import WINDOWS
 
-from .keys import Principal
+from llmgw.core.principal import Principal
 
 SCOPE_KINDS = ("org", "workspace", "user", "key", "tag")
 HOLDS = ("predicted", "strict")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ledger.configlog import ConfigRecord, ConfigState
+from llmgw.core.config import ConfigRecord, ConfigState
 
 DEFAULT_MAX_BYTES = 64 * 1024
 REDACTED = "[REDACTED]"

@@ -35,15 +35,15 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from analytics import queries, store
-from analytics.queries import TraceCall, UsageRow
-from proxy.admin.errors import BadRequest, Forbidden, NotFound
-from proxy.admin.roles import READ_EXPORTS, READ_SPEND, WORKSPACE_ADMIN, AdminPrincipal
-from proxy.admin.runtime import admin_of
-from proxy.context import GATEWAY
-from proxy.errors import GatewayError
+from llmgw.analytics import queries, store
+from llmgw.analytics.queries import TraceCall, UsageRow
+from llmgw.proxy.admin.errors import BadRequest, Forbidden, NotFound
+from llmgw.proxy.admin.roles import READ_EXPORTS, READ_SPEND, WORKSPACE_ADMIN, AdminPrincipal
+from llmgw.proxy.admin.runtime import admin_of
+from llmgw.proxy.context import GATEWAY
+from llmgw.proxy.errors import GatewayError
 
-from . import dashboard_routes
+from llmgw.proxy.reports import dashboard_routes
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _CSV_CHUNK_BYTES = 64 * 1024
@@ -55,7 +55,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/chargeback.csv", chargeback_handler, allow_head=False)
     app.router.add_get("/admin/trace/{ref}", trace_handler, allow_head=False)
     dashboard_routes.add_routes(app)
-    from analytics import reconcile_web     # it imports this module: added once this one is whole
+    from llmgw.proxy.reports import reconcile_web     # it imports this module: added once this one is whole
     reconcile_web.add_routes(app)
 
 
@@ -152,7 +152,7 @@ async def spend_handler(request: web.Request) -> web.Response:
 
 
 def _sum_tokens(rows: Sequence[UsageRow]) -> Any:
-    from ledger.events import Tokens
+    from llmgw.core.events import Tokens
 
     return Tokens(*(sum(getattr(r.tokens, f) for r in rows) for f in
                     ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output", "reasoning")))
