@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import (  # type: ignore[import-untyped]
+from aiokafka import (
     AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition)
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from llmgw.analytics import store
 from llmgw.analytics.sink import Sink, check_event

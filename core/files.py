@@ -17,17 +17,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal, overload
+from typing import Any, BinaryIO, Literal, TextIO, overload
 
 
 @overload
 def atomic_write(path: str | os.PathLike[str], *, binary: Literal[False] = ...,
-                 mode: int | None = ...) -> contextlib.AbstractContextManager[IO[str]]: ...
+                 mode: int | None = ...) -> contextlib.AbstractContextManager[TextIO]: ...
 @overload
 def atomic_write(path: str | os.PathLike[str], *, binary: Literal[True],
-                 mode: int | None = ...) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+                 mode: int | None = ...) -> contextlib.AbstractContextManager[BinaryIO]: ...
 def atomic_write(path: str | os.PathLike[str], *, binary: bool = False,
-                 mode: int | None = None) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
+                 mode: int | None = None) -> contextlib.AbstractContextManager[TextIO] | contextlib.AbstractContextManager[BinaryIO]:
     """``with atomic_write(path) as f: f.write(...)``: the target appears whole when the block ends.
 
     The file is private to its owner (0600, as ``mkstemp`` makes it) unless ``mode`` says otherwise."""
@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike[str], *, binary: bool = False,
 
 
 @contextlib.contextmanager
-def _atomic_write(target: Path, binary: bool, mode: int | None) -> Iterator[IO]:  # type: ignore[type-arg]
+def _atomic_write(target: Path, binary: bool, mode: int | None) -> Iterator[Any]:
     directory = target.parent
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".partial")
     try:

@@ -105,7 +105,8 @@ class LocalGateway:
         while True:
             try:
                 with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                    return resp.read()
+                    answer: bytes = resp.read()
+                    return answer
             except urllib.error.HTTPError as err:
                 raw = err.read()
                 try:

@@ -42,7 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _adapter_for(request: web.Request) -> Adapter:
-    a = request.get(ADAPTER)
+    a: Adapter | None = request.get(ADAPTER)
     if a is not None:
         return a
     return _ANTHROPIC if "anthropic-version" in request.headers else _OPENAI

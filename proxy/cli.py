@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from llmgw.analytics import cli as analytics_cli, reconcile_cli, sink_cli
 from llmgw.ledger import alerts_cli
@@ -25,6 +25,7 @@ from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
 from llmgw.core.budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
                                 usd_to_micro)
+from llmgw.ledger.configlog import ConfigLog
 from llmgw.ledger.local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
 from . import routes_cli
@@ -37,10 +38,11 @@ Command = Callable[[argparse.Namespace], int]
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
     flags = {k: getattr(args, k, None) for k in ("config", "data_dir", "kafka_bootstrap")}
-    return Settings.load(**{k: v for k, v in {**flags, **extra}.items() if v is not None})
+    given: dict[str, Any] = {k: v for k, v in {**flags, **extra}.items() if v is not None}
+    return Settings.load(**given)
 
 
-def _config_io(args: argparse.Namespace):
+def _config_io(args: argparse.Namespace) -> ConfigLog:
     """Through the running `llmgw serve` of this data dir if there is one: it applies the record at once."""
     return cli_config_log(_settings(args))
 

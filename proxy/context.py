@@ -132,7 +132,8 @@ class Gateway:
         s = self.settings
         try:
             return self.catalog.resolve(target.price_model, ts_ms, provider=target.upstream.price_provider,
-                                        policy=s.unknown_model, fallback_entry=s.fallback_price or None)
+                                        policy=s.unknown_model,  # type: ignore[arg-type]
+                                        fallback_entry=s.fallback_price or None)
         except UnknownModel:
             # 400, not 404: the model may well exist upstream, and clients such as
             # Claude Code show a 400's message where they hide a 404 behind "model not found"

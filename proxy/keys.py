@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.core.principal import Principal
@@ -47,7 +48,7 @@ def key_id_of(key: str) -> str | None:
 
 
 def verified(state: ConfigState, type_: str, record_id: str | None, secret: str,
-             now_ms: int) -> dict | None:
+             now_ms: int) -> dict[str, Any] | None:
     """The record's data if ``secret`` hashes to its stored hash and it has not expired.
 
     The hash is compared in constant time, and the same work is done whether
@@ -77,7 +78,7 @@ def authenticate(state: ConfigState, key: str, now_ms: int) -> Principal | None:
 def presented_key(headers: "object") -> str | None:
     """The gateway key from ``x-api-key`` or ``Authorization: Bearer``, whatever the API."""
     get = headers.get  # type: ignore[attr-defined]
-    key = get("x-api-key")
+    key: str | None = get("x-api-key")
     if key:
         return key.strip()
     auth = get("authorization") or ""

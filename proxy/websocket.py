@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import orjson
@@ -129,7 +130,7 @@ def _status_of_end(raw: bytes) -> int:
     return 200
 
 
-def _call_of(obj: dict) -> tuple[Call, bool]:
+def _call_of(obj: dict[str, Any]) -> tuple[Call, bool]:
     """The call a ``response.create`` frame asks for (flat, or under ``response``), and whether
     forwarding needs the frame rewritten (``metadata.tags`` taken out)."""
     nested = isinstance(obj.get("response"), dict)
@@ -143,7 +144,7 @@ def _call_of(obj: dict) -> tuple[Call, bool]:
     return replace(call, stream=True), inner.get("metadata") != meta
 
 
-def _frame(obj: dict, body: bytes) -> str:
+def _frame(obj: dict[str, Any], body: bytes) -> str:
     inner = orjson.loads(body)
     if isinstance(obj.get("response"), dict):
         return orjson.dumps({**obj, "response": inner}).decode()
@@ -205,7 +206,7 @@ class ResponsesSession:
         loop = asyncio.get_running_loop()
         self.gw.session_opened(self)
         self._arm_expiry(self.principal)
-        tasks = (loop.create_task(self._from_client(), name="llmgw-ws-client"),
+        tasks: tuple[asyncio.Task[Any], ...] = (loop.create_task(self._from_client(), name="llmgw-ws-client"),
                  loop.create_task(self._from_upstream(), name="llmgw-ws-upstream"),
                  loop.create_task(self._ended.wait(), name="llmgw-ws-ended"))
         try:

@@ -7,6 +7,7 @@ versions the input side again). Only events that carry ``"usage"`` are parsed.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -30,7 +31,7 @@ def speed_tier(speed: object) -> str:
     return "fast" if speed == "fast" else "standard"
 
 
-def error_object(err: GatewayError) -> dict:
+def error_object(err: GatewayError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
 
 
@@ -75,12 +76,13 @@ class AnthropicMeter:
         self._deltas += 1
         self._delta_bytes += len(event)
 
-    def _observe(self, obj: dict | None) -> None:
+    def _observe(self, obj: dict[str, Any] | None) -> None:
         if obj is None:
             return
         t = obj.get("type")
         if t == "message_start":
-            msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+            message = obj.get("message")
+            msg = message if isinstance(message, dict) else {}
             model = msg.get("model")
             self.usage.model_served = model if isinstance(model, str) and model else self.usage.model_served
             self._take(msg.get("usage"), final=False)

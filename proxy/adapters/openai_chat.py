@@ -8,7 +8,7 @@ extra final chunk (empty ``choices``) so the client sees what it asked for.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 import orjson
 
@@ -28,7 +28,7 @@ _ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_to
                 502: "upstream_unreachable", 504: "upstream_timeout"}
 
 
-def error_object(err: GatewayError) -> dict:
+def error_object(err: GatewayError) -> dict[str, Any]:
     code = {"budget": "budget_exceeded", "rate": "rate_limit_exceeded", "no_route": "no_route"}.get(err.kind) or _ERROR_CODES.get(err.status, err.kind)
     etype = "insufficient_quota" if err.kind == "budget" else _ERROR_TYPES.get(err.status, "server_error")
     if err.client == "codex" and err.codex_final:
@@ -64,7 +64,7 @@ def is_codex(headers: Mapping[str, str]) -> bool:
     return headers.get("originator", "").startswith("codex") or headers.get("user-agent", "").startswith("codex")
 
 
-def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageReader | None = None,
+def openai_usage_tokens(u: dict[str, Any], prompt_key: str, completion_key: str, r: UsageReader | None = None,
                         output_required: bool = True) -> Tokens:
     """OpenAI counts cache reads and cache writes inside the prompt total; we keep them apart.
 
@@ -97,7 +97,7 @@ def openai_usage_tokens(u: dict, prompt_key: str, completion_key: str, r: UsageR
 _SHORT_RETENTION = frozenset({"30m", "in_memory", "in-memory"})
 
 
-def asks_long_cache_retention(obj: dict) -> bool:
+def asks_long_cache_retention(obj: dict[str, Any]) -> bool:
     """Whether the request keeps its prompt-cache writes past the 30-minute default:
     ``prompt_cache_options.ttl`` (GPT-5.6 and later, e.g. ``"12h"``) or
     ``prompt_cache_retention`` (``"24h"``, earlier models). Usage reports every write
@@ -177,7 +177,7 @@ class ChatMeter:
         self._take(obj)
         return not obj.get("choices")
 
-    def _take(self, obj: dict) -> None:
+    def _take(self, obj: dict[str, Any]) -> None:
         self.usage.tokens = openai_usage_tokens(obj["usage"], "prompt_tokens", "completion_tokens", self._read)
         model = obj.get("model")
         self.usage.model_served = model if isinstance(model, str) and model else self.usage.model_served

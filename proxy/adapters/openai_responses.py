@@ -8,6 +8,7 @@ text frames, one event per frame: ``observe_frame``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -98,7 +99,7 @@ class ResponsesMeter:
     def finished(self) -> bool:
         return self._finished
 
-    def _observe(self, obj: dict | None) -> None:
+    def _observe(self, obj: dict[str, Any] | None) -> None:
         if obj is None:
             return
         t = obj.get("type")
@@ -106,7 +107,8 @@ class ResponsesMeter:
             self._output_seen = True
         elif t == "error":
             self._finished = True
-            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+            error = obj.get("error")
+            err = error if isinstance(error, dict) else obj
             code = err.get("code") or err.get("type")
             self.usage.error_type = str(code) if isinstance(code, str) and code else "error"
         elif t in TERMINAL:
@@ -114,7 +116,7 @@ class ResponsesMeter:
             resp = obj.get("response")
             self._take(resp if isinstance(resp, dict) else {}, terminal=True)
 
-    def _take(self, resp: dict, terminal: bool) -> None:
+    def _take(self, resp: dict[str, Any], terminal: bool) -> None:
         u = resp.get("usage")
         if not isinstance(u, dict):
             if terminal:
@@ -153,7 +155,7 @@ class ResponsesMeter:
         return self._output_seen
 
 
-def parse_create(obj: dict, body: bytes | None) -> Call:
+def parse_create(obj: dict[str, Any], body: bytes | None) -> Call:
     """A Responses create request, from an HTTP body or a WebSocket frame."""
     model = require_model(obj)
     optional_input(obj)

@@ -80,7 +80,7 @@ class GoogleBearer:
             except ImportError:
                 raise ValueError("vertex upstream: `credentials_file` needs google-auth "
                                  "(pip install 'llmgw[vertex]')") from None
-            self._creds = service_account.Credentials.from_service_account_file(
+            self._creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 credentials_file, scopes=["https://www.googleapis.com/auth/cloud-platform"])
 
     async def token(self) -> str:
@@ -88,7 +88,8 @@ class GoogleBearer:
         if creds is None:
             return self._token
         if creds.valid:                   # google-auth counts a token as expired minutes before it is
-            return creds.token
+            token: str = creds.token
+            return token
         async with self._lock:
             if not creds.valid:
                 from google.auth.exceptions import GoogleAuthError
@@ -97,7 +98,8 @@ class GoogleBearer:
                     await asyncio.to_thread(creds.refresh, Request())
                 except GoogleAuthError as exc:
                     raise UpstreamError(f"could not get a Google access token: {type(exc).__name__}") from None
-            return creds.token
+            refreshed: str = creds.token
+            return refreshed
 
     async def sign(self, method: str, url: str, headers: MutableMapping[str, str], body: bytes | None) -> None:
         _drop_google_auth(headers)

@@ -155,13 +155,13 @@ def key_info_of(gw: Any, rec: ConfigRecord) -> dict[str, Any]:
     """LiteLLM's key info for one key record: settings, the key budget, spend in its window (else this month)."""
     d = rec.data or {}
     cap = next((Budget.from_record(r) for r in gw.config.of_type("budget")
-                if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]  # type: ignore[index]
-                and r.data["kind"] == "budget" and not r.data["tag"]), None)  # type: ignore[index]
+                if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]
+                and r.data["kind"] == "budget" and not r.data["tag"]), None)
     window = cap.window if cap else "month"
     start, _ = window_bounds(window, int(time.time() * 1000), gw.tz_of(d["org"]))
     spent = gw.ledger.view.spent(F.spend_key(F.KEY, d["key_id"], window, start))
-    rates = {r.data["metric"]: r.data["limit"] for r in gw.config.of_type("ratelimit")  # type: ignore[index]
-             if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]}  # type: ignore[index]
+    rates = {r.data["metric"]: r.data["limit"] for r in gw.config.of_type("ratelimit")
+             if (r.data or {}).get("scope_kind") == "key" and r.data["name"] == d["key_id"]}
     return {"token": d["key_id"], "key_alias": d.get("alias") or None, "key_name": None,
             "spend": spent / 1_000_000,           # LiteLLM's wire format is float USD; ours stays int
             "spend_micro_usd": spent, "expires": iso_ms(int(d.get("expires_ms") or 0)),
@@ -354,8 +354,8 @@ def member_records(org: str, team: str, found: list[dict[str, Any]], state: Conf
 
 
 def team_members(state: ConfigState, org: str, team: str) -> list[dict[str, Any]]:
-    return [{"user_id": r.data["name"], "user_email": r.data.get("email") or None,  # type: ignore[index]
-             "role": (r.data.get("metadata") or {}).get("litellm_team_role", "user")}  # type: ignore[union-attr]
+    return [{"user_id": r.data["name"], "user_email": r.data.get("email") or None,
+             "role": (r.data.get("metadata") or {}).get("litellm_team_role", "user")}
             for r in sorted(state.of_type("user"), key=lambda r: r.id)
             if r.data and r.data["org"] == org and r.data.get("workspace") == team]
 
