@@ -84,10 +84,5 @@ def window_start(window: str, ts_ms: int, tz: str = "UTC") -> int:
     return window_bounds(window, ts_ms, tz)[0]
 
 
-def seconds_until_reset(window: str, now_ms: int, tz: str = "UTC") -> int:
-    end = window_bounds(window, now_ms, tz)[1]
-    return max(1, -(-(end - now_ms) // 1000))
-
-
 def iso_utc(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

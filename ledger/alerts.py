@@ -67,10 +67,6 @@ class AlertPolicy:
             raise ValueError("runway_min_elapsed_pct must be in 0..100")
         return policy
 
-    def to_mapping(self) -> dict[str, Any]:
-        return {"thresholds_pct": list(self.thresholds_pct), "runway": self.runway,
-                "runway_min_elapsed_pct": self.runway_min_elapsed_pct}
-
 
 class PolicyBook:
     """Per budget: its own ``alert_policy`` record, else the ``*`` record, else the file's default."""

@@ -226,12 +226,6 @@ def fold_record(totals: Mapping[str, Totals], seen: SeenIds | SeenBatch, value: 
     return outcome, changes
 
 
-def event_id_of(value: bytes | None) -> str | None:
-    raw = _parse(value)
-    event_id = raw.get("event_id") if raw is not None else None
-    return event_id if isinstance(event_id, str) and event_id else None
-
-
 def _parse(value: bytes | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -647,12 +641,6 @@ def _resume_offset(p: int, committed: int | None, progress: int | None, first: i
         log.error("usage partition %d: offsets %d..%d were deleted before they were folded", p, nxt, first - 1)
         nxt = first
     return nxt
-
-
-async def rebuild_seen(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int,
-                       horizon_ms: int) -> SeenIds:
-    """The ``SeenIds`` of ``tp`` after offset ``nxt - 1``, read back from the usage log."""
-    return (await rebuild_memory(reader, tp, first, nxt, horizon_ms, DEFAULT_ORPHAN_AFTER_MS))[0]
 
 
 async def rebuild_memory(reader: PartitionReader, tp: TopicPartition, first: int, nxt: int,

@@ -16,8 +16,10 @@
         ├── UpstreamTimeout   504
         └── UpstreamUnreachable                     no response began (a route may fail over)
 
-Each adapter renders these in its own wire's shape (``adapters/*.error_body``);
-only the edge (the middleware, or the relay once headers are sent) renders.
+Each adapter renders these in its own wire's shape (``adapters/*.error_body``), and only the edge
+renders: the middleware (``app.py``) before any byte of a response, and the Responses WebSocket as an
+``error`` frame (``websocket.py``). Nothing is rendered into an HTTP response once it has begun: an
+upstream that breaks mid-stream ends the client's stream where it broke (``forward.Relay``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Send a call upstream and relay the answer byte for byte.
 
 The only network seam of the proxy: ``open_upstream`` turns a routed call into
-an upstream response (or a ``GatewayError``); ``relay_stream`` forwards bytes
+an upstream response (or a ``GatewayError``); ``Relay.stream`` forwards bytes
 as they arrive while the adapter's meter reads usage from them.
 """
 from __future__ import annotations

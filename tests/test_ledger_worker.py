@@ -375,7 +375,7 @@ def test_seen_ids_staged_batches_decide_like_direct_admission(raw: list[tuple[in
 @given(sightings, st.integers(1, 30))
 def test_seen_ids_rebuilt_from_the_horizon_tail_equal_the_full_replay(raw: list[tuple[int, int]],
                                                                      horizon_ms: int) -> None:
-    """What ``rebuild_seen`` reads (records from the first one stamped >= last stamp - horizon)
+    """What ``rebuild_memory`` reads (records from the first one stamped >= last stamp - horizon)
     gives the same decisions for every later record as the state built from offset 0."""
     records = [(f"e{i}", ts) for i, ts in raw]
     ids = {i for i, _ in records}

@@ -157,11 +157,3 @@ def count_url_images(messages: Any) -> int:
 def has_web_search(tools: Any) -> bool:
     return isinstance(tools, list) and any(
         isinstance(t, dict) and str(t.get("type", "")).startswith("web_search") for t in tools)
-
-
-def int_of(d: Any, *path: str) -> int:
-    for p in path:
-        if not isinstance(d, dict):
-            return 0
-        d = d.get(p)
-    return d if isinstance(d, int) and not isinstance(d, bool) else 0

@@ -191,9 +191,6 @@ class AnthropicMessages:
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
 
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return b"event: error\ndata: " + orjson.dumps(error_object(err)) + b"\n\n"
-
 
 class AnthropicCountTokens(AnthropicMessages):
     """Free: counted for nobody's budget, but still authenticated and routed."""

@@ -27,7 +27,7 @@ import orjson
 from llmgw.core.events import Tokens
 
 from ..errors import BadRequest, GatewayError, UpstreamError
-from ..eventstream import EventStreamSplitter, encode
+from ..eventstream import EventStreamSplitter
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
 from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, take_metadata_tags
@@ -70,11 +70,6 @@ class BedrockErrors:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        exc = error_object(err)
-        return encode({":message-type": "exception", ":exception-type": exc["__type"][:1].lower() + exc["__type"][1:],
-                       ":content-type": "application/json"}, orjson.dumps({"message": err.message}))
 
 
 class _Bedrock(BedrockErrors):

@@ -39,9 +39,6 @@ class GoogleErrors:
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
 
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return b"data: " + orjson.dumps(error_object(err)) + b"\r\n\r\n"
-
 
 def valid_model(model: str) -> str:
     if not _MODEL.match(model):

@@ -245,6 +245,3 @@ class OpenAIChat:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return b"data: " + orjson.dumps(error_object(err)) + b"\n\n"

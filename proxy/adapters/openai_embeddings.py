@@ -61,6 +61,3 @@ class OpenAIEmbeddings:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return self.error_body(err)

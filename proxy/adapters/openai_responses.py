@@ -185,8 +185,3 @@ class OpenAIResponses:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        e = error_object(err)["error"]
-        payload = {"type": "error", "code": e["code"], "message": e["message"], "param": None}
-        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

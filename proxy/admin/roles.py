@@ -75,11 +75,6 @@ class AdminPrincipal:
             raise Forbidden(f"workspace {org}/{workspace} is outside this admin's scope "
                             f"({', '.join(self.workspaces) or 'none'})")
 
-    def require_owner_scope(self, what: str) -> None:
-        """Things that span workspaces (org-wide, any-org, tag scopes) need a role not tied to one."""
-        if self.role == WORKSPACE_ADMIN:
-            raise Forbidden(f"{what} spans more than one workspace; only an owner may change it")
-
 
 def check_role(role: str) -> str:
     if role not in ROLES:
