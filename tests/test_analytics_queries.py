@@ -83,6 +83,18 @@ def test_trace_orders_calls_with_running_cost(analytics_db: AnalyticsDB) -> None
     assert queries.trace(analytics_db.client, analytics_db.database, "nope") == []
 
 
+def test_trace_ref_by_request_id_finds_the_session_or_the_call_alone(analytics_db: AnalyticsDB) -> None:
+    in_session = usage_event(1, session_id="sess-7", request_id="req-in", cost_micro_usd=300)
+    alone = usage_event(2, session_id="", request_id="req-alone", cost_micro_usd=1_200)
+    analytics_db.sink.insert([in_session, alone])
+    [found] = queries.trace_ref(analytics_db.client, analytics_db.database, "req-in")
+    assert found.event_id == in_session.event_id
+    [call] = queries.trace_ref(analytics_db.client, analytics_db.database, "req-alone")
+    assert (call.event_id, call.cost_micro_usd, call.running_cost_micro_usd) == (alone.event_id, 1_200, 1_200)
+    assert call.cost_nano_usd == alone.cost_nano_usd
+    assert queries.trace_ref(analytics_db.client, analytics_db.database, "req-none") == []
+
+
 def test_chargeback_csv_total_is_the_exact_sum(analytics_db: AnalyticsDB) -> None:
     events = _population()
     october = usage_event(0, ts_start_ms=NOV_MS[0] - 1, workspace="ws-a")     # last ms of October
