@@ -29,6 +29,7 @@ from .ops import routes as ops_routes
 from .ops.observe import observe
 from .ops.state import OPS, Ops
 from .routing import RoutingTable, Target
+from .transport import Transport
 from llmgw.core.settings import Settings
 from .types import Adapter
 from .websocket import responses_ws
@@ -121,7 +122,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[EventObserver, ...] = (),
-                capture_sink: BodySink | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
+                capture_sink: BodySink | None = None,
+                transport: Transport | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config_log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
         if settings.embedded:
@@ -133,7 +135,8 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
         tzs = org_timezones(dict(settings.file_config))
         led = ledger or await _default_ledger(settings, tzs)
         gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
-                     led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers)
+                     led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers,
+                     transport=transport)
         gw.config_current = current
         app[GATEWAY] = gw
         await led.start()
@@ -176,7 +179,7 @@ async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
     return KafkaLedger.from_settings(settings, tz_of=tz_of)
 
 
-def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Application:
+def create_app(settings: Settings, ledger: Ledger | None = None, transport: Transport | None = None) -> web.Application:
     ops = Ops()
     # Bodies can be captured (per workspace, opt-in) wherever an analytics store is reachable.
     capture = BodySink(settings.analytics_dsn) if settings.analytics or not settings.embedded else None
@@ -189,7 +192,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     app[OPS] = ops
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([
-        gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture),
+        gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture, transport=transport),
         admin_ctx,
         ops_routes.ops_ctx,
         parts.alerts_ctx,

@@ -28,6 +28,7 @@ from llmgw.core.principal import Principal
 from llmgw.proxy.keys import authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream
+from .transport import AiohttpTransport, Transport
 from llmgw.core.settings import Settings
 
 
@@ -67,6 +68,9 @@ class Gateway:
     key_sessions: dict[str, set[KeySession]] = field(default_factory=dict)
     # False while the config came from the local cache (Kafka away at start; ledger/config_cache.py)
     config_current: bool = True
+    # Every upstream's HTTP calls go through this one instead of the network (tests: proxy/transport.py).
+    transport: Transport | None = None
+    _transports: dict[str, Transport] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,
@@ -153,10 +157,20 @@ class Gateway:
             self.sessions[upstream.name] = s
         return s
 
+    def transport_for(self, upstream: Upstream) -> Transport:
+        """How a call reaches ``upstream`` over HTTP: its pooled session, unless a transport was given."""
+        if self.transport is not None:
+            return self.transport
+        t = self._transports.get(upstream.name)
+        if t is None:
+            t = self._transports[upstream.name] = AiohttpTransport(self.session(upstream))
+        return t
+
     async def close_sessions(self) -> None:
         for s in self.sessions.values():
             await s.close()
         self.sessions.clear()
+        self._transports.clear()
 
 
 def org_timezones(file_config: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -22,6 +21,7 @@ from . import forward
 from .context import GATEWAY
 from .errors import UpstreamUnreachable
 from .routing import Breaker, Target
+from .transport import UpstreamResponse
 from .types import Call
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def retryable(status: int) -> bool:
 
 async def open_upstream(gw: "Gateway", target: Target, path: str, call: Call,
                         incoming: Mapping[str, str],
-                        query: Mapping[str, str] | None = None) -> tuple[aiohttp.ClientResponse, Target]:
+                        query: Mapping[str, str] | None = None) -> tuple[UpstreamResponse, Target]:
     """The upstream response and the target that gave it (the event names that upstream)."""
     attempts = target.attempts()
     for i, t in enumerate(attempts):
@@ -43,7 +43,7 @@ async def open_upstream(gw: "Gateway", target: Target, path: str, call: Call,
         now = time.monotonic()
         breaker.trying(now)
         try:
-            resp = await forward.open_upstream(gw.session(t.upstream), t, path, call, incoming, query=query)
+            resp = await forward.open_upstream(gw.transport_for(t.upstream), t, path, call, incoming, query=query)
         except UpstreamUnreachable:
             breaker.failure(now)
             if last:

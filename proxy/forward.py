@@ -1,7 +1,8 @@
 """Send a call upstream and relay the answer byte for byte.
 
 The only network seam of the proxy: ``open_upstream`` turns a routed call into
-an upstream response (or a ``GatewayError``); ``Relay.stream`` forwards bytes
+an upstream response (or a ``GatewayError``) through a ``Transport``
+(``transport.py``: the network, or a test's provider); ``Relay.stream`` forwards bytes
 as they arrive while the adapter's meter reads usage from them.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from .routing import Target
+from .transport import Transport, UpstreamResponse
 from .types import Call, Meter
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -66,7 +68,7 @@ def passes_down(name: str) -> bool:
     return lk.startswith(_PASS_DOWN_PREFIXES) and _CREDENTIAL_WORDS.isdisjoint(lk.split("-"))
 
 
-def downstream_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str]) -> CIMultiDict[str]:
+def downstream_headers(upstream: UpstreamResponse, extra: Mapping[str, str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in upstream.headers.items():
         if passes_down(k):
@@ -98,14 +100,14 @@ def client_query(query: Mapping[str, str]) -> str:
     return "&".join(f"{k}={query[k]}" for k in FORWARDED_QUERY if _PLAIN.fullmatch(query.get(k, "")))
 
 
-async def open_upstream(session: aiohttp.ClientSession, target: Target, path: str, call: Call,
+async def open_upstream(transport: Transport, target: Target, path: str, call: Call,
                         incoming: Mapping[str, str], method: str = "POST",
-                        query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+                        query: Mapping[str, str] | None = None) -> UpstreamResponse:
     url = target.upstream.url(path, client_query(query or {}))
     body, headers = (call.body if method == "POST" else None), upstream_headers(incoming, target)
     await target.upstream.sign(method, url, headers, body)       # Bedrock: SigV4 over the final request
     try:
-        return await session.request(method, url, data=body, headers=headers)
+        return await transport.send(method, url, body, headers)
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"upstream {target.upstream.name} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
@@ -137,14 +139,14 @@ class StreamScrub:
         return held
 
 
-def _sent_credential(upstream: aiohttp.ClientResponse) -> bytes:
+def _sent_credential(upstream: UpstreamResponse) -> bytes:
     """The gateway's own credential as this call sent it upstream (x-api-key, api-key or bearer)."""
     sent = upstream.request_info.headers
     value = sent.get("x-api-key") or sent.get("api-key") or sent.get("authorization", "").removeprefix("Bearer ")
     return value.strip().encode() if len(value.strip()) >= 8 else b""
 
 
-def is_stream(resp: aiohttp.ClientResponse) -> bool:
+def is_stream(resp: UpstreamResponse) -> bool:
     return resp.content_type in ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
@@ -161,7 +163,7 @@ class Relay:
         self.upstream_broke = False
         self.bytes_out = 0
 
-    async def stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+    async def stream(self, request: web.Request, upstream: UpstreamResponse,
                      extra_headers: Mapping[str, str]) -> web.StreamResponse:
         resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
         await resp.prepare(request)

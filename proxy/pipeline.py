@@ -104,7 +104,7 @@ async def passthrough(request: web.Request, gw: Gateway, target: Target, path: s
                       call: Call | None = None) -> web.StreamResponse:
     """Calls that cost nothing (count_tokens, model lists): authenticated, routed, not metered."""
     method = "POST" if call is not None else "GET"
-    upstream = await forward.open_upstream(gw.session(target.upstream), target, path,
+    upstream = await forward.open_upstream(gw.transport_for(target.upstream), target, path,
                                            call or Call(model="", stream=False, body=b""), request.headers, method,
                                            query=request.query)
     async with upstream:

@@ -19,7 +19,7 @@ from llmgw.core.settings import Settings
 
 
 class GatewayHarness:
-    def __init__(self, fake: Any, data_dir: Path, ledger: Any = None, **overrides: Any) -> None:
+    def __init__(self, fake: Any, data_dir: Path, ledger: Any = None, transport: Any = None, **overrides: Any) -> None:
         self.fake = fake
         self.data_dir = data_dir
         values = dict(host="127.0.0.1", port=0, data_dir=str(data_dir), analytics=False,
@@ -29,11 +29,12 @@ class GatewayHarness:
         values.update(overrides)
         self.settings = Settings(**values)
         self._ledger = ledger
+        self._transport = transport      # None: the network (proxy/transport.py)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        self.app = create_app(self.settings, ledger=self._ledger)
+        self.app = create_app(self.settings, ledger=self._ledger, transport=self._transport)
         self.runner = web.AppRunner(self.app, handler_cancellation=True)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
