@@ -11,7 +11,8 @@ from aiohttp import web
 
 from ledger.configlog import ConfigRecord, ConfigState
 from proxy.access import TYPE as MODELS, ModelList
-from proxy.ratelimit import TYPE as LIMITS, RateLimit, parse_limit_scope
+from proxy.ratelimit import TYPE as LIMITS, RateLimit
+from proxy.scopes import ENTITY_KINDS, Scope, parse_scope
 
 from .budget_ops import authorize_scope, scope_workspaces
 from .entities import check_models
@@ -24,30 +25,30 @@ routes = web.RouteTableDef()
 
 def limit_view(rec: ConfigRecord) -> dict[str, Any]:
     r = RateLimit.from_record(rec)
-    return {"id": rec.id, "scope": f"{r.scope_kind}:{r.name}", "org": r.org, "metric": r.metric, "limit": r.limit,
+    return {"id": rec.id, "scope": str(Scope(r.scope_kind, r.name, r.org)), "org": r.org, "metric": r.metric, "limit": r.limit,
             "burst": r.burst, "description": r.describe()}
 
 
 def models_view(rec: ConfigRecord) -> dict[str, Any]:
     m = ModelList.from_record(rec)
-    return {"id": rec.id, "scope": f"{m.scope_kind}:{m.name}", "org": m.org, "patterns": list(m.patterns),
+    return {"id": rec.id, "scope": str(Scope(m.scope_kind, m.name, m.org)), "org": m.org, "patterns": list(m.patterns),
             "description": m.who()}
 
 
 def _limit_from(body: dict[str, Any]) -> RateLimit:
-    kind, name = parse_limit_scope(str(body.get("scope") or ""))
+    sc = parse_scope(str(body.get("scope") or ""), str(body.get("org") or ""), ENTITY_KINDS)
     limit, burst = body.get("limit"), body.get("burst") or 0
     if isinstance(limit, bool) or not isinstance(limit, int) or isinstance(burst, bool) or not isinstance(burst, int):
         raise BadRequest("limit (and burst) must be integers: requests or tokens per minute or per day")
-    return RateLimit(kind, name, str(body.get("metric") or ""), limit, burst, str(body.get("org") or ""))
+    return RateLimit(sc.kind, sc.name, str(body.get("metric") or ""), limit, burst, sc.org)
 
 
 def _models_from(body: dict[str, Any]) -> ModelList:
-    kind, name = parse_limit_scope(str(body.get("scope") or ""))
+    sc = parse_scope(str(body.get("scope") or ""), str(body.get("org") or ""), ENTITY_KINDS)
     patterns = check_models(body.get("patterns"))
     if not patterns:
         raise BadRequest("patterns: give at least one model name or glob pattern")
-    return ModelList(kind, name, patterns, str(body.get("org") or ""))
+    return ModelList(sc.kind, sc.name, patterns, sc.org)
 
 
 def _authorize(p: AdminPrincipal, state: ConfigState, what: str, kind: str, name: str, org: str) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS, window_bounds
-from proxy.budgets import Applied, Budget, BudgetBook, parse_scope
+from proxy.budgets import Applied, Budget, BudgetBook
+from proxy.scopes import ENTITY_KINDS, parse_scope
 from proxy.keys import Principal
 
 from .errors import Conflict, NotFound
@@ -64,8 +65,8 @@ def file_request(state: ConfigState, *, key_id: str, window: str, amount_micro_u
     if expires_ms and expires_ms <= now_ms:
         raise ValueError("the expiry is in the past")
     if scope:
-        kind, name = parse_scope(scope)
-        if kind == "tag" or name != scope_name(p, kind):
+        sc = parse_scope(scope, "", ENTITY_KINDS)
+        if sc.name != scope_name(p, sc.kind) or (sc.org and sc.org != p.org):
             raise ValueError(f"scope {scope!r} is not one of this key's scopes: "
                              + ", ".join(f"{k}:{scope_name(p, k)}" for k in _ORDER))
     pending = [r for r in state.of_type(TYPE) if (r.data or {}).get("key_id") == key_id
@@ -103,7 +104,7 @@ def raise_targets(state: ConfigState, req: dict[str, Any], now_ms: int,
     applied = [a for a in BudgetBook.from_state(state).effective(p, (), now_ms)
                if a.budget.window == req["window"] and not a.budget.tag and a.budget.scope_kind in _ORDER]
     if req.get("scope"):
-        kind = parse_scope(req["scope"])[0]
+        kind = parse_scope(req["scope"], "", ENTITY_KINDS).kind
     elif tightest_kind:
         kind = tightest_kind
     else:
