@@ -130,7 +130,7 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
             from ledger.config_cache import ConfigCache, follow_cached, load_or_cached
             cache = ConfigCache(settings.data_dir, f"{settings.topic_prefix}.config")
             state, current = await load_or_cached(config_log, cache)
-        tzs = org_timezones(dict(settings.file_config))
+        tzs = org_timezones(dict(settings.file_config), state)
         led = ledger or await _default_ledger(settings, tzs)
         gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
                      led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers)

@@ -374,7 +374,9 @@ def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     if s.embedded:
         from ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
-        rebuilt = rebuild(s.data_dir)
+        from .context import org_timezones
+        zones = org_timezones(dict(s.file_config), _state(args))       # as the gateway folded
+        rebuilt = rebuild(s.data_dir, lambda org: zones.get(org, "UTC"))
         position, live = Checkpoint(Path(s.data_dir) / "ledger" / "totals.json").load()
         same = rebuilt == live
         print(f"rebuilt {len(rebuilt)} spend keys from the log; checkpoint has {len(live)}: "
