@@ -244,8 +244,8 @@ def _token_values(row: UsageRow | TraceCall) -> list[str]:
 
 def _usage_table(rows: Sequence[UsageRow], by: Sequence[str]) -> list[list[str]]:
     table = [[*by, "requests", *_TOKEN_HEADERS, "web_searches", "cost_usd"]]
-    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), str(r.web_search_calls), r.cost_usd]
-              for r in rows]
+    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), str(r.web_search_calls),
+                                         queries.format_usd_nano(r.cost_nano_usd)] for r in rows]
     return table
 
 
@@ -253,7 +253,7 @@ def _trace_table(calls: Sequence[TraceCall]) -> list[list[str]]:
     table = [["start_utc", "model", "outcome", "latency_ms", *_TOKEN_HEADERS, "cost_usd", "running_usd"]]
     for c in calls:
         table.append([_utc_text(c.ts_start_ms), c.model, c.outcome, str(c.latency_ms), *_token_values(c),
-                      queries.format_usd(c.cost_micro_usd), queries.format_usd(c.running_cost_micro_usd)])
+                      queries.format_usd_nano(c.cost_nano_usd), queries.format_usd_nano(c.running_cost_nano_usd)])
     return table
 
 

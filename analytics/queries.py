@@ -68,6 +68,16 @@ def format_usd(micro_usd: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def format_usd_nano(nano_usd: int) -> str:
+    """Exact dollars with the precision the amount has: 6 places for whole micro-USD, else all 9
+    (400 nano-USD -> "0.000000400", never rounded to a micro, a cent, or $0.00)."""
+    if nano_usd % 1000 == 0:
+        return format_usd(nano_usd // 1000)
+    sign = "-" if nano_usd < 0 else ""
+    whole, frac = divmod(abs(nano_usd), 1_000_000_000)
+    return f"{sign}{whole}.{frac:09d}"
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """One group of a spend, chargeback or rollup query."""
@@ -363,7 +373,7 @@ def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
 
 __all__ = [
     "CSV_METRICS", "DIMENSIONS", "GRAINS", "ROLLUP_DIMENSIONS", "TOKEN_COLUMNS", "TraceCall", "UsageRow",
-    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "spend_logs", "trace",
+    "chargeback_rows", "check_by", "format_usd", "format_usd_nano", "month_bounds_ms", "rollup", "spend", "spend_logs", "trace",
     "trace_ref",
     "write_chargeback_csv",
 ]

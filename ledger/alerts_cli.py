@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _append(s: Settings, rec: ConfigRecord) -> None:
-    asyncio.run(cli_config_log(s).append(rec))      # through a running `llmgw serve` of this data dir, if any
+    """Through a running `llmgw serve` of this data dir, if any; the audit log names the OS user."""
+    asyncio.run(cli_config_log(s).append(replace(rec, actor=f"cli:{getpass.getuser()}")))
 
 
 def _state(s: Settings) -> ConfigState:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS, window_bounds
-from proxy.budgets import Applied, Budget, BudgetBook
+from proxy.budgets import Applied, Budget, BudgetBook, micro_to_usd
 from proxy.scopes import ENTITY_KINDS, parse_scope
 from proxy.keys import Principal
 
@@ -90,7 +90,7 @@ def get_request(state: ConfigState, req_id: str) -> ConfigRecord:
 
 def request_view(rec: ConfigRecord) -> dict[str, Any]:
     d = dict(rec.data or {})
-    d["amount_usd"] = f"{d.get('amount_micro_usd', 0) / 1_000_000:.2f}"
+    d["amount_usd"] = micro_to_usd(int(d.get("amount_micro_usd", 0))).lstrip("$").replace(",", "")
     d["expires"] = iso_ms(int(d.get("expires_ms") or 0))
     d["until"] = iso_ms(int(d.get("until_ms") or 0))
     return d
