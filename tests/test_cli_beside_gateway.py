@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import getpass
 import io
 import json
 import os
@@ -86,6 +87,8 @@ async def test_a_key_works_the_moment_keys_create_returns(served, env, monkeypat
     audit = llmgw("audit", "--json", "--type", "key,budget", env=env)     # reads the log beside the gateway
     assert audit.returncode == 0, audit.stderr
     assert sum(1 for line in audit.stdout.splitlines() if json.loads(line)["id"].startswith("key:")) == 5
+    # written through the gateway, each still names the person at the terminal, not the gateway's local token
+    assert {json.loads(line)["actor"] for line in audit.stdout.splitlines()} == {f"cli:{getpass.getuser()}"}
     listed = llmgw("keys", "list", env=env)
     key_id = next(line.split("\t")[0] for line in listed.stdout.splitlines() if "erin" in line)
     assert llmgw("keys", "revoke", key_id, env=env).returncode == 0
