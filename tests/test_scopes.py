@@ -131,13 +131,13 @@ async def test_admin_api_takes_the_same_forms_and_they_apply_to_calls(fake_provi
                 == [key["key_id"]]
             models = await owner.ok("POST", "/admin/model-lists", {"scope": "workspace:acme/backend",
                                                                    "patterns": ["gpt-4o-mini*"]}, 201)
-            assert (models["scope"], models["org"]) == ("workspace:acme/backend", "acme")
+            assert (models["scope"], models["org"]) == ("workspace:backend", "acme")
             limit = await owner.ok("POST", "/admin/rate-limits", {"scope": "workspace:acme/backend", "metric": "rpd",
                                                                   "limit": 1}, 201)
-            assert (limit["scope"], limit["org"]) == ("workspace:acme/backend", "acme")
+            assert (limit["scope"], limit["org"]) == ("workspace:backend", "acme")
             budget = await owner.ok("POST", "/admin/budgets", {"scope": "workspace:acme/backend", "window": "day",
                                                                "limit_usd": "0.0004"}, 201)
-            assert budget["scope"] == "workspace:acme/backend" and budget["limit_micro_usd"] == 400
+            assert (budget["scope"], budget["org"], budget["limit_micro_usd"]) == ("workspace:backend", "acme", 400)
             assert budget["limit_usd"] == "0.0004" and budget["description"].endswith("$0.0004")
             for path, body, says in (
                     ("/admin/budgets", {"scope": "workspace:acme/", "window": "day", "limit_usd": 1},

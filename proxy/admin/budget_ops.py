@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ledger.configlog import ConfigRecord, ConfigState
 from ledger.windows import WINDOWS
 from proxy.budgets import MAX_USD, Budget, parse_hold, usd_to_micro
-from proxy.scopes import Scope, parse_scope
+from proxy.scopes import parse_scope
 
 from .entities import user_workspaces
 from .errors import Forbidden, NotFound
@@ -70,7 +70,7 @@ def budget_from_json(body: Mapping[str, Any], kind: str, now_ms: int) -> Budget:
 def budget_view(rec: ConfigRecord) -> dict[str, Any]:
     b = Budget.from_record(rec)
     d = rec.data or {}
-    return {"id": rec.id, "kind": b.kind, "scope": str(Scope(b.scope_kind, b.name, b.org)), "org": b.org, "tag": b.tag,
+    return {"id": rec.id, "kind": b.kind, "scope": f"{b.scope_kind}:{b.name}", "org": b.org, "tag": b.tag,
             "window": b.window, "limit_micro_usd": b.limit_micro_usd,
             "limit_usd": str(Decimal(b.limit_micro_usd) / 1_000_000), "until_ms": b.until_ms,
             "until": iso_ms(b.until_ms), "action": b.action, "downgrade_to": b.downgrade_to,

@@ -12,7 +12,7 @@ from aiohttp import web
 from ledger.configlog import ConfigRecord, ConfigState
 from proxy.access import TYPE as MODELS, ModelList
 from proxy.ratelimit import TYPE as LIMITS, RateLimit
-from proxy.scopes import ENTITY_KINDS, Scope, parse_scope
+from proxy.scopes import ENTITY_KINDS, parse_scope
 
 from .budget_ops import authorize_scope, scope_workspaces
 from .entities import check_models
@@ -25,13 +25,13 @@ routes = web.RouteTableDef()
 
 def limit_view(rec: ConfigRecord) -> dict[str, Any]:
     r = RateLimit.from_record(rec)
-    return {"id": rec.id, "scope": str(Scope(r.scope_kind, r.name, r.org)), "org": r.org, "metric": r.metric, "limit": r.limit,
+    return {"id": rec.id, "scope": f"{r.scope_kind}:{r.name}", "org": r.org, "metric": r.metric, "limit": r.limit,
             "burst": r.burst, "description": r.describe()}
 
 
 def models_view(rec: ConfigRecord) -> dict[str, Any]:
     m = ModelList.from_record(rec)
-    return {"id": rec.id, "scope": str(Scope(m.scope_kind, m.name, m.org)), "org": m.org, "patterns": list(m.patterns),
+    return {"id": rec.id, "scope": f"{m.scope_kind}:{m.name}", "org": m.org, "patterns": list(m.patterns),
             "description": m.who()}
 
 
