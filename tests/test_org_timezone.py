@@ -111,3 +111,50 @@ async def test_apply_sets_the_zone_refuses_a_bad_one_and_the_gateway_folds_by_it
         refuses_until_local_midnight(h.gw, PARIS)
     finally:
         await h.stop()
+
+
+@pytest.mark.kafka
+async def test_the_kafka_ledger_worker_folds_by_the_zone_the_config_log_gives_the_org(kafka_bootstrap, tmp_path):
+    """`llmgw ledger worker` (its real entry point) learns acme's zone from the config topic, as the
+    gateways do, so the day it folds a call into is the day the gateways' policy reads."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from aiokafka.errors import KafkaError
+
+    from ledger.kafka_config import KafkaConfigLog
+    from ledger.topics import Topics
+    from ledger.windows import window_start
+    from proxy.admin import entities as EN
+    from tests.fixtures.kafka import unique_topic
+    from tests.test_ledger_worker import produce, read_snapshot_state, wait_caught_up
+
+    prefix = unique_topic("tz")
+    await KafkaConfigLog(kafka_bootstrap, f"{prefix}.config").append(
+        EN.org_record("acme", None, "admin:test", "", "America/New_York"))
+    env = {k: v for k, v in os.environ.items() if k != "LLMGW_CONFIG"}
+    env.update(LLMGW_KAFKA_BOOTSTRAP=kafka_bootstrap, LLMGW_TOPIC_PREFIX=prefix, LLMGW_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "ledger", "worker"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        topics = Topics(prefix)
+        at = ms(2026, 11, 30, 20, tz=NY)                                   # 01:00 UTC on Dec 1
+        async with asyncio.timeout(90):
+            while True:                                                    # the worker made its topics
+                try:
+                    await produce(kafka_bootstrap, topics, [spent(at, 999_000)])
+                    break
+                except KafkaError:                                         # no topic until the worker made it
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    await asyncio.sleep(0.5)
+            await wait_caught_up(kafka_bootstrap, topics)
+            folded, _ = await read_snapshot_state(kafka_bootstrap, topics)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    ny_day = window_start("day", at, "America/New_York")
+    assert f"user|acme/alice|day|{ny_day}" in folded
+    assert f"user|acme/alice|day|{window_start('day', at)}" not in folded          # not the UTC day
+    assert folded[f"user|acme/alice|day|{ny_day}"].spend_micro_usd == 999_000
