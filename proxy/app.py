@@ -16,7 +16,7 @@ from ledger.configlog import open_config_log
 from ledger.driver import Ledger
 from pricing import load_catalog
 
-from . import failover, holds, parts, pipeline, providers
+from . import batches, failover, holds, parts, pipeline, providers
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
@@ -190,6 +190,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([
         gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture),
+        batches.batches_ctx(settings),
         admin_ctx,
         ops_routes.ops_ctx,
         parts.alerts_ctx,
@@ -213,5 +214,6 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> web.Applicat
     ops_routes.add_routes(r)
     analytics_web.add_routes(app)
     providers.add_routes(r, ADAPTER)
+    batches.add_routes(r, ADAPTER)
     ops.metrics.registry.register(failover.HealthCollector(app))     # upstream health, read at scrape
     return app
