@@ -10,7 +10,9 @@ their owner can read them or submit them.
 
 Holds. Every process holds the worst case of every ``open`` batch in the log against the
 submitter's budgets, from submission (or its own start) until the batch is charged: the holds are
-a function of the log (``reconcile``), so a restart or a peer's charge never leaks or keeps one.
+a function of the log (``reconcile``), so a restart or a peer's charge never leaks or keeps one,
+and they are placed again whenever the config changes (``rehold``), so a budget set while a batch
+runs counts it. A batch is held, and charged, in the budget window it was submitted in.
 They are not in the open-hold sweeper's list (proxy/holds.py): a batch may legitimately run for
 24 hours, and its release is the charge, not a timeout.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -183,13 +184,15 @@ class BatchBook:
         await self.put(sub.record())
         self.held[sub.batch_id] = reservation
 
+    def open_batches(self) -> list[Submitted]:
+        return [sub for rec in self.state.of_type(BATCH) if (sub := Submitted.from_record(rec)).state == OPEN]
+
     def lock(self, batch_id: str) -> asyncio.Lock:
         return self._locks.setdefault(batch_id, asyncio.Lock())
 
     # -- holds -----------------------------------------------------------------
     def reconcile(self, policy: Any) -> None:
         """Hold every open batch of the log, release every hold whose batch is charged (or gone)."""
-        now_ms = int(time.time() * 1000)
         open_ids = set()
         for rec in self.state.of_type(BATCH):
             sub = Submitted.from_record(rec)
@@ -197,21 +200,40 @@ class BatchBook:
                 continue
             open_ids.add(sub.batch_id)
             if sub.batch_id not in self.held:
+                # in the windows the batch was submitted in: its events carry that time (the fold's window)
                 r = policy.reserve(sub.principal, sub.tags, Estimate(sub.worst_micro_usd, sub.worst_micro_usd),
-                                   now_ms, force=True)
+                                   sub.submitted_ms, force=True)
                 policy.holds.discard(r)            # released by the charge, never by the sweeper
                 self.held[sub.batch_id] = r
         for batch_id in [b for b in self.held if b not in open_ids]:
             policy.release(self.held.pop(batch_id), 0)
 
+    def rehold(self, policy: Any) -> None:
+        """Hold every open batch again, against the budgets now in force (a budget added, changed or
+        removed after a batch was submitted sees it like every other call in flight)."""
+        for batch_id in list(self.held):
+            policy.release(self.held.pop(batch_id), 0)
+        self.reconcile(policy)
+
     def release(self, policy: Any, batch_id: str) -> None:
         r = self.held.pop(batch_id, None)
+        self._locks.pop(batch_id, None)        # a waiter holding it finds the batch charged
         if r is not None:
             policy.release(r, 0)
 
     @property
     def held_micro_usd(self) -> int:
         return sum(r.amount_micro_usd for r in self.held.values() if r.open)
+
+
+def refused_event(gw: Any, p: Principal, tags: tuple[str, ...], api: str, upstream: str, model: str,
+                  outcome: str, status: int, now_ms: int) -> E.UsageEvent:
+    """A batch refused at submission, as every refused call is: an event that costs nothing."""
+    return E.UsageEvent(
+        event_id=E.new_event_id(now_ms), ts_start_ms=now_ms, ts_end_ms=now_ms, org=p.org, workspace=p.workspace,
+        user=p.user, key_id=p.key_id, provider=upstream, api=api, model_requested=model, model_served=model,
+        outcome=outcome, http_status=status, project=dict(t.split(":", 1) for t in tags).get("project", ""),
+        tags=tags, gateway_id=gw.settings.gateway_id, service_tier="batch")
 
 
 def batch_event(gw: Any, sub: Submitted, custom_id: str, usage: Usage, upstream: Upstream,
@@ -236,5 +258,5 @@ def batch_event(gw: Any, sub: Submitted, custom_id: str, usage: Usage, upstream:
         web_search_calls=usage.web_search_calls, usage_anomalous=bool(usage.anomalies))
 
 
-__all__ = ["BATCH", "BatchBook", "Bound", "CHARGED", "FILE", "OPEN", "Submitted", "batch_event",
+__all__ = ["BATCH", "BatchBook", "Bound", "CHARGED", "FILE", "OPEN", "Submitted", "batch_event", "refused_event",
            "batch_event_id", "open_batch_log"]

@@ -11,8 +11,8 @@ routes and failover do not apply). A caller sees only the files and batches its 
 through the gateway. Creating a batch prices every request at the batch rate with its own output
 limit (the worst case), refuses in the client's error shape before any upstream call if that does
 not fit a budget, and holds it until the batch is charged (proxy/batch_book.py). A batch is charged
-when the gateway sees it ended: on a retrieve, a list, a cancel or a results download. Listing,
-reading and deleting files costs nothing.
+when the gateway sees it ended: on a retrieve, a list, a cancel or a results download, or when the
+poller finds it ended. Listing, reading and deleting files costs nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ledger import events as E
 from ledger.events import normalize_tags
 from pricing import RequestShape, worst_case
 
@@ -33,9 +34,9 @@ from . import forward
 from .adapters._batch import BatchRequest, BatchState
 from .adapters.anthropic_batch import BATCHES_PATH, AnthropicBatches
 from .adapters.openai_batch import OpenAIBatches, plain_id
-from .batch_book import CHARGED, BatchBook, Bound, Submitted, batch_event, open_batch_log
+from .batch_book import CHARGED, BatchBook, Bound, Submitted, batch_event, open_batch_log, refused_event
 from .context import GATEWAY, Gateway
-from .errors import NotFound, UpstreamError
+from .errors import GatewayError, NotFound, UpstreamError
 from .keys import Principal
 from .pipeline import read_body
 from .policy import Estimate
@@ -50,20 +51,26 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def batches_ctx(settings: Settings) -> Callable[[web.Application], Any]:
-    """The batch log, loaded and followed for as long as the app runs; open batches held at start."""
+    """The batch log, loaded and followed for as long as the app runs, open batches held from the start,
+    and the poller that charges the ones that end (every ``LLMGW_BATCH_POLL_S``; 0 turns it off)."""
     async def ctx(app: web.Application) -> Any:
         gw = app[GATEWAY]
         blog = open_batch_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
         book = BatchBook(blog, await blog.load())
         app[BOOK] = book
         book.reconcile(gw.policy)
-        follower = asyncio.get_running_loop().create_task(
-            blog.follow(book.state, lambda: book.reconcile(gw.policy)), name="llmgw-batch-follow")
+        gw.config_listeners.append(lambda: book.rehold(gw.policy))
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(blog.follow(book.state, lambda: book.reconcile(gw.policy)),
+                                  name="llmgw-batch-follow")]
+        if settings.batch_poll_s > 0:
+            tasks.append(loop.create_task(poll_forever(gw, book, settings.batch_poll_s), name="llmgw-batch-poll"))
         try:
             yield
         finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return ctx
 
 
@@ -121,7 +128,12 @@ async def _admit_and_forward(request: web.Request, wire: str, api: str, endpoint
     worst = _price_worst(gw, up, p, reqs, now_ms)
     stale = gw.stale_tags(p)                 # the failure policy: refuse, or tag llmgw:stale
     tags = normalize_tags((*p.tags, *gw.client_tags(request, ()), *stale))
-    reservation = gw.policy.reserve(p, tags, Estimate(worst, worst), now_ms)     # refuses before upstream
+    try:
+        reservation = gw.policy.reserve(p, tags, Estimate(worst, worst), now_ms)     # refuses before upstream
+    except GatewayError as err:
+        outcome = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}.get(err.kind, E.REJECTED_POLICY)
+        gw.emit(refused_event(gw, p, tags, api, up.name, reqs[0].call.model, outcome, err.status, now_ms), request)
+        raise
     gw.policy.holds.discard(reservation)             # a batch's hold is the book's, not the sweeper's
     kept = False
     try:
@@ -168,35 +180,26 @@ async def anthropic_create(request: web.Request) -> web.StreamResponse:
 
 
 # -- charging ------------------------------------------------------------------
-async def charge(request: web.Request, batch_id: str, state: BatchState, results: bytes | None = None) -> None:
+# What the gateway sends on the reads it makes on its own (the poller): the API version the wire needs.
+_OWN_HEADERS = {"anthropic-version": "2023-06-01"}
+
+
+async def charge(gw: Gateway, book: BatchBook, batch_id: str, state: BatchState,
+                 headers: Mapping[str, str] = _OWN_HEADERS, results: bytes | None = None,
+                 request: web.Request | None = None) -> None:
     """Charge an ended batch once: every billed result line one event, then the ``charged`` record.
 
     ``results``: the Anthropic results body when the client is downloading it anyway; otherwise the
     gateway reads the results itself. A read that fails leaves the batch open (held) for next time."""
-    gw, book = request.app[GATEWAY], request.app[BOOK]
     async with book.lock(batch_id):
         sub = book.batch(batch_id)
         if sub is None or sub.state == CHARGED:
             return
         up = gw.routing.upstreams.get(sub.upstream) or gw.routing.default(sub.wire)
+        bodies = [results] if results is not None else await _read_results(gw, up, sub, state, headers)
+        if bodies is None:
+            return
         bound = sub.bound.call(sub.model)
-        bodies: list[bytes] = []
-        if sub.wire == "anthropic":
-            if results is None:
-                status, results, _ = await _send(gw, up, "GET", f"{BATCHES_PATH}/{batch_id}/results", request.headers)
-                if status != 200:
-                    log.warning("batch results unreadable; charged later", extra={"event": "batch_results_unread",
-                                                                               "status": status})
-                    return
-            bodies.append(results)
-        else:
-            for f in state.result_files:
-                status, raw, _ = await _send(gw, up, "GET", f"/files/{f}/content", request.headers)
-                if status != 200:
-                    log.warning("batch output unreadable; charged later", extra={"event": "batch_results_unread",
-                                                                              "status": status})
-                    return
-                bodies.append(raw)
         now_ms = int(time.time() * 1000)
         seen: set[str] = set()
         events = []
@@ -216,6 +219,48 @@ async def charge(request: web.Request, batch_id: str, state: BatchState, results
         book.release(gw.policy, batch_id)
         log.info("batch charged", extra={"event": "batch_charged", "request_id": batch_id,
                                          "events": len(events), "worst_micro_usd": sub.worst_micro_usd})
+
+
+async def _read_results(gw: Gateway, up: Upstream, sub: Submitted, state: BatchState,
+                        headers: Mapping[str, str]) -> list[bytes] | None:
+    paths = ([f"{BATCHES_PATH}/{sub.batch_id}/results"] if sub.wire == "anthropic"
+             else [f"/files/{f}/content" for f in state.result_files])
+    bodies = []
+    for path in paths:
+        status, raw, _ = await _send(gw, up, "GET", path, headers)
+        if status != 200:
+            log.warning("batch results unreadable; charged later", extra={"event": "batch_results_unread",
+                                                                       "request_id": sub.batch_id, "status": status})
+            return None
+        bodies.append(raw)
+    return bodies
+
+
+async def poll_once(gw: Gateway, book: BatchBook) -> int:
+    """Ask the upstream about every open batch; charge the ones that ended. Returns how many."""
+    n = 0
+    for sub in book.open_batches():
+        up = gw.routing.upstreams.get(sub.upstream) or gw.routing.default(sub.wire)
+        adapter = _OPENAI if sub.wire == "openai" else _ANTHROPIC
+        path = f"/batches/{sub.batch_id}" if sub.wire == "openai" else f"{BATCHES_PATH}/{sub.batch_id}"
+        status, raw, _ = await _send(gw, up, "GET", path, _OWN_HEADERS)
+        obj = _object(raw) if status == 200 else None
+        state = adapter.state(obj) if obj is not None else None
+        if state is not None and state.ended:
+            await charge(gw, book, sub.batch_id, state)
+            n += 1
+    return n
+
+
+async def poll_forever(gw: Gateway, book: BatchBook, interval_s: float) -> None:
+    """The poller's loop, owned by ``batches_ctx``: a batch is charged when it ends even if nobody
+    reads it through the gateway."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await poll_once(gw, book)
+        except Exception:        # top of a background loop: log and go on (the next pass retries)
+            log.exception("batch poll failed", extra={"event": "batch_poll_error"})
 
 
 # -- the other operations -------------------------------------------------------
@@ -239,12 +284,12 @@ async def _batch_op(request: web.Request, wire: str, method: str, suffix: str) -
         return _answer(status, raw, resp)
     if suffix == "/results":
         if sub.state != CHARGED:
-            await charge(request, batch_id, BatchState(batch_id, True), raw)
+            await charge(gw, request.app[BOOK], batch_id, BatchState(batch_id, True), request.headers, raw, request)
         return _answer(status, raw, resp)
     obj = _object(raw)
     state = adapter.state(obj) if obj is not None else None
     if state is not None and state.ended:
-        await charge(request, batch_id, state)
+        await charge(gw, request.app[BOOK], batch_id, state, request.headers, request=request)
     if wire == "anthropic" and obj is not None and _ANTHROPIC.rewrite_results_url(obj, str(request.url.origin())):
         raw = orjson.dumps(obj)
     return _answer(status, raw, resp)
@@ -267,7 +312,7 @@ async def _batch_list(request: web.Request, wire: str) -> web.StreamResponse:
         if state is None or sub is None or not sub.owned_by(p):
             continue
         if state.ended and sub.state != CHARGED:
-            await charge(request, state.batch_id, state)
+            await charge(gw, book, state.batch_id, state, request.headers, request=request)
         if wire == "anthropic":
             _ANTHROPIC.rewrite_results_url(item, str(request.url.origin()))
         mine.append(item)
@@ -342,4 +387,4 @@ def add_routes(r: web.UrlDispatcher, adapter_key: Any) -> None:
               shaped(a, lambda q: _batch_op(q, "anthropic", "GET", "/results")), allow_head=False)
 
 
-__all__ = ["BOOK", "add_routes", "batches_ctx", "charge"]
+__all__ = ["BOOK", "add_routes", "batches_ctx", "charge", "poll_once"]

@@ -67,6 +67,8 @@ class Gateway:
     key_sessions: dict[str, set[KeySession]] = field(default_factory=dict)
     # False while the config came from the local cache (Kafka away at start; ledger/config_cache.py)
     config_current: bool = True
+    # called after every config change, once the policy has reloaded (the batch book holds open batches again)
+    config_listeners: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._refresh_zones()
@@ -103,6 +105,8 @@ class Gateway:
         and have every open session re-check its key: a revoked or expired key's sessions end."""
         self._refresh_zones()
         self.policy.reload(self.config)
+        for listen in self.config_listeners:
+            listen()
         for sessions in list(self.key_sessions.values()):
             for s in list(sessions):
                 s.recheck()

@@ -17,7 +17,8 @@ from pricing import cost
 from proxy.adapters.anthropic_batch import AnthropicBatches
 from proxy.adapters.openai_batch import OpenAIBatches
 from proxy.batch_book import Bound, batch_event_id
-from proxy.batches import BOOK
+from proxy import holds
+from proxy.batches import BOOK, poll_once
 from tests.fake_provider import Usage, _dumps
 from tests.fakes.batches import ERRORED, EXPIRED, FakeBatches
 from tests.gateway_harness import GatewayHarness
@@ -142,7 +143,44 @@ async def test_over_budget_refused_before_upstream(fake: FakeBatches, tmp_path) 
             await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
         assert oinfo.value.code == "budget_exceeded"
         assert ("POST", "/openai/v1/batches") not in fake.calls
-        assert await h.events() == []
+        refused = await h.events()                        # each refusal is an event, as for online calls
+        assert [(e.outcome, e.cost_nano_usd, e.http_status) for e in refused] == [("rejected_budget", 0, 429)] * 2
+        assert h.gw.policy.holds.micro_usd == 0 and h.app[BOOK].held == {}
+
+
+async def test_a_batch_hold_counts_against_the_budget_and_is_never_swept(fake: FakeBatches, tmp_path) -> None:
+    async with GatewayHarness(fake, tmp_path) as h:
+        key, _ = h.key()
+        client = anth(h, key)
+        one = [{"custom_id": "x", "params": params("q", max_tokens=20_000)}]
+        price, _ = h.gw.catalog.resolve(CLAUDE, int(time.time() * 1000), provider="anthropic", policy="reject",
+                                        fallback_entry=None)
+        first = await client.messages.batches.create(requests=one)
+        held = h.app[BOOK].held[first.id].amount_micro_usd
+        h.budget("workspace:backend", "day", f"{held * 3 // 2 / 1_000_000:.6f}", org="acme")
+        holds.sweep(h.gw.policy, 0.0, now_s=time.monotonic() + 10 ** 6)   # every hold of a call would go
+        assert h.app[BOOK].held[first.id].open
+        with pytest.raises(anthropic.RateLimitError):                        # the first one's hold leaves no room
+            await client.messages.batches.create(requests=one)
+        fake.end(first.id)
+        await client.messages.batches.retrieve(first.id)                    # charged: the hold becomes the spend
+        second = await client.messages.batches.create(requests=[{"custom_id": "y", "params": params("q", 64)}])
+        assert second.id in h.app[BOOK].held and first.id not in h.app[BOOK].held
+
+
+async def test_the_poller_charges_a_batch_nobody_reads(fake: FakeBatches, tmp_path) -> None:
+    async with GatewayHarness(fake, tmp_path) as h:
+        key, key_id = h.key()
+        batch = await anth(h, key).messages.batches.create(requests=[{"custom_id": "x", "params": params("q")}])
+        assert await poll_once(h.gw, h.app[BOOK]) == 0 and await h.events() == []
+        fake.end(batch.id)
+        assert await poll_once(h.gw, h.app[BOOK]) == 1
+        (e,) = await h.events()
+        (cid, model, u), = fake.billed[batch.id]
+        assert e.key_id == key_id and e.cost_nano_usd == batch_cost_nano(h, model, u, "anthropic")
+        assert await poll_once(h.gw, h.app[BOOK]) == 0               # charged: no longer polled
+        await anth(h, key).messages.batches.retrieve(batch.id)
+        assert len(await h.events()) == 1
 
 
 async def test_restart_between_submit_and_completion(fake: FakeBatches, tmp_path) -> None:

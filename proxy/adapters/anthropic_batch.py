@@ -33,7 +33,8 @@ class AnthropicBatches:
         reqs = obj.get("requests")
         if not isinstance(reqs, list) or not reqs:
             raise BadRequest("`requests` is required and must be a non-empty list")
-        out, seen = [], set()
+        out: list[BatchRequest] = []
+        seen: set[str] = set()
         for n, r in enumerate(reqs):
             if not isinstance(r, dict) or not isinstance(r.get("params"), dict):
                 raise BadRequest(f"requests[{n}] must be an object with `custom_id` and `params`")

@@ -51,7 +51,8 @@ class OpenAIBatches:
     def requests(self, raw: bytes, endpoint: str) -> list[BatchRequest]:
         """The input file's requests, each checked as its API would check it online."""
         adapter = ENDPOINTS[endpoint]
-        out, seen = [], set()
+        out: list[BatchRequest] = []
+        seen: set[str] = set()
         for n, line in enumerate(jsonl_objects(raw, "the batch input file")):
             cid = require_custom_id(line, n, seen, "the batch input file")
             if line.get("url") != endpoint or line.get("method", "POST") != "POST":
