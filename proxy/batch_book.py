@@ -155,6 +155,7 @@ class BatchBook:
     def __init__(self, log_: ConfigLog, state: ConfigState) -> None:
         self.log, self.state = log_, state
         self.held: dict[str, Reservation] = {}
+        self.loaded = asyncio.Event()          # set once the log is read (proxy/batches.py follows it)
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- records ---------------------------------------------------------------

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from ledger import events as E
+from ledger.configlog import ConfigState
 from ledger.events import normalize_tags
 from pricing import RequestShape, worst_case
 
@@ -56,13 +57,13 @@ def batches_ctx(settings: Settings) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> Any:
         gw = app[GATEWAY]
         blog = open_batch_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
-        book = BatchBook(blog, await blog.load())
+        book = BatchBook(blog, ConfigState())
         app[BOOK] = book
-        book.reconcile(gw.policy)
         gw.config_listeners.append(lambda: book.rehold(gw.policy))
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(blog.follow(book.state, lambda: book.reconcile(gw.policy)),
-                                  name="llmgw-batch-follow")]
+        tasks = [loop.create_task(_follow(gw, book), name="llmgw-batch-follow")]
+        if not settings.kafka_bootstrap:             # embedded: the log is loaded before the first call
+            await book.loaded.wait()
         if settings.batch_poll_s > 0:
             tasks.append(loop.create_task(poll_forever(gw, book, settings.batch_poll_s), name="llmgw-batch-poll"))
         try:
@@ -72,6 +73,21 @@ def batches_ctx(settings: Settings) -> Callable[[web.Application], Any]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     return ctx
+
+
+async def _follow(gw: Gateway, book: BatchBook) -> None:
+    """Load the batch log, hold its open batches, follow it; a log that is away (Kafka down at start)
+    is retried, and the gateway serves meanwhile (batch reads answer 404 until it is loaded)."""
+    while True:
+        try:
+            book.state = await book.log.load()
+            break
+        except Exception:        # top of a background loop: log and retry
+            log.exception("batch log unavailable; retrying", extra={"event": "batch_log_unavailable"})
+            await asyncio.sleep(1.0)
+    book.reconcile(gw.policy)
+    book.loaded.set()
+    await book.log.follow(book.state, lambda: book.reconcile(gw.policy))
 
 
 # -- the upstream --------------------------------------------------------------
