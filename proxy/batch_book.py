@@ -43,7 +43,10 @@ from .usage import report
 log = logging.getLogger("llmgw.proxy")
 
 BATCH, FILE = "batch", "file"
-OPEN, CHARGED = "open", "charged"
+# ``charging``: its events are being written. A batch found in it after a crash is charged again
+# with only the events the ledger does not hold yet (``Ledger.recorded``): never twice, never none.
+OPEN, CHARGING, CHARGED = "open", "charging", "charged"
+_UNCHARGED = (OPEN, CHARGING)
 
 
 def open_batch_log(data_dir: str, kafka_bootstrap: str = "", topic_prefix: str = "llmgw") -> ConfigLog:
@@ -186,7 +189,7 @@ class BatchBook:
         self.held[sub.batch_id] = reservation
 
     def open_batches(self) -> list[Submitted]:
-        return [sub for rec in self.state.of_type(BATCH) if (sub := Submitted.from_record(rec)).state == OPEN]
+        return [sub for rec in self.state.of_type(BATCH) if (sub := Submitted.from_record(rec)).state in _UNCHARGED]
 
     def lock(self, batch_id: str) -> asyncio.Lock:
         return self._locks.setdefault(batch_id, asyncio.Lock())
@@ -197,7 +200,7 @@ class BatchBook:
         open_ids = set()
         for rec in self.state.of_type(BATCH):
             sub = Submitted.from_record(rec)
-            if sub.state != OPEN:
+            if sub.state not in _UNCHARGED:
                 continue
             open_ids.add(sub.batch_id)
             if sub.batch_id not in self.held:
@@ -259,5 +262,5 @@ def batch_event(gw: Any, sub: Submitted, custom_id: str, usage: Usage, upstream:
         web_search_calls=usage.web_search_calls, usage_anomalous=bool(usage.anomalies))
 
 
-__all__ = ["BATCH", "BatchBook", "Bound", "CHARGED", "FILE", "OPEN", "Submitted", "batch_event", "refused_event",
+__all__ = ["BATCH", "BatchBook", "Bound", "CHARGED", "CHARGING", "FILE", "OPEN", "Submitted", "batch_event", "refused_event",
            "batch_event_id", "open_batch_log"]

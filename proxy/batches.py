@@ -35,7 +35,7 @@ from . import forward
 from .adapters._batch import BatchRequest, BatchState
 from .adapters.anthropic_batch import BATCHES_PATH, AnthropicBatches
 from .adapters.openai_batch import OpenAIBatches, plain_id
-from .batch_book import CHARGED, BatchBook, Bound, Submitted, batch_event, open_batch_log, refused_event
+from .batch_book import CHARGED, CHARGING, BatchBook, Bound, Submitted, batch_event, open_batch_log, refused_event
 from .context import GATEWAY, Gateway
 from .errors import GatewayError, NotFound, UpstreamError
 from .keys import Principal
@@ -227,11 +227,17 @@ async def charge(gw: Gateway, book: BatchBook, batch_id: str, state: BatchState,
                     continue
                 seen.add(line.custom_id)
                 events.append(batch_event(gw, sub, line.custom_id, line.usage, up, now_ms))
+        charged_nano, billed = sum(e.cost_nano_usd for e in events), len(events)
+        if sub.state == CHARGING:                  # a crash cut the last charge: only what the ledger lacks
+            done = await gw.ledger.recorded({e.event_id for e in events})
+            events = [e for e in events if e.event_id not in done]
+        else:
+            await book.put(replace(sub, state=CHARGING).record())
         for ev in events:
             gw.emit(ev, request)
         await gw.ledger.flush()                    # the events are durable before the batch is marked charged
-        await book.put(replace(sub, state=CHARGED, charged_nano_usd=sum(e.cost_nano_usd for e in events),
-                               events=len(events), files=state.files).record())
+        await book.put(replace(sub, state=CHARGED, charged_nano_usd=charged_nano,
+                               events=billed, files=state.files).record())
         book.release(gw.policy, batch_id)
         log.info("batch charged", extra={"event": "batch_charged", "request_id": batch_id,
                                          "events": len(events), "worst_micro_usd": sub.worst_micro_usd})

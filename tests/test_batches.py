@@ -203,6 +203,44 @@ async def test_restart_between_submit_and_completion(fake: FakeBatches, tmp_path
         assert len(await h3.events()) == 1
 
 
+@pytest.mark.parametrize("crash_after", [0, 1, 2])
+async def test_a_charge_cut_by_a_crash_is_finished_once(fake: FakeBatches, tmp_path, crash_after: int) -> None:
+    """The gateway dies while charging a batch: after ``crash_after`` of its 2 events reached the ledger
+    (2: all, only the ``charged`` record missing). The next gateway charges what is missing: every
+    served request exactly once, whatever point the crash hit."""
+    fake.outcomes["a"], fake.outcomes["b"] = Usage(input=900, output=70), Usage(input=1200, output=30)
+    async with GatewayHarness(fake, tmp_path, gateway_id="gw-1") as h:
+        key, _ = h.key(user="eve")
+        batch = await anth(h, key).messages.batches.create(
+            requests=[{"custom_id": c, "params": params("q", 500)} for c in ("a", "b")])
+        fake.end(batch.id)
+        book, emitted = h.app[BOOK], []
+        put, emit = book.put, h.gw.emit
+
+        async def crashing_put(rec):            # the process dies before the batch is marked charged
+            if (rec.data or {}).get("state") == "charged":
+                raise RuntimeError("killed")
+            await put(rec)
+
+        def partial_emit(ev, request=None):     # ... after only some of its events were submitted
+            if len(emitted) < crash_after:
+                emitted.append(ev)
+                emit(ev, request)
+
+        book.put, h.gw.emit = crashing_put, partial_emit
+        with pytest.raises(anthropic.APIError):
+            await anth(h, key).messages.batches.retrieve(batch.id)
+        assert len(await h.events()) == crash_after
+    async with GatewayHarness(fake, tmp_path, gateway_id="gw-2") as h2:
+        await anth(h2, key).messages.batches.retrieve(batch.id)
+        await anth(h2, key).messages.batches.retrieve(batch.id)            # read again: nothing more
+        events = await h2.events()
+        assert len(events) == len({e.event_id for e in events}) == 2
+        assert sum(e.cost_nano_usd for e in events) == sum(
+            batch_cost_nano(h2, CLAUDE, fake.outcomes[c], "anthropic") for c in ("a", "b"))
+        assert batch.id not in h2.app[BOOK].held
+
+
 async def test_canceled_batch_bills_only_what_ran(fake: FakeBatches, tmp_path) -> None:
     async with GatewayHarness(fake, tmp_path) as h:
         key, _ = h.key()
