@@ -307,7 +307,7 @@ def trace_ref(client: Client, db: str, ref: str) -> list[TraceCall]:
         return trace(client, db, str(rows[0][0]))
     sql = f"""
         SELECT event_id, toUnixTimestamp64Milli(ts_start), toUnixTimestamp64Milli(ts_end), kind,
-               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_micro_usd
+               model, provider, api, outcome, latency_ms, {", ".join(TOKEN_COLUMNS)}, cost_nano_usd
         FROM {check_identifier(db)}.usage_events FINAL
         WHERE request_id = {{ref:String}}
         ORDER BY ts_start, event_id
@@ -317,8 +317,8 @@ def trace_ref(client: Client, db: str, ref: str) -> list[TraceCall]:
         running += int(r[15])
         out.append(TraceCall(event_id=r[0], ts_start_ms=int(r[1]), ts_end_ms=int(r[2]), kind=r[3], model=r[4],
                              provider=r[5], api=r[6], outcome=r[7], latency_ms=int(r[8]),
-                             tokens=Tokens(*(int(v) for v in r[9:15])), cost_micro_usd=int(r[15]),
-                             running_cost_micro_usd=running))
+                             tokens=Tokens(*(int(v) for v in r[9:15])), cost_nano_usd=int(r[15]),
+                             running_cost_nano_usd=running))
     return out
 
 
