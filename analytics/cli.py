@@ -30,6 +30,7 @@ from llmgw.analytics.queries import TraceCall, UsageRow
 from llmgw.core.files import atomic_write
 from llmgw.core.events import Tokens
 from llmgw.ledger.local_gateway import GatewayRefused, LocalGateway, find as find_gateway
+from llmgw.core.scopes import parse_workspace
 from llmgw.core.settings import Settings
 
 PROGRESS_EVERY_ROWS = 10_000
@@ -58,6 +59,7 @@ def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
     p.add_argument("--since", type=_utc_ms, help="UTC date or ISO datetime (default: start of this month)")
     p.add_argument("--until", type=_utc_ms, help="UTC date or ISO datetime, exclusive (default: now)")
     p.add_argument("--org", help="only this organization")
+    p.add_argument("--workspace", help="only this workspace: ORG/NAME (or NAME with --org)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=partial(_guarded, _spend, environ))
 
@@ -71,6 +73,7 @@ def register(subparsers: Any, environ: Mapping[str, str] | None = None) -> None:
     c.add_argument("--by", type=_by_list, default=["workspace"],
                    help="comma list, as for spend (default: workspace)")
     c.add_argument("--org", help="only this organization")
+    c.add_argument("--workspace", help="only this workspace: ORG/NAME (or NAME with --org)")
     c.add_argument("--out", default="-", help="CSV file to write (default: stdout)")
     c.set_defaults(func=partial(_guarded, _chargeback, environ))
 
@@ -111,17 +114,23 @@ def _open(args: argparse.Namespace, environ: Mapping[str, str] | None) -> tuple[
     return client, database
 
 
+def _workspaces(args: argparse.Namespace) -> list[str] | None:
+    """``--workspace`` as the one ORG/NAME to keep (core/scopes.py reads it as the admin API does)."""
+    return ["/".join(parse_workspace(args.workspace, args.org or ""))] if args.workspace else None
+
+
 def _spend(args: argparse.Namespace, environ: Mapping[str, str] | None) -> int:
     now_ms = time.time_ns() // 1_000_000
     since_ms = args.since if args.since is not None else _month_start_ms(now_ms)
     until_ms = args.until if args.until is not None else now_ms
     if (gw := holder(args, environ)) is not None:
         got = gw.json("GET", "/admin/spend", {"by": ",".join(args.by), "since": str(since_ms),
-                                              "until": str(until_ms), "org": args.org})
+                                              "until": str(until_ms), "org": args.org, "workspace": args.workspace})
         rows = [_row_from_json(r, args.by) for r in got["rows"]]
     else:
         client, database = _open(args, environ)
-        rows = queries.spend(client, database, args.by, since_ms, until_ms, org=args.org)
+        rows = queries.spend(client, database, args.by, since_ms, until_ms, org=args.org,
+                             workspaces=_workspaces(args))
     if args.json:
         _print_json_lines(_row_json(r) for r in rows)
     else:
@@ -158,11 +167,12 @@ def _chargeback(args: argparse.Namespace, environ: Mapping[str, str] | None) -> 
     print(f"chargeback {args.month} by {','.join(args.by) or '-'} -> {target}", file=sys.stderr)
     if gw is not None:                     # the gateway's CSV is the same file: pass its bytes on
         text = gw.request("GET", "/admin/chargeback.csv", {"month": args.month, "by": ",".join(args.by),
-                                                           "org": args.org}).decode()
+                                                           "org": args.org, "workspace": args.workspace}).decode()
         write: Callable[[TextIO], UsageRow] = lambda file: _copy_csv(text, file)  # noqa: E731
     else:
         client, database = _open(args, environ)
-        rows = _with_progress(queries.chargeback_rows(client, database, args.month, args.by, org=args.org))
+        rows = _with_progress(queries.chargeback_rows(client, database, args.month, args.by, org=args.org,
+                                                      workspaces=_workspaces(args)))
         write = lambda file: queries.write_chargeback_csv(rows, file, by=args.by)  # noqa: E731
     if args.out == "-":
         total = write(sys.stdout)
@@ -234,8 +244,8 @@ def _token_values(row: UsageRow | TraceCall) -> list[str]:
 
 def _usage_table(rows: Sequence[UsageRow], by: Sequence[str]) -> list[list[str]]:
     table = [[*by, "requests", *_TOKEN_HEADERS, "web_searches", "cost_usd"]]
-    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), str(r.web_search_calls), r.cost_usd]
-              for r in rows]
+    table += [[v for _, v in r.group] + [str(r.requests), *_token_values(r), str(r.web_search_calls),
+                                         queries.format_usd_nano(r.cost_nano_usd)] for r in rows]
     return table
 
 
@@ -243,7 +253,7 @@ def _trace_table(calls: Sequence[TraceCall]) -> list[list[str]]:
     table = [["start_utc", "model", "outcome", "latency_ms", *_TOKEN_HEADERS, "cost_usd", "running_usd"]]
     for c in calls:
         table.append([_utc_text(c.ts_start_ms), c.model, c.outcome, str(c.latency_ms), *_token_values(c),
-                      queries.format_usd(c.cost_micro_usd), queries.format_usd(c.running_cost_micro_usd)])
+                      queries.format_usd_nano(c.cost_nano_usd), queries.format_usd_nano(c.running_cost_nano_usd)])
     return table
 
 

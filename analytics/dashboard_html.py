@@ -3,7 +3,8 @@
 Everything is rendered here from ``analytics.dashboard`` values; every string
 that came from data goes through ``html.escape``. The page works without
 JavaScript; ``static/dashboard.js`` only refreshes it and shows local times.
-Money is printed exactly, from integer micro-USD (``queries.format_usd``).
+Money is shown in dollars and cents (``dollars``), the exact micro-USD amount
+(``queries.format_usd``) in each figure's tooltip; chart axes step by round amounts.
 """
 from __future__ import annotations
 
@@ -18,7 +19,39 @@ _TITLES = {"org": "organization", "workspace": "workspace", "user": "user", "mod
 
 
 def usd(micro: int) -> str:
+    """Exact: "$1.234567" (tooltips, bar titles)."""
     return f"${format_usd(micro)}"
+
+
+def dollars(micro: int) -> str:
+    """Readable money, rounded half away from zero to the cent: 1234567891 -> "$1,234.57"."""
+    sign = "-" if micro < 0 else ""
+    cents = (abs(micro) + 5_000) // 10_000
+    return f"{sign}${cents // 100:,}.{cents % 100:02d}"
+
+
+def money(micro: int) -> str:
+    """A money figure for a table or card: dollars and cents, the exact amount on hover. Spend too small to
+    round to a cent reads "<$0.01", not "$0.00", so a busy row of cheap calls does not look free."""
+    shown = "<$0.01" if 0 < micro < 5_000 else dollars(micro)
+    return f'<span class="money" title="{_e(usd(micro))} exactly">{_e(shown)}</span>'
+
+
+def axis_step(peak: int) -> int:
+    """The step between a chart's two gridlines above zero: the least 1, 2 or 5 x 10^n micro-USD with two steps
+    reaching ``peak``, so the axis reads $0.05 / $0.10, not $0.037650 / $0.075300."""
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if 2 * m * step >= peak:
+                return m * step
+        step *= 10
+
+
+def _tick(micro: int) -> str:
+    if micro == 0 or micro % 10_000 == 0:
+        return dollars(micro)
+    return "$" + format_usd(micro).rstrip("0")             # below a cent: "$0.0005"
 
 
 def _e(value: object) -> str:
@@ -42,7 +75,7 @@ def stacked_bars(labels: Sequence[str], series: dict[str, list[int]], colors: di
     left, bottom, top = 70, 24, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
     totals = [sum(max(values[i], 0) for values in series.values()) for i in range(len(labels))]
-    peak = max(totals, default=0) or 1
+    peak = 2 * axis_step(max(totals, default=0) or 1)      # the top gridline, a round amount
     step = plot_w / max(len(labels), 1)
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
              f'role="img" aria-label="{_e(title)}">']
@@ -50,7 +83,7 @@ def stacked_bars(labels: Sequence[str], series: dict[str, list[int]], colors: di
         y = top + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
-                     f'{_e(usd(int(peak * frac)))}</text>')
+                     f'{_e(_tick(int(peak * frac)))}</text>')
     for i, label in enumerate(labels):
         x, base = left + i * step, float(top + plot_h)
         for name, values in series.items():
@@ -89,12 +122,12 @@ def hbar(value: int, peak: int, *, width: int = 120, height: int = 10, color: st
 def _kpis(spend: Spend, budgets: Sequence[BudgetUse]) -> str:
     today, calls_today = spend.cost_today, spend.requests_today
     hot = sum(1 for b in budgets if b.used_permille >= 900)
-    cards = [("Last 60 minutes", usd(spend.cost_last_hour), f"{spend.requests_last_hour} calls", "kpi-hour"),
-             ("Today (UTC)", usd(today), f"{calls_today} calls", "kpi-today"),
-             ("Budgets at 90 % or more", str(hot), f"of {len(budgets)} in force", "kpi-budgets"),
-             ("Refusals, last 24 h", str(len(spend.refusals)), "budget, rate and policy", "kpi-refusals")]
+    cards = [("Last 60 minutes", money(spend.cost_last_hour), f"{spend.requests_last_hour} calls", "kpi-hour"),
+             ("Today (UTC)", money(today), f"{calls_today} calls", "kpi-today"),
+             ("Budgets at 90 % or more", _e(hot), f"of {len(budgets)} in force", "kpi-budgets"),
+             ("Refusals, last 24 h", _e(len(spend.refusals)), "budget, rate and policy", "kpi-refusals")]
     return '<section class="kpis">' + "".join(
-        f'<div class="kpi" id="{i}"><div class="kpi-label">{_e(t)}</div><div class="kpi-value">{_e(v)}</div>'
+        f'<div class="kpi" id="{i}"><div class="kpi-label">{_e(t)}</div><div class="kpi-value">{v}</div>'
         f'<div class="kpi-sub">{_e(s)}</div></div>' for t, v, s, i in cards) + "</section>"
 
 
@@ -129,8 +162,8 @@ def _breakdown(spend: Spend, name: str, color: str) -> str:
     hour = spend.last_hour.get(name, {})
     body = "".join(
         f'<tr><td class="name">{_e(r.dims.get(name, "") or "(none)")}</td><td>{hbar(r.cost_micro_usd, peak, color=color)}</td>'
-        f'<td class="num">{_e(usd(r.cost_micro_usd))}</td><td class="num">{r.requests}</td>'
-        f'<td class="num">{_e(usd(hour.get(r.dims.get(name, ""), 0)))}</td></tr>' for r in rows)
+        f'<td class="num">{money(r.cost_micro_usd)}</td><td class="num">{r.requests}</td>'
+        f'<td class="num">{money(hour.get(r.dims.get(name, ""), 0))}</td></tr>' for r in rows)
     table = (f'<table><thead><tr><th>{_e(_TITLES[name])}</th><th></th><th class="num">today</th>'
              f'<th class="num">calls</th><th class="num">last 60 min</th></tr></thead><tbody>{body}</tbody></table>'
              if rows else '<p class="empty">Nothing yet today.</p>')
@@ -140,8 +173,8 @@ def _breakdown(spend: Spend, name: str, color: str) -> str:
 def _budgets(budgets: Sequence[BudgetUse]) -> str:
     body = "".join(
         f'<tr><td class="name">{_e(b.scope)}</td><td>{_e(b.window)}</td><td>{meter(b.used_permille)}</td>'
-        f'<td class="num">{b.used_permille / 10:.1f}%</td><td class="num">{_e(usd(b.spent_micro_usd))}</td>'
-        f'<td class="num">{_e(usd(b.limit_micro_usd))}</td><td>{_e(b.kind)}</td><td>{_time(b.resets_ms)}</td></tr>'
+        f'<td class="num">{b.used_permille / 10:.1f}%</td><td class="num">{money(b.spent_micro_usd)}</td>'
+        f'<td class="num">{money(b.limit_micro_usd)}</td><td>{_e(b.kind)}</td><td>{_time(b.resets_ms)}</td></tr>'
         for b in budgets)
     table = ('<table><thead><tr><th>scope</th><th>window</th><th>used</th><th class="num"></th>'
              '<th class="num">spent</th><th class="num">limit</th><th>kind</th><th>resets</th></tr></thead>'
@@ -175,7 +208,7 @@ def _refusals(spend: Spend) -> str:
 def _sessions(spend: Spend) -> str:
     body = "".join(
         f'<tr><td class="name mono">{_e(s.session_id)}</td><td>{_e(s.org)}/{_e(s.user)}</td>'
-        f'<td class="num">{s.calls}</td><td class="num">{_e(usd(s.cost_micro_usd))}</td>'
+        f'<td class="num">{s.calls}</td><td class="num">{money(s.cost_micro_usd)}</td>'
         f'<td>{_time(s.first_ms, "%H:%M")}–{_time(s.last_ms, "%H:%M")}</td><td>{_e(", ".join(s.models))}</td></tr>'
         for s in spend.sessions)
     table = ('<table><thead><tr><th>session</th><th>who</th><th class="num">calls</th><th class="num">spend</th>'
@@ -225,4 +258,5 @@ def render_error(message: str) -> str:
     return _page("llmgw dashboard: unavailable", body)
 
 
-__all__ = ["PALETTE", "render_error", "hbar", "meter", "render_dashboard", "render_login", "stacked_bars", "usd"]
+__all__ = ["PALETTE", "axis_step", "dollars", "hbar", "meter", "money", "render_dashboard", "render_error",
+           "render_login", "stacked_bars", "usd"]

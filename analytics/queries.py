@@ -68,6 +68,16 @@ def format_usd(micro_usd: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def format_usd_nano(nano_usd: int) -> str:
+    """Exact dollars with the precision the amount has: 6 places for whole micro-USD, else all 9
+    (400 nano-USD -> "0.000000400", never rounded to a micro, a cent, or $0.00)."""
+    if nano_usd % 1000 == 0:
+        return format_usd(nano_usd // 1000)
+    sign = "-" if nano_usd < 0 else ""
+    whole, frac = divmod(abs(nano_usd), 1_000_000_000)
+    return f"{sign}{whole}.{frac:09d}"
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """One group of a spend, chargeback or rollup query."""
@@ -339,6 +349,24 @@ def spend_logs(client: Client, db: str, since_ms: int, until_ms: int, *, key_id:
     rows = client.query(sql, parameters={**params, **scope_params}).result_rows
     return [dict(zip(names, row)) for row in rows]
 
+def spend_log_days(client: Client, db: str, since_ms: int, until_ms: int, *, key_id: str | None = None,
+                   user: str | None = None, request_id: str | None = None,
+                   workspaces: Sequence[str] | None = None) -> list[UsageRow]:
+    """Calls in [since_ms, until_ms) summed per UTC day, key, user and model, with the same filters as
+    ``spend_logs`` (LiteLLM's summarized ``/spend/logs``); in day order."""
+    where = _WINDOW
+    params: dict[str, object] = {"since_ms": since_ms, "until_ms": until_ms}
+    for column, value in (("key_id", key_id), ("user", user), ("request_id", request_id)):
+        if value is not None:
+            where += f" AND {column} = {{{column}:String}}"
+            params[column] = value
+    scope, scope_params = _scope(None, workspaces)
+    exprs = ["toString(toDate(ts_start, 'UTC'))", "key_id", "user", "model"]
+    sql = _grouped_sql(f"{check_identifier(db)}.usage_events FINAL", exprs, _RAW_METRICS, where + scope, "g0")
+    rows = client.query(sql, parameters={**params, **scope_params}).result_rows
+    return [UsageRow.from_row(("day", "key", "user", "model"), row) for row in rows]
+
+
 def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
            by: Sequence[str] = (), org: str | None = None,
            workspaces: Sequence[str] | None = None) -> list[UsageRow]:
@@ -364,7 +392,8 @@ def rollup(client: Client, db: str, grain: str, since_ms: int, until_ms: int,
 
 __all__ = [
     "CSV_METRICS", "DIMENSIONS", "GRAINS", "ROLLUP_DIMENSIONS", "TOKEN_COLUMNS", "TraceCall", "UsageRow",
-    "chargeback_rows", "check_by", "format_usd", "month_bounds_ms", "rollup", "spend", "spend_logs", "trace",
+    "chargeback_rows", "check_by", "format_usd", "format_usd_nano", "month_bounds_ms", "rollup", "spend",
+    "spend_log_days", "spend_logs", "trace",
     "trace_ref",
     "write_chargeback_csv",
 ]

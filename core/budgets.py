@@ -2,8 +2,9 @@
 
 A budget caps the spend of one scope over one window. Scopes are
 ``org:NAME``, ``workspace:NAME``, ``user:NAME``, ``key:KEY_ID`` or
-``tag:NAME:VALUE``, optionally narrowed to a project tag (``--tag``), and
-optionally pinned to one organization (otherwise the name matches in any org).
+``tag:NAME:VALUE`` (read by ``core/scopes.py``), optionally narrowed to a
+project tag (``--tag``), and optionally pinned to one organization (otherwise
+the name matches in any org; ``workspace:ORG/NAME`` pins it too).
 
 Resolution for one call (``effective``):
 - for each scope of the caller and each window, an explicit budget wins over
@@ -37,7 +38,6 @@ from llmgw.core.windows import WINDOWS
 
 from llmgw.core.principal import Principal
 
-SCOPE_KINDS = ("org", "workspace", "user", "key", "tag")
 HOLDS = ("predicted", "strict")
 _PLAIN_DIM = {"org": F.ORG, "workspace": F.WORKSPACE, "user": F.USER, "key": F.KEY}
 _TAG_DIM = {"org": F.TAG, "workspace": F.WORKSPACE_TAG, "user": F.USER_TAG}
@@ -68,29 +68,6 @@ def micro_to_usd(micro: int) -> str:
     if micro % 10_000 == 0:
         return f"${d:,.2f}"
     return "$" + f"{d:,.6f}".rstrip("0")
-
-
-def parse_scope(scope: str) -> tuple[str, str]:
-    kind, sep, name = scope.partition(":")
-    if not sep or kind not in SCOPE_KINDS or not name:
-        raise ValueError(f"scope {scope!r}: expected one of "
-                         + ", ".join(f"{k}:NAME" for k in SCOPE_KINDS))
-    if kind == "tag" and ":" not in name:
-        raise ValueError("a tag scope reads tag:NAME:VALUE, e.g. tag:project:payments")
-    return kind, name
-
-
-def scope_org(kind: str, name: str, org: str) -> tuple[str, str]:
-    """``workspace:ORG/NAME`` (the form ``explain`` and the dashboard print) as (NAME, ORG); a
-    workspace is matched by its bare name, so the ``ORG/`` prefix must move into ``org``."""
-    if kind != "workspace" or "/" not in name:
-        return name, org
-    o, _, ws = name.partition("/")
-    if not o or not ws or "/" in ws:
-        raise ValueError(f"workspace scope {name!r}: expected workspace:NAME or workspace:ORG/NAME")
-    if org and org != o:
-        raise ValueError(f"workspace:{name} names org {o!r} but --org says {org!r}")
-    return ws, o
 
 
 def parse_hold(text: str) -> str:

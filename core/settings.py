@@ -48,6 +48,7 @@ class Settings:
     otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
     workers: int = 1                   # `llmgw serve` processes on one port (Kafka mode; proxy/workers.py)
     upstream_auth: bool = True         # `serve` refuses to start with no upstream credential (--no-upstream-auth)
+    batch_poll_s: float = 300.0        # how often open batches are asked whether they ended (0: only when read)
     file_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo, available_timezones
 
 HOUR, DAY, WEEK, MONTH = "hour", "day", "week", "month"
 WINDOWS = (HOUR, DAY, WEEK, MONTH)
@@ -17,6 +18,31 @@ WINDOWS = (HOUR, DAY, WEEK, MONTH)
 @lru_cache(maxsize=256)
 def _zone(tz: str) -> ZoneInfo | timezone:
     return timezone.utc if tz in ("", "UTC") else ZoneInfo(tz)
+
+
+@lru_cache(maxsize=1)
+def _iana() -> frozenset[str]:
+    return frozenset(available_timezones()) | {"UTC"}
+
+
+def check_zone(tz: object) -> str:
+    """An IANA time zone name (``Europe/Paris``, ``America/New_York``, ``UTC``), or ``ValueError``:
+    an org's day and month windows start at its local midnight, so a typo must not pass for UTC."""
+    if not isinstance(tz, str) or tz not in _iana():
+        raise ValueError(f"time zone {str(tz)[:60]!r}: expected an IANA name such as Europe/Paris, "
+                         "America/New_York or UTC")
+    return tz
+
+
+def org_zones(file_config: Mapping[str, Any], org_records: Iterable[Mapping[str, Any] | None] = ()) -> dict[str, str]:
+    """Each org's time zone: its org record's ``timezone`` (admin API, ``llmgw apply``), else the
+    config file's ``orgs.NAME.timezone``; an org named in neither is UTC."""
+    orgs = file_config.get("orgs") or {}
+    out = {name: str(o.get("timezone", "UTC")) for name, o in orgs.items() if isinstance(o, dict)}
+    for data in org_records:                  # the data of ``org:NAME`` config records
+        if data and data.get("timezone"):
+            out[str(data["name"])] = str(data["timezone"])
+    return out
 
 
 def _local(ts_ms: int, tz: str) -> datetime:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from llmgw.core.budgets import Budget, micro_to_usd, parse_scope
+from llmgw.core.budgets import Budget, micro_to_usd
+from llmgw.core.scopes import parse_scope
 from llmgw.ledger.local_gateway import cli_config_log
 from llmgw.core.settings import Settings
 
@@ -34,7 +37,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _append(s: Settings, rec: ConfigRecord) -> None:
-    asyncio.run(cli_config_log(s).append(rec))      # through a running `llmgw serve` of this data dir, if any
+    """Through a running `llmgw serve` of this data dir, if any; the audit log names the OS user."""
+    asyncio.run(cli_config_log(s).append(replace(rec, actor=f"cli:{getpass.getuser()}")))
 
 
 def _state(s: Settings) -> ConfigState:
@@ -106,10 +110,10 @@ def cmd_alerts_thresholds(args: argparse.Namespace) -> int:
         if not args.window:
             print("--budget needs --window", file=sys.stderr)
             return 2
-        kind, name = parse_scope(args.budget)
-        b = Budget(kind, name, args.window, 0, org=args.org or "", tag=args.tag or "",
-                   kind="default" if name == "*" else "budget")
-        target, what = b.record_name, f"{kind}:{name} {args.window}" + (f" on {b.tag}" if b.tag else "")
+        sc = parse_scope(args.budget, args.org or "")
+        b = Budget(sc.kind, sc.name, args.window, 0, org=sc.org, tag=args.tag or "",
+                   kind="default" if sc.name == "*" else "budget")
+        target, what = b.record_name, f"{sc} {args.window}" + (f" on {b.tag}" if b.tag else "")
     else:
         target, what = "*", "every budget without its own thresholds"
     _append(s, ConfigRecord.put(POLICY_TYPE, target, data, reason=args.reason or ""))
@@ -183,7 +187,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         func=cmd_alerts_run)
     at = a.add_parser("thresholds", help="alert percentages for one budget (--budget) or every budget")
     at.add_argument("thresholds", type=_pcts, help="e.g. 50,75,90,100")
-    at.add_argument("--budget", help="the budget's scope, e.g. workspace:backend or user:* for the default")
+    at.add_argument("--budget", help="the budget's scope, e.g. workspace:acme/backend or user:* for the default")
     at.add_argument("--window", choices=["hour", "day", "week", "month"])
     at.add_argument("--org")
     at.add_argument("--tag")

@@ -73,6 +73,11 @@ class Ledger(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self, timeout_s: float = 5.0) -> None: ...
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until every event submitted so far is durable (a batch marks itself charged after)."""
+    async def recorded(self, event_ids: set[str]) -> set[str]:
+        """Which of ``event_ids`` the ledger already counts: a batch charge a crash cut short is
+        finished with the others only. Rare (recovery only), so it may read the whole log."""
     def health(self) -> LedgerHealth: ...
 
 

@@ -341,6 +341,13 @@ class EmbeddedLedger:
             while self.events_written < self.events_submitted or self.started_written < self.started_submitted:
                 await asyncio.sleep(0.005)
 
+    async def recorded(self, event_ids: set[str]) -> set[str]:
+        await self.flush()
+        return await asyncio.to_thread(self._recorded, event_ids)
+
+    def _recorded(self, event_ids: set[str]) -> set[str]:
+        return {ev.event_id for _, _, ev in self.log.read_from(0) if ev.event_id in event_ids}
+
     async def stop(self, timeout_s: float = 5.0) -> None:
         try:
             await self.flush(timeout_s)

@@ -176,6 +176,11 @@ class KafkaLedger:
             while self.backlog_events:
                 await asyncio.sleep(0.005)
 
+    async def recorded(self, event_ids: set[str]) -> set[str]:
+        """None, as far as this producer can tell; and none needs to be: the ledger worker folds an
+        ``event_id`` once within its dedup horizon (docs/ledger.md), so a repeated event counts once."""
+        return set()
+
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Flush within the deadline, then spool whatever Kafka has not acked, and close."""
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from aiokafka import TopicPartition
 
+from .configlog import open_config_log
 from .fold import Totals, TzOf, utc
 from .topics import PartitionReader, Topics, partitions_of, read_snapshot_partitions
 from .orphans import OpenCalls
@@ -129,7 +130,8 @@ def _fmt(t: Totals | None) -> str:
 def main(settings: "Settings", *, show: int = 20) -> int:
     """Print the comparison; exit 0 when every key is identical, 1 otherwise."""
     topics = Topics(settings.topic_prefix)
-    report = asyncio.run(compare(settings.kafka_bootstrap, topics, tz_of=tz_of_settings(settings),
+    state = asyncio.run(open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix).load())
+    report = asyncio.run(compare(settings.kafka_bootstrap, topics, tz_of=tz_of_settings(settings, state),
                                  orphan_after_ms=int(settings.orphan_after_s * 1000)))
     c = report.counts
     print(f"refolded {c.records} usage records of {topics.usage} up to the snapshots' progress: "

@@ -46,12 +46,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 
+from llmgw.core.config import ConfigState
+from llmgw.ledger.configlog import open_config_log
 from llmgw.core.events import ORPHANED, UsageEvent, decode, encode
 from .fold import Totals, TzOf, fold, utc
 from .orphans import DEFAULT_ORPHAN_AFTER_MS, OpenCalls, encode_tick, is_tick
 from .started import CallStarted, decode_started, is_started
 from .topics import (PartitionReader, Topics, encode_progress, encode_snapshot, ensure_topics,
                      progress_key, read_snapshot_partitions)
+from llmgw.core.windows import org_zones
 
 if TYPE_CHECKING:
     from llmgw.core.settings import Settings
@@ -721,10 +724,35 @@ async def serve(bootstrap: str, topics: Topics, **worker_options: Any) -> int:
     return 0
 
 
-def tz_of_settings(settings: "Settings") -> TzOf:
-    orgs = dict(settings.file_config).get("orgs") or {}
-    zones = {name: str(o.get("timezone", "UTC")) for name, o in orgs.items() if isinstance(o, dict)}
+def tz_of_settings(settings: "Settings", state: ConfigState | None = None) -> TzOf:
+    """Each org's zone as the gateways read it: its org record's (``state``), else the config file's."""
+    zones = org_zones(dict(settings.file_config), [r.data for r in state.of_type("org")] if state else ())
     return lambda org: zones.get(org, "UTC")
+
+
+async def _serve_following_zones(settings: "Settings") -> int:
+    """``serve`` folding by each org's zone, followed from the config log: an org's time zone set through
+    the admin API or ``llmgw apply`` moves the windows the worker folds into as it moves the ones the
+    gateways read (the usage it has folded stays in the windows it was folded into)."""
+    log = open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix)
+    state = await log.load()
+    file_config = dict(settings.file_config)
+    zones: dict[str, str] = {}
+
+    def refresh() -> None:
+        fresh = org_zones(file_config, [r.data for r in state.of_type("org")])
+        if fresh != zones:
+            zones.clear()
+            zones.update(fresh)
+    refresh()
+    follower = asyncio.get_running_loop().create_task(log.follow(state, refresh), name="llmgw-worker-config")
+    try:
+        return await serve(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                           group_id=f"{settings.topic_prefix}-ledger", tz_of=lambda org: zones.get(org, "UTC"),
+                           orphan_after_ms=int(settings.orphan_after_s * 1000))
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
 
 
 def run_worker(settings: "Settings") -> int:
@@ -734,9 +762,7 @@ def run_worker(settings: "Settings") -> int:
         configure_logging(settings)
     except ImportError:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return asyncio.run(serve(settings.kafka_bootstrap, Topics(settings.topic_prefix),
-                             group_id=f"{settings.topic_prefix}-ledger", tz_of=tz_of_settings(settings),
-                             orphan_after_ms=int(settings.orphan_after_s * 1000)))
+    return asyncio.run(_serve_following_zones(settings))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from llmgw.ledger.configlog import open_config_log
 from llmgw.ledger.driver import Ledger
 from llmgw.pricing import load_catalog
 
-from . import failover, holds, parts, pipeline, providers
+from . import batches, failover, holds, parts, pipeline, providers
 from .admin import routes as admin_routes
 from .admin.runtime import admin_ctx
 from .adapters.anthropic_messages import AnthropicCountTokens, AnthropicMessages
@@ -132,7 +132,7 @@ def gateway_ctx(settings: Settings, ledger: Ledger | None, observers: tuple[Even
             from llmgw.ledger.config_cache import ConfigCache, follow_cached, load_or_cached
             cache = ConfigCache(settings.data_dir, f"{settings.topic_prefix}.config")
             state, current = await load_or_cached(config_log, cache)
-        tzs = org_timezones(dict(settings.file_config))
+        tzs = org_timezones(dict(settings.file_config), state)
         led = ledger or await _default_ledger(settings, tzs)
         gw = Gateway(settings, RoutingTable.from_settings(settings), load_catalog(prices_path(settings)),
                      led, state, org_timezones=tzs, capture_sink=capture_sink, observers=observers,
@@ -193,6 +193,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None, transport: Tran
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([
         gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture, transport=transport),
+        batches.batches_ctx(settings),
         admin_ctx,
         ops_routes.ops_ctx,
         parts.alerts_ctx,
@@ -216,5 +217,6 @@ def create_app(settings: Settings, ledger: Ledger | None = None, transport: Tran
     ops_routes.add_routes(r)
     analytics_web.add_routes(app)
     providers.add_routes(r, ADAPTER)
+    batches.add_routes(r, ADAPTER)
     ops.metrics.registry.register(failover.HealthCollector(app))     # upstream health, read at scrape
     return app

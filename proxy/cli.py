@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from llmgw.analytics import cli as analytics_cli, reconcile_cli, sink_cli
 from llmgw.ledger import alerts_cli
@@ -23,17 +23,21 @@ from llmgw.pricing import cli as pricing_cli
 from . import keys as K
 from .access import ModelAccess, ModelList, parse_patterns
 from .admin import cli as admin_cli
-from llmgw.core.budgets import (Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, parse_scope, scope_org,
-                                usd_to_micro)
+from llmgw.core.budgets import Budget, BudgetBook, micro_to_usd, parse_action, parse_hold, usd_to_micro
 from llmgw.ledger.configlog import ConfigLog
 from llmgw.ledger.local_gateway import GatewayRefused, cli_config_log, find as find_gateway, serve_ctx
 from .ops import cli as ops_cli
 from . import routes_cli
-from .ratelimit import METRICS, RateBook, RateLimit, parse_limit_scope
+from .ratelimit import METRICS, RateBook, RateLimit
+from llmgw.core.scopes import ENTITY_KINDS, parse_scope
 from llmgw.core.settings import Settings
 from llmgw.core.principal import Principal
 
 Command = Callable[[argparse.Namespace], int]
+
+
+if TYPE_CHECKING:
+    from .admin.roles import AdminPrincipal
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
@@ -48,8 +52,9 @@ def _config_io(args: argparse.Namespace) -> ConfigLog:
 
 
 def _append(args: argparse.Namespace, rec: ConfigRecord) -> None:
-    """Append one change, naming who made it: ``--actor``, default the OS user (never just "cli")."""
-    asyncio.run(_config_io(args).append(replace(rec, actor=getattr(args, "actor", None) or getpass.getuser())))
+    """Append one change, naming who made it: ``cli:`` and ``--actor``, default the OS user (never just
+    "cli"), as ``llmgw apply`` and the admin commands do."""
+    asyncio.run(_config_io(args).append(replace(rec, actor=_admin(args).actor)))
 
 
 def _state(args: argparse.Namespace) -> ConfigState:
@@ -129,19 +134,34 @@ def _serve_workers(s: Settings) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """The API's own validation (proxy/admin/entities.create_key): names, tags, models, an expiry ahead."""
     from .admin import entities as E
-    from .admin.roles import OWNER, AdminPrincipal
     from llmgw.core.timeutil import parse_instant_ms
 
+    org, workspace = _key_home(args)
     expires = parse_instant_ms(args.expires, int(time.time() * 1000)) if args.expires else 0
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else ()
-    key, rec = E.create_key(args.org, args.workspace, args.user, state=_state(args),
-                            admin=AdminPrincipal("cli", OWNER, via="cli"), tags=tuple(args.tag or ()),
-                            allowed_models=models, expires_ms=expires, actor="cli")
+    key, rec = E.create_key(org, workspace, args.user, state=_state(args), admin=_admin(args),
+                            tags=tuple(args.tag or ()), allowed_models=models, expires_ms=expires,
+                            alias=args.alias or "", actor=_admin(args).actor)
     _append(args, rec)
     print(key)
-    print(f"# key id {rec.data['key_id']} for {args.org}/{args.workspace}/{args.user}; "  # type: ignore[index]
+    print(f"# key id {rec.data['key_id']} for {org}/{workspace}/{args.user}; "  # type: ignore[index]
           "shown once, store it now", file=sys.stderr)
     return 0
+
+
+def _key_home(args: argparse.Namespace) -> tuple[str, str]:
+    """``--workspace ORG/NAME``, or ``--org`` and ``--workspace NAME`` (core/scopes.py)."""
+    from llmgw.core.scopes import parse_workspace
+    if not args.org and "/" not in (args.workspace or ""):
+        raise ValueError(f"workspace {args.workspace!r} needs its organization: --org ORG, "
+                         f"or --workspace ORG/{args.workspace}")
+    return parse_workspace(args.workspace, args.org or "")
+
+
+def _admin(args: argparse.Namespace) -> AdminPrincipal:
+    """The person at the terminal as an owner: the CLI has the data dir's authority."""
+    from .admin.roles import OWNER, AdminPrincipal
+    return AdminPrincipal(getattr(args, "actor", None) or getpass.getuser(), OWNER, via="cli")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -153,24 +173,33 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_update(args: argparse.Namespace) -> int:
-    """Change a key's tags, allowed models or expiry; its secret, owner and id stay."""
+    """Rename a key (its alias), change its tags, allowed models or expiry; its secret, owner and id stay.
+    The admin API's own change (proxy/admin/entities.update_key): the same checks, the same record."""
+    from .admin import entities as E
+    from llmgw.core.timeutil import iso_ms, parse_instant_ms
+
     rec = _state(args).get("key", args.key_id)
     if rec is None or rec.data is None:
         print(f"no key {args.key_id}", file=sys.stderr)
         return 1
-    data = dict(rec.data)
+    changes: dict[str, object] = {}
+    if args.alias is not None:
+        changes["alias"] = args.alias
     if args.tag is not None:
-        data["tags"] = [t for t in args.tag if t]
+        changes["tags"] = [t for t in args.tag if t]
     if args.models is not None:
-        data["allowed_models"] = [m for m in args.models.split(",") if m]
+        changes["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.expires is not None:
-        data["expires_ms"] = _parse_until(args.expires) if args.expires else 0
-    if data == rec.data:
-        print("nothing to change: give --tag, --models or --expires", file=sys.stderr)
+        changes["expires_ms"] = parse_instant_ms(args.expires, int(time.time() * 1000)) if args.expires else 0
+    if not changes:
+        print("nothing to change: give --alias, --tag, --models or --expires", file=sys.stderr)
         return 2
-    _append(args, ConfigRecord.put("key", args.key_id, data, reason=args.reason or ""))
-    print(f"updated {args.key_id}: tags={','.join(data.get('tags') or []) or '-'} "
-          f"models={','.join(data.get('allowed_models') or []) or '*'}")
+    new = E.update_key(rec, changes, _admin(args).actor, args.reason or "")
+    _append(args, new)
+    d = new.data or {}
+    print(f"updated {args.key_id}: alias={d.get('alias') or '-'} tags={','.join(d.get('tags') or []) or '-'} "
+          f"models={','.join(d.get('allowed_models') or []) or '*'} "
+          f"expires={iso_ms(int(d.get('expires_ms') or 0)) or 'never'}")
     return 0
 
 
@@ -192,10 +221,9 @@ def _parse_until(text: str) -> int:
 
 
 def cmd_budgets_set(args: argparse.Namespace) -> int:
-    kind, name = parse_scope(args.scope)
-    name, org = scope_org(kind, name, args.org or "")
+    sc = parse_scope(args.scope, args.org or "")
     action, to = parse_action(args.action)
-    b = Budget(kind, name, args.window, usd_to_micro(args.limit_usd), org=org, tag=args.tag or "",
+    b = Budget(sc.kind, sc.name, args.window, usd_to_micro(args.limit_usd), org=sc.org, tag=args.tag or "",
                kind="exception" if args.until else "budget", until_ms=_parse_until(args.until) if args.until else 0,
                action=action, downgrade_to=to, hold=parse_hold(args.hold), client_tags=args.client_tag)
     if b.kind == "exception" and not b.tag:
@@ -207,19 +235,25 @@ def cmd_budgets_set(args: argparse.Namespace) -> int:
 
 
 def cmd_budgets_delete(args: argparse.Namespace) -> int:
-    """Remove a budget, default or exception, named as it was set."""
+    """Remove a budget, default or exception, named as it was set: the admin API's own delete
+    (proxy/admin/budget_ops.delete_budget)."""
+    from .admin.budget_ops import delete_budget
+    from .admin.errors import NotFound
+
     if args.default:
         b = Budget(args.scope, "*", args.window, 0, org=args.org or "", kind="default")
     else:
-        kind, name = parse_scope(args.scope)
-        name, org = scope_org(kind, name, args.org or "")
-        b = Budget(kind, name, args.window, 0, org=org, tag=args.tag or "",
+        sc = parse_scope(args.scope, args.org or "")
+        b = Budget(sc.kind, sc.name, args.window, 0, org=sc.org, tag=args.tag or "",
                    kind="exception" if args.exception else "budget")
-    if _state(args).get("budget", b.record_name) is None:
+    rid = f"budget:{b.record_name}"
+    try:
+        rec = delete_budget(_state(args), rid, b.kind, _admin(args), args.reason or "", int(time.time() * 1000))
+    except NotFound:
         print(f"no such {b.kind}: {args.scope} {args.window}" + (f" on {b.tag}" if b.tag else "")
               + (f" in org {b.org}" if b.org else "") + "; see `llmgw budgets list`", file=sys.stderr)
         return 1
-    _append(args, ConfigRecord.put("budget", b.record_name, None, reason=args.reason or ""))
+    _append(args, rec)
     print(f"deleted the {b.kind} {args.scope} {args.window}" + (f" on {b.tag}" if b.tag else ""))
     return 0
 
@@ -277,18 +311,18 @@ def cmd_budgets_explain(args: argparse.Namespace) -> int:
 
 # -- rate limits and model access ---------------------------------------------------------
 def cmd_limits_set(args: argparse.Namespace) -> int:
-    kind, name = parse_limit_scope(args.scope)
-    lim = RateLimit(kind, name, args.metric, args.limit, args.burst or 0, org=args.org or "")
+    sc = parse_scope(args.scope, args.org or "", ENTITY_KINDS)
+    lim = RateLimit(sc.kind, sc.name, args.metric, args.limit, args.burst or 0, org=sc.org)
     _append(args, lim.record(reason=args.reason or ""))
     print(f"limit: {lim.describe()}")
     return 0
 
 
 def cmd_limits_unset(args: argparse.Namespace) -> int:
-    kind, name = parse_limit_scope(args.scope)
-    lim = RateLimit(kind, name, args.metric, 0, org=args.org or "")
+    sc = parse_scope(args.scope, args.org or "", ENTITY_KINDS)
+    lim = RateLimit(sc.kind, sc.name, args.metric, 0, org=sc.org)
     if _state(args).get("ratelimit", lim.record_name) is None:
-        print(f"no {args.metric} limit on {args.scope}" + (f" in org {args.org}" if args.org else ""), file=sys.stderr)
+        print(f"no {args.metric} limit on {args.scope}" + (f" in org {sc.org}" if sc.org else ""), file=sys.stderr)
         return 1
     _append(args, ConfigRecord.put("ratelimit", lim.record_name, None, reason=args.reason or ""))
     print(f"removed the {args.metric} limit on {args.scope}")
@@ -302,16 +336,16 @@ def cmd_limits_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_allow(args: argparse.Namespace) -> int:
-    kind, name = parse_limit_scope(args.scope)
-    m = ModelList(kind, name, parse_patterns(args.patterns), org=args.org or "")
+    sc = parse_scope(args.scope, args.org or "", ENTITY_KINDS)
+    m = ModelList(sc.kind, sc.name, parse_patterns(args.patterns), org=sc.org)
     _append(args, m.record(reason=args.reason or ""))
     print(f"models: {m.who()} may call {', '.join(m.patterns)}")
     return 0
 
 
 def cmd_models_clear(args: argparse.Namespace) -> int:
-    kind, name = parse_limit_scope(args.scope)
-    m = ModelList(kind, name, (), org=args.org or "")
+    sc = parse_scope(args.scope, args.org or "", ENTITY_KINDS)
+    m = ModelList(sc.kind, sc.name, (), org=sc.org)
     _append(args, ConfigRecord.put("models", m.record_name, None, reason=args.reason or ""))
     print(f"models: {m.who()} has no allow-list of its own")
     return 0
@@ -347,7 +381,9 @@ def cmd_ledger_rebuild(args: argparse.Namespace) -> int:
     if s.embedded:
         from llmgw.ledger.embedded import Checkpoint, rebuild
         from pathlib import Path
-        rebuilt = rebuild(s.data_dir)
+        from .context import org_timezones
+        zones = org_timezones(dict(s.file_config), _state(args))       # as the gateway folded
+        rebuilt = rebuild(s.data_dir, lambda org: zones.get(org, "UTC"))
         position, live = Checkpoint(Path(s.data_dir) / "ledger" / "totals.json").load()
         same = rebuilt == live
         print(f"rebuilt {len(rebuilt)} spend keys from the log; checkpoint has {len(live)}: "
@@ -388,20 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="create, list and revoke gateway API keys").add_subparsers(
         dest="keys_cmd", required=True, metavar="ACTION")
     kc = k.add_parser("create", help="mint a key for org/workspace/user; prints it once")
-    kc.add_argument("--org", required=True)
-    kc.add_argument("--workspace", required=True)
+    kc.add_argument("--org", help="the organization (or give --workspace ORG/NAME)")
+    kc.add_argument("--workspace", required=True, help="NAME with --org, or ORG/NAME")
     kc.add_argument("--user", required=True)
     kc.add_argument("--tag", action="append", help="tag every call with NAME:VALUE (repeatable)")
     kc.add_argument("--models", help="comma-separated allowed model patterns, e.g. 'claude-haiku-*,gpt-4o-mini'")
     kc.add_argument("--expires", help="expiry: ISO date or time (UTC unless stated), or a duration from now (30d)")
+    kc.add_argument("--alias", help="a name for the key, shown in listings")
+    kc.add_argument("--actor", help="who the audit log names (default: your OS user name)")
     kc.set_defaults(func=cmd_keys_create)
     k.add_parser("list", help="list keys (never their secrets)").set_defaults(func=cmd_keys_list)
-    ku = k.add_parser("update", help="change a key's tags, allowed models or expiry (same secret)")
+    ku = k.add_parser("update", help="rename a key, change its tags, allowed models or expiry (same secret)")
     ku.add_argument("key_id")
+    ku.add_argument("--alias", help="the key's new name ('' clears it)")
     ku.add_argument("--tag", action="append", help="the key's tags, replacing the old ones (repeatable; "
                     "--tag '' clears them)")
     ku.add_argument("--models", help="comma-separated allowed model patterns ('' allows every model)")
-    ku.add_argument("--expires", help="expiry, ISO date or time ('' never expires)")
+    ku.add_argument("--expires", help="expiry: ISO date or time, or a duration from now (30d); '' never expires")
     ku.add_argument("--reason")
     ku.set_defaults(func=cmd_keys_update)
     kr = k.add_parser("revoke", help="revoke a key by its id")
@@ -412,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("budgets", help="set, list and explain budgets").add_subparsers(
         dest="budgets_cmd", required=True, metavar="ACTION")
     bs = b.add_parser("set", help="cap a scope over a window, e.g. `budgets set user:alice day 50`")
-    bs.add_argument("scope", help="org:NAME, workspace:NAME, user:NAME, key:KEY_ID or tag:NAME:VALUE")
+    bs.add_argument("scope", help="org:NAME, workspace:NAME or workspace:ORG/NAME, user:NAME, key:KEY_ID "
+                    "or tag:NAME:VALUE")
     bs.add_argument("window", choices=["hour", "day", "week", "month"])
     bs.add_argument("limit_usd", help="cap in US dollars, e.g. 50 or 12.50")
     bs.add_argument("--org", help="only in this organization (default: the name in any org)")
@@ -453,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tag", action="append", help="as if the call carried this tag")
     be.set_defaults(func=cmd_budgets_explain)
 
-    scope_help = "org:NAME, workspace:NAME, user:NAME or key:KEY_ID; NAME * sets the default for every one"
+    scope_help = ("org:NAME, workspace:NAME or workspace:ORG/NAME, user:NAME or key:KEY_ID; "
+                  "NAME * sets the default for every one")
     li = sub.add_parser("limits", help="rate limits: requests and tokens per minute and per day").add_subparsers(
         dest="limits_cmd", required=True, metavar="ACTION")
     ls = li.add_parser("set", help="e.g. `limits set user:alice rpm 60 --burst 10`, `limits set user:* tpd 2000000`")

@@ -19,6 +19,7 @@ from aiohttp import web
 from llmgw.core.config import ConfigState
 from llmgw.core.events import UsageEvent, normalize_tags
 from llmgw.ledger.driver import Ledger
+from llmgw.core.windows import org_zones
 from llmgw.pricing import Catalog, Price, UnknownModel
 
 from llmgw.core.capture import CapturedCall
@@ -71,8 +72,11 @@ class Gateway:
     # Every upstream's HTTP calls go through this one instead of the network (tests: proxy/transport.py).
     transport: Transport | None = None
     _transports: dict[str, Transport] = field(default_factory=dict)
+    # called after every config change, once the policy has reloaded (the batch book holds open batches again)
+    config_listeners: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._refresh_zones()
         self.policy = Policy.from_config(self.ledger.view, self.config, self.tz_of,
                                          self.settings.file_config.get("policy"))
         self.failure = FailurePolicy.from_config(self.settings.file_config)
@@ -94,10 +98,20 @@ class Gateway:
     def tz_of(self, org: str) -> str:
         return self.org_timezones.get(org, "UTC")
 
+    def _refresh_zones(self) -> None:
+        """In place: the ledger was handed this same dict (proxy/app.py), so it folds by the new zone too."""
+        zones = org_timezones(dict(self.settings.file_config), self.config)
+        if zones != self.org_timezones:
+            self.org_timezones.clear()
+            self.org_timezones.update(zones)
+
     def config_changed(self) -> None:
         """Rebuild indexes derived from the config log (called by the follower, on every replica),
         and have every open session re-check its key: a revoked or expired key's sessions end."""
+        self._refresh_zones()
         self.policy.reload(self.config)
+        for listen in self.config_listeners:
+            listen()
         for sessions in list(self.key_sessions.values()):
             for s in list(sessions):
                 s.recheck()
@@ -173,9 +187,9 @@ class Gateway:
         self._transports.clear()
 
 
-def org_timezones(file_config: dict[str, Any]) -> dict[str, str]:
-    orgs = file_config.get("orgs") or {}
-    return {name: str(o.get("timezone", "UTC")) for name, o in orgs.items() if isinstance(o, dict)}
+def org_timezones(file_config: dict[str, Any], state: ConfigState | None = None) -> dict[str, str]:
+    """Each org's time zone (``core.windows.org_zones``): its org record's, else the config file's."""
+    return org_zones(file_config, [r.data for r in state.of_type("org")] if state is not None else ())
 
 
 def prices_path(settings: Settings) -> Path | None:

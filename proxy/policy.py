@@ -258,23 +258,26 @@ class Policy:
 
     # -- reserve / settle -------------------------------------------------------
     def reserve(self, p: Principal, tags: tuple[str, ...], estimate: "int | Estimate", now_ms: int, *,
-                tokens: int = 0, downgrade: Downgrade | None = None, max_wait_ms: int = 0) -> Reservation:
+                tokens: int = 0, downgrade: Downgrade | None = None, max_wait_ms: int = 0,
+                force: bool = False) -> Reservation:
         """Hold on every budget (its worst case or its prediction, per the budget's ``hold``)
         and take the call's rate-limit share, or raise. An ``int`` estimate is both holds.
 
         A budget over its cap refuses (``BudgetExceeded``) unless its action is a
         downgrade and ``downgrade(model)`` gives an estimate that fits every budget:
         then that is held and ``Reservation.model`` names the model to serve. Rate
-        limits refuse (``RateLimited``) or, within ``max_wait_ms``, book a wait.
+        limits refuse (``RateLimited``) or, within ``max_wait_ms``, book a wait. ``force``: place the
+        hold whatever it leaves and take no rate-limit share (a batch admitted earlier, held again
+        after a restart: proxy/batch_book.py).
         """
         est = Estimate.of(estimate)
         holds = self.holds_for(p, tags, now_ms)
         n = max(1, self.proxies())
         model, by = "", None
         over = [(h, *m) for h in holds if (m := self._over(h, est.hold(h.applied.budget.hold), n)) is not None]
-        if over:
+        if over and not force:
             est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
-        ticket = self.limiter.acquire(p, tokens, max_wait_ms)      # raises before any hold is placed
+        ticket = EMPTY if force else self.limiter.acquire(p, tokens, max_wait_ms)   # raises before any hold
         if not holds:
             return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis,
                                worst_micro_usd=est.worst_micro_usd)

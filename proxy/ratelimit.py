@@ -57,14 +57,6 @@ def worst_case_tokens(price: Price, shape: RequestShape) -> int:
     return prompt_bound(price, shape) + output_bound(price, shape)
 
 
-def parse_limit_scope(scope: str) -> tuple[str, str]:
-    kind, sep, name = scope.partition(":")
-    if not sep or kind not in KINDS or not name:
-        raise ValueError(f"scope {scope!r}: expected one of " + ", ".join(f"{k}:NAME" for k in KINDS)
-                         + " (NAME * sets the default for every one)")
-    return kind, name
-
-
 def name_of(p: Principal, kind: str) -> str:
     return {"org": p.org, "workspace": p.workspace, "user": p.user, "key": p.key_id}[kind]
 

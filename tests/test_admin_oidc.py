@@ -47,10 +47,10 @@ async def test_rs256_and_hs256_tokens_map_groups_to_roles(gw, rsa):
         owner = Api(http, gw.url, token({"email": "root@acme.example", "groups": ["staff", "platform-admins"]}, rsa=rsa))
         me = await owner.ok("GET", "/admin/whoami")
         assert me == {"name": "root@acme.example", "role": "owner", "workspaces": [], "via": "oidc",
-                      "actor": "oidc:root@acme.example"}
+                      "actor": "oidc:root@acme.example#u1"}          # the name claim and the subject
         await owner.ok("POST", "/admin/orgs", {"name": "acme", "reason": "sso"}, 201)
         audit = (await owner.ok("GET", "/admin/audit?type=org"))["data"]
-        assert audit[-1]["actor"] == "oidc:root@acme.example"
+        assert audit[-1]["actor"] == "oidc:root@acme.example#u1"
 
         lead = owner.as_(token({"email": "lead@acme.example", "groups": "eng-leads",
                                 "llmgw_workspaces": ["acme/backend"]}))

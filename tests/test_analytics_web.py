@@ -151,6 +151,18 @@ async def test_roles_and_scopes(gateway: Gateway) -> None:
     assert status == 400 and "cannot group by 'colour'" in body["error"]["message"]
     assert (await g.owner.get("/admin/spend?since=yesterday"))[0] == 400
     assert (await g.owner.get("/admin/chargeback.csv?month=2026-13"))[0] == 400
+    # one workspace, as the API prints it (ORG/NAME), or NAME with org; a bare NAME is refused with that form
+    for query in ("workspace=acme/backend", "workspace=workspace:acme/backend", "workspace=backend&org=acme"):
+        status, body = await viewer.get(f"/admin/spend?by=workspace,user&{query}")
+        assert status == 200 and {r["workspace"] for r in body["rows"]} == {"backend"}, (query, body)
+        assert {r["user"] for r in body["rows"]} == {"alice", "bob", "dave"}
+    status, body = await viewer.get("/admin/spend?workspace=backend")
+    assert status == 400 and "ORG/NAME" in body["error"]["message"] and "acme/backend" in body["error"]["message"]
+    status, body = await ml_admin.get("/admin/spend?workspace=acme/backend")
+    assert status == 403 and "outside this admin's scope" in body["error"]["message"]
+    month = time.strftime("%Y-%m", time.gmtime())
+    status, text = await g.owner.get(f"/admin/chargeback.csv?month={month}&by=workspace&workspace=acme/ml")
+    assert status == 200 and [r["workspace"] for r in csv.DictReader(io.StringIO(text))] == ["ml", ""]
 
 
 async def test_chargeback_streams_a_large_month(gateway: Gateway) -> None:

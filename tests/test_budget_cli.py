@@ -81,6 +81,6 @@ def test_budgets_delete_keys_update_and_every_change_names_the_person(llmgw, tmp
     state = asyncio.run(open_config_log(tmp_path, None, "llmgw").load())
     rec = state.get("key", key_id)
     assert rec.data["tags"] == ["project:payments"] and rec.data["allowed_models"] == ["claude-haiku-*"]
-    assert rec.actor == getpass.getuser()
+    assert rec.actor == f"cli:{getpass.getuser()}"
     assert Budget.from_record(state.get("budget", "budget||user:ivy||day")).hold == "predicted"
-    assert {r.actor for r in state.records.values()} == {getpass.getuser()}
+    assert {r.actor for r in state.records.values()} == {f"cli:{getpass.getuser()}"}

@@ -241,13 +241,14 @@ async def test_codex_gets_its_usage_limit_shape_and_sdks_the_standard_one(gw, fa
 
 def test_workspace_scopes_in_the_org_slash_name_form_and_money_with_its_precision():
     from llmgw.proxy.admin.budget_ops import budget_from_json
-    from llmgw.core.budgets import micro_to_usd, scope_org
+    from llmgw.core.budgets import micro_to_usd
+    from llmgw.core.scopes import Scope, parse_scope
     b = budget_from_json({"scope": "workspace:acme/backend", "window": "day", "limit_usd": "5"}, "budget", AT)
     assert (b.scope_kind, b.name, b.org) == ("workspace", "backend", "acme")
-    assert scope_org("workspace", "backend", "") == ("backend", "")
-    for bad in (("workspace", "acme/", ""), ("workspace", "acme/backend", "other")):
+    assert parse_scope("workspace:backend") == Scope("workspace", "backend", "")
+    for bad in (("workspace:acme/", ""), ("workspace:acme/backend", "other")):
         try:
-            scope_org(*bad)
+            parse_scope(*bad)
             raise AssertionError(bad)
         except ValueError:
             pass

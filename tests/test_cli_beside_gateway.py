@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import getpass
 import io
 import json
 import os
@@ -86,6 +87,8 @@ async def test_a_key_works_the_moment_keys_create_returns(served, env, monkeypat
     audit = llmgw("audit", "--json", "--type", "key,budget", env=env)     # reads the log beside the gateway
     assert audit.returncode == 0, audit.stderr
     assert sum(1 for line in audit.stdout.splitlines() if json.loads(line)["id"].startswith("key:")) == 5
+    # written through the gateway, each still names the person at the terminal, not the gateway's local token
+    assert {json.loads(line)["actor"] for line in audit.stdout.splitlines()} == {f"cli:{getpass.getuser()}"}
     listed = llmgw("keys", "list", env=env)
     key_id = next(line.split("\t")[0] for line in listed.stdout.splitlines() if "erin" in line)
     assert llmgw("keys", "revoke", key_id, env=env).returncode == 0
@@ -121,7 +124,6 @@ async def test_spend_trace_chargeback_and_rebuild_beside_the_running_gateway(ser
     assert [json.loads(line) for line in by_request.stdout.splitlines()] == calls
     missing = llmgw("trace", "no-such-session", env=env)
     assert missing.returncode == 1 and "no calls recorded" in missing.stderr
-
     month = datetime.now(timezone.utc).strftime("%Y-%m")
     out_file = tmp_path / "cb.csv"
     cb = llmgw("chargeback", "--month", month, "--by", "user", "--out", str(out_file), env=env)
@@ -142,12 +144,25 @@ async def test_spend_trace_chargeback_and_rebuild_beside_the_running_gateway(ser
     billed = [json.loads(line) for line in report.stdout.splitlines()]
     assert billed and all(r["provider"] == "openai" and r["billed_micro_usd"] >= 0 for r in billed)
 
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:   # no session
+        lone = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "alone"}])
+    lone_id = lone.headers["x-llmgw-request-id"]
+
+    def lone_trace():
+        out = llmgw("trace", lone_id, "--json", env=env)
+        return out if out.returncode == 0 else None           # 1 until the call lands in ClickHouse
+    out = await _until(lone_trace, "the sessionless call in llmgw trace")
+    [alone] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert alone["cost_micro_usd"] > 0 and alone["running_cost_micro_usd"] == alone["cost_micro_usd"]
+
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     assert not found.exists()                  # a stopped gateway leaves no file pointing at it
     direct = llmgw("spend", "--by", "user", "--json", env=env)       # and the CLI opens the store itself
     assert direct.returncode == 0, direct.stderr
-    assert json.loads(direct.stdout.splitlines()[0])["cost_micro_usd"] == rows[0]["cost_micro_usd"]
+    total = json.loads(direct.stdout.splitlines()[0])["cost_micro_usd"]     # nanos summed, then rounded once
+    assert rows[0]["cost_micro_usd"] < total <= rows[0]["cost_micro_usd"] + alone["cost_micro_usd"]
 
 
 async def test_a_stale_discovery_file_is_ignored(env, tmp_path):

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from llmgw.analytics import store
-from llmgw.analytics.dashboard_html import usd
+from llmgw.analytics.dashboard_html import dollars, usd
 from llmgw.core import events as E
 from llmgw.proxy.parts import ALERTS
 from tests.admin_support import OWNER_KEY
@@ -143,6 +143,11 @@ class Browser:
             await self.proc.wait()
             self._drain.cancel()
             self._reader.cancel()
+
+
+def shown(micro: int) -> str:
+    """What a money cell reads: dollars and cents, or "<$0.01" for spend that rounds to no cent."""
+    return "<$0.01" if 0 < micro < 5_000 else dollars(micro)
 
 
 def png_pixels(png: bytes) -> tuple[int, int, list[bytes]]:
@@ -270,12 +275,13 @@ async def test_dashboard_renders_real_spend_in_chromium(gateway: GatewayHarness,
         await browser.close()
 
     assert OWNER_KEY not in html                                                  # the key never reaches the page
-    for user, micro in spent.items():                                             # exact micro-dollars per user
+    for user, micro in spent.items():                  # dollars and cents per user, the exact amount on hover
         calls = str(sum(1 for e in events if e.user == user))
-        assert by_user[user][2] == usd(micro) and by_user[user][3] == calls, by_user[user]
-    assert by_org["acme"][2] == usd(spent["alice"] + spent["carol"]) and by_org["globex"][2] == usd(spent["gus"])
-    assert usd(sum(e.cost_micro_usd for e in events)) in text                     # today's total card
-    assert any("user acme/alice" in b and "80.0%" in b and usd(limit) in b for b in budgets), budgets
+        assert by_user[user][2] == shown(micro) and by_user[user][3] == calls, by_user[user]
+        assert f'title="{usd(micro)} exactly"' in html
+    assert by_org["acme"][2] == shown(spent["alice"] + spent["carol"]) and by_org["globex"][2] == shown(spent["gus"])
+    assert shown(sum(e.cost_micro_usd for e in events)) in text                   # today's total card
+    assert any("user acme/alice" in b and "80.0%" in b and dollars(limit) in b for b in budgets), budgets
     assert any("user acme/dave" in b and "0.0%" in b for b in budgets), budgets
     assert "agent-alice-1" in text and "budget" in text and "acme/backend/dave" in text   # sessions, refusal
     assert re.search(r"75%\s+user acme/alice", text), "the alert is not shown"

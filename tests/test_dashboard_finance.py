@@ -1,5 +1,6 @@
-"""The finance view in headless Chromium: month to date by workspace and by project, the org's time zone,
-money in dollars and cents, estimated usage flagged, and a CSV of exactly what is shown.
+"""The finance view in headless Chromium: month to date by workspace and by project, a date range, the org's
+time zone (picked on the page), money in dollars and cents, estimated usage flagged, a CSV of exactly what is
+shown, and a budget set by an admin under their own name and role.
 
 Screenshots land in docs/ (docs/dashboard-finance*.png) when LLMGW_SCREENSHOTS=docs, as the README shows."""
 from __future__ import annotations
@@ -98,7 +99,13 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
         await browser.evaluate("document.getElementById('key').focus()")
         await browser.send("Input.insertText", {"text": OWNER_KEY}, session=True)
         await browser.navigated(browser.evaluate("document.querySelector('form').requestSubmit()"))
-        await browser.goto(h.url + "/dashboard/finance?org=acme&by=workspace")
+        await browser.goto(h.url + "/dashboard/finance")                  # as the README's link leads there
+        default_shown = await browser.evaluate("document.querySelector('header .asof').innerText")
+        picker = await browser.evaluate("Array.from(document.querySelectorAll('select[name=org] option'))"
+                                        ".map(o => o.innerText)")
+        await browser.navigated(browser.evaluate(
+            "document.querySelector('select[name=org]').value = 'acme';"
+            "document.querySelector('form.range').requestSubmit()"))
         tz_shown = await browser.evaluate("document.querySelector('header .asof').innerText")
         cells = ("Array.from(document.querySelectorAll('table.finance tbody tr')).map("
                  "r => Array.from(r.cells).map(c => [c.innerText.trim(), c.title]))")
@@ -117,12 +124,24 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
             "f.org.value = 'acme'; f.reason.value = 'Q1 plan'; f.requestSubmit()"))
         notice = await browser.evaluate("document.querySelector('.budget-form .flag').innerText")
         await browser.screenshot(shots / "dashboard-finance-budget-set.png", full_page=True)
+        await browser.navigated(browser.evaluate(                      # a range before any of this traffic
+            "const r = document.querySelector('form.range');"
+            "r.since.value = '2025-01-01'; r.until.value = '2025-01-31'; r.requestSubmit()"))
+        past_shown = await browser.evaluate("document.querySelector('header .asof').innerText")
+        past_rows = await browser.evaluate("document.querySelector('table.finance tbody').innerText")
+        past_csv = await browser.evaluate("document.querySelector('a.csv').href")
         logs = [e["params"]["entry"] for e in browser.events if e.get("method") == "Log.entryAdded"]
         cookies = (await browser.send("Network.getCookies", {"urls": [h.url + "/dashboard"]}, session=True))["cookies"]
     finally:
         await browser.close()
 
-    assert "America/New_York" in tz_shown and "org acme" in tz_shown
+    today_utc = datetime.now(ZoneInfo("UTC")).date()
+    assert default_shown == f"{today_utc.replace(day=1)} to {today_utc} (UTC)"      # month to date
+    assert picker == ["all (UTC days)", "acme (America/New_York days)"]
+    today_ny = datetime.now(ZoneInfo("America/New_York")).date()
+    assert tz_shown == f"{today_ny.replace(day=1)} to {today_ny} (America/New_York), org acme"
+    assert past_shown.startswith("2025-01-01 to 2025-01-31") and "No spend in this range." in past_rows
+    assert "since=2025-01-01" in past_csv and "until=2025-01-31" in past_csv
     assert "set by owner-key (owner)" in notice and "monthly budget $1,500.00" in notice, notice
     [rec] = [r for r in h.gw.config.of_type("budget") if (r.data or {}).get("name") == "backend"]
     assert rec.data["limit_micro_usd"] == 1_500_000_000 and rec.reason == "Q1 plan" and rec.actor == "admin:owner-key"

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 
 from llmgw.analytics.dashboard import BudgetUse, Spend
-from llmgw.analytics.dashboard_html import meter, render_dashboard, render_login, stacked_bars, usd
+from llmgw.analytics.dashboard_html import (axis_step, dollars, meter, money, render_dashboard, render_login,
+                                            stacked_bars, usd)
 from llmgw.analytics.queries import UsageRow
 from llmgw.core.events import Tokens
 
@@ -27,6 +28,7 @@ def test_everything_from_data_is_escaped_and_money_is_exact() -> None:
     assert "<b>mallory</b>" not in page and "&lt;b&gt;mallory&lt;/b&gt;" in page
     assert "<i>eve</i>" not in page
     assert usd(2**53 + 1) == "$9007199254.740993" and usd(2**53 + 1) in page        # no float anywhere
+    assert money(2**53 + 1) in page and ">$9,007,199,254.74<" in page               # shown in cents, exact on hover
     assert "90.0%" in page and "#e5484d" in page                                   # 90 % is red
     assert len(re.findall(r"<script", page)) == 1 and 'src="/dashboard/static/dashboard.js"' in page
 
@@ -36,6 +38,22 @@ def test_many_orgs_share_one_colour_past_the_palette() -> None:
     legend = re.search(r'<div class="legend">(.*?)</div>', page, flags=re.S)
     assert legend is not None and "6 more" in legend.group(1)                     # 13 orgs: 7 named, 6 more
     assert "evaluated by the ledger worker" in page
+
+
+def test_money_reads_in_cents_and_never_looks_free() -> None:
+    assert money(1_234_567_891) == '<span class="money" title="$1234.567891 exactly">$1,234.57</span>'
+    assert ">&lt;$0.01<" in money(4_999) and ">$0.01<" in money(5_000) and ">$0.00<" in money(0)
+    assert dollars(-1_005_000) == "-$1.01"
+
+
+def test_chart_axes_step_by_round_amounts() -> None:
+    assert [axis_step(p) for p in (1, 3, 5, 75_300, 100_000, 150_001, 9_000_007)] == [
+        1, 2, 5, 50_000, 50_000, 100_000, 5_000_000]
+    svg = stacked_bars(["a", "b"], {"x": [0, 75_300]}, {"x": "#111111"})
+    ticks = re.findall(r'class="axis" text-anchor="end">([^<]*)<', svg)
+    assert ticks == ["$0.00", "$0.05", "$0.10"]                                  # not $0.037650 / $0.075300
+    tiny = stacked_bars(["a"], {"x": [3]}, {"x": "#111111"})
+    assert re.findall(r'class="axis" text-anchor="end">([^<]*)<', tiny) == ["$0.00", "$0.000002", "$0.000004"]
 
 
 def test_charts_and_login() -> None:

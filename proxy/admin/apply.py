@@ -34,7 +34,7 @@ from llmgw.core.timeutil import parse_instant_ms
 MANAGED_TYPES = ("org", "workspace", "user", "budget", MODELS_TYPE, LIMITS_TYPE)
 _POLICY = {"models", "limits"}
 _TOP = {"version", "orgs", "defaults", "budgets", "tags", "keys"}
-_ORG = {"metadata", "budgets", "projects", "exceptions", "defaults", "tags", "workspaces", "users"} | _POLICY
+_ORG = {"metadata", "timezone", "budgets", "projects", "exceptions", "defaults", "tags", "workspaces", "users"} | _POLICY
 _WS = {"metadata", "budgets", "projects", "exceptions"} | _POLICY
 _USER = {"workspace", "email", "metadata", "budgets", "projects", "exceptions"} | _POLICY
 _KEY = {"allowed_models", "tags", "budgets", "limits"}
@@ -162,7 +162,10 @@ def desired_records(doc: Mapping[str, Any], *, actor: str, reason: str, now_ms: 
     for org, node in (doc.get("orgs") or {}).items():
         where = f"orgs.{org}"
         o = _keys(where, node, _ORG)
-        d.add(E.org_record(str(org), o.get("metadata"), actor, reason), where)
+        try:
+            d.add(E.org_record(str(org), o.get("metadata"), actor, reason, o.get("timezone")), where)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         d.scoped(where, o, "org", str(org), str(org))
         d.defaults(f"{where}.defaults", o.get("defaults"), str(org))
         d.tags(f"{where}.tags", o.get("tags"), str(org))

@@ -13,7 +13,8 @@ def select(entries: list[dict[str, Any]], *, since_ms: int = 0, types: tuple[str
            actor: str = "", record_id: str = "", limit: int = 0) -> list[dict[str, Any]]:
     picked = [e for e in entries
               if e["ts_ms"] >= since_ms and (not types or e["type"] in types)
-              and (not actor or e["actor"] == actor) and (not record_id or e["id"] == record_id)]
+              and (not actor or actor in (e["actor"], e["actor"].partition("#")[0]))
+              and (not record_id or e["id"] == record_id)]
     return picked[-limit:] if limit else picked
 
 

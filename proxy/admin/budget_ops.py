@@ -11,10 +11,11 @@ from typing import Any, Mapping
 
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.core.windows import WINDOWS
-from llmgw.core.budgets import MAX_USD, Budget, parse_hold, parse_scope, scope_org, usd_to_micro
+from llmgw.core.budgets import MAX_USD, Budget, parse_hold, usd_to_micro
+from llmgw.core.scopes import parse_scope
 
 from .entities import user_workspaces
-from .errors import Forbidden
+from .errors import Forbidden, NotFound
 from .roles import WORKSPACE_ADMIN, WRITE_BUDGETS, WRITE_DEFAULTS, AdminPrincipal
 from llmgw.core.timeutil import iso_ms, parse_instant_ms
 
@@ -50,8 +51,8 @@ def budget_from_json(body: Mapping[str, Any], kind: str, now_ms: int) -> Budget:
             raise ValueError("scope_kind must be one of org, workspace, user, key")
         return Budget(scope_kind, "*", window, limit or 0, org=org, kind="default",
                       hold=parse_hold(str(body.get("hold") or "predicted")))
-    scope_kind, name = parse_scope(str(body.get("scope") or ""))
-    name, org = scope_org(scope_kind, name, org)
+    sc = parse_scope(str(body.get("scope") or ""), org)
+    scope_kind, name, org = sc.kind, sc.name, sc.org
     until_ms = 0
     if kind == "exception":
         if not tag:
@@ -125,6 +126,22 @@ def visible_to(p: AdminPrincipal, state: ConfigState, b: Budget) -> bool:
         return True
     touched = budget_workspaces(state, b)
     return touched is not None and all(w in p.workspaces for w in touched)
+
+
+def one_budget(state: ConfigState, rid: str, kind: str) -> ConfigRecord:
+    rec = state.records.get(rid)
+    if rec is None or rec.type != "budget" or rec.data is None or rec.data.get("kind", "budget") != kind:
+        raise NotFound(f"no {kind} {rid}")
+    return rec
+
+
+def delete_budget(state: ConfigState, rid: str, kind: str, p: AdminPrincipal, reason: str,
+                  now_ms: int) -> ConfigRecord:
+    """The record that deletes budget ``rid`` (a budget, default or exception), if ``p`` may:
+    ``DELETE /admin/budgets/{id}`` and ``llmgw budgets delete`` alike."""
+    rec = one_budget(state, rid, kind)
+    authorize_budget(p, state, Budget.from_record(rec))
+    return ConfigRecord(rid, "budget", None, now_ms, p.actor, reason)
 
 
 def budget_records(state: ConfigState, kind: str) -> list[ConfigRecord]:

@@ -154,7 +154,7 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
     rec = I.get_request(state, args.id)
     who, now = _actor(args), _now()
     if approve:
-        tz = org_timezones(dict(s.file_config)).get((rec.data or {}).get("org", ""), "UTC")
+        tz = org_timezones(dict(s.file_config), state).get((rec.data or {}).get("org", ""), "UTC")
         records, _ = I.approve(state, rec, who, now_ms=now, reason=args.reason or "", tz=tz)
         _write(log, records)
         v = I.request_view(records[-1])

@@ -72,7 +72,7 @@ def authenticate_admin(state: ConfigState, owner_key: str, token: str, now_ms: i
     d = verified(state, ADMIN_TYPE, admin_id if sep else None, token, now_ms)
     if d is None:
         return None
-    return AdminPrincipal(d["name"], d["role"], tuple(d.get("workspaces") or ()))
+    return AdminPrincipal(d["name"], d["role"], tuple(d.get("workspaces") or ()), id=d["admin_id"])
 
 
 def needs_bootstrap(state: ConfigState, owner_key: str) -> bool:

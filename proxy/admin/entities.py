@@ -1,6 +1,6 @@
 """Organizations, workspaces, users and keys as config records: pure functions, state in, records out.
 
-    org:NAME                 {"name", "metadata"}
+    org:NAME                 {"name", "metadata", "timezone"?}  (IANA; the org's day/month windows)
     workspace:ORG/NAME       {"org", "name", "metadata"}
     user:ORG/NAME            {"org", "name", "workspace", "email", "metadata"}
     key:KEY_ID               proxy/keys.py's record, plus "alias", "metadata", "rotated_ms"
@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from llmgw.core.config import ConfigRecord, ConfigState
+from llmgw.core.windows import check_zone
 from llmgw.proxy import keys as K
 
 from .errors import Forbidden
@@ -45,9 +46,13 @@ def now_ms() -> int:
 
 
 # -- organizations, workspaces, users -------------------------------------------------------
-def org_record(name: str, metadata: dict[str, Any] | None, actor: str, reason: str) -> ConfigRecord:
-    return ConfigRecord.put("org", check_name("org", name),
-                            {"name": name, "metadata": check_metadata(metadata)}, actor, reason)
+def org_record(name: str, metadata: dict[str, Any] | None, actor: str, reason: str,
+               timezone: object = None) -> ConfigRecord:
+    """``timezone`` None or "" leaves the org on the config file's zone (else UTC)."""
+    data: dict[str, Any] = {"name": name, "metadata": check_metadata(metadata)}
+    if timezone not in (None, ""):
+        data["timezone"] = check_zone(timezone)
+    return ConfigRecord.put("org", check_name("org", name), data, actor, reason)
 
 
 def workspace_record(org: str, name: str, metadata: dict[str, Any] | None, actor: str,

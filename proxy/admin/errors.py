@@ -8,9 +8,13 @@
     ├── Conflict       409 conflict          already exists, already decided           (here)
     └── ConfigUnavailable 503 unavailable    the config log cannot take the change (Kafka away)  (here)
 
-Every admin, LiteLLM-compatible and increase-request route answers errors as
-``{"error": {"message", "type", "code"}}``; ``render`` is the only place that
-builds that body.
+Every admin and increase-request route answers errors as
+``{"error": {"message", "type", "code"}}``; the LiteLLM-compatible routes answer
+in LiteLLM's ``ProxyException`` shape, ``{"error": {"message", "type", "param",
+"code": "<status as a string>"}}`` (litellm/proxy/_types.py ``ProxyException.to_dict``),
+with its types: ``auth_error`` for a refused caller (401, 403),
+``not_found_error`` for 404, ``invalid_request_error`` for the rest below 500.
+``render`` is the only place that builds either body.
 """
 from __future__ import annotations
 
@@ -40,9 +44,18 @@ _TYPES = {"invalid_request": "invalid_request_error", "auth": "authentication_er
           "unavailable": "service_unavailable_error"}
 
 
-def render(err: GatewayError) -> web.Response:
-    body = {"error": {"message": err.message, "type": _TYPES.get(err.kind, "api_error"),
-                      "code": getattr(err, "code", None) or err.kind}}
+_LITELLM_TYPES = {401: "auth_error", 403: "auth_error", 404: "not_found_error"}
+
+
+def render(err: GatewayError, litellm: bool = False) -> web.Response:
+    if litellm:
+        body = {"error": {"message": err.message,
+                          "type": _LITELLM_TYPES.get(err.status, "invalid_request_error" if err.status < 500
+                                                     else "internal_server_error"),
+                          "param": None, "code": str(err.status)}}
+    else:
+        body = {"error": {"message": err.message, "type": _TYPES.get(err.kind, "api_error"),
+                          "code": getattr(err, "code", None) or err.kind}}
     resp = web.Response(status=err.status, body=orjson.dumps(body), content_type="application/json",
                         headers=err.response_headers())
     if err.close_connection:

@@ -12,7 +12,8 @@ from aiohttp import web
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.core.budgets import Budget
 
-from .budget_ops import authorize_budget, budget_from_json, budget_records, budget_view, visible_to
+from .budget_ops import (authorize_budget, budget_from_json, budget_records, budget_view, delete_budget, one_budget,
+                         visible_to)
 from .errors import NotFound
 from .roles import READ_CONFIG
 from .runtime import admin_of, change, gateway, json_body, now_ms, reason_of, reply
@@ -45,19 +46,12 @@ def _put(kind: str) -> Handler:
     return handler
 
 
-def _one(state: ConfigState, rid: str, kind: str) -> ConfigRecord:
-    rec = state.records.get(rid)
-    if rec is None or rec.type != "budget" or (rec.data or {}).get("kind", "budget") != kind:
-        raise NotFound(f"no {kind} {rid}")
-    return rec
-
-
 def _get(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         p = admin_of(request)
         p.require(READ_CONFIG)
         state = gateway(request).config
-        rec = _one(state, request.match_info["id"], kind)
+        rec = one_budget(state, request.match_info["id"], kind)
         if not visible_to(p, state, Budget.from_record(rec)):
             raise NotFound(f"no {kind} {rec.id}")
         return reply(budget_view(rec))
@@ -70,9 +64,7 @@ def _delete(kind: str) -> Handler:
         rid = request.match_info["id"]
 
         def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
-            rec = _one(state, rid, kind)
-            authorize_budget(p, state, Budget.from_record(rec))
-            return [ConfigRecord(rid, "budget", None, now_ms(), p.actor, reason_of(request))], {"deleted": rid}
+            return [delete_budget(state, rid, kind, p, reason_of(request), now_ms())], {"deleted": rid}
         return reply(await change(request, compute))
     return handler
 

@@ -55,7 +55,8 @@ async def create_org(request: web.Request) -> web.Response:
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         if state.get("org", str(body.get("name"))) is not None:
             raise Conflict(f"org {body.get('name')} already exists; PUT /admin/orgs/{body.get('name')} changes it")
-        rec = E.org_record(body.get("name"), body.get("metadata"), p.actor, reason_of(request, body))  # type: ignore[arg-type]
+        rec = E.org_record(body.get("name"), body.get("metadata"), p.actor, reason_of(request, body),  # type: ignore[arg-type]
+                           body.get("timezone"))
         return [rec], rec.data  # type: ignore[return-value]
     return reply(await change(request, compute), 201)
 
@@ -75,8 +76,15 @@ async def get_org(request: web.Request) -> web.Response:
 async def put_org(request: web.Request) -> web.Response:
     p, body = admin_of(request), await json_body(request)
     p.require(WRITE_ORGS)
-    rec = E.org_record(request.match_info["org"], body.get("metadata"), p.actor, reason_of(request, body))
-    return reply(await change(request, lambda _s: ([rec], rec.data)))
+    name = request.match_info["org"]
+
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
+        # a body without "timezone" keeps the org's zone: windows must not move as a side effect
+        cur = (state.get("org", name) or ConfigRecord("", "", None, 0)).data or {}
+        zone = body["timezone"] if "timezone" in body else cur.get("timezone")
+        rec = E.org_record(name, body.get("metadata"), p.actor, reason_of(request, body), zone)
+        return [rec], rec.data  # type: ignore[return-value]
+    return reply(await change(request, compute))
 
 
 @routes.delete("/admin/orgs/{org}")

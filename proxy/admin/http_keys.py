@@ -10,6 +10,7 @@ from aiohttp import web
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.proxy import keys as K
 from llmgw.core.budgets import micro_to_usd
+from llmgw.core.scopes import parse_workspace
 
 from . import entities as E
 from .errors import NotFound
@@ -39,7 +40,9 @@ def _expires(body: dict[str, Any]) -> int:
 async def list_keys(request: web.Request) -> web.Response:
     p = admin_of(request)
     p.require(READ_KEYS)
-    q, now = request.query, now_ms()
+    q, now = dict(request.query), now_ms()
+    if "/" in q.get("workspace", "") or q.get("workspace", "").startswith("workspace:"):
+        q["org"], q["workspace"] = parse_workspace(q["workspace"], q.get("org", ""))
     out = [E.key_view(r, now) for r in sorted(gateway(request).config.of_type("key"), key=lambda r: r.ts_ms)
            if r.data and p.covers(r.data["org"], r.data["workspace"])
            and all(not q.get(f) or r.data[f] == q[f] for f in ("org", "workspace", "user"))]
@@ -50,6 +53,8 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     p, body = admin_of(request), await json_body(request)
     org, ws, user = (str(body.get(f) or "") for f in ("org", "workspace", "user"))
+    if "/" in ws or ws.startswith("workspace:"):      # ORG/NAME, as the API prints a workspace
+        org, ws = parse_workspace(ws, org)
     p.require(WRITE_KEYS, org, ws)
     expires = _expires(body)
 

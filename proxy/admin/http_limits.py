@@ -11,7 +11,8 @@ from aiohttp import web
 
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.proxy.access import TYPE as MODELS, ModelList
-from llmgw.proxy.ratelimit import TYPE as LIMITS, RateLimit, parse_limit_scope
+from llmgw.proxy.ratelimit import TYPE as LIMITS, RateLimit
+from llmgw.core.scopes import ENTITY_KINDS, parse_scope
 
 from .budget_ops import authorize_scope, scope_workspaces
 from .entities import check_models
@@ -35,19 +36,19 @@ def models_view(rec: ConfigRecord) -> dict[str, Any]:
 
 
 def _limit_from(body: dict[str, Any]) -> RateLimit:
-    kind, name = parse_limit_scope(str(body.get("scope") or ""))
+    sc = parse_scope(str(body.get("scope") or ""), str(body.get("org") or ""), ENTITY_KINDS)
     limit, burst = body.get("limit"), body.get("burst") or 0
     if isinstance(limit, bool) or not isinstance(limit, int) or isinstance(burst, bool) or not isinstance(burst, int):
         raise BadRequest("limit (and burst) must be integers: requests or tokens per minute or per day")
-    return RateLimit(kind, name, str(body.get("metric") or ""), limit, burst, str(body.get("org") or ""))
+    return RateLimit(sc.kind, sc.name, str(body.get("metric") or ""), limit, burst, sc.org)
 
 
 def _models_from(body: dict[str, Any]) -> ModelList:
-    kind, name = parse_limit_scope(str(body.get("scope") or ""))
+    sc = parse_scope(str(body.get("scope") or ""), str(body.get("org") or ""), ENTITY_KINDS)
     patterns = check_models(body.get("patterns"))
     if not patterns:
         raise BadRequest("patterns: give at least one model name or glob pattern")
-    return ModelList(kind, name, patterns, str(body.get("org") or ""))
+    return ModelList(sc.kind, sc.name, patterns, sc.org)
 
 
 def _authorize(p: AdminPrincipal, state: ConfigState, what: str, kind: str, name: str, org: str) -> None:

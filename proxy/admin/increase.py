@@ -27,7 +27,8 @@ from typing import Any
 
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.core.windows import WINDOWS, window_bounds
-from llmgw.core.budgets import Applied, Budget, BudgetBook, parse_scope
+from llmgw.core.budgets import Applied, Budget, BudgetBook, micro_to_usd
+from llmgw.core.scopes import ENTITY_KINDS, parse_scope
 from llmgw.core.principal import Principal
 
 from .errors import Conflict, NotFound
@@ -64,8 +65,8 @@ def file_request(state: ConfigState, *, key_id: str, window: str, amount_micro_u
     if expires_ms and expires_ms <= now_ms:
         raise ValueError("the expiry is in the past")
     if scope:
-        kind, name = parse_scope(scope)
-        if kind == "tag" or name != scope_name(p, kind):
+        sc = parse_scope(scope, "", ENTITY_KINDS)
+        if sc.name != scope_name(p, sc.kind) or (sc.org and sc.org != p.org):
             raise ValueError(f"scope {scope!r} is not one of this key's scopes: "
                              + ", ".join(f"{k}:{scope_name(p, k)}" for k in _ORDER))
     pending = [r for r in state.of_type(TYPE) if (r.data or {}).get("key_id") == key_id
@@ -89,7 +90,7 @@ def get_request(state: ConfigState, req_id: str) -> ConfigRecord:
 
 def request_view(rec: ConfigRecord) -> dict[str, Any]:
     d = dict(rec.data or {})
-    d["amount_usd"] = f"{d.get('amount_micro_usd', 0) / 1_000_000:.2f}"
+    d["amount_usd"] = micro_to_usd(int(d.get("amount_micro_usd", 0))).lstrip("$").replace(",", "")
     d["expires"] = iso_ms(int(d.get("expires_ms") or 0))
     d["until"] = iso_ms(int(d.get("until_ms") or 0))
     return d
@@ -103,7 +104,7 @@ def raise_targets(state: ConfigState, req: dict[str, Any], now_ms: int,
     applied = [a for a in BudgetBook.from_state(state).effective(p, (), now_ms)
                if a.budget.window == req["window"] and not a.budget.tag and a.budget.scope_kind in _ORDER]
     if req.get("scope"):
-        kind = parse_scope(req["scope"])[0]
+        kind = parse_scope(req["scope"], "", ENTITY_KINDS).kind
     elif tightest_kind:
         kind = tightest_kind
     else:

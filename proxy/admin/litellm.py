@@ -2,9 +2,11 @@
 
     POST /key/generate   -> a key (models, max_budget + budget_duration, duration, key_alias, metadata, tags,
                             tpm_limit, rpm_limit)
-    POST /key/update     -> change those on an existing key ({"key": ...})
+    POST /key/update     -> change those on an existing key ({"key": ...} or {"key_alias": ...})
     GET  /key/list       -> key ids, or key objects with ?return_full_object=true; paged
-    POST /key/regenerate -> a new secret for the same key (budgets and limits keep applying)
+    POST /key/regenerate, /key/{key}/regenerate
+                         -> a new secret for the same key (budgets and limits keep applying); the body's
+                            settings (max_budget, models, ...) are applied as /key/update applies them
     POST /key/block, /key/unblock -> a blocked key is refused until unblocked
     GET  /key/info       -> the key's settings and spend (?key=<key, key id or alias>); a client key
                             may read its own (no ?key, or its own)
@@ -12,6 +14,10 @@
     POST /team/new       -> a workspace (team_id, team_alias, organization_id, max_budget, members_with_roles,
                             tpm_limit, rpm_limit, ...)
     POST /user/new       -> a user record, its budget, and a key (as LiteLLM does, unless auto_create_key=false)
+
+Shapes are checked against LiteLLM's source (litellm 1.110.2 wheel:
+litellm/proxy/management_endpoints/key_management_endpoints.py, litellm/proxy/_types.py
+``GenerateKeyResponse``, litellm/types/proxy/management_endpoints/key_requests.py).
 
 Teams, users, budgets, customers and organizations beyond creation are in
 ``litellm_teams.py``; spend logs, reports, health and model info in
@@ -126,7 +132,9 @@ def _mint(state: ConfigState, body: dict[str, Any], p: AdminPrincipal, org: str,
     records = [rec, *limits("key", key_id, "", body, p, reason)]
     if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
         records.append(b)
-    out = {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": key_id, "expires": iso_ms(expires),
+    # GenerateKeyResponse: ``token`` is the key's id (LiteLLM: its hash), as ``token_id``
+    out = {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": key_id, "token": key_id,
+           "organization_id": org, "expires": iso_ms(expires),
            "models": list(body.get("models") or []), "max_budget": body.get("max_budget"),
            "budget_duration": body.get("budget_duration"), "user_id": user, "team_id": team,
            "metadata": body.get("metadata") or {}, "key_alias": body.get("key_alias"), "duration": duration,
@@ -170,7 +178,22 @@ def key_info_of(gw: Any, rec: ConfigRecord) -> dict[str, Any]:
             "max_budget": cap.limit_micro_usd / 1_000_000 if cap else None,
             "budget_duration": {"hour": "1h", "day": "1d", "week": "7d", "month": "30d"}[window] if cap else None,
             "tpm_limit": rates.get("tpm"), "rpm_limit": rates.get("rpm"), "blocked": bool(d.get("blocked")),
-            "created_at": iso_ms(int(d.get("created_ms") or 0))}
+            "status": _status(d), "created_at": iso_ms(int(d.get("created_ms") or 0))}
+
+
+def _status(d: dict[str, Any]) -> str:
+    """LiteLLM's key status: ``revoked`` (blocked), ``expired``, else ``active``."""
+    if d.get("blocked"):
+        return "revoked"
+    expires = int(d.get("expires_ms") or 0)
+    return "expired" if expires and expires <= int(time.time() * 1000) else "active"
+
+
+def _own_info(gw: Any, rec: ConfigRecord) -> dict[str, Any]:
+    """/key/info's ``info``: LiteLLM removes the key's hash (``token``) from it."""
+    info = key_info_of(gw, rec)
+    del info["token"]
+    return info
 
 
 @routes.get("/key/info")
@@ -183,13 +206,13 @@ async def key_info(request: web.Request) -> web.Response:
         if ref and ref != token and ref != own.key_id:
             raise Forbidden("a client key may read only its own /key/info")
         rec = gw.config.get("key", own.key_id)
-        return reply({"key": ref or token, "info": key_info_of(gw, rec)})  # type: ignore[arg-type]
+        return reply({"key": ref or token, "info": _own_info(gw, rec)})  # type: ignore[arg-type]
     p = admin_of(request)
     rec = E.find_key(gw.config, ref)
     if rec is None or rec.data is None:
         raise NotFound(f"no key {ref[:16]}...")
     p.require(READ_KEYS, rec.data["org"], rec.data["workspace"])
-    return reply({"key": ref, "info": key_info_of(gw, rec)})
+    return reply({"key": ref, "info": _own_info(gw, rec)})
 
 
 _UPDATE_FIELDS = {"key", "models", "max_budget", "budget_duration", "metadata", "key_alias", "duration", "tags",
@@ -198,7 +221,7 @@ _UPDATE_FIELDS = {"key", "models", "max_budget", "budget_duration", "metadata", 
 
 def _found(state: ConfigState, ref: Any, p: AdminPrincipal) -> ConfigRecord:
     if not isinstance(ref, str) or not ref:
-        raise BadRequest("send the key as {\"key\": \"sk-...\"} (the key, its id or its alias)")
+        raise BadRequest("send the key as {\"key\": \"sk-...\"} (the key, its id or its alias) or {\"key_alias\": ...}")
     rec = E.find_key(state, ref)
     if rec is None or rec.data is None:
         raise NotFound(f"no key {ref[:16]}...")
@@ -206,34 +229,42 @@ def _found(state: ConfigState, ref: Any, p: AdminPrincipal) -> ConfigRecord:
     return rec
 
 
+def _updated(rec: ConfigRecord, body: dict[str, Any], p: AdminPrincipal, reason: str) -> list[ConfigRecord]:
+    """The records /key/update writes for ``body`` (also what /key/regenerate applies beside the new secret)."""
+    changes: dict[str, Any] = {}
+    if "models" in body:
+        changes["allowed_models"] = body["models"] or []
+    for ours, theirs in (("tags", "tags"), ("alias", "key_alias"), ("metadata", "metadata")):
+        if theirs in body:
+            changes[ours] = body[theirs]
+    if "duration" in body:
+        d = body["duration"]
+        changes["expires_ms"] = 0 if d in (None, "", "permanent") else \
+            int(time.time() * 1000) + parse_duration_s(str(d)) * 1000
+    updated = E.update_key(rec, changes, p.actor, reason)
+    if "blocked" in body:
+        updated = _blocked(updated, bool(body["blocked"]), p, reason)
+    key_id = rec.data["key_id"]  # type: ignore[index]
+    records = [updated, *limits("key", key_id, "", body, p, reason)]
+    if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
+        records.append(b)
+    return records
+
+
 @routes.post("/key/update")
 async def key_update(request: web.Request) -> web.Response:
+    """LiteLLM's UpdateKeyRequest names the key by ``key``, or by ``key_alias`` when ``key`` is absent."""
     p, body = admin_of(request), await json_body(request)
     reason = str(body.get("reason") or "LiteLLM /key/update")
+    ref = body.get("key") if body.get("key") is not None else body.get("key_alias")
 
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
-        rec = _found(state, body.get("key"), p)
-        changes: dict[str, Any] = {}
-        if "models" in body:
-            changes["allowed_models"] = body["models"] or []
-        for ours, theirs in (("tags", "tags"), ("alias", "key_alias"), ("metadata", "metadata")):
-            if theirs in body:
-                changes[ours] = body[theirs]
-        if "duration" in body:
-            d = body["duration"]
-            changes["expires_ms"] = 0 if d in (None, "", "permanent") else \
-                int(time.time() * 1000) + parse_duration_s(str(d)) * 1000
-        updated = E.update_key(rec, changes, p.actor, reason)
-        if "blocked" in body:
-            updated = _blocked(updated, bool(body["blocked"]), p, reason)
-        key_id = rec.data["key_id"]  # type: ignore[index]
-        records = [updated, *limits("key", key_id, "", body, p, reason)]
-        if (b := budget_record("key", key_id, "", body, p, reason)) is not None:
-            records.append(b)
-        return records, {"key_id": key_id}
+        rec = _found(state, ref, p)
+        return _updated(rec, {k: v for k, v in body.items() if k != "key_alias" or body.get("key") is not None},
+                        p, reason), {"key_id": rec.data["key_id"]}  # type: ignore[index]
     done = await change(request, compute)
     info = key_info_of(gateway(request), gateway(request).config.get("key", done["key_id"]))  # type: ignore[arg-type]
-    return reply({"key": body.get("key"), **info, "llmgw": {"ignored": ignored(body, _UPDATE_FIELDS)}})
+    return reply({"key": ref, **info, "llmgw": {"ignored": ignored(body, _UPDATE_FIELDS)}})
 
 
 def _blocked(rec: ConfigRecord, blocked: bool, p: AdminPrincipal, reason: str) -> ConfigRecord:
@@ -260,21 +291,36 @@ routes.post("/key/block")(_block_route(True))
 routes.post("/key/unblock")(_block_route(False))
 
 
-@routes.post("/key/regenerate")
+_REGENERATE_FIELDS = _UPDATE_FIELDS - {"blocked"}
+
+
 async def key_regenerate(request: web.Request) -> web.Response:
-    """A new secret for the same key id (LiteLLM: a new key with the old one's settings); the old one stops."""
+    """A new secret for the same key id (LiteLLM: a new key with the old one's settings); the old one stops.
+
+    LiteLLM's documented form names the key in the path (``POST /key/sk-.../regenerate``), the older one
+    in the body; the body's settings (``max_budget``, ``models``, ``metadata``, ...) are applied as
+    ``/key/update`` applies them. ``new_key`` (a caller-chosen secret) and ``grace_period`` are not
+    supported here and are listed in ``llmgw.ignored``.
+    """
     p, body = admin_of(request), await json_body(request)
+    ref = request.match_info.get("key") or body.get("key")
     reason = str(body.get("reason") or "LiteLLM /key/regenerate")
 
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
-        key, rec = E.rotate_key(_found(state, body.get("key"), p), p.actor, reason)
+        found = _found(state, ref, p)
+        settings = {k: v for k, v in body.items() if k in _REGENERATE_FIELDS and k != "key"}
+        updated = _updated(found, settings, p, reason) if settings else [found]
+        key, rec = E.rotate_key(updated[0], p.actor, reason)
         d = rec.data or {}
-        return [rec], {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": d["key_id"],
-                       "expires": iso_ms(int(d.get("expires_ms") or 0)), "models": d.get("allowed_models") or [],
-                       "user_id": d["user"], "team_id": d["workspace"], "key_alias": d.get("alias") or None,
-                       "metadata": d.get("metadata") or {}, "tags": d.get("tags") or [],
-                       "llmgw": {"ignored": ignored(body, {"key", "reason"})}}
-    return reply(await change(request, compute))
+        return [rec, *updated[1:]], {"key": key, "key_name": f"sk-...{key[-4:]}", "token_id": d["key_id"],
+                                     "token": d["key_id"]}
+    out = await change(request, compute)
+    info = key_info_of(gateway(request), gateway(request).config.get("key", out["token_id"]))  # type: ignore[arg-type]
+    return reply({**info, **out, "llmgw": {"ignored": ignored(body, _REGENERATE_FIELDS)}})
+
+
+routes.post("/key/regenerate")(key_regenerate)
+routes.post("/key/{key}/regenerate")(key_regenerate)
 
 
 @routes.get("/key/list")
@@ -379,11 +425,15 @@ async def team_new(request: web.Request) -> web.Response:
             records.append(b)
         return records, None
     await change(request, compute)
+    roster = team_members(gateway(request).config, org, team)
+    # LiteLLM_TeamTable: admins and members are the user ids by role, beside members_with_roles
     return reply({"team_id": team, "team_alias": body.get("team_alias"), "organization_id": org,
+                  "admins": [m["user_id"] for m in roster if m["role"] == "admin"],
+                  "members": [m["user_id"] for m in roster if m["role"] == "user"], "blocked": False,
                   "models": meta["models"], "max_budget": body.get("max_budget"),
                   "budget_duration": body.get("budget_duration"), "metadata": body.get("metadata") or {},
                   "tpm_limit": body.get("tpm_limit"), "rpm_limit": body.get("rpm_limit"),
-                  "members_with_roles": team_members(gateway(request).config, org, team), "spend": 0.0,
+                  "members_with_roles": roster, "spend": 0.0,
                   "llmgw": {"org": org, "workspace": team, "ignored": ignored(body, _TEAM_FIELDS)}})
 
 
@@ -405,6 +455,7 @@ async def user_new(request: web.Request) -> web.Response:
             records.append(b)
         out: dict[str, Any] = {"user_id": user, "user_email": body.get("user_email"),
                                "user_role": body.get("user_role"), "team_id": team or None,
+                               "teams": [team] if team else [],
                                "max_budget": body.get("max_budget"), "budget_duration": body.get("budget_duration"),
                                "models": list(body.get("models") or []), "metadata": meta, "spend": 0.0,
                                "llmgw": {"org": org, "ignored": ignored(body, _KEY_FIELDS)}}

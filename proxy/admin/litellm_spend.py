@@ -1,22 +1,26 @@
 """LiteLLM-compatible spend reads, health and model info.
 
-    GET /spend/logs            -> calls (?api_key=, ?user_id=, ?request_id=, dates), newest first; with only
-                                  start_date/end_date, spend per day with its models and users (as LiteLLM)
-    GET /global/spend/report   -> per day, per team (default), api_key or customer, with per-model spend
+    GET /spend/logs            -> calls (?api_key=, ?user_id=, ?request_id=), newest first; with start_date
+                                  and end_date, spend per day with its keys, models and users (filters
+                                  applied; ?summarize=false: the calls in that range)
+    GET /global/spend/report   -> start_date..end_date per day and team (default) or customer, with spend per
+                                  model and key; group_by=api_key: per key over the range
     GET /health/liveliness     -> "I'm alive!" (no credential, as on LiteLLM)
     GET /health/readiness      -> {"status": "healthy"|"unhealthy", "db": ...} (no credential)
     GET /model/info            -> every priced model in force, in LiteLLM's model-list shape
 
 Money in LiteLLM's shape is float USD, as it sends it; every money field here
 has its exact integer ``*_micro_usd`` beside it, which is what llmgw stores.
-Dates are UTC days (``YYYY-MM-DD``), ``end_date`` included, as on LiteLLM.
+Dates are UTC days (``YYYY-MM-DD``), read as LiteLLM reads them
+(litellm/proxy/spend_tracking/spend_management_endpoints.py, 1.110.2): ``/spend/logs`` runs from
+start_date 00:00 to end_date 00:00, ``/global/spend/report`` through the end of end_date.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import defaultdict
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
@@ -46,13 +50,26 @@ def _day_ms(text: str | None, name: str, default_ms: int) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _range(q: Any, default_since_ms: int) -> tuple[int, int]:
-    now = int(time.time() * 1000)
-    since = _day_ms(q.get("start_date"), "start_date", default_since_ms)
-    until = _day_ms(q.get("end_date"), "end_date", now - now % _DAY_MS) + _DAY_MS   # end_date included
-    if until <= since:
+def _both_dates(q: Any) -> tuple[int, int] | None:
+    """LiteLLM's /spend/logs window when both dates are given: ``startTime`` from start_date 00:00 UTC up to
+    end_date 00:00 UTC inclusive (``gte``/``lte`` on the midnights, spend_management_endpoints.py), so
+    ``start_date=2024-01-01&end_date=2024-01-02`` is the 1st; None when either is missing."""
+    if not (q.get("start_date") and q.get("end_date")):
+        return None
+    since, end = _day_ms(q["start_date"], "start_date", 0), _day_ms(q["end_date"], "end_date", 0)
+    if end < since:
         raise BadRequest("end_date must not be before start_date")
-    return since, until
+    return since, end + 1
+
+
+def _report_range(q: Any) -> tuple[int, int]:
+    """/global/spend/report needs both dates (LiteLLM: 400 without), end_date's whole day included."""
+    if not (q.get("start_date") and q.get("end_date")):
+        raise BadRequest("Please provide start_date and end_date")
+    since, end = _day_ms(q["start_date"], "start_date", 0), _day_ms(q["end_date"], "end_date", 0)
+    if end < since:
+        raise BadRequest("end_date must not be before start_date")
+    return since, end + _DAY_MS
 
 
 def _iso(ms: int) -> str:
@@ -74,6 +91,8 @@ def _log_row(r: dict[str, Any]) -> dict[str, Any]:
 
 @routes.get("/spend/logs")
 async def spend_logs(request: web.Request) -> web.Response:
+    """LiteLLM's view_spend_logs: with both dates and ``summarize`` (default true), spend per day with its
+    keys, users and models (filters included); otherwise the calls themselves, newest first."""
     admin, q = admin_of(request), request.query
     admin.require(READ_SPEND)
     key_id = None
@@ -82,74 +101,125 @@ async def spend_logs(request: web.Request) -> web.Response:
         if rec is None or rec.data is None:
             raise NotFound(f"no key {q['api_key'][:16]}...")
         key_id = rec.data["key_id"]
-    filtered = key_id is not None or bool(q.get("user_id")) or bool(q.get("request_id"))
-    since, until = _range(q, 0)
+    window = _both_dates(q)
+    summarize = q.get("summarize", "true").lower() not in ("false", "0")
+    filters: dict[str, str | None] = {"key_id": key_id, "user": q.get("user_id") or None,
+                                      "request_id": q.get("request_id") or None}
 
     def run() -> Any:
         client, db = analytics_client(request.app)
-        if filtered or not (q.get("start_date") and q.get("end_date")):
-            return [_log_row(r) for r in queries.spend_logs(
-                client, db, since, until, key_id=key_id, user=q.get("user_id") or None,
-                request_id=q.get("request_id") or None, workspaces=scope_of(admin), limit=MAX_LOG_ROWS)]
-        return _by_day(queries.rollup(client, db, "day", since, until, ["model"], workspaces=scope_of(admin)),
-                       queries.rollup(client, db, "day", since, until, ["user"], workspaces=scope_of(admin)))
+        if window is None or not summarize:
+            since, until = window or (0, 2**62)
+            return [_log_row(r) for r in queries.spend_logs(client, db, since, until, workspaces=scope_of(admin),
+                                                            limit=MAX_LOG_ROWS, **filters)]
+        rows = queries.spend_log_days(client, db, window[0], window[1], workspaces=scope_of(admin), key_id=key_id,
+                                      user=filters["user"], request_id=filters["request_id"])
+        return _by_day(rows, window[1] - 1)
 
     with store_errors():
         return reply(await asyncio.to_thread(run))
 
 
-def _by_day(by_model: list[queries.UsageRow], by_user: list[queries.UsageRow]) -> list[dict[str, Any]]:
+def _by_day(rows: list[queries.UsageRow], end_ms: int) -> list[dict[str, Any]]:
+    """LiteLLM's _daily_summary_item per day ({<api key>: spend, startTime, spend, users, models}), then a
+    zero entry for each day after the last one with spend up to end_date, as LiteLLM pads."""
     days: dict[str, dict[str, Any]] = {}
-    for rows, field_ in ((by_model, "models"), (by_user, "users")):
-        for r in rows:
-            day, name = r.group[0][1][:10], r.group[1][1]
-            entry = days.setdefault(day, {"startTime": day, "spend_micro_usd": 0, "models": {}, "users": {}})
-            entry[field_][name] = r.cost_micro_usd / 1_000_000
-            if field_ == "models":
-                entry["spend_micro_usd"] += r.cost_micro_usd
-    return [{**e, "spend": e["spend_micro_usd"] / 1_000_000} for _, e in sorted(days.items())]
+    for r in rows:
+        day, key, user, model = (v for _, v in r.group)
+        e = days.setdefault(day, {"keys": defaultdict(int), "users": defaultdict(int), "models": defaultdict(int),
+                                  "total": 0})
+        for bucket, name in (("keys", key), ("users", user), ("models", model)):
+            e[bucket][name] += r.cost_micro_usd
+        e["total"] += r.cost_micro_usd
+    out: list[dict[str, Any]] = []
+    for day, e in sorted(days.items()):
+        out.append({**{k: v / 1_000_000 for k, v in e["keys"].items()}, "startTime": day,
+                    "spend": e["total"] / 1_000_000, "spend_micro_usd": e["total"],
+                    "users": {k: v / 1_000_000 for k, v in e["users"].items()},
+                    "models": {k: v / 1_000_000 for k, v in e["models"].items()}})
+    if out:
+        last, end = date.fromisoformat(out[-1]["startTime"]), datetime.fromtimestamp(end_ms / 1000, timezone.utc).date()
+        out += [{"startTime": (last + timedelta(days=n)).isoformat(), "spend": 0, "spend_micro_usd": 0,
+                 "users": {}, "models": {}} for n in range(1, (end - last).days + 1)]
+    return out
 
 
-_GROUPS = {"team": ("workspace", "teams", "team_name"), "api_key": ("key", "api_keys", "api_key"),
-           "customer": ("user", "customers", "customer")}
+_GROUPS = {"team": ("workspace", "teams", "team_name"), "customer": ("user", "customers", "customer")}
 
 
 @routes.get("/global/spend/report")
 async def global_spend_report(request: web.Request) -> web.Response:
+    """LiteLLM's get_global_spend_report: per day and team (default) or customer, each with its spend per
+    model and key; with ``group_by=api_key``, per key over the whole range, most expensive first."""
     admin, q = admin_of(request), request.query
     admin.require(READ_SPEND)
     group_by = q.get("group_by", "team")
-    if group_by not in _GROUPS:
-        raise BadRequest(f"group_by must be one of {', '.join(_GROUPS)}")
-    dim, plural, label = _GROUPS[group_by]
-    now = int(time.time() * 1000)
-    since, until = _range(q, now - now % _DAY_MS - 30 * _DAY_MS)
+    if group_by not in (*_GROUPS, "api_key"):
+        raise BadRequest("group_by must be one of team, customer, api_key")
+    since, until = _report_range(q)
+    ignored = sorted(set(q) & {"api_key", "internal_user_id", "team_id", "customer_id"})
+    if ignored:
+        raise BadRequest(f"{', '.join(ignored)}: llmgw's report does not filter by these; use /spend/logs or "
+                         "/admin/spend")
 
-    def run() -> list[queries.UsageRow]:
+    def run() -> Any:
         client, db = analytics_client(request.app)
-        return queries.rollup(client, db, "day", since, until, [dim, "model"], workspaces=scope_of(admin))
+        if group_by == "api_key":
+            return queries.spend(client, db, ["key", "model"], since, until, workspaces=scope_of(admin))
+        return queries.rollup(client, db, "day", since, until, [_GROUPS[group_by][0], "model", "key"],
+                              workspaces=scope_of(admin))
 
     with store_errors():
         rows = await asyncio.to_thread(run)
+    if group_by == "api_key":
+        return reply(_by_key(rows))
+    aliases = _team_aliases(gateway(request)) if group_by == "team" else {}
     days: dict[str, dict[str, list[queries.UsageRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         days[r.group[0][1][:10]][r.group[1][1]].append(r)
+    _, plural, label = _GROUPS[group_by]
     out = []
     for day in sorted(days):
         groups = []
-        for name, models in sorted(days[day].items()):
-            total = sum(m.cost_micro_usd for m in models)
-            groups.append({label: name, "total_spend": total / 1_000_000, "total_spend_micro_usd": total,
-                           "metadata": [{"model": m.group[2][1], "spend": m.cost_micro_usd / 1_000_000,
-                                         "spend_micro_usd": m.cost_micro_usd,
-                                         "total_tokens": _total_tokens(m)} for m in models]})
+        for name, parts in sorted(days[day].items()):
+            total = sum(m.cost_micro_usd for m in parts)
+            groups.append({label: aliases.get(name) or name, "total_spend": total / 1_000_000,
+                           "total_spend_micro_usd": total,
+                           "metadata": [{"model": m.group[2][1], "api_key": m.group[3][1],
+                                         "spend": m.cost_micro_usd / 1_000_000, "spend_micro_usd": m.cost_micro_usd,
+                                         "total_tokens": _total_tokens(m)} for m in parts]})
         out.append({"group_by_day": f"{day}T00:00:00+00:00", plural: groups})
     return reply(out)
 
 
-def _total_tokens(r: queries.UsageRow) -> int:
+def _team_aliases(gw: Any) -> dict[str, str]:
+    """LiteLLM names a report's team by its team_alias (set by /team/new); a workspace without one by its name."""
+    return {r.data["name"]: str((r.data.get("metadata") or {}).get("team_alias"))
+            for r in gw.config.of_type("workspace") if r.data and (r.data.get("metadata") or {}).get("team_alias")}
+
+
+def _by_key(rows: list[queries.UsageRow]) -> list[dict[str, Any]]:
+    keys: dict[str, list[queries.UsageRow]] = defaultdict(list)
+    for r in rows:
+        keys[r.group[0][1]].append(r)
+
+    def entry(parts: list[queries.UsageRow]) -> dict[str, Any]:
+        cost = sum(m.cost_micro_usd for m in parts)
+        return {"total_cost": cost / 1_000_000, "total_cost_micro_usd": cost,
+                "total_input_tokens": sum(_prompt_tokens(m) for m in parts),
+                "total_output_tokens": sum(m.tokens.output for m in parts)}
+    out = [{"api_key": key, **entry(parts),
+            "model_details": [{"model": m.group[1][1], **entry([m])} for m in parts]} for key, parts in keys.items()]
+    return sorted(out, key=lambda e: (-e["total_cost_micro_usd"], e["api_key"]))
+
+
+def _prompt_tokens(r: queries.UsageRow) -> int:
     t = r.tokens
-    return t.input + t.cache_write_5m + t.cache_write_1h + t.cache_read + t.output
+    return t.input + t.cache_write_5m + t.cache_write_1h + t.cache_read
+
+
+def _total_tokens(r: queries.UsageRow) -> int:
+    return _prompt_tokens(r) + r.tokens.output
 
 
 @routes.get("/health/liveliness")

@@ -10,7 +10,11 @@
 
 Mapping as in ``litellm.py``: a team is a workspace in an organization, a
 LiteLLM user a user; spend is this month's in the org's time zone (or the
-budget's window where one is set). A LiteLLM "budget" is kept as a
+budget's window where one is set). Shapes are checked against LiteLLM's source
+(litellm 1.110.2: management_endpoints/team_endpoints.py, internal_user_endpoints.py,
+budget_management_endpoints.py, customer_endpoints.py, organization_endpoints.py, and the
+``LiteLLM_TeamTable``, ``TeamListResponseObject``, ``TeamAddMemberResponse``, ``UserInfoResponse``,
+``LiteLLM_EndUserTable``, ``NewOrganizationResponse`` models in proxy/_types.py). A LiteLLM "budget" is kept as a
 ``litellm_budget`` record and copied onto whatever names it by ``budget_id``.
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .litellm import (budget_record, default_org, ignored, key_info_of, limits, 
                       team_members)
 from .roles import READ_CONFIG, WRITE_BUDGETS, WRITE_KEYS, WRITE_ORGS, WRITE_USERS
 from .runtime import admin_of, change, gateway, json_body, reply
+from llmgw.core.timeutil import iso_ms
 
 routes = web.RouteTableDef()
 BUDGET_TYPE = "litellm_budget"
@@ -90,9 +95,12 @@ def team_info(gw: Any, rec: ConfigRecord) -> dict[str, Any]:
     cap = _scope_budget(state, "workspace", team)
     rates = _rates(state, "workspace", team)
     spent = _spend(gw, F.WORKSPACE, f"{org}/{team}", org, cap)
+    roster = team_members(state, org, team)
     return {"team_id": team, "team_alias": meta.pop("team_alias", None), "organization_id": org,
             "models": meta.pop("models", []), **_money(cap), "tpm_limit": rates.get("tpm"),
-            "rpm_limit": rates.get("rpm"), "members_with_roles": team_members(state, org, team),
+            "rpm_limit": rates.get("rpm"), "members_with_roles": roster,
+            "admins": [m["user_id"] for m in roster if m["role"] == "admin"],
+            "members": [m["user_id"] for m in roster if m["role"] == "user"],
             "metadata": meta, "spend": spent / 1_000_000, "spend_micro_usd": spent, "blocked": False}
 
 
@@ -102,9 +110,13 @@ async def team_info_route(request: web.Request) -> web.Response:
     rec = _team(gw.config, request.query.get("team_id"))
     p.require(READ_CONFIG, rec.data["org"], rec.data["name"])  # type: ignore[index]
     info = team_info(gw, rec)
-    keys = [key_info_of(gw, k) for k in gw.config.of_type("key")
+    return reply({"team_id": info["team_id"], "team_info": info, "keys": _team_keys(gw, info),
+                  "team_memberships": []})
+
+
+def _team_keys(gw: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+    return [key_info_of(gw, k) for k in gw.config.of_type("key")
             if k.data and k.data["org"] == info["organization_id"] and k.data["workspace"] == info["team_id"]]
-    return reply({"team_id": info["team_id"], "team_info": info, "keys": keys, "team_memberships": []})
 
 
 @routes.get("/team/list")
@@ -119,7 +131,7 @@ async def team_list(request: web.Request) -> web.Response:
         info = team_info(gw, rec)
         if q.get("user_id") and q["user_id"] not in {m["user_id"] for m in info["members_with_roles"]}:
             continue
-        out.append(info)
+        out.append({**info, "team_memberships": [], "keys": _team_keys(gw, info)})   # TeamListResponseObject
     return reply(out)
 
 
@@ -160,9 +172,12 @@ async def team_member_add(request: web.Request) -> web.Response:
         rec = _team(state, body.get("team_id"))
         return member_records(rec.data["org"], rec.data["name"], found, state, p, reason), rec  # type: ignore[index]
     rec = await change(request, compute)
-    info = team_info(gateway(request), rec)
-    added = {m["user_id"] for m in found}
-    return reply({**info, "updated_users": [m for m in info["members_with_roles"] if m["user_id"] in added],
+    gw = gateway(request)
+    info = team_info(gw, rec)
+    org = rec.data["org"]  # type: ignore[index]
+    # TeamAddMemberResponse: updated_users are user rows (LiteLLM_UserTable), not the member entries
+    users = [gw.config.get("user", f"{org}/{m['user_id']}") for m in found]
+    return reply({**info, "updated_users": [user_info(gw, u) for u in users if u is not None],
                   "updated_team_memberships": [],
                   "llmgw": {"ignored": ignored(body, {"team_id", "member", "reason"})}})
 
@@ -225,7 +240,10 @@ async def user_info_route(request: web.Request) -> web.Response:
     info = user_info(gw, rec)
     keys = [key_info_of(gw, k) for k in gw.config.of_type("key")
             if k.data and k.data["org"] == d["org"] and k.data["user"] == d["name"]]
-    return reply({"user_id": d["name"], "user_info": info, "keys": keys, "teams": info["teams"]})
+    # UserInfoResponse: user_info.teams holds team ids, the top-level teams the team rows
+    teams = [team_info(gw, w) for w in sorted(gw.config.of_type("workspace"), key=lambda r: r.id)
+             if w.data and w.data["org"] == d["org"] and w.data["name"] in info["teams"]]
+    return reply({"user_id": d["name"], "user_info": info, "keys": keys, "teams": teams})
 
 
 @routes.get("/user/list")
@@ -275,15 +293,17 @@ async def user_update(request: web.Request) -> web.Response:
 
 @routes.post("/user/delete")
 async def user_delete(request: web.Request) -> web.Response:
-    """Removes the users and revokes their keys (LiteLLM deletes a user's keys with it)."""
+    """Removes the users and revokes their keys (LiteLLM deletes a user's keys with it). LiteLLM answers
+    with the number of users deleted, a bare JSON integer (bulk_user_deletion.py
+    ``delete_users_from_current_teams -> int``); the revoked keys are in the audit log."""
     p, body = admin_of(request), await json_body(request)
     ids = body.get("user_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(u, str) for u in ids):
         raise BadRequest("send {\"user_ids\": [...]}")
     reason = str(body.get("reason") or "LiteLLM /user/delete")
 
-    def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
-        records, revoked = [], []
+    def compute(state: ConfigState) -> tuple[list[ConfigRecord], int]:
+        records = []
         for user in dict.fromkeys(ids):
             d = _user(state, user).data or {}
             p.require(WRITE_USERS, d["org"], d.get("workspace") or "")
@@ -292,8 +312,7 @@ async def user_delete(request: web.Request) -> web.Response:
                 if k.data and k.data["org"] == d["org"] and k.data["user"] == d["name"]:
                     p.require(WRITE_KEYS, d["org"], k.data["workspace"])
                     records.append(K.revoke(k.data["key_id"], actor=p.actor, reason=reason))
-                    revoked.append(k.data["key_id"])
-        return records, {"deleted_users": ids, "llmgw": {"revoked_keys": revoked}}
+        return records, len(dict.fromkeys(ids))
     return reply(await change(request, compute))
 
 
@@ -326,21 +345,36 @@ async def organization_new(request: web.Request) -> web.Response:
     p.require(WRITE_ORGS)
     reason = str(body.get("reason") or "LiteLLM /organization/new")
 
+    if not isinstance(body.get("organization_alias"), str) or not body["organization_alias"]:
+        raise BadRequest("organization_alias is required (LiteLLM's NewOrganizationRequest)")
+
     def compute(state: ConfigState) -> tuple[list[ConfigRecord], dict[str, Any]]:
         full = with_budget_id(state, body)
-        org = E.check_name("org", full.get("organization_id") or full.get("organization_alias")
-                           or f"org-{secrets.token_hex(4)}")
+        org = E.check_name("org", full.get("organization_id") or full.get("organization_alias"))
         meta = {**(full.get("metadata") or {}), "organization_alias": full.get("organization_alias"),
                 "models": list(full.get("models") or [])}
         records = [E.org_record(org, meta, p.actor, reason), *limits("org", org, org, full, p, reason)]
         if (b := budget_record("org", org, org, full, p, reason)) is not None:
             records.append(b)
+        now = iso_ms(int(time.time() * 1000))
+        # NewOrganizationResponse: the money sits in litellm_budget_table; budget_id is always set
         return records, {"organization_id": org, "organization_alias": full.get("organization_alias"),
                          "models": meta["models"], "metadata": full.get("metadata") or {},
-                         "budget_id": full.get("budget_id"), "max_budget": full.get("max_budget"),
-                         "budget_duration": full.get("budget_duration"), "spend": 0.0,
+                         "budget_id": full.get("budget_id") or org, "spend": 0.0, "model_spend": {},
+                         "created_by": p.actor, "updated_by": p.actor, "created_at": now, "updated_at": now,
+                         "users": [], "litellm_budget_table": _budget_table({**full, "budget_id":
+                                                                            full.get("budget_id") or org}),
                          "llmgw": {"org": org, "ignored": ignored(body, _ORG_FIELDS)}}
     return reply(await change(request, compute))
+
+
+def _budget_table(full: dict[str, Any]) -> dict[str, Any] | None:
+    """LiteLLM_BudgetTable as LiteLLM nests it under an end user or organization (None without money)."""
+    if full.get("max_budget") is None and full.get("tpm_limit") is None and full.get("rpm_limit") is None:
+        return None
+    return {"budget_id": full.get("budget_id"), "max_budget": full.get("max_budget"),
+            "budget_duration": full.get("budget_duration"), "tpm_limit": full.get("tpm_limit"),
+            "rpm_limit": full.get("rpm_limit"), "soft_budget": None, "max_parallel_requests": None}
 
 
 _CUSTOMER_FIELDS = {"user_id", "alias", "budget_id", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
@@ -364,9 +398,10 @@ async def customer_new(request: web.Request) -> web.Response:
         records = [E.user_record(org, user, "", meta, p.actor, reason), *limits("user", user, org, full, p, reason)]
         if (b := budget_record("user", user, org, full, p, reason)) is not None:
             records.append(b)
+        # LiteLLM_EndUserTable: the money sits in litellm_budget_table, not at the top level
         return records, {"user_id": user, "alias": full.get("alias"), "budget_id": full.get("budget_id"),
-                         "max_budget": full.get("max_budget"), "budget_duration": full.get("budget_duration"),
-                         "blocked": False, "spend": 0.0,
+                         "blocked": False, "spend": 0.0, "allowed_model_region": None, "default_model": None,
+                         "models": [], "litellm_budget_table": _budget_table(full),
                          "llmgw": {"org": org, "ignored": [*ignored(body, _CUSTOMER_FIELDS), "user_attribution"]}}
     return reply(await change(request, compute))
 

@@ -113,5 +113,6 @@ class OidcVerifier:
         role = max(roles, key=_STRENGTH.__getitem__)
         ws = claims.get(self.workspaces_claim) or ()
         workspaces = (ws,) if isinstance(ws, str) else tuple(str(w) for w in ws)
-        name = str(claims.get(self.name_claim) or claims.get("sub") or "unknown")
-        return AdminPrincipal(name, role, workspaces, via="oidc")
+        sub = str(claims.get("sub") or "")
+        name = str(claims.get(self.name_claim) or sub or "unknown")
+        return AdminPrincipal(name, role, workspaces, via="oidc", id=sub)

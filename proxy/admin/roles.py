@@ -53,11 +53,14 @@ class AdminPrincipal:
     role: str
     workspaces: tuple[str, ...] = ()     # "ORG/WORKSPACE"; only a workspace admin is limited by it
     via: str = "credential"              # credential, admin_key, oidc, cli
+    id: str = ""                         # the admin key's id, or the OIDC subject ("" for the owner key)
 
     @property
     def actor(self) -> str:
-        """The ``actor`` written on every config record this admin causes."""
-        return f"{self.via if self.via in ('oidc', 'cli') else 'admin'}:{self.name}"
+        """The ``actor`` written on every config record this admin causes: who, by name and by the id
+        that cannot be reused (``admin:lead#a1b2c3d4e5f6``, ``oidc:lead@acme.example#00u1x``, ``cli:alice``)."""
+        who = f"{self.via if self.via in ('oidc', 'cli') else 'admin'}:{self.name}"
+        return f"{who}#{self.id}" if self.id and self.id != self.name else who
 
     def can(self, permission: str) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())

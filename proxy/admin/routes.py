@@ -20,6 +20,8 @@ from . import (http_budgets, http_entities, http_governance, http_keys, http_lim
                litellm_spend, litellm_teams)
 from .errors import BadRequest, ConfigUnavailable, NotFound, render
 
+LITELLM_PREFIXES = ("/key/", "/team/", "/user/", "/spend/", "/global/", "/budget/", "/customer/", "/organization/",
+                    "/model/")
 PREFIXES = ("/admin", "/key/", "/team/", "/user/", "/v1/llmgw/", "/spend/", "/global/", "/budget/", "/customer/",
             "/organization/", "/model/")
 log = logging.getLogger("llmgw.admin")
@@ -35,21 +37,22 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
     """Render this part's errors in its own JSON shape; other paths pass through untouched."""
     if not is_admin_path(request.path):
         return await handler(request)
+    litellm = request.path.startswith(LITELLM_PREFIXES)
     try:
         return await handler(request)
     except GatewayError as err:
-        return render(err)
+        return render(err, litellm)
     except ConfigLogUnavailable as exc:                # a read of the config log while Kafka is away
         log.error("%s %s: config log unavailable: %s", request.method, request.path, exc,
                   extra={"event": "admin_config_unavailable"})
         return render(ConfigUnavailable(f"the config log is unreachable ({exc}); retry once it is back",
-                                        retry_after_s=5))
+                                        retry_after_s=5), litellm)
     except (ValueError, yaml.YAMLError) as exc:        # validation in the pure functions
-        return render(BadRequest(str(exc)))
+        return render(BadRequest(str(exc)), litellm)
     except web.HTTPNotFound:
-        return render(NotFound(f"no route for {request.method} {request.path}"))
+        return render(NotFound(f"no route for {request.method} {request.path}"), litellm)
     except web.HTTPMethodNotAllowed:
-        return render(NotFound(f"{request.method} is not supported on {request.path}"))
+        return render(NotFound(f"{request.method} is not supported on {request.path}"), litellm)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -1,6 +1,7 @@
 """``/dashboard/finance``: spend over a date range for finance and team leads, and its CSV.
 
     GET /dashboard/finance?since=YYYY-MM-DD&until=YYYY-MM-DD&by=workspace|project|user|model[&org=ORG]
+        (the page offers the orgs this admin may see, each with its time zone)
     GET /dashboard/finance.csv?... the same rows, exactly as shown (with exact micro-USD beside)
 
 The range is whole days in the organization's time zone (``orgs: {NAME:
@@ -27,6 +28,7 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
 from llmgw.analytics import dashboard_html
+from llmgw.analytics.dashboard_html import dollars
 from llmgw.analytics.queries import DIMENSIONS, format_usd
 from llmgw.analytics.store import check_identifier
 
@@ -86,13 +88,6 @@ def rows(client: Client, db: str, by: str, since_ms: int, until_ms: int, org: st
     return [FinanceRow(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in got]
 
 
-def dollars(micro: int) -> str:
-    """Readable money, rounded half away from zero to the cent: 1234567891 -> "$1,234.57"."""
-    sign = "-" if micro < 0 else ""
-    cents = (abs(micro) + 5_000) // 10_000
-    return f"{sign}${cents // 100:,}.{cents % 100:02d}"
-
-
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
@@ -114,8 +109,19 @@ def budget_form(can_write: bool, role: str, notice: str = "") -> str:
             f'<button type="submit">Set as {_e(role)}</button></form></section>')
 
 
+def org_choices(gw: Any, admin: Any) -> list[tuple[str, str]]:
+    """(org, its time zone) for the page's org picker: the orgs in the config (records, and ``orgs:`` in the
+    config file, where time zones are set) that this admin may see."""
+    from llmgw.proxy.reports.web import scope_of
+
+    names = set(gw.org_timezones) | {r.data["name"] for r in gw.config.of_type("org") if r.data}
+    if (seen := scope_of(admin)) is not None:                 # a workspace admin: its workspaces' orgs
+        names &= {w.partition("/")[0] for w in seen}
+    return [(n, gw.tz_of(n)) for n in sorted(names)]
+
+
 def render(found: Sequence[FinanceRow], rng: Range, by: str, org: str | None, *, admin: str, role: str,
-           error: str = "", budgets: str = "") -> str:
+           error: str = "", budgets: str = "", orgs: Sequence[tuple[str, str]] = ()) -> str:
     total = sum(r.cost_micro_usd for r in found)
     requests = sum(r.requests for r in found)
     estimated = sum(r.estimated_calls for r in found)
@@ -125,7 +131,7 @@ def render(found: Sequence[FinanceRow], rng: Range, by: str, org: str | None, *,
             f'<label>From <input type="date" name="since" value="{rng.since.isoformat()}"></label>'
             f'<label>to <input type="date" name="until" value="{rng.until.isoformat()}"></label>'
             f'<label>by <select name="by">{options}</select></label>'
-            + (f'<input type="hidden" name="org" value="{_e(org)}">' if org else "")
+            + _org_picker(org, orgs)
             + '<button type="submit">Show</button>'
             f'<a class="csv" href="/dashboard/finance.csv?{_e(urlencode(params))}" download>Download CSV</a></form>')
     flag = (f'<p class="flag" role="note">{estimated:,} of {requests:,} calls are estimated (usage cut off or a '
@@ -149,6 +155,18 @@ def render(found: Sequence[FinanceRow], rng: Range, by: str, org: str | None, *,
     kpi = (f'<section class="kpis"><div class="kpi"><b>{dollars(total)}</b><span>spend in range</span></div>'
            f'<div class="kpi"><b>{requests:,}</b><span>calls</span></div></section>')
     return dashboard_html._page("llmgw finance", f"{header}<main>{err}{form}{kpi}{flag}{table}{budgets}</main>")
+
+
+def _org_picker(org: str | None, orgs: Sequence[tuple[str, str]]) -> str:
+    """Days are the chosen org's days (its time zone); all orgs together are read in UTC."""
+    if not orgs:
+        return f'<input type="hidden" name="org" value="{_e(org)}">' if org else ""
+    choices = [("", "all (UTC days)")] + [(n, f"{n} ({tz} days)") for n, tz in orgs]
+    if org and org not in {n for n, _ in orgs}:
+        choices.append((org, org))
+    options = "".join(f'<option value="{_e(v)}"{" selected" if v == (org or "") else ""}>{_e(t)}</option>'
+                      for v, t in choices)
+    return f'<label>org <select name="org">{options}</select></label>'
 
 
 def to_csv(found: Sequence[FinanceRow], rng: Range, by: str) -> str:
@@ -192,4 +210,5 @@ async def gather(request: web.Request, admin: Any) -> tuple[list[FinanceRow], Ra
     return found, rng, by, org
 
 
-__all__ = ["FinanceRow", "GROUPS", "Range", "budget_form", "dollars", "gather", "parse_range", "render", "rows", "to_csv"]
+__all__ = ["FinanceRow", "GROUPS", "Range", "budget_form", "dollars", "gather", "org_choices", "parse_range", "render",
+           "rows", "to_csv"]

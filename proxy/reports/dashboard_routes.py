@@ -189,7 +189,8 @@ async def finance_page(request: web.Request) -> web.Response:
     except GatewayError as err:
         return _html(dashboard_html.render_error(str(err)), status=err.status)
     form = dashboard_finance.budget_form(a.can(WRITE_BUDGETS), a.role, request.query.get("notice", ""))
-    return _html(dashboard_finance.render(found, rng, by, org, admin=a.name, role=a.role, budgets=form))
+    return _html(dashboard_finance.render(found, rng, by, org, admin=a.name, role=a.role, budgets=form,
+                                          orgs=dashboard_finance.org_choices(request.app[GATEWAY], a)))
 
 
 async def set_budget(request: web.Request) -> web.Response:

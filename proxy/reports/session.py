@@ -99,8 +99,8 @@ class Sessions:
         elif token.startswith(ADMIN_PREFIX):
             credential = token[len(ADMIN_PREFIX):].partition("-")[0]
         stored = _stored_hash(state, owner_key, credential) if credential else None
-        body = {"n": admin.name, "r": admin.role, "w": list(admin.workspaces), "v": admin.via, "c": credential,
-                "f": self._fingerprint(stored) if stored else "", "e": now_ms + TTL_MS}
+        body = {"n": admin.name, "r": admin.role, "w": list(admin.workspaces), "v": admin.via, "i": admin.id,
+                "c": credential, "f": self._fingerprint(stored) if stored else "", "e": now_ms + TTL_MS}
         payload = _b64(orjson.dumps(body))
         return f"{_VERSION}.{payload}.{self._sign(payload)}"
 
@@ -114,7 +114,8 @@ class Sessions:
             return None
         try:
             body = orjson.loads(_unb64(payload))
-            session = Session(AdminPrincipal(str(body["n"]), str(body["r"]), tuple(body["w"]), str(body["v"])),
+            session = Session(AdminPrincipal(str(body["n"]), str(body["r"]), tuple(body["w"]), str(body["v"]),
+                                             str(body.get("i") or "")),
                               str(body["c"]), str(body["f"]), int(body["e"]))
         except (ValueError, KeyError, TypeError):
             return None

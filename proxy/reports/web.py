@@ -2,9 +2,9 @@
 
 ``add_routes(app)`` is called by ``proxy.app.create_app``.
 
-- ``GET /admin/spend?by=workspace,tag:project&since=2026-11-01&until=2026-12-01[&org=acme]``:
+- ``GET /admin/spend?by=workspace,tag:project&since=2026-11-01&until=2026-12-01[&org=acme][&workspace=acme/backend]``:
   JSON, money as exact integers (``cost_micro_usd``) and exact decimal strings.
-- ``GET /admin/chargeback.csv?month=2026-11&by=workspace,tag:project[&org=acme]``: the
+- ``GET /admin/chargeback.csv?month=2026-11&by=workspace,tag:project[&org=acme][&workspace=acme/backend]``: the
   CLI's chargeback CSV (same columns, TOTAL row), streamed while ClickHouse reads.
 - ``GET /admin/trace/{session id or request id}``: a session's calls in order with the
   running cost (``llmgw trace``); a request id (``x-llmgw-request-id``) finds its session.
@@ -42,6 +42,7 @@ from llmgw.proxy.admin.roles import READ_EXPORTS, READ_SPEND, WORKSPACE_ADMIN, A
 from llmgw.proxy.admin.runtime import admin_of
 from llmgw.proxy.context import GATEWAY
 from llmgw.proxy.errors import GatewayError
+from llmgw.core.scopes import parse_workspace
 
 from llmgw.proxy.reports import dashboard_routes
 
@@ -91,6 +92,22 @@ def scope_of(admin: AdminPrincipal) -> Sequence[str] | None:
     return admin.workspaces if admin.role == WORKSPACE_ADMIN else None
 
 
+def filtered_scope(request: web.Request, admin: AdminPrincipal, org: str | None) -> Sequence[str] | None:
+    """The admin's scope narrowed to ``workspace=ORG/NAME`` (or ``workspace:ORG/NAME``, or NAME with
+    ``org``) when the query names one; a workspace outside the admin's scope is refused, not emptied."""
+    mine = scope_of(admin)
+    raw = request.query.get("workspace")
+    if not raw:
+        return mine
+    try:
+        ws = "/".join(parse_workspace(raw, org or ""))
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    if mine is not None and ws not in mine:
+        raise Forbidden(f"workspace {ws} is outside this admin's scope ({', '.join(mine) or 'none'})")
+    return [ws]
+
+
 def parse_utc_ms(text: str, name: str) -> int:
     """'2026-11-01', '2026-11-01T12:00[:00][Z|+hh:mm]' (UTC unless stated) or epoch milliseconds."""
     text = text.strip()
@@ -137,10 +154,11 @@ async def spend_handler(request: web.Request) -> web.Response:
     if until_ms <= since_ms:
         raise BadRequest("until must be after since")
     org = request.query.get("org") or None
+    workspaces = filtered_scope(request, admin, org)
 
     def run() -> list[UsageRow]:
         client, db = analytics_client(request.app)
-        return queries.spend(client, db, by, since_ms, until_ms, org=org, workspaces=scope_of(admin))
+        return queries.spend(client, db, by, since_ms, until_ms, org=org, workspaces=workspaces)
 
     with store_errors():
         rows = await asyncio.to_thread(run)
@@ -229,6 +247,7 @@ async def chargeback_handler(request: web.Request) -> web.StreamResponse:
     except ValueError as err:
         raise BadRequest(str(err)) from None
     by, org = _by(request), request.query.get("org") or None
+    workspaces = filtered_scope(request, admin, org)
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
     gone = threading.Event()
@@ -247,7 +266,7 @@ async def chargeback_handler(request: web.Request) -> web.StreamResponse:
     def produce() -> None:
         try:
             client, db = analytics_client(request.app, role="export")
-            rows = queries.chargeback_rows(client, db, month, by, org=org, workspaces=scope_of(admin))
+            rows = queries.chargeback_rows(client, db, month, by, org=org, workspaces=workspaces)
             writer = _ChunkWriter(put)
             try:
                 queries.write_chargeback_csv(_until(rows, gone), cast(TextIO, writer), by=by)
