@@ -182,16 +182,18 @@ def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None 
 
 async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], log: Path,
                       cpus: set[int] | None) -> tuple[subprocess.Popen, str, str]:
-    """A gateway on its embedded default, run from the checkout at ``root`` (its modules come first
-    on the path), with one key: (process, base URL, key)."""
+    """A gateway on its embedded default, run from the checkout at ``root``, with one key: (process,
+    base URL, key). A checkout from before the ``llmgw`` namespace (no ``core/``) runs its own top-level
+    ``proxy`` package; a newer one runs the installed ``llmgw``."""
+    cli = "llmgw.proxy.cli" if (root / "core").is_dir() else "proxy.cli"
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
             "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(root)}
-    key = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", "keys", "create", "--org", "bench",
+    key = subprocess.run([sys.executable, "-m", cli, "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                          check=True, cwd=root).stdout.strip().splitlines()[-1]
     port = free_port()
-    gw = start([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], genv, log, cpus, cwd=root)
+    gw = start([sys.executable, "-m", cli, "serve", "--port", str(port)], genv, log, cpus, cwd=root)
     await wait_http(f"http://127.0.0.1:{port}/healthz")
     return gw, f"http://127.0.0.1:{port}/v1", key
 

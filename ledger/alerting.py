@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from llmgw.core.budgets import BudgetBook
 
 from .alert_store import (DROPPED, FIRED, PENDING, SUPERSEDED, AlertRecord, AlertStore, AlertStoreError,
-                          AlertStoreFenced, Delivery, FileAlertStore, KafkaAlertStore)
+                          AlertStoreFenced, Delivery, KafkaAlertStore)
 from .alerts import Alert, AlertPolicy, PolicyBook, evaluate, subjects_of
 from llmgw.core.config import ConfigState
 from .fold import Totals, TzOf, utc
@@ -349,4 +349,4 @@ def main_kafka(settings: "Settings") -> int:
         return 2
 
 
-__all__ = ["ALERTS", "AlertEngine", "AlertOptions", "AlertsSlot", "main_kafka", "register", "run_kafka", "supervise"]
+__all__ = ["AlertEngine", "AlertOptions", "AlertsSlot", "main_kafka", "run_kafka", "supervise"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import asyncio
-import logging
 import sys
 import time
 from dataclasses import replace

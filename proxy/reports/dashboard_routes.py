@@ -255,4 +255,4 @@ async def static(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 
 
-__all__ = ["SESSIONS", "register"]
+__all__ = ["SESSIONS"]

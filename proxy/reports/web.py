@@ -312,4 +312,4 @@ def _until(rows: Iterator[UsageRow], gone: threading.Event) -> Iterator[UsageRow
         yield row
 
 
-__all__ = ["AnalyticsUnavailable", "analytics_client", "parse_utc_ms", "register", "scope_of"]
+__all__ = ["AnalyticsUnavailable", "analytics_client", "parse_utc_ms", "scope_of"]
