@@ -34,9 +34,21 @@ _disarm_sdk_client_finalizers()
 
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
     """A test that starts or reaches the real broker is marked ``kafka`` by its fixtures, whatever its
-    module says, so ``-m "not kafka"`` (the fast inner loop) never waits on a broker by accident."""
+    module says, so ``-m "not kafka"`` never waits on a broker by accident; ``slow`` comes from
+    tests/slow_tests.txt, so ``-m "not kafka and not slow"`` is the fast inner loop."""
     import pytest
 
+    slow = _slow_tests()
     for item in items:
         if {"kafka_broker", "kafka_bootstrap"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+        if item.nodeid.split("[")[0] in slow:
+            item.add_marker(pytest.mark.slow)
+
+
+def _slow_tests() -> frozenset[str]:
+    """tests/slow_tests.txt: measured, not guessed (its header says how to regenerate it)."""
+    from pathlib import Path
+
+    path = Path(__file__).with_name("slow_tests.txt")
+    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
