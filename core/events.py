@@ -68,9 +68,13 @@ def new_event_id(now_ms: int | None = None) -> str:
     local log in time order without a second column.
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = _random.getrandbits(80)
-    value = (ms & ((1 << 48) - 1)) << 80 | rand
-    # set version 7 and RFC 4122 variant bits
+    return uuid7_of(ms, _random.getrandbits(80))
+
+
+def uuid7_of(ms: int, rest: int) -> str:
+    """A UUIDv7 string: ``ms`` in the top 48 bits, ``rest`` (80 bits: random, or a hash for an id that
+    must come out the same every time) below, with the version and RFC 4122 variant bits set."""
+    value = (ms & ((1 << 48) - 1)) << 80 | (rest & ((1 << 80) - 1))
     value &= ~(0xF << 76)
     value |= 0x7 << 76
     value &= ~(0x3 << 62)
@@ -225,5 +229,5 @@ def normalize_tags(tags: Mapping[str, str] | list[str] | tuple[str, ...]) -> tup
 __all__ = [
     "ADJUSTMENT", "CANCELLED", "NANO_PER_MICRO", "OK", "ORPHANED", "OUTCOMES", "REJECTED_BUDGET", "REJECTED_POLICY",
     "REJECTED_RATE", "SCHEMA_VERSION", "Tokens", "UPSTREAM_ERROR", "USAGE", "UsageEvent",
-    "decode", "encode", "micro_of_nano", "new_event_id", "normalize_tags",
+    "decode", "encode", "micro_of_nano", "new_event_id", "normalize_tags", "uuid7_of",
 ]

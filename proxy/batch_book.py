@@ -61,13 +61,7 @@ def batch_event_id(batch_id: str, custom_id: str, submitted_ms: int) -> str:
     """UUIDv7-shaped like every event id (the submission's milliseconds first), the rest a hash
     of the batch id and the request's ``custom_id``: reading the results again mints the same id."""
     digest = int.from_bytes(hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).digest()[:10], "big")
-    value = (submitted_ms & ((1 << 48) - 1)) << 80 | digest
-    value &= ~(0xF << 76)
-    value |= 0x7 << 76
-    value &= ~(0x3 << 62)
-    value |= 0x2 << 62
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return E.uuid7_of(submitted_ms, digest)
 
 
 @dataclass(frozen=True, slots=True)
