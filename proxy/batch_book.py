@@ -201,8 +201,7 @@ class BatchBook:
             if sub.batch_id not in self.held:
                 # in the windows the batch was submitted in: its events carry that time (the fold's window)
                 r = policy.reserve(sub.principal, sub.tags, Estimate(sub.worst_micro_usd, sub.worst_micro_usd),
-                                   sub.submitted_ms, force=True)
-                policy.holds.discard(r)            # released by the charge, never by the sweeper
+                                   sub.submitted_ms, force=True, swept=False)   # released by the charge
                 self.held[sub.batch_id] = r
         for batch_id in [b for b in self.held if b not in open_ids]:
             policy.release(self.held.pop(batch_id), 0)

@@ -26,15 +26,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from llmgw.core import events as E
 from llmgw.core.config import ConfigState
-from llmgw.core.events import normalize_tags
 from llmgw.pricing import RequestShape, worst_case
 
 from . import forward
 from .adapters._batch import BatchRequest, BatchState
 from .adapters.anthropic_batch import BATCHES_PATH, AnthropicBatches
 from .adapters.openai_batch import OpenAIBatches, plain_id
+from .call import call_tags, rejected_outcome
 from .batch_book import CHARGED, CHARGING, BatchBook, Bound, Submitted, batch_event, open_batch_log, refused_event
 from .context import GATEWAY, Gateway
 from .errors import GatewayError, NotFound, UpstreamError
@@ -42,6 +41,7 @@ from llmgw.core.principal import Principal
 from .pipeline import read_body
 from .policy import Estimate
 from .routing import Target, Upstream
+from .transport import UpstreamResponse
 from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.proxy")
@@ -92,26 +92,25 @@ async def _follow(gw: Gateway, book: BatchBook) -> None:
 
 # -- the upstream --------------------------------------------------------------
 def _query(request: web.Request) -> str:
-    q = request.query
-    return "&".join(f"{k}={q[k]}" for k in _LIST_QUERY if forward._PLAIN.fullmatch(q.get(k, "")))
+    return forward.client_query(request.query, _LIST_QUERY)
 
 
 async def _send(gw: Gateway, up: Upstream, method: str, path: str, headers: Mapping[str, str],
-                body: bytes | None = None, query: str = "") -> tuple[int, bytes, aiohttp.ClientResponse]:
+                body: bytes | None = None, query: str = "") -> tuple[int, bytes, UpstreamResponse]:
     """One whole request to the upstream with the gateway's credential; the body read to the end."""
     target = Target(up, "")
     url = up.url(path, query)
     out = forward.upstream_headers(headers, target)
     await up.sign(method, url, out, body)
     try:
-        async with gw.session(up).request(method, url, data=body, headers=out) as resp:
+        async with await gw.transport_for(up).send(method, url, body, out) as resp:
             raw = await resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError(f"upstream {up.name} failed: {type(exc).__name__}") from None
     return resp.status, forward.scrub_error_body(resp.status, raw, target), resp
 
 
-def _answer(status: int, body: bytes, resp: aiohttp.ClientResponse) -> web.Response:
+def _answer(status: int, body: bytes, resp: UpstreamResponse) -> web.Response:
     return web.Response(status=status, body=body, headers=forward.downstream_headers(resp, {}))
 
 
@@ -143,14 +142,14 @@ async def _admit_and_forward(request: web.Request, wire: str, api: str, endpoint
     now_ms = int(time.time() * 1000)
     worst = _price_worst(gw, up, p, reqs, now_ms)
     stale = gw.stale_tags(p)                 # the failure policy: refuse, or tag llmgw:stale
-    tags = normalize_tags((*p.tags, *gw.client_tags(request, ()), *stale))
+    tags = call_tags(gw, request, p, (), stale)
     try:
-        reservation = gw.policy.reserve(p, tags, Estimate(worst, worst), now_ms)     # refuses before upstream
+        # refuses before upstream; the hold is the book's until the batch is charged, not the sweeper's
+        reservation = gw.policy.reserve(p, tags, Estimate(worst, worst), now_ms, swept=False)
     except GatewayError as err:
-        outcome = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}.get(err.kind, E.REJECTED_POLICY)
-        gw.emit(refused_event(gw, p, tags, api, up.name, reqs[0].call.model, outcome, err.status, now_ms), request)
+        gw.emit(refused_event(gw, p, tags, api, up.name, reqs[0].call.model, rejected_outcome(err), err.status,
+                              now_ms), request)
         raise
-    gw.policy.holds.discard(reservation)             # a batch's hold is the book's, not the sweeper's
     kept = False
     try:
         status, raw, resp = await _send(gw, up, "POST", path, request.headers, body)

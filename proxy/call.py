@@ -40,12 +40,23 @@ log = logging.getLogger("llmgw.proxy")
 _REJECTED = {"budget": E.REJECTED_BUDGET, "rate": E.REJECTED_RATE}
 
 
+def rejected_outcome(err: GatewayError) -> str:
+    """The outcome of a refused call's event: budget, rate, or any other policy."""
+    return _REJECTED.get(err.kind, E.REJECTED_POLICY)
+
+
+def call_tags(gw: Gateway, request: web.Request, principal: Principal, body_tags: tuple[str, ...],
+              stale: tuple[str, ...]) -> tuple[str, ...]:
+    """A call's tags: the key's, the client's own (never ``llmgw...``) and the failure policy's."""
+    return E.normalize_tags((*principal.tags, *gw.client_tags(request, body_tags), *stale))
+
+
 def route(gw: Gateway, request: web.Request, principal: Principal, adapter: Adapter, call: Call,
           stale: tuple[str, ...]) -> tuple[Call, Target]:
     """The checks before a call is priced: its tags (``stale``: what the failure policy said right
     after authentication, ``Gateway.stale_tags``), model access and routing. Raises without an
     event, as nothing was held."""
-    tags = E.normalize_tags((*principal.tags, *gw.client_tags(request, call.tags), *stale))
+    tags = call_tags(gw, request, principal, call.tags, stale)
     if tags != call.tags:
         call = replace(call, tags=tags)
     gw.policy.check_model(principal, call.model)
@@ -80,7 +91,7 @@ class LiveCall:
             admitted = await admission.admit(gw, request, principal, adapter.family, call, shape, target, price,
                                              price_estimated, started_ms)
         except GatewayError as err:
-            gw.emit(record.event(gw, Usage(), _REJECTED.get(err.kind, E.REJECTED_POLICY), err.status, t0, None,
+            gw.emit(record.event(gw, Usage(), rejected_outcome(err), err.status, t0, None,
                                  0, ""), request if log_request else None)
             raise
         if admitted.downgraded:                      # the event keeps the model the client asked for

@@ -94,10 +94,10 @@ def scrub_error_body(status: int, body: bytes, target: Target) -> bytes:
     return body.replace(secret, REDACTED) if secret in body else body
 
 
-def client_query(query: Mapping[str, str]) -> str:
-    """The query parameters a client may pass upstream (Claude Code's ``?beta=true``), plain values only:
-    nothing a client sends may change which URL is called."""
-    return "&".join(f"{k}={query[k]}" for k in FORWARDED_QUERY if _PLAIN.fullmatch(query.get(k, "")))
+def client_query(query: Mapping[str, str], allowed: tuple[str, ...] = FORWARDED_QUERY) -> str:
+    """The query parameters a client may pass upstream (Claude Code's ``?beta=true``; a batch list's
+    paging), plain values only: nothing a client sends may change which URL is called."""
+    return "&".join(f"{k}={query[k]}" for k in allowed if _PLAIN.fullmatch(query.get(k, "")))
 
 
 async def open_upstream(transport: Transport, target: Target, path: str, call: Call,

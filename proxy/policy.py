@@ -259,7 +259,7 @@ class Policy:
     # -- reserve / settle -------------------------------------------------------
     def reserve(self, p: Principal, tags: tuple[str, ...], estimate: "int | Estimate", now_ms: int, *,
                 tokens: int = 0, downgrade: Downgrade | None = None, max_wait_ms: int = 0,
-                force: bool = False) -> Reservation:
+                force: bool = False, swept: bool = True) -> Reservation:
         """Hold on every budget (its worst case or its prediction, per the budget's ``hold``)
         and take the call's rate-limit share, or raise. An ``int`` estimate is both holds.
 
@@ -268,7 +268,8 @@ class Policy:
         then that is held and ``Reservation.model`` names the model to serve. Rate
         limits refuse (``RateLimited``) or, within ``max_wait_ms``, book a wait. ``force``: place the
         hold whatever it leaves and take no rate-limit share (a batch admitted earlier, held again
-        after a restart: proxy/batch_book.py).
+        after a restart: proxy/batch_book.py). ``swept=False``: a hold that may rightly stay open
+        longer than any stream (a batch's, for up to a day) is kept out of the open-hold sweeper.
         """
         est = Estimate.of(estimate)
         holds = self.holds_for(p, tags, now_ms)
@@ -292,7 +293,8 @@ class Policy:
                 exp[k] = exp.get(k, 0) + x
         r = Reservation(max(held.values()), tuple(holds), True, model, ticket, tuple(held), by,
                         tuple(held.values()), est.basis, self._mono(), extra, est.worst_micro_usd)
-        self.holds.add(r)               # for the sweeper and the open-hold gauges (holds.py)
+        if swept:
+            self.holds.add(r)           # for the sweeper and the open-hold gauges (holds.py)
         return r
 
     def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True,

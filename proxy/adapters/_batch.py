@@ -71,6 +71,16 @@ def require_custom_id(obj: dict[str, Any], n: int, seen: set[str], what: str) ->
     return cid
 
 
+def parse_request(adapter: Adapter, body: dict[str, Any], where: str) -> Call:
+    """One batch request parsed as its API would parse it online; an error names where it is."""
+    if body.get("stream") is True:
+        raise BadRequest(f"{where}: a batch request cannot stream")
+    try:
+        return adapter.parse(orjson.dumps(body))
+    except BadRequest as err:
+        raise BadRequest(f"{where}: {err.message}") from None
+
+
 def meter_body(adapter: Adapter, call: Call, body: object) -> Usage:
     """The usage the per-call adapter's meter reads from a served response object."""
     meter = adapter.meter(call)

@@ -14,7 +14,7 @@ import orjson
 
 from ..errors import BadRequest, GatewayError
 from ..types import Call
-from ._batch import BatchRequest, BatchState, ServedLine, jsonl_objects, meter_body, require_custom_id
+from ._batch import BatchRequest, BatchState, ServedLine, jsonl_objects, meter_body, parse_request, require_custom_id
 from ._common import parse_object
 from .anthropic_messages import AnthropicMessages, error_object
 
@@ -39,14 +39,7 @@ class AnthropicBatches:
             if not isinstance(r, dict) or not isinstance(r.get("params"), dict):
                 raise BadRequest(f"requests[{n}] must be an object with `custom_id` and `params`")
             cid = require_custom_id(r, n, seen, "the batch")
-            params = r["params"]
-            if params.get("stream") is True:
-                raise BadRequest(f"requests[{n}].params: a batch request cannot stream")
-            try:
-                call = _MESSAGES.parse(orjson.dumps(params))
-            except BadRequest as err:
-                raise BadRequest(f"requests[{n}].params: {err.message}") from None
-            out.append(BatchRequest(cid, _MESSAGES, call))
+            out.append(BatchRequest(cid, _MESSAGES, parse_request(_MESSAGES, r["params"], f"requests[{n}].params")))
         return out
 
     def state(self, obj: dict[str, Any]) -> BatchState | None:
@@ -75,6 +68,3 @@ class AnthropicBatches:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return self.error_body(err)

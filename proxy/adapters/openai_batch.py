@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import BadRequest, GatewayError
 from ..types import Adapter, Call
-from ._batch import BatchRequest, BatchState, ServedLine, jsonl_objects, meter_body, require_custom_id
+from ._batch import BatchRequest, BatchState, ServedLine, jsonl_objects, meter_body, parse_request, require_custom_id
 from ._common import parse_object
 from .openai_chat import OpenAIChat, error_object
 from .openai_embeddings import OpenAIEmbeddings
@@ -60,13 +60,7 @@ class OpenAIBatches:
             body = line.get("body")
             if not isinstance(body, dict):
                 raise BadRequest(f"input line {n + 1}: `body` must be a JSON object")
-            if body.get("stream") is True:
-                raise BadRequest(f"input line {n + 1}: a batch request cannot stream")
-            try:
-                call = adapter.parse(orjson.dumps(body))
-            except BadRequest as err:
-                raise BadRequest(f"input line {n + 1}: {err.message}") from None
-            out.append(BatchRequest(cid, adapter, call))
+            out.append(BatchRequest(cid, adapter, parse_request(adapter, body, f"input line {n + 1}")))
         if not out:
             raise BadRequest("the batch input file holds no requests")
         return out
@@ -95,6 +89,3 @@ class OpenAIBatches:
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(error_object(err))
-
-    def stream_error_event(self, err: GatewayError) -> bytes:
-        return self.error_body(err)

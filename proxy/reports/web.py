@@ -27,6 +27,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO, cast
 
@@ -133,8 +134,7 @@ def _by(request: web.Request) -> list[str]:
 def _usage_json(row: UsageRow) -> dict[str, Any]:
     t = row.tokens
     return {**row.dims, "requests": row.requests,
-            "tokens": {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
-                       "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning},
+            "tokens": asdict(t),
             "cost_micro_usd": row.cost_micro_usd, "cost_usd": row.cost_usd,
             "cost_nano_usd": row.cost_nano_usd, "web_search_calls": row.web_search_calls}
 
@@ -184,8 +184,7 @@ def call_json(call: TraceCall) -> dict[str, Any]:
     return {"event_id": call.event_id, "ts_start_ms": call.ts_start_ms, "ts_end_ms": call.ts_end_ms,
             "kind": call.kind, "model": call.model, "provider": call.provider, "api": call.api,
             "outcome": call.outcome, "latency_ms": call.latency_ms,
-            "tokens": {"input": t.input, "cache_write_5m": t.cache_write_5m, "cache_write_1h": t.cache_write_1h,
-                       "cache_read": t.cache_read, "output": t.output, "reasoning": t.reasoning},
+            "tokens": asdict(t),
             "cost_micro_usd": call.cost_micro_usd, "running_cost_micro_usd": call.running_cost_micro_usd,
             "cost_nano_usd": call.cost_nano_usd, "running_cost_nano_usd": call.running_cost_nano_usd}
 
