@@ -19,6 +19,8 @@ own parser errors quote the offending header line verbatim):
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 from typing import Any, Iterable
@@ -114,14 +116,49 @@ def secrets_of(settings: Settings) -> list[str]:
     return [s for s in found if s]
 
 
-def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
+class OffLoopHandler(logging.handlers.QueueHandler):
+    """Formats (and redacts) on the caller's thread, writes on a thread of its own.
+
+    A log line is written from the event loop (an access line per call, a warning mid-stream); a
+    ``StreamHandler`` there blocks every call in flight whenever stderr's reader (journald, a pipe,
+    a terminal) is slow. The queue is unbounded: a line is never dropped, and a stalled reader costs
+    memory instead of latency."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(queue.SimpleQueue())
+        self.setFormatter(target.formatter)
+        target.setFormatter(logging.Formatter("%(message)s"))    # the line arrives formatted
+        self.listener = logging.handlers.QueueListener(self.queue, target)
+        self.listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = super().prepare(record)
+        record.stack_info = None                                 # already part of the formatted line
+        return record
+
+    def flush(self) -> None:
+        """Wait until every line handed over so far is written (logging.shutdown calls this at exit)."""
+        if self.listener._thread is not None:
+            self.listener.stop()
+            self.listener.start()
+
+    def close(self) -> None:
+        if self.listener._thread is not None:
+            self.listener.stop()
+        super().close()
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> OffLoopHandler:
     """Install the process's one log handler (``llmgw serve`` calls this once)."""
     redact = Redactor(secrets_of(settings))
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter(redact) if settings.log_format == "json" else TextFormatter(redact))
+    target = logging.StreamHandler(stream or sys.stderr)
+    target.setFormatter(JsonFormatter(redact) if settings.log_format == "json" else TextFormatter(redact))
+    handler = OffLoopHandler(target)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        if isinstance(h, OffLoopHandler):
+            h.close()
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -136,6 +136,10 @@ class FileAlertStore:
         self._write_lock = asyncio.Lock()
 
     async def open(self) -> dict[str, AlertRecord]:
+        # The evaluator opens the store from its supervising task, on the serving loop.
+        return await asyncio.to_thread(self._open)
+
+    def _open(self) -> dict[str, AlertRecord]:
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = open(self.dir / "lock", "ab")
         try:
@@ -193,13 +197,16 @@ class FileAlertStore:
 
     async def close(self) -> None:
         async with self._write_lock:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
-            if self._lock_file is not None:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-                self._lock_file.close()
-                self._lock_file = None
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
 
 
 # -- Kafka ----------------------------------------------------------------------------------------

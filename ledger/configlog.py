@@ -43,25 +43,31 @@ class FileConfigLog:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     async def append(self, rec: ConfigRecord) -> None:
-        self.append_sync(rec)
+        """The file work (lock, write, fsync) runs in a thread: the event loop never waits on the disk."""
+        await asyncio.to_thread(self.append_sync, rec)
 
-    def read_new(self, state: ConfigState) -> int:
-        """Apply complete lines past our offset; a torn last line waits for its newline."""
+    def _appended(self) -> tuple[bytes, int]:
+        """The complete lines past our offset and where they end; a torn last line waits for its newline."""
         if not self.path.exists():
-            return 0
+            return b"", self._offset
         with open(self.path, "rb") as f:
             f.seek(self._offset)
             data = f.read()
         end = data.rfind(b"\n")
-        if end < 0:
-            return 0
+        return (b"", self._offset) if end < 0 else (data[: end + 1], self._offset + end + 1)
+
+    def _apply(self, state: ConfigState, lines: bytes, offset: int) -> int:
         n = 0
-        for line in data[: end + 1].splitlines():
+        for line in lines.splitlines():
             if line.strip():
                 state.apply(ConfigRecord.decode(line))
                 n += 1
-        self._offset += end + 1
+        self._offset = offset
         return n
+
+    def read_new(self, state: ConfigState) -> int:
+        """Apply complete lines past our offset; a torn last line waits for its newline."""
+        return self._apply(state, *self._appended())
 
     def load_sync(self) -> ConfigState:
         state = ConfigState()
@@ -70,12 +76,13 @@ class FileConfigLog:
         return state
 
     async def load(self) -> ConfigState:
-        return self.load_sync()
+        return await asyncio.to_thread(self.load_sync)
 
     async def follow(self, state: ConfigState, on_change: Callable[[], None],
                      interval_s: float = 0.25) -> None:
+        """Reads what was appended in a thread; applies it on the loop, where requests read ``state``."""
         while True:
-            if self.read_new(state):
+            if self._apply(state, *await asyncio.to_thread(self._appended)):
                 on_change()
             await asyncio.sleep(interval_s)
 

@@ -314,26 +314,39 @@ class EmbeddedLedger:
         except Exception:
             log.exception("analytics insert of log positions [%d, %d) failed; replaying from %d", first, end, first)
             return False
-        self.analytics_mark.write_text(str(end))
+        await asyncio.to_thread(self.analytics_mark.write_text, str(end))   # off the loop
         return True
 
     async def _catch_up_analytics(self) -> bool:
-        """Send the log from the analytics mark on; False if a batch failed (the mark stays before it)."""
+        """Send the log from the analytics mark on; False if a batch failed (the mark stays before it).
+
+        The mark and the log are read in a thread, a batch at a time: a catch-up after a long
+        analytics outage reads a large log, and the loop serves calls meanwhile."""
         if self.on_batch is None:
             return True
-        start = int(self.analytics_mark.read_text()) if self.analytics_mark.exists() else 0
+        start = await asyncio.to_thread(self._analytics_start)
+        while True:
+            batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000)
+            if not batch:
+                return True
+            if not await self._analytics(batch, first, end):
+                return False
+            start = end
+
+    def _analytics_start(self) -> int:
+        return int(self.analytics_mark.read_text()) if self.analytics_mark.exists() else 0
+
+    def _log_slice(self, start: int, limit: int) -> tuple[list[UsageEvent], int, int]:
+        """Up to ``limit`` usage events from log position ``start``: (events, first position, end)."""
         batch: list[UsageEvent] = []
-        first = start
-        end = start
+        first = end = start
         for pos, end, ev in self.log.read_from(start):
             if not batch:
                 first = pos
             batch.append(ev)
-            if len(batch) >= 5000:
-                if not await self._analytics(batch, first, end):
-                    return False
-                batch = []
-        return not batch or await self._analytics(batch, first, end)
+            if len(batch) >= limit:
+                break
+        return batch, first, end
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is durable and folded."""

@@ -1,4 +1,14 @@
 """Fixtures shared by the whole suite live in tests/fixtures/, one module per real part."""
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import blockbuster.blockbuster as _bb_module
+from blockbuster import BlockBuster, BlockingError
+
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.chdb",
@@ -52,3 +62,64 @@ def _slow_tests() -> frozenset[str]:
 
     path = Path(__file__).with_name("slow_tests.txt")
     return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+# What blockbuster watches: our packages. A blocking call (file, socket, sleep) made on the event loop
+# with our code on the stack fails the test, except where this file allows it.
+_SCANNED = ["llmgw.core", "llmgw.pricing", "llmgw.ledger", "llmgw.analytics", "llmgw.proxy"]
+_TESTS_DIR = str(Path(__file__).resolve().parent) + os.sep
+
+
+def _called_by_a_test() -> bool:
+    """A test's own blocking call (the harness appending to the config log, reading the event log) is the
+    test's business; the gateway's own tasks (handlers, followers, sweepers) never run test code. pytest's
+    own log handlers (its capture and its /dev/null log file) write synchronously: the gateway's handler
+    (core/logs.py) hands records to a thread, and that is what runs in production."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_TESTS_DIR) and name != __file__:      # not this check itself
+            return True
+        if frame.f_code.co_name == "emit" and type(frame.f_locals.get("self")).__module__.startswith("_pytest"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _or_called_by_a_test(allowed: Callable[..., bool]) -> Callable[..., bool]:
+    """blockbuster's own exceptions (a non-blocking socket's send, ...) stand; a test's calls join them."""
+    return lambda *args, **kwargs: allowed(*args, **kwargs) or _called_by_a_test()
+
+
+class _Raised:
+    """Every BlockingError raised during a test, also those a background task swallowed or died of
+    (a follower or sweeper that hits one never fails the request the test is looking at)."""
+
+    errors: list[BlockingError] = []
+
+    class Error(BlockingError):
+        def __init__(self, func: str) -> None:
+            where = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-3]
+                     if "/llmgw/" in f.filename or f"{os.sep}llmgw{os.sep}" in f.filename or "/work/" in f.filename]
+            super().__init__(f"{func} from {' <- '.join(reversed(where[-4:]))}")
+            _Raised.errors.append(self)
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    bb = BlockBuster(_SCANNED)
+    for fn in bb.functions.values():
+        fn.can_block_predicate = _or_called_by_a_test(fn.can_block_predicate)
+        # Startup, before the gateway serves: opening the ledger's files and the price catalog may block.
+        fn.can_block_in("proxy/app.py", {"ctx", "_default_ledger"})
+    _Raised.errors.clear()
+    original, _bb_module.BlockingError = _bb_module.BlockingError, _Raised.Error  # type: ignore[misc]
+    bb.activate()
+    try:
+        yield bb
+    finally:
+        bb.deactivate()
+        _bb_module.BlockingError = original  # type: ignore[misc]
+    raised = list(_Raised.errors)
+    _Raised.errors.clear()
+    assert not raised, f"blocking calls on the event loop: {[str(e) for e in raised]}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import logging
 import sys
 
@@ -68,14 +69,44 @@ def test_configure_logging_installs_one_json_handler():
     saved = root.handlers[:], root.level
     buf = io.StringIO()
     try:
-        configure_logging(Settings(log_level="INFO", openai_api_key="sk-openai-very-secret"), stream=buf)
+        handler = configure_logging(Settings(log_level="INFO", openai_api_key="sk-openai-very-secret"), stream=buf)
+        assert root.handlers == [handler]
         logging.getLogger("llmgw.test").warning("upstream key was %s", "sk-openai-very-secret",
                                                 extra={"event": "oops"})
-        obj = orjson.loads(buf.getvalue().splitlines()[-1])
-        assert obj["event"] == "oops" and obj["message"] == f"upstream key was {REDACTED}"
+        try:
+            raise ValueError("boom with sk-openai-very-secret")
+        except ValueError:
+            logging.getLogger("llmgw.test").exception("failed")
+        handler.flush()                              # the line is written by the handler's own thread
+        first, second = (orjson.loads(line) for line in buf.getvalue().splitlines()[-2:])
+        assert first["event"] == "oops" and first["message"] == f"upstream key was {REDACTED}"
+        assert second["message"] == "failed" and "ValueError: boom with <redacted>" in second["exc"]
+        assert len(buf.getvalue().splitlines()) == 2           # one line each, traceback inside the JSON
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        handler.close()
+
+
+def test_the_gateway_log_handler_never_writes_on_the_callers_thread():
+    written_by: list[str] = []
+
+    class Spy(io.StringIO):
+        def write(self, s: str) -> int:
+            written_by.append(threading.current_thread().name)
+            return super().write(s)
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        handler = configure_logging(Settings(log_level="INFO"), stream=Spy())
+        logging.getLogger("llmgw.test").warning("a line")
+        handler.flush()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+    assert written_by and threading.current_thread().name not in written_by
 
 
 async def test_each_request_logs_one_access_line(fake_provider, tmp_path, json_lines):
