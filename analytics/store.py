@@ -314,14 +314,18 @@ def migrate(client: Client, database: str, migrations: list[Migration] | None = 
     ``cluster`` defaults to the one named by the DSN ``client`` was opened with. On a cluster
     each statement runs ``ON CLUSTER`` and returns once every node applied it (it raises if
     one did not, and the version is not recorded: the next run applies it again, which the
-    ``IF NOT EXISTS`` forms make safe).
+    ``IF NOT EXISTS`` forms make safe). With nothing to apply, nothing runs ``ON CLUSTER``.
     """
     db = check_identifier(database)
     cluster = cluster or cluster_of(client)
     _ensure_database(client, db)
-    if cluster is not None:
+    if cluster is None:
+        client.command(migrations_table(db))
+    elif not int(client.command(f"EXISTS TABLE {db}.schema_migrations")):  # type: ignore[arg-type]
+        # ON CLUSTER waits for every node: only run it when there is something to create, so a
+        # node that is down holds up a migration, not every sink start.
         client.command(create_database(db, cluster))
-    client.command(migrations_table(db, cluster))
+        client.command(migrations_table(db, cluster))
     done = applied_migrations(client, db)
     applied = []
     for migration, statements in plan(db, migrations, cluster):

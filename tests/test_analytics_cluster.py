@@ -59,9 +59,9 @@ def test_cluster_options_come_from_the_dsn() -> None:
     t = Target.from_dsn("clickhousedb://u:pw@ch1:8123/analytics?cluster=llmgw_cluster&layout=replicated")
     assert (t.kind, t.database, t.cluster) == ("http", "analytics", REPLICATED)
     assert t.location == "clickhousedb://u:pw@ch1:8123"        # not sent to the server as settings
-    t = Target.from_dsn("https://ch1:8443/llmgw?cluster=llmgw_cluster&insert_quorum=auto")
+    t = Target.from_dsn("https://ch1:8443/llmgw?cluster=llmgw_cluster&connect_timeout=5")
     assert t.cluster == DISTRIBUTED                              # distributed is the default layout
-    assert t.location == "https://ch1:8443?insert_quorum=auto"  # other parameters stay
+    assert t.location == "https://ch1:8443?connect_timeout=5"   # the client's own options stay
     assert Target.from_dsn("clickhousedb://ch1:8123/llmgw").cluster is None
     for bad, why in (("clickhousedb://ch1/llmgw?cluster=a-b", "invalid cluster name"),
                      ("clickhousedb://ch1/llmgw?cluster=c&layout=sharded", "invalid cluster layout"),
@@ -71,8 +71,8 @@ def test_cluster_options_come_from_the_dsn() -> None:
             Target.from_dsn(bad)
 
 
-def _plan(cluster: Cluster) -> list[str]:
-    return [s for _, statements in store.plan("llmgw", cluster=cluster) for s in statements]
+def _plan(cluster: Cluster, database: str = "llmgw") -> list[str]:
+    return [s for _, statements in store.plan(database, cluster=cluster) for s in statements]
 
 
 def _creates(statements: list[str]) -> dict[str, str]:
@@ -217,13 +217,26 @@ _CHILD = textwrap.dedent('''
         statement = re.sub(r"Replicated(\\w*MergeTree)\\('[^']*', '[^']*'\\)", r"\\1", statement)
         return statement.replace("replicated_deduplication_window", "non_replicated_deduplication_window")
 
-    client.command("CREATE DATABASE IF NOT EXISTS llmgw")
-    client.command(one_node(store.migrations_table("llmgw", cluster)))
-    for _, statements in store.plan("llmgw", cluster=cluster):
-        for statement in statements:
-            client.command(one_node(statement))
-    out = {"clusters": client.query("SELECT cluster, shard_num, is_local FROM system.clusters").result_rows,
-           "engines": dict(client.query("SELECT name, engine FROM system.tables WHERE database = 'llmgw'").result_rows)}
+    class OneNode:
+        """The real engine; each statement loses only what needs Keeper before it runs."""
+        def __init__(self):
+            self.sent = []
+        def command(self, sql, *args, **kwargs):
+            self.sent.append(sql)
+            return client.command(one_node(sql), *args, **kwargs)
+        def query(self, *args, **kwargs):
+            return client.query(*args, **kwargs)
+        def insert(self, *args, **kwargs):
+            return client.insert(*args, **kwargs)
+
+    node = OneNode()
+    out = {"applied": store.migrate(node, "llmgw", cluster=cluster), "first_run": node.sent}
+    node.sent = []
+    out["again"] = store.migrate(node, "llmgw", cluster=cluster)
+    out["second_run"] = node.sent
+    out["recorded"] = sorted(store.applied_migrations(client, "llmgw"))
+    out.update({"clusters": client.query("SELECT cluster, shard_num, is_local FROM system.clusters").result_rows,
+           "engines": dict(client.query("SELECT name, engine FROM system.tables WHERE database = 'llmgw'").result_rows)})
 
     def totals():
         raw = client.query("SELECT count(), sum(cost_nano_usd) FROM llmgw.usage_events").result_rows[0]
@@ -242,6 +255,8 @@ _CHILD = textwrap.dedent('''
     out["expected"] = [6, sum(e.cost_nano_usd for e in batch)]
     print(json.dumps(out, default=str))
 ''')
+
+CHILD_CLUSTER = DISTRIBUTED
 
 _CONFIG = """<clickhouse>
   <tcp_port>9000</tcp_port>
@@ -266,6 +281,15 @@ def test_the_distributed_layout_runs_and_the_sink_counts_once_through_it(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["clusters"] == [["llmgw_cluster", 1, 1]]
+    versions = [m.version for m in store.load_migrations()]
+    assert out["applied"] == out["recorded"] == versions and out["again"] == []
+    local = "CREATE DATABASE IF NOT EXISTS llmgw"               # connect's own, on the node it talks to
+    ddl = [s for s in out["first_run"] if not s.startswith("EXISTS ") and s != local]
+    expected = [cluster_mod.create_database("llmgw", CHILD_CLUSTER), store.migrations_table("llmgw", CHILD_CLUSTER),
+                *_plan(CHILD_CLUSTER, "llmgw")]
+    assert ddl == expected                                   # migrate sent exactly the rendered plan, in order
+    assert all(" ON CLUSTER llmgw_cluster" in s for s in ddl)
+    assert not any("ON CLUSTER" in s for s in out["second_run"])   # nothing pending: no node is waited for
     engines = out["engines"]
     for table in STORED:
         assert engines[table] == "Distributed" and engines[f"{table}_local"].endswith("MergeTree")
