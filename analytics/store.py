@@ -99,8 +99,9 @@ class Target:
             database = unquote(parts.path.strip("/").split("/")[0]) or default_database
             params = parse_qsl(parts.query, keep_blank_values=True)
             options = {k: v for k, v in params if k in _CLUSTER_OPTIONS}
-            server = parts._replace(path="", query=urlencode([(k, v) for k, v in params if k not in _CLUSTER_OPTIONS]))
-            return cls("http", server.geturl(), check_identifier(database), _cluster_of(options))
+            if options:     # the cluster options are ours, not the client's: the rest stays as written
+                parts = parts._replace(query=urlencode([(k, v) for k, v in params if k not in _CLUSTER_OPTIONS]))
+            return cls("http", parts._replace(path="").geturl(), check_identifier(database), _cluster_of(options))
         raise StoreError(f"unsupported DSN scheme {scheme!r}: use chdb, clickhousedb, http or https")
 
 
