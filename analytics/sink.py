@@ -16,6 +16,16 @@ Exactly-once, in three layers (README "Counting each event once"):
 3. ``usage_events`` is a ReplacingMergeTree ending its key with event_id, and
    exact queries read it ``FINAL``: whatever slips past 1 and 2 (two writers
    racing on one event) is still counted once there.
+
+On a cluster (``analytics/cluster.py``) the same three layers hold per shard:
+the insert goes through the Distributed ``usage_events`` in the foreground
+(``distributed_foreground_insert``), so it returns only once every shard
+stored its rows and the caller's offset commit never runs ahead of them; the
+sharding key over event_id splits a re-sent batch into the same per-shard
+blocks, which each shard drops by the same token (its dedup log is in Keeper,
+shared by its replicas). The known-id check reads every replica of every shard
+(``clusterAllReplicas``), so a replica that has not fetched a part yet cannot
+hide an event that is stored.
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ from itertools import groupby
 from clickhouse_connect.driver.client import Client
 
 from llmgw.analytics import store
+from llmgw.analytics.cluster import Cluster
 from llmgw.core.events import UsageEvent
 
 # (column, ClickHouse type, value) in table order: 001_usage_events.sql's columns and those 006
@@ -84,18 +95,30 @@ _INSERT_SETTINGS = {
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "async_insert": 0,
 }
+# Through a Distributed table: write every shard's block before returning (a background insert
+# would return with the rows queued on this node, and could batch them with other inserts).
+_DISTRIBUTED_INSERT_SETTINGS = {**_INSERT_SETTINGS, "distributed_foreground_insert": 1}
 
 
 class Sink:
     """Writes usage events to ``{database}.usage_events`` (and, through views, the rollups)."""
 
     def __init__(self, client: Client, database: str, *, skip_known: bool = True,
-                 max_rows_per_insert: int = 100_000) -> None:
+                 max_rows_per_insert: int = 100_000, cluster: Cluster | None = None) -> None:
+        """``cluster`` defaults to the one named by the DSN ``client`` was opened with."""
         self._client = client
         self._database = store.check_identifier(database)
         self._skip_known = skip_known
         self._max_rows = max_rows_per_insert
         self._lock = threading.Lock()  # known-id check and insert act as one step per process
+        self._cluster = cluster or store.cluster_of(client)
+        self._settings = _DISTRIBUTED_INSERT_SETTINGS if self._cluster and self._cluster.sharded else _INSERT_SETTINGS
+        self._stored = (f"{self._database}.usage_events" if self._cluster is None
+                        else self._cluster.all_replicas(self._database, "usage_events"))
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self._cluster
 
     @property
     def database(self) -> str:
@@ -103,7 +126,7 @@ class Sink:
 
     def ensure_schema(self) -> list[int]:
         """Apply missing migrations; return the versions applied now."""
-        return store.migrate(self._client, self._database)
+        return store.migrate(self._client, self._database, cluster=self._cluster)
 
     def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None) -> int:
         """Insert a batch; return how many events were sent (after dropping known ones).
@@ -136,17 +159,13 @@ class Sink:
         self._client.insert(
             "usage_events", columns, column_names=COLUMN_NAMES, column_type_names=_COLUMN_TYPES,
             column_oriented=True, database=self._database,
-            settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+            settings={**self._settings, "insert_deduplication_token": token},
         )
 
     def _known_ids(self, chunk: Sequence[UsageEvent]) -> set[str]:
         """Ids of ``chunk`` already stored; the org and time bounds let ClickHouse skip most parts."""
         result = self._client.query(
-            f"SELECT DISTINCT event_id FROM {self._database}.usage_events"
-            " WHERE org IN {orgs:Array(String)}"
-            " AND ts_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
-            " AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
-            " AND event_id IN {ids:Array(String)}",
+            known_ids_query(self._stored),
             parameters={
                 "orgs": sorted({e.org for e in chunk}),
                 "lo": min(e.ts_start_ms for e in chunk),
@@ -155,6 +174,15 @@ class Sink:
             },
         )
         return {row[0] for row in result.result_rows}
+
+
+def known_ids_query(stored: str) -> str:
+    """The known-id check over ``stored`` (a table, or on a cluster every replica's local table)."""
+    return (f"SELECT DISTINCT event_id FROM {stored}"
+            " WHERE org IN {orgs:Array(String)}"
+            " AND ts_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+            " AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+            " AND event_id IN {ids:Array(String)}")
 
 
 def _unique(events: Iterable[UsageEvent]) -> list[UsageEvent]:
@@ -201,4 +229,4 @@ def _token(prefix: str | None, month: str, chunk: Sequence[UsageEvent]) -> str:
     return f"{prefix or 'events'}|{month}|{len(chunk)}|{digest.hexdigest()}"
 
 
-__all__ = ["COLUMN_NAMES", "Sink", "check_event"]
+__all__ = ["COLUMN_NAMES", "Sink", "check_event", "known_ids_query"]

@@ -14,6 +14,13 @@ chDB hosts one engine, on one data path, per process. ``connect`` caches one
 client per (target, database) for the whole process and refuses, with
 ``EngineConflict``, a second chDB path while the first is open.
 
+A server DSN may name a cluster of ``remote_servers``:
+``clickhousedb://host:8123/llmgw?cluster=NAME&layout=distributed`` (or
+``layout=replicated``). The migrations then run ``ON CLUSTER`` with replicated
+(and, for ``distributed``, sharded) tables: ``analytics/cluster.py``. The DSN
+carries it so that every process that opens the store (sink, CLI, gateway)
+sees the same layout.
+
 Migrations are ``analytics/migrations/NNN_name.sql`` files applied in version
 order. Each file holds ``;``-terminated statements written with
 ``IF NOT EXISTS`` and ``{db}`` for the database; the applied versions are
@@ -27,11 +34,14 @@ import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ProgrammingError
+
+from llmgw.analytics.cluster import Cluster, ClusterError, create_database, render, storage_tables
+from llmgw.analytics.cluster import migrations_table as migrations_table_on
 
 DEFAULT_DATABASE = "llmgw"
 _MEMORY = ":memory:"
@@ -67,6 +77,7 @@ class Target:
     kind: str                              # "chdb" or "http"
     location: str = field(repr=False)      # may hold a password
     database: str
+    cluster: Cluster | None = None         # a server DSN's ?cluster=NAME&layout=...
 
     @classmethod
     def from_dsn(cls, dsn: str, default_database: str = DEFAULT_DATABASE) -> "Target":
@@ -76,6 +87,8 @@ class Target:
         scheme = scheme.lower()
         if scheme == "chdb":
             path, _, query = rest.partition("?")
+            if "cluster" in parse_qs(query):
+                raise StoreError("a cluster needs a ClickHouse server: chDB runs one node in this process")
             database = parse_qs(query).get("database", [default_database])[0]
             path = unquote(path)
             if path in ("", "memory", _MEMORY):
@@ -84,12 +97,31 @@ class Target:
         if scheme in _HTTP_SCHEMES:
             parts = urlsplit(dsn)
             database = unquote(parts.path.strip("/").split("/")[0]) or default_database
-            return cls("http", parts._replace(path="").geturl(), check_identifier(database))
+            params = parse_qsl(parts.query, keep_blank_values=True)
+            options = {k: v for k, v in params if k in _CLUSTER_OPTIONS}
+            if options:     # the cluster options are ours, not the client's: the rest stays as written
+                parts = parts._replace(query=urlencode([(k, v) for k, v in params if k not in _CLUSTER_OPTIONS]))
+            return cls("http", parts._replace(path="").geturl(), check_identifier(database), _cluster_of(options))
         raise StoreError(f"unsupported DSN scheme {scheme!r}: use chdb, clickhousedb, http or https")
 
 
+_CLUSTER_OPTIONS = ("cluster", "layout")
+
+
+def _cluster_of(options: dict[str, str]) -> Cluster | None:
+    if not options.get("cluster"):
+        if options.get("layout"):
+            raise StoreError("layout= needs cluster=NAME (a cluster of the server's remote_servers)")
+        return None
+    try:
+        return Cluster(options["cluster"], options.get("layout") or "distributed")
+    except ClusterError as err:
+        raise StoreError(str(err)) from err
+
+
 _lock = threading.Lock()
-_clients: dict[tuple[str, str, str, str], Client] = {}
+_clients: dict[tuple[str, str, str, str, Cluster | None], Client] = {}
+_clusters: dict[int, Cluster] = {}         # id(client) -> the cluster its DSN named
 _chdb_path: str | None = None
 
 
@@ -105,7 +137,7 @@ def connect(dsn: str, *, database: str | None = None, role: str = "default") -> 
     """
     target = Target.from_dsn(dsn)
     db = check_identifier(database) if database else target.database
-    key = (target.kind, target.location, db, role)
+    key = (target.kind, target.location, db, role, target.cluster)
     global _chdb_path
     with _lock:
         client = _clients.get(key)
@@ -140,9 +172,16 @@ def connect(dsn: str, *, database: str | None = None, role: str = "default") -> 
             raise
         client.database = db
         _clients[key] = client
+        if target.cluster is not None:
+            _clusters[id(client)] = target.cluster
         if target.kind == "chdb":
             _chdb_path = target.location
         return client
+
+
+def cluster_of(client: Client) -> Cluster | None:
+    """The cluster named by the DSN ``client`` was opened with (``connect``), if any."""
+    return _clusters.get(id(client))
 
 
 def _ensure_database(client: Client, database: str) -> None:
@@ -157,6 +196,8 @@ def disconnect(dsn: str, *, database: str | None = None) -> None:
     db = check_identifier(database) if database else target.database
     with _lock:
         dropped = [_clients.pop(key) for key in list(_clients) if key[:3] == (target.kind, target.location, db)]
+        for client in dropped:
+            _clusters.pop(id(client), None)
         _forget_engine_if_unused()
     for client in dropped:
         client.close()
@@ -167,6 +208,7 @@ def close_all() -> None:
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
+        _clusters.clear()
         _forget_engine_if_unused()
     for client in clients:
         client.close()
@@ -231,6 +273,31 @@ ORDER BY version
 """
 
 
+def migrations_table(database: str, cluster: Cluster | None = None) -> str:
+    """The DDL of ``{database}.schema_migrations``: replicated over the whole cluster when there is one."""
+    db = check_identifier(database)
+    return _MIGRATIONS_TABLE.replace("{db}", db) if cluster is None else migrations_table_on(db, cluster)
+
+
+def plan(database: str, migrations: list[Migration] | None = None,
+         cluster: Cluster | None = None) -> list[tuple[Migration, list[str]]]:
+    """Each migration with the statements ``migrate`` runs for it: as written for one node, or
+    rendered for ``cluster`` (``analytics/cluster.py``).
+
+    On a cluster the tables the migrations create are known from every migration in the list,
+    so an ALTER in a later file finds the ``_local`` table an earlier file created.
+    """
+    db = check_identifier(database)
+    todo = migrations if migrations is not None else load_migrations()
+    if cluster is None:
+        return [(m, m.statements(db)) for m in todo]
+    storage = storage_tables([s for m in todo for s in m.statements(db)])
+    try:
+        return [(m, [out for s in m.statements(db) for out in render(s, db, cluster, storage)]) for m in todo]
+    except ClusterError as err:
+        raise MigrationError(str(err)) from err
+
+
 def applied_migrations(client: Client, database: str) -> dict[int, str]:
     """version -> checksum of the migrations recorded in ``database``."""
     db = check_identifier(database)
@@ -238,18 +305,31 @@ def applied_migrations(client: Client, database: str) -> dict[int, str]:
     return {int(version): str(checksum) for version, checksum in rows}
 
 
-def migrate(client: Client, database: str, migrations: list[Migration] | None = None) -> list[int]:
+def migrate(client: Client, database: str, migrations: list[Migration] | None = None,
+            cluster: Cluster | None = None) -> list[int]:
     """Apply the migrations ``database`` lacks, in order; return the versions applied now.
 
     An applied migration whose file changed since is an error: write a new
     migration instead of editing one that has shipped.
+
+    ``cluster`` defaults to the one named by the DSN ``client`` was opened with. On a cluster
+    each statement runs ``ON CLUSTER`` and returns once every node applied it (it raises if
+    one did not, and the version is not recorded: the next run applies it again, which the
+    ``IF NOT EXISTS`` forms make safe). With nothing to apply, nothing runs ``ON CLUSTER``.
     """
     db = check_identifier(database)
+    cluster = cluster or cluster_of(client)
     _ensure_database(client, db)
-    client.command(_MIGRATIONS_TABLE.replace("{db}", db))
+    if cluster is None:
+        client.command(migrations_table(db))
+    elif not int(client.command(f"EXISTS TABLE {db}.schema_migrations")):  # type: ignore[arg-type]
+        # ON CLUSTER waits for every node: only run it when there is something to create, so a
+        # node that is down holds up a migration, not every sink start.
+        client.command(create_database(db, cluster))
+        client.command(migrations_table(db, cluster))
     done = applied_migrations(client, db)
     applied = []
-    for migration in migrations if migrations is not None else load_migrations():
+    for migration, statements in plan(db, migrations, cluster):
         recorded = done.get(migration.version)
         if recorded is not None:
             if recorded != migration.checksum:
@@ -258,7 +338,7 @@ def migrate(client: Client, database: str, migrations: list[Migration] | None = 
                     f"to {db} (checksum {recorded} -> {migration.checksum})"
                 )
             continue
-        for statement in migration.statements(db):
+        for statement in statements:
             client.command(statement)
         client.insert(
             "schema_migrations",
@@ -272,6 +352,6 @@ def migrate(client: Client, database: str, migrations: list[Migration] | None = 
 
 __all__ = [
     "DEFAULT_DATABASE", "EngineConflict", "Migration", "MigrationError", "StoreError", "Target",
-    "applied_migrations", "check_identifier", "close_all", "connect", "disconnect",
-    "load_migrations", "migrate",
+    "applied_migrations", "check_identifier", "close_all", "cluster_of", "connect", "disconnect",
+    "load_migrations", "migrate", "migrations_table", "plan",
 ]

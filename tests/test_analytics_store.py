@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import llmgw.analytics.cli
+import llmgw.analytics.cluster
 from llmgw import analytics
 import llmgw.analytics.embedded
 import llmgw.analytics.queries
@@ -153,7 +154,8 @@ def test_chdb_dedup_log_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_public_names() -> None:
-    for module in (analytics.store, analytics.sink, analytics.queries, analytics.cli, analytics.embedded):
+    for module in (analytics.store, analytics.sink, analytics.queries, analytics.cli, analytics.embedded,
+                   analytics.cluster):
         public = {name for name, value in vars(module).items()
                   if not name.startswith("_") and getattr(value, "__module__", module.__name__) == module.__name__
                   and (callable(value) or name.isupper())}
