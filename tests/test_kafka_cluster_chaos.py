@@ -251,7 +251,7 @@ async def test_leader_killed_then_a_second_broker_every_served_call_is_one_event
             second = (await usage_layout(bootstrap, topics))[0][partition][0]
             assert second not in (first, -1)
             run.marks["second_killed"] = time.monotonic()
-            spooled_before = ledger.events_spooled
+            spooled_before = figures["spooled_in_move"] = ledger.events_spooled
             await asyncio.to_thread(kafka_cluster.node(second).stop, kill=True)
             assert len(kafka_cluster.running()) == 1
             await until(lambda: ledger.health().snapshot_age_s() > MAX_STALE_S, 60, 0.1,
@@ -344,7 +344,8 @@ async def test_leader_killed_then_a_second_broker_every_served_call_is_one_event
         phase_figures(run, "two nodes restarting", m["restart"], m["restarted"], base_p50),
         phase_figures(run, "after restart", m["restarted"], m["end"], base_p50),
         f"leader moved {figures['leader_moved_s']:.1f} s after the kill; gateway acked everything again "
-        f"{figures['acked_again_s']:.1f} s after it; longest unacked stretch "
+        f"{figures['acked_again_s']:.1f} s after it ({figures['spooled_in_move']:.0f} records spooled meanwhile); "
+        "longest unacked stretch "
         f"{longest_unacked_s(run.samples, m['leader_killed'], m['second_killed']):.1f} s; max snapshot age "
         f"{max((s.snapshot_age_s for s in run.samples if m['leader_killed'] <= s.t < m['second_killed']), default=0):.1f} s",
         f"two down: first refusal {min(c.began for c in refused if c.began >= m['second_killed']) - m['second_killed']:.1f}"
