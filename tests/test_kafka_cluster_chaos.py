@@ -31,7 +31,9 @@ from aiokafka.errors import KafkaError
 
 from llmgw.core.events import OK, UsageEvent
 from llmgw.core.settings import Settings
+from llmgw.ledger.alert_store import ensure_alert_topic
 from llmgw.ledger.fold import fold_all
+from llmgw.ledger.kafka_config import KafkaConfigLog
 from llmgw.ledger.kafka_ledger import KafkaLedger
 from llmgw.ledger.kafka_rebuild import compare, read_snapshots
 from llmgw.ledger.started import usage_event_of
@@ -114,15 +116,25 @@ async def monitor(ledger: KafkaLedger, run: Run) -> None:
 
 
 async def usage_layout(bootstrap: str, topics: Topics) -> tuple[dict[int, tuple[int, list[int], list[int]]], str]:
-    """Per usage partition (leader, replicas, isr), and the topic's min.insync.replicas."""
+    return await topic_layout(bootstrap, topics.usage)
+
+
+async def topic_layout(bootstrap: str, topic: str) -> tuple[dict[int, tuple[int, list[int], list[int]]], str]:
+    """Per partition (leader, replicas, isr), and the topic's min.insync.replicas. A node that has not
+    applied the topic's creation yet answers with an error code and no entries: asked again then."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
     await admin.start()
     try:
-        (meta,) = await admin.describe_topics([topics.usage])
-        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topics.usage)])
+        (meta,) = await admin.describe_topics([topic])
+        for _ in range(50):
+            configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            error_code, _, _, _, found = configs[0].resources[0]
+            if error_code == 0:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    entries = {e[0]: e[1] for e in configs[0].resources[0][4]}
+    entries = {e[0]: e[1] for e in found}
     return ({p["partition"]: (p["leader"], list(p["replicas"]), list(p["isr"])) for p in meta["partitions"]},
             entries["min.insync.replicas"])
 
@@ -190,6 +202,16 @@ async def test_replication_and_min_isr_come_from_settings(kafka_cluster: KafkaCl
     with pytest.raises(ValueError, match="min.insync.replicas 3 > replication factor 2"):
         await ensure_topics(bootstrap, Topics(unique_topic("unwritable")), replication_factor=2,
                             min_insync_replicas=3)
+
+
+async def test_config_and_alert_topics_get_3_replicas_and_min_isr_2(kafka_cluster: KafkaCluster) -> None:
+    """Created on their own (``llmgw keys create`` may run before any gateway), not by ensure_topics."""
+    prefix = unique_topic("own")
+    await KafkaConfigLog(kafka_cluster.bootstrap, f"{prefix}.config").ensure_topic()
+    await ensure_alert_topic(kafka_cluster.bootstrap, f"{prefix}.alerts")
+    for topic in (f"{prefix}.config", f"{prefix}.alerts"):
+        layout, min_isr = await topic_layout(kafka_cluster.bootstrap, topic)
+        assert [len(replicas) for _, replicas, _ in layout.values()] == [3] and min_isr == "2", topic
 
 
 async def test_leader_killed_then_a_second_broker_every_served_call_is_one_event(
