@@ -23,6 +23,8 @@ class Settings:
     # Empty means embedded mode: the ledger is a local durable log in data_dir.
     kafka_bootstrap: str = ""
     topic_prefix: str = "llmgw"
+    kafka_replication_factor: int = 0  # topics the gateway and worker create; 0: min(3, brokers)
+    kafka_min_insync_replicas: int = 0  # their min.insync.replicas; 0: min(2, replication factor)
     clickhouse_dsn: str = ""           # default: chdb://<data_dir>/clickhouse
     analytics: bool = True             # embedded mode writes every event to ClickHouse in-process
     openai_base_url: str = "https://api.openai.com/v1"

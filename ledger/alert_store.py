@@ -219,8 +219,10 @@ async def ensure_alert_topic(bootstrap: str, topic: str, timeout_s: float = 30.0
             await admin.start()
             if topic not in await admin.list_topics():
                 brokers = len((await admin.describe_cluster())["brokers"])
-                new = NewTopic(topic, num_partitions=1, replication_factor=min(3, max(1, brokers)),
-                               topic_configs={"cleanup.policy": "compact", "segment.ms": str(3_600_000)})
+                replicas = min(3, max(1, brokers))
+                new = NewTopic(topic, num_partitions=1, replication_factor=replicas,
+                               topic_configs={"cleanup.policy": "compact", "segment.ms": str(3_600_000),
+                                              "min.insync.replicas": str(min(2, replicas))})
                 response = await admin.create_topics([new])
                 for name, code, *message in response.topic_errors:
                     err = for_code(code)

@@ -137,8 +137,9 @@ class KafkaConfigLog:
 
     async def _create(self, admin: AIOKafkaAdminClient) -> None:
         brokers = len((await admin.describe_cluster())["brokers"])
-        topic = NewTopic(self.topic, num_partitions=1, replication_factor=min(3, max(1, brokers)),
-                         topic_configs=_CONFIG_TOPIC_CONFIGS)
+        replicas = min(3, max(1, brokers))     # as ledger.topics.ensure_topics does by default
+        topic = NewTopic(self.topic, num_partitions=1, replication_factor=replicas,
+                         topic_configs={**_CONFIG_TOPIC_CONFIGS, "min.insync.replicas": str(min(2, replicas))})
         response = await admin.create_topics([topic])
         for name, code, *message in response.topic_errors:
             err = for_code(code)

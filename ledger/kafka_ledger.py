@@ -81,9 +81,11 @@ class KafkaLedger:
                  send_timeout_s: float = 5.0, connect_timeout_s: float = 10.0,
                  retry_backoff_s: float = 0.5, batch_max: int = 500, linger_ms: int = 5,
                  follow_snapshots: bool = True, create_topics: bool = True, worker_group: str = "",
-                 fold_watch_interval_s: float = 1.0) -> None:
+                 fold_watch_interval_s: float = 1.0, replication_factor: int = 0,
+                 min_insync_replicas: int = 0) -> None:
         self.bootstrap = bootstrap
         self.topics = Topics(topic_prefix)
+        self.replication = (replication_factor, min_insync_replicas)   # 0: ensure_topics' defaults
         self.usage_topic, self.snapshot_topic = self.topics.usage, self.topics.snapshots
         self.create_topics = create_topics
         self.spool_dir = Path(data_dir) / "spool"
@@ -134,7 +136,9 @@ class KafkaLedger:
     def from_settings(cls, settings: "Settings", tz_of: TzOf = utc) -> "KafkaLedger":
         return cls(settings.kafka_bootstrap, settings.data_dir, topic_prefix=settings.topic_prefix,
                    tz_of=tz_of, gateway_id=settings.gateway_id,
-                   spool_max_bytes=getattr(settings, "spool_max_bytes", DEFAULT_MAX_BYTES))
+                   spool_max_bytes=getattr(settings, "spool_max_bytes", DEFAULT_MAX_BYTES),
+                   replication_factor=settings.kafka_replication_factor,
+                   min_insync_replicas=settings.kafka_min_insync_replicas)
 
     # -- the Ledger protocol ---------------------------------------------------------
     def submit(self, event: UsageEvent) -> None:
@@ -436,7 +440,9 @@ class KafkaLedger:
             async with asyncio.timeout(self.connect_timeout_s):
                 if self.create_topics:   # idempotent; the worker calls the same on its start
                     self.topics = await ensure_topics(self.bootstrap, self.topics,
-                                                      timeout_s=self.connect_timeout_s)
+                                                      timeout_s=self.connect_timeout_s,
+                                                      replication_factor=self.replication[0],
+                                                      min_insync_replicas=self.replication[1])
                     self.create_topics = False
                 await producer.start()
                 await producer.partitions_for(self.usage_topic)   # the topic exists and has leaders

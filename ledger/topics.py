@@ -112,10 +112,13 @@ def topic_configs(topics: Topics, usage_retention_ms: int = -1) -> dict[str, dic
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, *, replication_factor: int | None = None,
-                        usage_retention_ms: int = -1, timeout_s: float = 30.0) -> Topics:
+                        usage_retention_ms: int = -1, timeout_s: float = 30.0,
+                        min_insync_replicas: int | None = None) -> Topics:
     """Create whichever of the three topics is missing; idempotent, safe to race.
 
-    Replication defaults to min(3, brokers), with ``min.insync.replicas`` = min(2, replication).
+    Replication defaults to min(3, brokers), with ``min.insync.replicas`` = min(2, replication)
+    (None or 0 for either means that default; ``LLMGW_KAFKA_REPLICATION_FACTOR``,
+    ``LLMGW_KAFKA_MIN_INSYNC_REPLICAS``).
     Returns the layout that exists (its partition count is the existing usage topic's, which
     may differ from ``topics.partitions``). Raises ``TopicLayoutError`` if usage and snapshots
     are not co-partitioned, which no worker can fix.
@@ -125,10 +128,14 @@ async def ensure_topics(bootstrap: str, topics: Topics, *, replication_factor: i
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
-        if replication_factor is None:
+        if not replication_factor:
             replication_factor = min(3, max(1, len((await admin.describe_cluster())["brokers"])))
+        min_isr = min_insync_replicas or min(2, replication_factor)
+        if min_isr > replication_factor:
+            raise ValueError(f"min.insync.replicas {min_isr} > replication factor {replication_factor}: "
+                             "no write could ever be acknowledged")
         for config in configs.values():
-            config["min.insync.replicas"] = str(min(2, replication_factor))
+            config["min.insync.replicas"] = str(min_isr)
         existing = await _partition_counts(admin, list(counts))
         if topics.usage in existing and topics.snapshots not in existing:
             counts[topics.snapshots] = existing[topics.usage]

@@ -701,9 +701,11 @@ async def _close_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> 
 
 
 # -- entry points ------------------------------------------------------------------------------
-async def serve(bootstrap: str, topics: Topics, **worker_options: Any) -> int:
+async def serve(bootstrap: str, topics: Topics, *, replication_factor: int = 0, min_insync_replicas: int = 0,
+                **worker_options: Any) -> int:
     """Run one worker until SIGTERM/SIGINT; 0 after a clean stop, 1 if the loop died."""
-    topics = await ensure_topics(bootstrap, topics)
+    topics = await ensure_topics(bootstrap, topics, replication_factor=replication_factor,
+                                 min_insync_replicas=min_insync_replicas)
     worker = LedgerWorker(bootstrap, topics, **worker_options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -749,7 +751,9 @@ async def _serve_following_zones(settings: "Settings") -> int:
     try:
         return await serve(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                            group_id=f"{settings.topic_prefix}-ledger", tz_of=lambda org: zones.get(org, "UTC"),
-                           orphan_after_ms=int(settings.orphan_after_s * 1000))
+                           orphan_after_ms=int(settings.orphan_after_s * 1000),
+                           replication_factor=settings.kafka_replication_factor,
+                           min_insync_replicas=settings.kafka_min_insync_replicas)
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

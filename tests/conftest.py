@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg
 
     slow = _slow_tests()
     for item in items:
-        if {"kafka_broker", "kafka_bootstrap"} & set(getattr(item, "fixturenames", ())):
+        if {"kafka_broker", "kafka_bootstrap", "kafka_cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
         if item.nodeid.split("[")[0] in slow:
             item.add_marker(pytest.mark.slow)
