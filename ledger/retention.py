@@ -26,7 +26,7 @@ from typing import Iterable
 from llmgw.core.spend_keys import parse_spend_key
 from llmgw.core.windows import DAY, HOUR, MONTH, WEEK
 
-DEFAULT_RETAIN_CLOSED_MS = 7 * 86_400_000
+DEFAULT_RETAIN_CLOSED_MS = 86_400_000
 
 _HOUR_MS = 3_600_000
 # the longest each window can last: DST adds an hour to a day, a week or a month
