@@ -85,7 +85,8 @@ async def run(bootstrap: str, outage_s: float, rate: float, users: int, partitio
         spool_s = time.monotonic() - t_sub
         rss1 = rss_mb()
         spool_bytes = ledger.spool_depth_bytes
-        entries, backlog = ledger.view.local.entries, ledger.view.local_backlog
+        local = getattr(ledger.view, "local", None)      # absent before the per-key sums (a baseline run)
+        entries, backlog = (local.entries if local is not None else "n/a"), ledger.view.local_backlog
         print(f"outage of {outage_s:g}s at {rate:g} calls/s simulated by volume: {n} events, {users} users "
               f"of 50 orgs; spooled in {spool_s:.1f}s ({n / spool_s:,.0f}/s)")
         print(f"spool: {spool_bytes / 2**20:.1f} MiB ({spool_bytes / n:.0f} B/event); gateway RSS "
