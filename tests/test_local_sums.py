@@ -220,3 +220,22 @@ def test_the_view_adds_local_sums_to_the_snapshot_and_drops_them_as_it_passes() 
     assert view.spent(key) == total and view.local_backlog == 5
     view.apply_snapshot(key, None)                  # a tombstone forgets the key
     assert key not in view.folded
+
+
+def test_buckets_of_many_keys_stay_within_a_few_entries_per_key() -> None:
+    """No worker folds (progress never moves) while thousands of keys are acked in many batches:
+    the buckets are merged to stay within ENTRY_FACTOR entries per key, and still leave exactly."""
+    from llmgw.ledger.local_sums import ENTRY_FACTOR, MIN_ENTRY_BUDGET
+    sums = LocalSums(max_buckets=32)
+    keys = [f"user|o/u{i}|hour|0" for i in range(3_000)]
+    for batch in range(200):
+        for j in range(300):
+            sums.add((keys[(batch * 300 + j) % 3_000],), 1)
+        for j in range(300):
+            sums.place((keys[(batch * 300 + j) % 3_000],), 1, batch % 4, batch * 300 + j)
+        sums.seal()
+        assert sums.entries - len(sums.sums) <= max(MIN_ENTRY_BUDGET, ENTRY_FACTOR * len(sums.sums)) + 300
+    assert sum(sums.sums.values()) == 60_000
+    for p in range(4):
+        sums.advance(p, 60_000)
+    assert sums.sums == {} and sums.entries == 0
