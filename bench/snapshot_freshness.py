@@ -5,6 +5,7 @@ Run by hand (not part of the test suite):
     python bench/snapshot_freshness.py                            # starts a throwaway broker (deploy/kafka)
     python bench/snapshot_freshness.py --bootstrap 127.0.0.1:9092 # or use a running one
     python bench/snapshot_freshness.py --events 1000 --rate 200 --partitions 8
+    python bench/snapshot_freshness.py --load-rate 5000 --worker-process --events 1500 --rate 50
 
 What runs, all in this one process on one event loop: proxy A and proxy B are two ``KafkaLedger``s
 (own spool dirs; B only follows the snapshot topic), and one ``LedgerWorker`` (``ledger/worker.py``)
@@ -22,6 +23,13 @@ The worker commits one transaction per fetched batch, and B reads ``read_committ
 Both clients long-poll (aiokafka's ``fetch_max_wait_ms`` 500 ms) but return as soon as data arrives.
 One process shares one core between A, B and the worker: read the numbers as an upper bound for
 the same machine. The report records the commit and the machine.
+
+Under load (``--load-rate R``): a second process (this script with ``--load-only``) is a busy gateway,
+a ``KafkaLedger`` submitting R events/s for ``--load-orgs`` orgs (20 users each, so the fold updates
+existing keys as in production) for as long as the probes run; A's ``--events`` at ``--rate`` are
+then probes through the same topic, and their ``visible`` is the freshness a gateway sees while the
+worker folds R events/s. ``--worker-process`` runs the worker as its own process
+(``python -m llmgw.ledger.worker``), as deployed, instead of on this process's loop.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,17 +84,53 @@ def machine() -> str:
     except OSError:
         commit, dirty = "unknown", ""
     import aiokafka
-    return (f"commit {commit}{' (+uncommitted changes)' if dirty else ''}; {socket.gethostname()}, "
-            f"{os.cpu_count()} cpus, {platform.platform()}, Python {platform.python_version()}, "
-            f"aiokafka {aiokafka.__version__}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}"
+            f"{' (+uncommitted changes)' if dirty else ''}; {socket.gethostname()}, "
+            f"{os.cpu_count()} cpus, load average {load} (1/5/15 min), {platform.platform()}, "
+            f"Python {platform.python_version()}, aiokafka {aiokafka.__version__}")
 
 
-async def run(bootstrap: str, events: int, rate: float, partitions: int) -> None:
+def load_event(i: int, run: str, orgs: int) -> UsageEvent:
+    now = int(time.time() * 1000)
+    return UsageEvent(event_id=new_event_id(), ts_start_ms=now, ts_end_ms=now, org=f"{run}-L{i % orgs}",
+                      workspace="w", user=f"u{i % (orgs * 20)}", key_id=f"{run}-Lk{i % orgs}", provider="openai",
+                      api="chat", model_requested="m", model_served="m", tokens=Tokens(input=300, output=80),
+                      cost_micro_usd=1_000 + i % 977)
+
+
+async def load_only(bootstrap: str, prefix: str, rate: float, seconds: float, orgs: int) -> None:
+    """``--load-only``: a busy gateway submitting ``rate`` events/s for ``seconds``."""
+    data = Path(tempfile.mkdtemp(prefix="llmgw-freshness-load-"))
+    ledger = KafkaLedger(bootstrap, data, topic_prefix=prefix, follow_snapshots=False, gateway_id="load",
+                         create_topics=False)
+    await ledger.start()
+    loop = asyncio.get_running_loop()
+    try:
+        start, i, n = loop.time(), 0, int(rate * seconds)
+        while i < n:
+            due = min(n, int((loop.time() - start) * rate) + 1)
+            while i < due:
+                ledger.submit(load_event(i, prefix, orgs))
+                i += 1
+            await asyncio.sleep(0.005)
+        took = loop.time() - start
+        await ledger.flush(120)
+        print(f"LOAD {n} events in {took:.1f}s ({n / took:,.0f}/s submitted), all acked "
+              f"{loop.time() - start:.1f}s after the first", flush=True)
+    finally:
+        await ledger.stop(5)
+
+
+async def run(bootstrap: str, events: int, rate: float, partitions: int, load_rate: float = 0.0,
+              load_orgs: int = 1_000, worker_process: bool = False) -> None:
     run_id = new_event_id()[:8]
     topics = await ensure_topics(bootstrap, Topics(f"bench-{run_id}", partitions=partitions))
     data = Path(tempfile.mkdtemp(prefix="llmgw-freshness-"))
     worker = LedgerWorker(bootstrap, topics, group_id=f"{topics.prefix}-ledger", session_timeout_ms=6_000,
                           heartbeat_interval_ms=1_000)
+    worker_proc: subprocess.Popen[bytes] | None = None
+    load_proc: subprocess.Popen[str] | None = None
     a = KafkaLedger(bootstrap, data / "a", topic_prefix=topics.prefix, follow_snapshots=False, gateway_id="a")
     b = KafkaLedger(bootstrap, data / "b", topic_prefix=topics.prefix, gateway_id="b")
 
@@ -96,7 +141,7 @@ async def run(bootstrap: str, events: int, rate: float, partitions: int) -> None
 
     worker_sent_ms: dict[str, int] = {}  # event_id -> the snapshot record's timestamp (worker's send time)
     submitted_wall_ms: dict[str, float] = {}
-    placed, applied = a.view.placed, b.view.apply_snapshot
+    placed, applied = a.view.placed_many, b.view.apply_snapshot
     assert b.follower is not None
     apply_record = b.follower._apply
 
@@ -106,9 +151,11 @@ async def run(bootstrap: str, events: int, rate: float, partitions: int) -> None
             worker_sent_ms.setdefault(ev, rec.timestamp)
         apply_record(rec)
 
-    def on_placed(event_id: str, partition: int, position: int) -> None:
-        acked.setdefault(event_id, time.perf_counter())
-        placed(event_id, partition, position)
+    def on_placed(placements: Iterable[tuple[UsageEvent, int, int]]) -> None:
+        now, placements = time.perf_counter(), list(placements)
+        for ev, _, _ in placements:
+            acked.setdefault(ev.event_id, now)
+        placed(placements)
 
     def on_applied(key: str, totals: Totals | None) -> None:
         ev = org_key.get(key)
@@ -116,24 +163,36 @@ async def run(bootstrap: str, events: int, rate: float, partitions: int) -> None
             visible.setdefault(ev, time.perf_counter())
         applied(key, totals)
 
-    a.view.placed = on_placed            # type: ignore[method-assign]
+    a.view.placed_many = on_placed       # type: ignore[method-assign]
     b.view.apply_snapshot = on_applied   # type: ignore[method-assign]
     b.follower._apply = on_record        # type: ignore[method-assign]
 
-    await worker.start()
+    if worker_process:
+        worker_proc = subprocess.Popen([sys.executable, "-m", "llmgw.ledger.worker", "--bootstrap", bootstrap,
+                                        "--prefix", topics.prefix, "--partitions", str(partitions),
+                                        "--log-level", "WARNING"])
+    else:
+        await worker.start()
     await a.start()
     await b.start()
     try:
         t0 = time.monotonic()
-        while len(worker.owned) < topics.partitions or not b.snapshot_ready:
+        warm = [make_event(i, f"{run_id}w") for i in range(20)]
+        for ev in warm:        # warm-up: connections, producer ids, first transactions
+            a.submit(ev)
+        await a.flush(30)
+        while not b.snapshot_ready or any(keys_of(ev)[0] not in b.view.folded for ev in warm):
             if time.monotonic() - t0 > 120:
                 raise TimeoutError(f"worker owns {sorted(worker.owned)}, B ready: {b.snapshot_ready}")
             await asyncio.sleep(0.05)
-        print(f"ready in {time.monotonic() - t0:.1f}s: worker owns {topics.partitions} partitions, B caught up")
-        for i in range(20):    # warm-up: connections, producer ids, first transactions
-            a.submit(make_event(i, f"{run_id}w"))
-        await a.flush(30)
+        print(f"ready in {time.monotonic() - t0:.1f}s: the worker folds every partition, B caught up")
         await asyncio.sleep(1)
+        if load_rate:
+            load_proc = subprocess.Popen(
+                [sys.executable, __file__, "--load-only", "--bootstrap", bootstrap, "--prefix", topics.prefix,
+                 "--rate", str(load_rate), "--seconds", str(events / rate + 5), "--load-orgs", str(load_orgs)],
+                stdout=subprocess.PIPE, text=True)
+            await asyncio.sleep(5)     # the load runs at its rate before the first probe
 
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -144,22 +203,34 @@ async def run(bootstrap: str, events: int, rate: float, partitions: int) -> None
             submitted_wall_ms[ev.event_id] = time.time() * 1000
             a.submit(ev)
             await asyncio.sleep(max(0.0, start + (i + 1) / rate - loop.time()))
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(300):
             while len(visible) < events:
                 await asyncio.sleep(0.01)
     finally:
         await a.stop(5)
         await b.stop(5)
-        await worker.stop()
+        if worker_proc is not None:
+            worker_proc.terminate()
+            worker_proc.wait(30)
+        else:
+            await worker.stop()
+        load_report = ""
+        if load_proc is not None:
+            load_report = await asyncio.to_thread(load_proc.communicate, None, 300)
+            load_report = next((x for x in (load_report[0] or "").splitlines() if x.startswith("LOAD")), "no report")
 
     ack_ms = [1000 * (acked[e] - t) for e, t in submitted.items() if e in acked]
     vis_ms = [1000 * (visible[e] - t) for e, t in submitted.items() if e in visible]
     fold_ms = [worker_sent_ms[e] - t for e, t in submitted_wall_ms.items() if e in worker_sent_ms]
-    print(f"\n{events} events at {rate:g}/s, {topics.partitions} partitions, one worker, proxies A and B")
+    print(f"\n{events} events at {rate:g}/s, {topics.partitions} partitions, one worker"
+          f"{' process' if worker_process else ' (in this process)'}, proxies A and B")
+    if load_rate:
+        print(f"under load: {load_rate:g} events/s from another gateway process over {load_orgs} orgs: {load_report}")
     print(summary("ack", ack_ms))
     print(summary("visible", vis_ms))
     print(summary("folded", fold_ms) + "   (submit -> the worker sent the snapshot record, wall clock)")
-    print(f"worker: {worker.stats.transactions} transactions, {worker.stats.events_folded} events folded")
+    if not worker_process:
+        print(f"worker: {worker.stats.transactions} transactions, {worker.stats.events_folded} events folded")
     print(f"B follower: last record delay {b.follower.last_record_delay_ms if b.follower else -1} ms")
     print(machine())
 
@@ -170,15 +241,26 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=500)
     ap.add_argument("--rate", type=float, default=100.0, help="events per second from proxy A")
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--load-rate", type=float, default=0.0, help="events/s from a second gateway process")
+    ap.add_argument("--load-orgs", type=int, default=1_000)
+    ap.add_argument("--worker-process", action="store_true", help="run the worker as its own process")
+    ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.load_only:
+        asyncio.run(load_only(args.bootstrap, args.prefix, args.rate, args.seconds, args.load_orgs))
+        return 0
+    go = lambda b: asyncio.run(run(b, args.events, args.rate, args.partitions, args.load_rate,  # noqa: E731
+                                   args.load_orgs, args.worker_process))
     if args.bootstrap:
-        asyncio.run(run(args.bootstrap, args.events, args.rate, args.partitions))
+        go(args.bootstrap)
         return 0
     from tests.fixtures.kafka import KafkaBroker
     broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="llmgw-bench-kafka-")))
     broker.start()
     try:
-        asyncio.run(run(broker.bootstrap, args.events, args.rate, args.partitions))
+        go(broker.bootstrap)
     finally:
         broker.stop()
     return 0

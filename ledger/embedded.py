@@ -267,14 +267,16 @@ class EmbeddedLedger:
         totals = self.view.folded
         events: list[UsageEvent] = []
         open_calls = self.open_calls
+        placed: list[tuple[UsageEvent, int, int]] = []
         for ev, pos in zip(batch, positions):
             if isinstance(ev, CallStarted):
                 open_calls[ev.started_event_id] = ev
                 continue
             open_calls.pop(ev.event_id, None)
             totals.update(fold(totals, ev, self.tz_of))
-            self.view.placed(ev.event_id, 0, pos)
+            placed.append((ev, 0, pos))
             events.append(ev)
+        self.view.placed_many(placed)
         self.view.advance(0, positions[-1])
         self.events_written += len(events)
         self.started_written += len(batch) - len(events)

@@ -337,8 +337,16 @@ class KafkaLedger:
             await self._idle_until(asyncio.get_running_loop().time() + self._next_backoff())
 
     def _settle(self, events: Sequence[Record]) -> None:
+        """Acked events leave memory (and, before this, the spool): each is settled once, so this is
+        where the view learns where the log put it (``placed_many``; the local sums drop it once the
+        snapshot passes that position)."""
+        placed = []
         for ev in events:
-            self._futures.pop(record_id(ev), None)
+            fut = self._futures.pop(record_id(ev), None)
+            if isinstance(ev, UsageEvent) and fut is not None and _delivered(fut):
+                md = fut.result()
+                placed.append((ev, md.partition, md.offset))
+        self.view.placed_many(placed)
         self.events_acked += len(events)
 
     async def _deliver(self, batch: Sequence[Record]) -> list[bool]:
@@ -368,12 +376,7 @@ class KafkaLedger:
         acked = []
         for ev, fut in zip(batch, futs):
             ok = fut is not None and _delivered(fut)
-            if ok:
-                assert fut is not None
-                md = fut.result()
-                if isinstance(ev, UsageEvent):
-                    self.view.placed(ev.event_id, md.partition, md.offset)
-            elif fut is not None and fut.done() and broken is None:
+            if not ok and fut is not None and fut.done() and broken is None:
                 broken = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
             acked.append(ok)
         if not all(acked):
@@ -551,8 +554,10 @@ class KafkaLedger:
 
     async def _spool_leftovers(self) -> None:
         """At stop, with the sender gone: make every unacked event durable."""
-        inflight = [ev for ev in self._inflight
-                    if not (record_id(ev) in self._futures and _delivered(self._futures[record_id(ev)]))]
+        acked = {rid for ev in self._inflight
+                 if (f := self._futures.get(rid := record_id(ev))) is not None and _delivered(f)}
+        self._settle([ev for ev in self._inflight if record_id(ev) in acked])
+        inflight = [ev for ev in self._inflight if record_id(ev) not in acked]
         self._overflow.extendleft(reversed(inflight))
         self._inflight = []
         self.spool_full = False

@@ -2,7 +2,8 @@
 
 The independent reconciliation the ledger keeps running: it reads ``{prefix}.usage`` from offset
 0 with ``read_committed``, folds it with ``fold`` and the same duplicate rule as the worker
-(``ledger.worker.fold_record``: each ``event_id`` once within the horizon), reads
+(``ledger.worker.fold_record``: each ``event_id`` once within the horizon; closed windows deleted
+after ``LLMGW_SNAPSHOT_RETAIN_CLOSED_S`` of log time, which must be the workers'), reads
 ``{prefix}.snapshots`` to its end, and compares every key's totals.
 
 The comparison is made at a consistent cut: each usage partition is refolded only up to the
@@ -22,8 +23,9 @@ from .configlog import open_config_log
 from .fold import Totals, TzOf, utc
 from .topics import PartitionReader, Topics, partitions_of, read_snapshot_partitions
 from .orphans import OpenCalls
+from .retention import expired
 from .worker import (DEFAULT_HORIZON_MS, DUPLICATE, FOLDED, UNREADABLE, SeenIds, default_orphan_after, fold_record,
-                     tz_of_settings)
+                     retain_closed_ms, tz_of_settings)
 
 if TYPE_CHECKING:
     from llmgw.core.settings import Settings
@@ -57,9 +59,9 @@ class RebuildReport:
 
 async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
                      until: Mapping[int, int] | None = None, counts: FoldCounts | None = None,
-                     orphan_after_ms: int | None = None) -> dict[str, Totals]:
+                     orphan_after_ms: int | None = None, retain_closed_ms: int | None = None) -> dict[str, Totals]:
     """Fold the whole usage topic from offset 0, each event_id once within the horizon, charging
-    orphaned calls as the worker does.
+    orphaned calls and deleting closed windows past ``retain_closed_ms`` as the worker does.
 
     ``until`` maps a partition to the offset to stop before (default: its end now).
     """
@@ -78,15 +80,18 @@ async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horiz
         async for tp, records in reader.read(start, end):
             state, ids = per_partition[tp.partition], seen[tp.partition]
             for r in records:
-                outcome, changed = fold_record(state, ids, r.value, r.timestamp, tz_of, calls[tp.partition])
+                outcome, changed = fold_record(state, ids, r.value, r.timestamp, tz_of, calls[tp.partition],
+                                               retain_closed_ms=retain_closed_ms)
                 state.update(changed)
                 counts.records += 1
                 counts.folded += outcome == FOLDED
                 counts.duplicates += outcome == DUPLICATE
                 counts.unreadable += outcome == UNREADABLE
-    for state in per_partition.values():
+    for p, state in per_partition.items():
+        clock_ms = seen[p].clock_ms           # the worker tombstoned what expired by its last transaction
         for key, t in state.items():
-            totals[key] = totals[key].plus(t) if key in totals else t
+            if not expired(key, clock_ms, retain_closed_ms):
+                totals[key] = totals[key].plus(t) if key in totals else t
     return totals
 
 
@@ -108,13 +113,13 @@ async def read_snapshots(bootstrap: str, topics: Topics) -> dict[str, Totals]:
 
 
 async def compare(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horizon_ms: int = DEFAULT_HORIZON_MS,
-                  orphan_after_ms: int | None = None) -> RebuildReport:
+                  orphan_after_ms: int | None = None, retain_closed_ms: int | None = None) -> RebuildReport:
     """Snapshots vs a refold of the usage topic, at the cut the snapshots' progress records give."""
     live, progress = await read_snapshot_state(bootstrap, topics)
     until = {p: o + 1 for p, o in progress.items()}
     counts = FoldCounts()
     rebuilt = await fold_topic(bootstrap, topics, tz_of=tz_of, horizon_ms=horizon_ms, until=until, counts=counts,
-                               orphan_after_ms=orphan_after_ms)
+                               orphan_after_ms=orphan_after_ms, retain_closed_ms=retain_closed_ms)
     parts = await partitions_of(bootstrap, topics.usage)
     async with PartitionReader(bootstrap) as reader:
         ends = await reader.end_offsets([TopicPartition(topics.usage, p) for p in parts])
@@ -132,7 +137,8 @@ def main(settings: "Settings", *, show: int = 20) -> int:
     topics = Topics(settings.topic_prefix)
     state = asyncio.run(open_config_log(settings.data_dir, settings.kafka_bootstrap, settings.topic_prefix).load())
     report = asyncio.run(compare(settings.kafka_bootstrap, topics, tz_of=tz_of_settings(settings, state),
-                                 orphan_after_ms=int(settings.orphan_after_s * 1000)))
+                                 orphan_after_ms=int(settings.orphan_after_s * 1000),
+                                 retain_closed_ms=retain_closed_ms(settings.snapshot_retain_closed_s)))
     c = report.counts
     print(f"refolded {c.records} usage records of {topics.usage} up to the snapshots' progress: "
           f"{c.folded} folded, {c.duplicates} duplicates skipped, {c.unreadable} unreadable")

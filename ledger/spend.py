@@ -2,8 +2,9 @@
 
 ``folded`` is what the ledger processor has published (the snapshot);
 ``local`` is this proxy's own settled calls that the snapshot does not show
-yet, kept until the snapshot's progress passes their log position. Together
-they make a view never older than the proxy's own traffic.
+yet, summed per spend key until the snapshot's progress passes their log
+position (``ledger/local_sums.py``). Together they make a view never older
+than the proxy's own traffic.
 
 Spend is held in nano-USD (the events' precision); ``spent`` gives micro-USD
 rounded up, which compared with ``>`` against an integer micro-USD limit is
@@ -11,13 +12,12 @@ exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from llmgw.core.events import UsageEvent, micro_of_nano
 from .fold import ZERO, Totals, contribution, keys_of, TzOf, utc
-
-_Pending = tuple[int, int, list[str], int]
+from .local_sums import LocalSums
 
 
 @dataclass
@@ -26,12 +26,16 @@ class SpendView:
     folded: dict[str, Totals] = field(default_factory=dict)
     # Snapshot progress: highest source position folded, per log partition.
     progress: dict[int, int] = field(default_factory=dict)
-    _local: dict[str, int] = field(default_factory=dict)
-    _pending: deque[_Pending] = field(default_factory=deque)   # (partition, position, keys, nano_usd)
-    _unplaced: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    local: LocalSums = field(init=False)
+    # org -> (zone its counted, unplaced events were keyed in, how many): an event leaves the keys
+    # it was counted in even if the org's zone changes meanwhile. Bounded by the orgs.
+    _zones: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.local = LocalSums(self.progress)
 
     def spent_nano(self, key: str) -> int:
-        return self.folded.get(key, ZERO).spend_nano_usd + self._local.get(key, 0)
+        return self.folded.get(key, ZERO).spend_nano_usd + self.local.amount(key)
 
     def spent(self, key: str) -> int:
         """Micro-USD, rounded up from the exact nanos."""
@@ -42,53 +46,48 @@ class SpendView:
 
     # -- this proxy's own calls -------------------------------------------------
     def add_local(self, event: UsageEvent) -> None:
-        """Count a settled call at once, before we know where the log put it."""
+        """Count a settled call at once, before we know where the log put it (summed per key:
+        nothing of the event is kept, see ``ledger/local_sums.py``)."""
         amount = contribution(event).spend_nano_usd
         if not amount:
             return
-        keys = keys_of(event, self.tz_of)
-        for k in keys:
-            self._local[k] = self._local.get(k, 0) + amount
-        self._unplaced[event.event_id] = (keys, amount)
+        zone, n = self._zones.get(event.org, ("", 0))
+        zone = zone if n else self.tz_of(event.org)
+        self._zones[event.org] = (zone, n + 1)
+        self.local.add(keys_of(event, lambda _org: zone), amount)
 
-    def placed(self, event_id: str, partition: int, position: int) -> None:
-        """The log acknowledged the event at ``position``: forget it once the snapshot passes it."""
-        item = self._unplaced.pop(event_id, None)
-        if item is None:
-            return
-        if self.progress.get(partition, -1) >= position:
-            self._drop(*item)
-        else:
-            self._pending.append((partition, position, item[0], item[1]))
+    def placed(self, event: UsageEvent, partition: int, position: int) -> None:
+        """The log acknowledged ``event`` (counted by ``add_local``) at ``position``."""
+        self.placed_many(((event, partition, position),))
+
+    def placed_many(self, placements: Iterable[tuple[UsageEvent, int, int]]) -> None:
+        """One acknowledgement batch: (event, partition, position) of each event ``add_local``
+        counted. Each must be placed once; it leaves the local sums once the snapshot passes it."""
+        for event, partition, position in placements:
+            amount = contribution(event).spend_nano_usd
+            if not amount:
+                continue
+            zone, n = self._zones.get(event.org, ("", 0))
+            if n > 1:
+                self._zones[event.org] = (zone, n - 1)
+            else:
+                self._zones.pop(event.org, None)
+                zone = zone if n else self.tz_of(event.org)
+            self.local.place(keys_of(event, lambda _org: zone), amount, partition, position)
+        self.local.seal()
 
     # -- the processor's snapshot --------------------------------------------------
     def apply_snapshot(self, key: str, totals: Totals | None) -> None:
+        """A tombstone (``None``: a closed window past its retention) forgets the key."""
         if totals is None:
             self.folded.pop(key, None)
         else:
             self.folded[key] = totals
 
     def advance(self, partition: int, position: int) -> None:
-        if position <= self.progress.get(partition, -1):
-            return
-        self.progress[partition] = position
-        keep: deque[_Pending] = deque()
-        while self._pending:
-            p, pos, keys, amount = self._pending.popleft()
-            if p == partition and pos <= position:
-                self._drop(keys, amount)
-            else:
-                keep.append((p, pos, keys, amount))
-        self._pending = keep
-
-    def _drop(self, keys: list[str], amount: int) -> None:
-        for k in keys:
-            left = self._local.get(k, 0) - amount
-            if left:
-                self._local[k] = left
-            else:
-                self._local.pop(k, None)
+        self.local.advance(partition, position)
 
     @property
     def local_backlog(self) -> int:
-        return len(self._pending) + len(self._unplaced)
+        """Own events the snapshot does not show yet."""
+        return self.local.backlog_events

@@ -27,6 +27,10 @@ kind of per-partition rule (``ledger/orphans.py``): ``OpenCalls`` is rebuilt wit
 the charge is folded in the transaction of the record that made it due. The worker also writes a
 copy of each charge to the usage topic in that transaction (for analytics; the fold skips it) and
 ``tick`` records to idle partitions whose open calls are due.
+
+Closed windows leave the snapshot topic ``retain_closed_ms`` of log time after they closed
+(``ledger/retention.py``): the transaction that moves a partition's clock past a key's expiry
+writes its tombstone, and no later event is folded into it. Same rule in rebuild.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from llmgw.ledger.configlog import open_config_log
 from llmgw.core.events import ORPHANED, UsageEvent, decode, encode
 from .fold import Totals, TzOf, fold, utc
 from .orphans import DEFAULT_ORPHAN_AFTER_MS, OpenCalls, encode_tick, is_tick
+from .retention import DEFAULT_RETAIN_CLOSED_MS, ClosingWindows, expired
 from .started import CallStarted, decode_started, is_started
 from .topics import (PartitionReader, Topics, encode_progress, encode_snapshot, ensure_topics,
                      progress_key, read_snapshot_partitions)
@@ -202,12 +207,14 @@ def admit_record(seen: SeenIds | SeenBatch, calls: OpenCalls, raw: dict[str, Any
 
 def fold_record(totals: Mapping[str, Totals], seen: SeenIds | SeenBatch, value: bytes | None,
                 ts_ms: int, tz_of: TzOf, calls: OpenCalls | None = None,
-                orphans: list[UsageEvent] | None = None) -> tuple[str, dict[str, Totals]]:
+                orphans: list[UsageEvent] | None = None,
+                retain_closed_ms: int | None = None) -> tuple[str, dict[str, Totals]]:
     """What one usage record does: (outcome, new absolute totals of the keys it changes).
 
     The worker and ``llmgw ledger rebuild`` both go through here, so they agree on every record,
     including the ones they cannot read (logged, counted, folded nowhere). The orphan charges the
-    record makes due are folded too, and appended to ``orphans``.
+    record makes due are folded too, and appended to ``orphans``. With ``retain_closed_ms``, a key
+    whose window closed that long before the partition's clock is frozen (``ledger/retention.py``).
     """
     raw = _parse(value)
     outcome, due = admit_record(seen, calls if calls is not None else OpenCalls(), raw, ts_ms)
@@ -226,6 +233,8 @@ def fold_record(totals: Mapping[str, Totals], seen: SeenIds | SeenBatch, value: 
         changes.update(fold(now, orphan, tz_of))
         if orphans is not None:
             orphans.append(orphan)
+    if retain_closed_ms is not None and changes:
+        changes = {k: t for k, t in changes.items() if not expired(k, seen.clock_ms, retain_closed_ms)}
     return outcome, changes
 
 
@@ -262,6 +271,7 @@ class _Owned:
     seen: SeenIds
     next_offset: int
     calls: OpenCalls = field(default_factory=OpenCalls)
+    closing: ClosingWindows | None = None   # keys by when their closed window expires (retention on)
     next_tick_at: float = 0.0          # monotonic; ticks of an idle partition are spaced by tick_s
 
 
@@ -271,6 +281,7 @@ class WorkerStats:
     duplicates: int = 0
     unreadable: int = 0
     orphans_charged: int = 0
+    tombstones: int = 0
     ticks: int = 0
     transactions: int = 0
     acquisitions: int = 0
@@ -288,7 +299,8 @@ class LedgerWorker:
                  heartbeat_interval_ms: int = 3_000, transaction_timeout_s: float = 30.0,
                  acquire_timeout_s: float = 60.0, retry_s: float = 1.0, fenced_retry_s: float = 30.0,
                  max_records_per_txn: int = 5_000, client_id: str = "",
-                 orphan_after_ms: int | None = None, tick_s: float = 5.0) -> None:
+                 orphan_after_ms: int | None = None, tick_s: float = 5.0,
+                 retain_closed_ms: int | None = None) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = group_id
@@ -299,6 +311,8 @@ class LedgerWorker:
                              f"({horizon_ms} ms): a copy of a started record must still be known when it is due")
         self.horizon_ms = horizon_ms
         self.orphan_after_ms = orphan_after_ms
+        # None keeps closed windows forever; ``llmgw ledger worker`` sets LLMGW_SNAPSHOT_RETAIN_CLOSED_S
+        self.retain_closed_ms = retain_closed_ms
         self._tick_s = tick_s
         self.stats = WorkerStats()
         self._session_timeout_ms = session_timeout_ms
@@ -401,16 +415,18 @@ class LedgerWorker:
         changes = _Staged(owned.totals)
         counts = {FOLDED: 0, DUPLICATE: 0, UNREADABLE: 0, STARTED: 0, TICK: 0, ORPHAN_COPY: 0}
         for r in records:
-            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, self.tz_of, calls, orphans)
+            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, self.tz_of, calls, orphans,
+                                           self.retain_closed_ms)
             counts[outcome] += 1
             changes.update(changed)
             if outcome == UNREADABLE:
                 log.error("usage partition %d offset %d: unreadable event, not folded", p, r.offset,
                           extra={"event": "ledger_unreadable_event", "partition": p, "offset": r.offset})
         last = records[-1].offset
+        gone = self._closed(owned, changes, batch.clock_ms)
         try:
             async with asyncio.timeout(self._txn_timeout_s):
-                await self._commit(owned, changes, last, orphans)
+                await self._commit(owned, changes, last, orphans, gone)
         except ProducerFenced:
             self.stats.fenced += 1
             await self._release(p, retry_s=self._fenced_retry_s, why="fenced by a newer owner", locked=True)
@@ -420,7 +436,14 @@ class LedgerWorker:
             self.stats.failed_transactions += 1
             await self._release(p, retry_s=self._retry_s, why=f"transaction failed: {exc!r}", locked=True)
             return False
+        new_keys = [k for k in changes if k not in owned.totals]
         owned.totals.update(changes)          # only now: the commit returned
+        if owned.closing is not None:
+            for k in gone:
+                del owned.totals[k]
+            owned.closing.forget(batch.clock_ms)
+            owned.closing.add(new_keys)
+            self.stats.tombstones += len(gone)
         owned.seen.commit(batch)
         owned.calls = calls
         owned.next_offset = last + 1
@@ -435,13 +458,24 @@ class LedgerWorker:
         self.stats.unreadable += counts[UNREADABLE]
         return True
 
+    def _closed(self, owned: _Owned, changes: _Staged, clock_ms: int) -> list[str]:
+        """Keys whose closed window expired by the batch's clock: the committed ones get a tombstone
+        (returned); the batch's own new ones are dropped from ``changes`` (never written)."""
+        if owned.closing is None:
+            return []
+        for k in [k for k in changes if expired(k, clock_ms, self.retain_closed_ms)]:
+            del changes[k]
+        return owned.closing.due(clock_ms)
+
     async def _commit(self, owned: _Owned, changes: Mapping[str, Totals], last: int,
-                      orphans: Sequence[UsageEvent] = ()) -> None:
+                      orphans: Sequence[UsageEvent] = (), gone: Sequence[str] = ()) -> None:
         producer, p, topic = owned.producer, owned.partition, self.topics.snapshots
         await producer.begin_transaction()
         copies = [await producer.send(self.topics.usage, encode(o), key=o.ledger_key.encode(), partition=p)
                   for o in orphans]       # for analytics: the fold admits a copy and never folds it
-        records = [(key.encode(), encode_snapshot(totals, p, last)) for key, totals in changes.items()]
+        records: list[tuple[bytes, bytes | None]] = [
+            (key.encode(), encode_snapshot(totals, p, last)) for key, totals in changes.items()]
+        records += [(key.encode(), None) for key in gone]     # tombstones: closed windows past retention
         records.append((progress_key(p).encode(), encode_progress(p, last)))
         sent = []
         batch = producer.create_batch()
@@ -457,12 +491,16 @@ class LedgerWorker:
         await producer.commit_transaction()
 
     async def _tick_idle(self) -> None:
-        """Append a tick to each owned partition whose oldest open call is due by the wall clock:
-        an idle partition's clock moves only with its records, and its orphans must be charged."""
+        """Append a tick to each owned partition whose oldest open call is due, or whose oldest closed
+        window expired, by the wall clock: an idle partition's clock moves only with its records, and
+        its orphans must be charged and its closed windows deleted."""
         now_ms, mono = int(time.time() * 1000), time.monotonic()
         for p, owned in list(self._owned.items()):
             oldest = owned.calls.oldest_ms()
-            if oldest is None or oldest + self.orphan_after_ms >= now_ms or mono < owned.next_tick_at:
+            expiring = owned.closing.oldest_ms() if owned.closing is not None else None
+            calls_due = oldest is not None and oldest + self.orphan_after_ms < now_ms
+            windows_due = expiring is not None and expiring <= now_ms
+            if not (calls_due or windows_due) or mono < owned.next_tick_at:
                 continue
             owned.next_tick_at = mono + self._tick_s
             async with self._locks[p]:
@@ -603,7 +641,9 @@ class LedgerWorker:
                 nxt = _resume_offset(p, committed.get(tp), progress.get(p), first[tp])
                 seen, calls = await rebuild_memory(reader, tp, first[tp], nxt, self.horizon_ms,
                                                    self.orphan_after_ms)
-                out[p] = _Owned(p, producers[p], totals[p], seen, nxt, calls)
+                closing = (ClosingWindows(self.retain_closed_ms, totals[p])
+                           if self.retain_closed_ms is not None else None)
+                out[p] = _Owned(p, producers[p], totals[p], seen, nxt, calls, closing)
         return out
 
     async def _committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -625,6 +665,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._worker._on_assigned(assigned)
+
+
+def retain_closed_ms(retain_closed_s: float) -> int | None:
+    """``LLMGW_SNAPSHOT_RETAIN_CLOSED_S`` in ms; 0 or less keeps closed windows forever (None)."""
+    return int(retain_closed_s * 1000) if retain_closed_s > 0 else None
 
 
 def default_orphan_after(horizon_ms: int) -> int:
@@ -753,7 +798,8 @@ async def _serve_following_zones(settings: "Settings") -> int:
                            group_id=f"{settings.topic_prefix}-ledger", tz_of=lambda org: zones.get(org, "UTC"),
                            orphan_after_ms=int(settings.orphan_after_s * 1000),
                            replication_factor=settings.kafka_replication_factor,
-                           min_insync_replicas=settings.kafka_min_insync_replicas)
+                           min_insync_replicas=settings.kafka_min_insync_replicas,
+                           retain_closed_ms=retain_closed_ms(settings.snapshot_retain_closed_s))
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
@@ -779,6 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon-s", type=float, default=DEFAULT_HORIZON_MS / 1000)
     ap.add_argument("--orphan-after-s", type=float, default=DEFAULT_ORPHAN_AFTER_MS / 1000,
                     help="charge a started call whose usage event has not come after this long")
+    ap.add_argument("--retain-closed-s", type=float, default=DEFAULT_RETAIN_CLOSED_MS / 1000,
+                    help="delete a closed window's totals this long after it closed (0: keep forever)")
     ap.add_argument("--session-timeout-ms", type=int, default=10_000)
     ap.add_argument("--heartbeat-interval-ms", type=int, default=3_000)
     ap.add_argument("--log-level", default="INFO")
@@ -787,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(serve(
         args.bootstrap, Topics(args.prefix, args.partitions), group_id=args.group or f"{args.prefix}-ledger",
         horizon_ms=int(args.horizon_s * 1000), orphan_after_ms=int(args.orphan_after_s * 1000),
-        session_timeout_ms=args.session_timeout_ms,
+        retain_closed_ms=retain_closed_ms(args.retain_closed_s), session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms))
 
 

@@ -80,7 +80,7 @@ class LaggedLedger:
 
     def submit(self, ev: E.UsageEvent) -> None:
         self.view.add_local(ev)
-        self.view.placed(ev.event_id, 0, self.cluster.append(self.index, ev))
+        self.view.placed(ev, 0, self.cluster.append(self.index, ev))
 
     def begin(self, started: object) -> None:
         pass                          # crash safety is not what this model of the fleet measures

@@ -140,7 +140,7 @@ class Workers:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "llmgw.ledger.worker", "--bootstrap", self.bootstrap, "--prefix", self.topics.prefix,
             "--partitions", str(self.topics.partitions), "--session-timeout-ms", "6000",
-            "--heartbeat-interval-ms", "1000", cwd=REPO, stdout=log, stderr=log,
+            "--heartbeat-interval-ms", "1000", "--retain-closed-s", "0", cwd=REPO,   # events up to 72 h old stdout=log, stderr=log,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         log.close()
         self.procs.append(proc)

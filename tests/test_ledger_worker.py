@@ -224,7 +224,8 @@ async def test_rebuild_equals_live_and_catches_a_wrong_snapshot(kafka_bootstrap:
         await wait_caught_up(kafka_bootstrap, topics)
         report = await compare(kafka_bootstrap, topics)
         refold = await fold_topic(kafka_bootstrap, topics)
-        settings_ = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
+        settings_ = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix,
+                             snapshot_retain_closed_s=0)   # as the worker here: events up to 72 h old
         exit_ok = await asyncio.to_thread(kafka_rebuild.main, settings_)
         # a snapshot value nobody folded: rebuild must say so
         async with PartitionReader(kafka_bootstrap) as reader:

@@ -135,7 +135,8 @@ async def test_the_kafka_ledger_worker_folds_by_the_zone_the_config_log_gives_th
     await KafkaConfigLog(kafka_bootstrap, f"{prefix}.config").append(
         EN.org_record("acme", None, "admin:test", "", "America/New_York"))
     env = {k: v for k, v in os.environ.items() if k != "LLMGW_CONFIG"}
-    env.update(LLMGW_KAFKA_BOOTSTRAP=kafka_bootstrap, LLMGW_TOPIC_PREFIX=prefix, LLMGW_DATA_DIR=str(tmp_path))
+    env.update(LLMGW_KAFKA_BOOTSTRAP=kafka_bootstrap, LLMGW_TOPIC_PREFIX=prefix, LLMGW_DATA_DIR=str(tmp_path),
+               LLMGW_SNAPSHOT_RETAIN_CLOSED_S="0")     # the fixed date's windows must not expire
     proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "ledger", "worker"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
