@@ -8,6 +8,11 @@ they make a view never older than the proxy's own traffic.
 Spend is held in nano-USD (the events' precision); ``spent`` gives micro-USD
 rounded up, which compared with ``>`` against an integer micro-USD limit is
 exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
+
+On Kafka a spend key is folded in every usage partition its calls landed in
+(events are keyed by call, so one organization's spend spreads over all of
+them): each snapshot partition holds that partition's partial totals, and
+``folded`` is their sum over the partitions, updated as each partial arrives.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class SpendView:
     _local: dict[str, int] = field(default_factory=dict)
     _pending: deque[_Pending] = field(default_factory=deque)   # (partition, position, keys, nano_usd)
     _unplaced: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    _partials: dict[int, dict[str, Totals]] = field(default_factory=dict)   # snapshot partition -> key -> totals
 
     def spent_nano(self, key: str) -> int:
         return self.folded.get(key, ZERO).spend_nano_usd + self._local.get(key, 0)
@@ -62,11 +68,22 @@ class SpendView:
             self._pending.append((partition, position, item[0], item[1]))
 
     # -- the processor's snapshot --------------------------------------------------
-    def apply_snapshot(self, key: str, totals: Totals | None) -> None:
+    def apply_snapshot(self, key: str, totals: Totals | None, partition: int = 0) -> None:
+        """Partition ``partition``'s partial totals of ``key`` (None: its tombstone); ``folded[key]``
+        becomes the sum of every partition's partial."""
+        part = self._partials.setdefault(partition, {})
         if totals is None:
-            self.folded.pop(key, None)
+            part.pop(key, None)
         else:
-            self.folded[key] = totals
+            part[key] = totals
+        found = [t for p in self._partials.values() if (t := p.get(key)) is not None]
+        if not found:
+            self.folded.pop(key, None)
+            return
+        total = found[0]
+        for t in found[1:]:
+            total = total.plus(t)
+        self.folded[key] = total
 
     def advance(self, partition: int, position: int) -> None:
         if position <= self.progress.get(partition, -1):
