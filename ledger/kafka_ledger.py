@@ -695,8 +695,8 @@ class SnapshotFollower:
                 if rec.value is not None:   # co-partitioned: the record's partition is its usage partition
                     self.view.advance(rec.partition, decode_progress(rec.value))
                     self.progress_ms[rec.partition] = rec.timestamp
-            elif key:
-                self.view.apply_snapshot(key, decode_snapshot(rec.value))
+            elif key:   # the partition's partial totals of the key; the view sums the partitions
+                self.view.apply_snapshot(key, decode_snapshot(rec.value), rec.partition)
             else:
                 raise ValueError("record without a key")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:

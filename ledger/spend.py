@@ -9,6 +9,11 @@ than the proxy's own traffic.
 Spend is held in nano-USD (the events' precision); ``spent`` gives micro-USD
 rounded up, which compared with ``>`` against an integer micro-USD limit is
 exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
+
+On Kafka a spend key is folded in every usage partition its calls landed in
+(events are keyed by call, so one organization's spend spreads over all of
+them): each snapshot partition holds that partition's partial totals, and
+``folded`` is their sum over the partitions, updated as each partial arrives.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class SpendView:
     # Snapshot progress: highest source position folded, per log partition.
     progress: dict[int, int] = field(default_factory=dict)
     local: LocalSums = field(init=False)
+    _partials: dict[int, dict[str, Totals]] = field(default_factory=dict)   # snapshot partition -> key -> totals
     # org -> (zone its counted, unplaced events were keyed in, how many): an event leaves the keys
     # it was counted in even if the org's zone changes meanwhile. Bounded by the orgs.
     _zones: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -77,12 +83,22 @@ class SpendView:
         self.local.seal()
 
     # -- the processor's snapshot --------------------------------------------------
-    def apply_snapshot(self, key: str, totals: Totals | None) -> None:
-        """A tombstone (``None``: a closed window past its retention) forgets the key."""
+    def apply_snapshot(self, key: str, totals: Totals | None, partition: int = 0) -> None:
+        """Partition ``partition``'s partial totals of ``key`` (None: its tombstone, a closed window
+        past its retention); ``folded[key]`` becomes the sum of every partition's partial."""
+        part = self._partials.setdefault(partition, {})
         if totals is None:
-            self.folded.pop(key, None)
+            part.pop(key, None)
         else:
-            self.folded[key] = totals
+            part[key] = totals
+        found = [t for p in self._partials.values() if (t := p.get(key)) is not None]
+        if not found:
+            self.folded.pop(key, None)
+            return
+        total = found[0]
+        for t in found[1:]:
+            total = total.plus(t)
+        self.folded[key] = total
 
     def advance(self, partition: int, position: int) -> None:
         self.local.advance(partition, position)
