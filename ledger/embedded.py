@@ -89,18 +89,48 @@ class EventLog:
     def read_records(self, position: int) -> Iterator[tuple[int, int, Record]]:
         """(position, position after it, record) for every complete line from ``position``:
         usage events and started records."""
-        with open(self.path, "rb") as f:
-            f.seek(position)
-            pos = position
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                if line.strip():
-                    yield pos, pos + len(line), decode_record(line)
-                pos += len(line)
+        return read_records(self.path, position)
 
     def close(self) -> None:
         self._f.close()
+
+
+def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]:
+    """(position, position after it, record) for every complete line of the log at ``path`` from
+    ``position``. A line still being written (no newline yet) ends the reading: readers in another
+    process (``analytics/log_tail.py``) never see half a record."""
+    with open(path, "rb") as f:
+        f.seek(position)
+        pos = position
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            if line.strip():
+                yield pos, pos + len(line), decode_record(line)
+            pos += len(line)
+
+
+def log_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "ledger" / "events.log"
+
+
+def analytics_mark_path(data_dir: str | Path) -> Path:
+    """The log position up to which every usage event is in ClickHouse (whoever inserts them)."""
+    return Path(data_dir) / "ledger" / "analytics.position"
+
+
+def read_mark(path: Path) -> int:
+    return int(path.read_text()) if path.exists() else 0
+
+
+def save_mark(path: Path, position: int) -> None:
+    """Atomically (a crash leaves the old mark or the new one, never an empty file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(position))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Checkpoint:
@@ -152,9 +182,9 @@ class EmbeddedLedger:
                  checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0,
                  group_commit_s: float = 0.002, started_commit_s: float = 0.02) -> None:
         root = Path(data_dir) / "ledger"
-        self.log = EventLog(root / "events.log")
+        self.log = EventLog(log_path(data_dir))
         self.checkpoint = Checkpoint(root / "totals.json")
-        self.analytics_mark = root / "analytics.position"
+        self.analytics_mark = analytics_mark_path(data_dir)
         self.tz_of = tz_of
         self.view = SpendView(tz_of=tz_of)
         self.on_batch = on_batch
@@ -314,14 +344,14 @@ class EmbeddedLedger:
         except Exception:
             log.exception("analytics insert of log positions [%d, %d) failed; replaying from %d", first, end, first)
             return False
-        self.analytics_mark.write_text(str(end))
+        save_mark(self.analytics_mark, end)
         return True
 
     async def _catch_up_analytics(self) -> bool:
         """Send the log from the analytics mark on; False if a batch failed (the mark stays before it)."""
         if self.on_batch is None:
             return True
-        start = int(self.analytics_mark.read_text()) if self.analytics_mark.exists() else 0
+        start = read_mark(self.analytics_mark)
         batch: list[UsageEvent] = []
         first = start
         end = start
