@@ -36,11 +36,10 @@ from llmgw.analytics import store
 from llmgw.analytics.chdb_http import Engine, http_app
 from llmgw.analytics.log_tail import LogTail
 from llmgw.analytics.sink import Sink
+from llmgw.analytics.supervisor import LOCKED_EXIT, READY
 from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.analytics.process")
-READY = b"ready\n"
-LOCKED_EXIT = 3                   # another analytics process holds this data dir
 FINAL_PASS_S = 20.0               # at stop: how long the last catch-up may take
 
 

@@ -16,11 +16,15 @@ import signal
 import sys
 
 from llmgw.analytics import store
-from llmgw.analytics.process import LOCKED_EXIT, READY
 from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.analytics.supervisor")
 MAX_RESTART_DELAY_S = 60.0
+# What the process prints on stdout once it inserts and serves, and its exit status when another
+# process holds the data dir. Here, not in analytics/process.py: importing that module loads chDB,
+# which the gateway never should.
+READY = b"ready\n"
+LOCKED_EXIT = 3
 
 
 def runs_apart(settings: Settings) -> bool:

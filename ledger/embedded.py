@@ -27,7 +27,7 @@ import orjson
 
 from .driver import EMBEDDED, LedgerHealth
 from llmgw.core.events import UsageEvent
-from .fold import Totals, TzOf, fold, utc
+from .fold import Totals, TzOf, fold, keys_in, spends, utc
 from .spend import SpendView
 from .started import CallStarted, Record, decode_record, decode_started, encode_record
 
@@ -207,6 +207,7 @@ class EmbeddedLedger:
         self.started_written = 0
         self.orphans_charged = 0           # at start: calls a crash cut short, charged their reservation
         self.open_calls: dict[str, CallStarted] = {}   # durable started records no usage event closed yet
+        self._keys: dict[str, tuple[str, list[str]]] = {}   # event id -> (org tz, spend keys), submit to write
 
     async def start(self) -> None:
         position, totals = self.checkpoint.load()
@@ -238,8 +239,13 @@ class EmbeddedLedger:
         return self.log.end
 
     def submit(self, event: UsageEvent) -> None:
-        """Never blocks the request: the writer task owns durability."""
-        self.view.add_local(event)
+        """Never blocks the request: the writer task owns durability. The event's spend keys are
+        computed once, here, for the view and for the fold after the write."""
+        if spends(event):
+            tz = self.tz_of(event.org)
+            keys = keys_in(event, tz)
+            self._keys[event.event_id] = (tz, keys)
+            self.view.add_local(event, keys)
         self._queue.put_nowait(event)
         self.events_submitted += 1
         self._usage_arrived.set()
@@ -296,16 +302,21 @@ class EmbeddedLedger:
         end = self.log.end
         totals = self.view.folded
         events: list[UsageEvent] = []
-        open_calls = self.open_calls
+        open_calls, tz_of, computed = self.open_calls, self.tz_of, self._keys
+        # Progress first: each event placed below then leaves the view's local part at once
+        # (placed before it, it would be queued and the queue walked again).
+        self.view.advance(0, positions[-1])
         for ev, pos in zip(batch, positions):
             if isinstance(ev, CallStarted):
                 open_calls[ev.started_event_id] = ev
                 continue
             open_calls.pop(ev.event_id, None)
-            totals.update(fold(totals, ev, self.tz_of))
+            known = computed.pop(ev.event_id, None)
+            # the keys from submit, unless the org's time zone changed since
+            keys = known[1] if known is not None and known[0] == tz_of(ev.org) else None
+            totals.update(fold(totals, ev, tz_of, keys))
             self.view.placed(ev.event_id, 0, pos)
             events.append(ev)
-        self.view.advance(0, positions[-1])
         self.events_written += len(events)
         self.started_written += len(batch) - len(events)
         if self.on_batch is not None and events:

@@ -15,7 +15,7 @@ because user and workspace names are only unique inside one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from llmgw.core.events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
                                UsageEvent, micro_of_nano)
@@ -96,20 +96,31 @@ def contribution(event: UsageEvent) -> Totals:
                   output_tokens=event.tokens.output)
 
 
+def spends(event: UsageEvent) -> bool:
+    """Whether the event adds to its keys at all (rejections do not)."""
+    return event.outcome not in _NOT_SPENT
+
+
 def keys_of(event: UsageEvent, tz_of: TzOf = utc) -> list[str]:
     """Spend keys of an event. Windows are chosen by the call's start time:
     that is when its reservation was checked against the budget."""
-    tz = tz_of(event.org)
+    return keys_in(event, tz_of(event.org))
+
+
+def keys_in(event: UsageEvent, tz: str) -> list[str]:
+    """``keys_of`` with the org's time zone already looked up."""
     starts = {w: window_start(w, event.ts_start_ms, tz) for w in WINDOWS}
     return [spend_key(dim, ent, w, starts[w]) for dim, ent in entities(event) for w in WINDOWS]
 
 
-def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc) -> dict[str, Totals]:
-    """New absolute totals of every key the event changes (empty if none)."""
+def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc,
+         keys: Sequence[str] | None = None) -> dict[str, Totals]:
+    """New absolute totals of every key the event changes (empty if none). ``keys``: the event's
+    ``keys_of`` when the caller already computed them (the embedded ledger, at submit)."""
     add = contribution(event)
     if add == ZERO:
         return {}
-    return {k: totals.get(k, ZERO).plus(add) for k in keys_of(event, tz_of)}
+    return {k: totals.get(k, ZERO).plus(add) for k in (keys_of(event, tz_of) if keys is None else keys)}
 
 
 def fold_all(events: Iterable[UsageEvent], tz_of: TzOf = utc) -> dict[str, Totals]:

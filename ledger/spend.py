@@ -41,12 +41,13 @@ class SpendView:
         return self.folded.get(key, ZERO)
 
     # -- this proxy's own calls -------------------------------------------------
-    def add_local(self, event: UsageEvent) -> None:
-        """Count a settled call at once, before we know where the log put it."""
+    def add_local(self, event: UsageEvent, keys: list[str] | None = None) -> None:
+        """Count a settled call at once, before we know where the log put it (``keys``: its
+        ``keys_of``, if the caller has them)."""
         amount = contribution(event).spend_nano_usd
         if not amount:
             return
-        keys = keys_of(event, self.tz_of)
+        keys = keys_of(event, self.tz_of) if keys is None else keys
         for k in keys:
             self._local[k] = self._local.get(k, 0) + amount
         self._unplaced[event.event_id] = (keys, amount)

@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from llmgw.analytics import store
-from llmgw.analytics.process import READY
+from llmgw.analytics.supervisor import READY
 from llmgw.core.events import UsageEvent
 from llmgw.ledger.embedded import (EmbeddedLedger, analytics_mark_path, log_events, log_path, read_mark,
                                   read_records, save_mark)
