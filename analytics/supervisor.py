@@ -40,6 +40,10 @@ class AnalyticsProcessError(RuntimeError):
     """The analytics process did not come up."""
 
 
+class _Locked(Exception):
+    """Another analytics process holds the data dir."""
+
+
 class AnalyticsProcess:
     def __init__(self, settings: Settings, interval_s: float = 1.0, start_timeout_s: float = 60.0,
                  stop_timeout_s: float = 30.0, restart_delay_s: float = 1.0) -> None:
@@ -56,7 +60,22 @@ class AnalyticsProcess:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self) -> None:
-        """Spawn it and wait until it inserts and serves (``AnalyticsProcessError`` if it cannot)."""
+        """Spawn it and wait until it inserts and serves (``AnalyticsProcessError`` if it cannot).
+
+        While another one holds the data dir (the previous gateway's, killed a moment ago, still
+        in its last pass) it is tried again until ``start_timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + self.start_timeout_s
+        while True:
+            try:
+                return await self._start_once()
+            except _Locked:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AnalyticsProcessError("the analytics process did not start: another one holds "
+                                                f"{self.settings.data_dir} (still after {self.start_timeout_s:.0f}s)"
+                                                ) from None
+                await asyncio.sleep(0.2)
+
+    async def _start_once(self) -> None:
         s = self.settings
         argv = [sys.executable, "-m", "llmgw.analytics.process", "--data-dir", s.data_dir, "--dsn", s.analytics_dsn,
                 "--parent-pid", str(os.getpid()), "--interval-s", str(self.interval_s)]
@@ -76,8 +95,10 @@ class AnalyticsProcess:
                                         f"{self.start_timeout_s:.0f}s") from None
         if line != READY:
             code = await proc.wait()
-            why = "another one holds this data dir" if code == LOCKED_EXIT else f"it exited with {code}"
-            raise AnalyticsProcessError(f"the analytics process did not start: {why} (its log is above)")
+            if code == LOCKED_EXIT:
+                raise _Locked()
+            raise AnalyticsProcessError(f"the analytics process did not start: it exited with {code} "
+                                        "(its log is above)")
         log.info("analytics process started (pid %d)", proc.pid, extra={"event": "analytics_process_started"})
 
     async def supervise(self) -> None:

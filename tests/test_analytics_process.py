@@ -159,3 +159,33 @@ async def test_serve_runs_the_analytics_process_and_leaves_none_behind(env, tmp_
         assert mark == log_path(data).stat().st_size
         assert len(log_events(log_path(data))) == 3
         assert not store.Server.file(str((data / "clickhouse").resolve())).exists()
+
+
+async def test_a_killed_analytics_process_is_started_again_and_misses_nothing(env, tmp_path: Path) -> None:  # noqa: F811
+    key = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "alice", env=env).stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    location = str((data / "clickhouse").resolve())
+    try:
+        await wait_ready(url, proc)
+        first = store.Server.find(location)
+        assert first is not None
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        os.kill(first.pid, signal.SIGKILL)
+        for _ in range(3):                 # served while it is away: the log keeps them
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+        def restarted() -> bool:
+            found = store.Server.find(location)
+            return found is not None and found.pid != first.pid and found.pid in children(proc.pid)
+        await asyncio.to_thread(wait_until, restarted)
+        await asyncio.to_thread(wait_until, lambda: stored(data)[:2] == (5, 5))
+        assert stored(data)[2] == sum(e.cost_micro_usd for e in log_events(log_path(data)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
