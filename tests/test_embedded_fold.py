@@ -59,3 +59,14 @@ async def test_a_time_zone_changed_between_submit_and_write_folds_in_the_new_zon
     assert ledger.view.folded == fold_all(events, tz_of)
     assert any(k.endswith("|month|1796050800000") for k in ledger.view.folded)     # Dec 1 in Tokyo
     await ledger.stop()
+
+
+def test_totals_plus_sums_every_field() -> None:
+    """``Totals.plus`` sets its fields one by one: a field added to Totals must be summed there too."""
+    from dataclasses import fields
+
+    from llmgw.ledger.fold import Totals
+    names = [f.name for f in fields(Totals)]
+    a = Totals(**{n: i + 1 for i, n in enumerate(names)})
+    b = Totals(**{n: 10 * (i + 1) for i, n in enumerate(names)})
+    assert a.plus(b) == Totals(**{n: 11 * (i + 1) for i, n in enumerate(names)})
