@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from llmgw.analytics import store
+from llmgw.analytics.sink import Sink
 from llmgw.analytics.supervisor import READY
 from llmgw.core.events import UsageEvent
 from llmgw.ledger.embedded import (EmbeddedLedger, analytics_mark_path, log_events, log_path, read_mark,
@@ -189,3 +190,45 @@ async def test_a_killed_analytics_process_is_started_again_and_misses_nothing(en
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+async def test_the_served_store_takes_inserts_settings_long_parameters_and_reports_errors(
+        tmp_path: Path, procs) -> None:
+    """What the other writers and readers send through the process (captured bodies and the audit
+    trail insert, the sink's known-id check binds thousands of ids, a bad query must be an error)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    procs.append(p := spawn(tmp_path, "--interval-s", "0.01"))
+    client = store.connect(f"chdb://{tmp_path / 'clickhouse'}")
+    db = str(client.database)
+    now_ms = int(time.time() * 1000)          # call_bodies keeps rows for days only (a TTL)
+    rows = [[f"e{i}", now_ms + i, "acme", "ws", "chat", "req", "resp", False] for i in range(3)]
+    cols = ["event_id", "ts", "org", "workspace", "api", "request", "response", "truncated"]
+    types = ["String", "DateTime64(3, 'UTC')", "LowCardinality(String)", "LowCardinality(String)",
+             "LowCardinality(String)", "String", "String", "Bool"]
+    client.insert("call_bodies", rows, column_names=cols, column_type_names=types, database=db)
+    assert client.command(f"SELECT count() FROM {db}.call_bodies") == 3
+    # per-statement settings reach the engine: two different rows under one dedup token, the
+    # second is dropped (insert_deduplication_token, the sink's first layer), and a query's own
+    # setting is the one it runs with
+    sink = Sink(client, db, skip_known=False)
+    sink._insert_chunk([usage_event(1)], "one-token")
+    sink._insert_chunk([usage_event(2)], "one-token")
+    assert client.command(f"SELECT count() FROM {db}.usage_events") == 1
+    assert client.query("SELECT getSetting('max_threads')", settings={"max_threads": 3}).result_rows == [(3,)]
+    ids = [f"e{i}" for i in range(20_000)]            # too long for a URL: sent as a form
+    got = client.query(f"SELECT event_id FROM {db}.call_bodies WHERE event_id IN {{ids:Array(String)}} "
+                       "ORDER BY event_id", parameters={"ids": ids}).result_rows
+    assert got == [("e0",), ("e1",), ("e2",)]
+    with pytest.raises(DatabaseError) as err:
+        client.query(f"SELECT no_such_column FROM {db}.call_bodies")
+    assert err.value.code == 47           # UNKNOWN_IDENTIFIER, as a ClickHouse server answers
+    stranger = store.Server.find(str(tmp_path / "clickhouse"))
+    assert stranger is not None
+    import urllib.error
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as refused:     # without the token: nothing
+        urllib.request.urlopen(urllib.request.Request(stranger.url + "/?query=SELECT%201"), timeout=10)
+    assert refused.value.code == 403
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 0
