@@ -1,4 +1,7 @@
-"""The embedded gateway's analytics hook: each durable ledger batch goes to ClickHouse.
+"""The embedded gateway's in-process analytics hook: each durable ledger batch goes to ClickHouse.
+
+Used only with ``LLMGW_ANALYTICS_PROCESS=0`` (or an in-memory store): by default the analytics
+process (``analytics/process.py``) reads the ledger log and inserts, outside the gateway.
 
 ``ledger.embedded.EmbeddedLedger(on_batch=await analytics_hook(dsn))`` calls the
 hook with each batch and its log positions ``[first, end)``. The position

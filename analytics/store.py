@@ -21,6 +21,13 @@ A server DSN may name a cluster of ``remote_servers``:
 carries it so that every process that opens the store (sink, CLI, gateway)
 sees the same layout.
 
+A chDB path another process serves (the embedded gateway's analytics process,
+``analytics/process.py``, publishes ``<path>.server.json``) is reached through
+that process's ClickHouse HTTP interface (``analytics/chdb_http.py``) instead:
+chDB locks its path to one process. A process that supervises the server of a
+path (``serve_through``) never opens that path itself, even while the server
+restarts: it gets a ``StoreError`` until the server is back.
+
 Migrations are ``analytics/migrations/NNN_name.sql`` files applied in version
 order. Each file holds ``;``-terminated statements written with
 ``IF NOT EXISTS`` and ``{db}`` for the database; the applied versions are
@@ -34,9 +41,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 import clickhouse_connect
+import orjson
+import urllib3
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ProgrammingError
 
@@ -123,6 +133,82 @@ _lock = threading.Lock()
 _clients: dict[tuple[str, str, str, str, Cluster | None], Client] = {}
 _clusters: dict[int, Cluster] = {}         # id(client) -> the cluster its DSN named
 _chdb_path: str | None = None
+_served: set[str] = set()                      # chDB paths a child of this process serves
+_served_urls: dict[tuple[str, str, str, str, Cluster | None], str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A process serving a chDB path over ClickHouse's HTTP interface (``analytics/chdb_http.py``)."""
+
+    url: str
+    token: str = field(repr=False)
+    pid: int
+
+    @staticmethod
+    def file(location: str) -> Path:
+        return Path(location + ".server.json")
+
+    def publish(self, location: str) -> None:
+        """Write the file (mode 0600: the token grants the whole store) atomically."""
+        path = Server.file(location)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps({"url": self.url, "token": self.token, "pid": self.pid}))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def unpublish(location: str, pid: int) -> None:
+        found = Server.find(location, alive_only=False)
+        if found is not None and found.pid == pid:
+            Server.file(location).unlink(missing_ok=True)
+
+    @staticmethod
+    def find(location: str, alive_only: bool = True) -> "Server | None":
+        """The live server of ``location`` (never this process itself), or None."""
+        try:
+            raw = orjson.loads(Server.file(location).read_bytes())
+            server = Server(str(raw["url"]), str(raw["token"]), int(raw["pid"]))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if alive_only and (server.pid == os.getpid() or not _alive(server.pid)):
+            return None
+        return server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve_through(dsn: str) -> str:
+    """From now on this process reaches the chDB path of ``dsn`` only through its server; returns the path."""
+    location = Target.from_dsn(dsn).location
+    with _lock:
+        _served.add(location)
+    return location
+
+
+def stop_serving_through(location: str) -> None:
+    with _lock:
+        _served.discard(location)
+        dropped = [_clients.pop(key) for key in list(_clients) if key[:2] == ("served", location)]
+    for client in dropped:
+        client.close()
+
+
+def _served_client(server: Server, db: str) -> Client:
+    host, _, port = server.url.rpartition("://")[2].rpartition(":")
+    # Its own pool: a proxy from the environment must never carry the loopback token.
+    return clickhouse_connect.get_client(
+        host=host, port=int(port), interface="http", access_token=server.token, compress=False,
+        autogenerate_session_id=False, pool_mgr=urllib3.PoolManager(maxsize=8), database=db)
 
 
 def connect(dsn: str, *, database: str | None = None, role: str = "default") -> Client:
@@ -137,6 +223,10 @@ def connect(dsn: str, *, database: str | None = None, role: str = "default") -> 
     """
     target = Target.from_dsn(dsn)
     db = check_identifier(database) if database else target.database
+    if target.kind == "chdb" and target.location != _MEMORY:
+        server = Server.find(target.location)
+        if server is not None or target.location in _served:
+            return _connect_served(target.location, server, db, role)
     key = (target.kind, target.location, db, role, target.cluster)
     global _chdb_path
     with _lock:
@@ -184,6 +274,32 @@ def cluster_of(client: Client) -> Cluster | None:
     return _clusters.get(id(client))
 
 
+def _connect_served(location: str, server: Server | None, db: str, role: str) -> Client:
+    """The client on a chDB path another process serves (a new one when the server restarted)."""
+    if server is None:
+        raise StoreError(f"the analytics process serving {location!r} is not running (starting or "
+                         "restarting); try again shortly")
+    key = ("served", location, db, role, None)
+    with _lock:
+        client = _clients.get(key)
+        if client is not None and _served_urls.get(key) == server.url + server.token:
+            return client
+        stale = _clients.pop(key, None)
+    if stale is not None:
+        stale.close()
+    client = _served_client(server, db)
+    try:
+        _ensure_database(client, db)
+    except BaseException:
+        client.close()
+        raise
+    client.database = db
+    with _lock:
+        _clients[key] = client
+        _served_urls[key] = server.url + server.token
+    return client
+
+
 def _ensure_database(client: Client, database: str) -> None:
     # EXISTS first: a read-only analyst may not create, even IF NOT EXISTS.
     if not int(client.command(f"EXISTS DATABASE {database}", use_database=False)):  # type: ignore[arg-type]
@@ -195,7 +311,8 @@ def disconnect(dsn: str, *, database: str | None = None) -> None:
     target = Target.from_dsn(dsn)
     db = check_identifier(database) if database else target.database
     with _lock:
-        dropped = [_clients.pop(key) for key in list(_clients) if key[:3] == (target.kind, target.location, db)]
+        dropped = [_clients.pop(key) for key in list(_clients)
+                   if key[0] in (target.kind, "served") and key[1:3] == (target.location, db)]
         for client in dropped:
             _clusters.pop(id(client), None)
         _forget_engine_if_unused()
@@ -351,7 +468,7 @@ def migrate(client: Client, database: str, migrations: list[Migration] | None = 
 
 
 __all__ = [
-    "DEFAULT_DATABASE", "EngineConflict", "Migration", "MigrationError", "StoreError", "Target",
+    "DEFAULT_DATABASE", "EngineConflict", "Migration", "MigrationError", "Server", "StoreError", "Target",
     "applied_migrations", "check_identifier", "close_all", "cluster_of", "connect", "disconnect",
-    "load_migrations", "migrate", "migrations_table", "plan",
+    "load_migrations", "migrate", "migrations_table", "plan", "serve_through", "stop_serving_through",
 ]

@@ -26,7 +26,8 @@ class Settings:
     kafka_replication_factor: int = 0  # topics the gateway and worker create; 0: min(3, brokers)
     kafka_min_insync_replicas: int = 0  # their min.insync.replicas; 0: min(2, replication factor)
     clickhouse_dsn: str = ""           # default: chdb://<data_dir>/clickhouse
-    analytics: bool = True             # embedded mode writes every event to ClickHouse in-process
+    analytics: bool = True             # embedded mode writes every event to ClickHouse
+    analytics_process: bool = True     # embedded: ClickHouse runs in a child process fed from the ledger log (0: in-process)
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     anthropic_base_url: str = "https://api.anthropic.com"

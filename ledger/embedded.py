@@ -27,7 +27,7 @@ import orjson
 
 from .driver import EMBEDDED, LedgerHealth
 from llmgw.core.events import UsageEvent
-from .fold import Totals, TzOf, fold, utc
+from .fold import Totals, TzOf, fold, keys_in, spends, utc
 from .spend import SpendView
 from .started import CallStarted, Record, decode_record, decode_started, encode_record
 
@@ -89,18 +89,48 @@ class EventLog:
     def read_records(self, position: int) -> Iterator[tuple[int, int, Record]]:
         """(position, position after it, record) for every complete line from ``position``:
         usage events and started records."""
-        with open(self.path, "rb") as f:
-            f.seek(position)
-            pos = position
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                if line.strip():
-                    yield pos, pos + len(line), decode_record(line)
-                pos += len(line)
+        return read_records(self.path, position)
 
     def close(self) -> None:
         self._f.close()
+
+
+def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]:
+    """(position, position after it, record) for every complete line of the log at ``path`` from
+    ``position``. A line still being written (no newline yet) ends the reading: readers in another
+    process (``analytics/log_tail.py``) never see half a record."""
+    with open(path, "rb") as f:
+        f.seek(position)
+        pos = position
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            if line.strip():
+                yield pos, pos + len(line), decode_record(line)
+            pos += len(line)
+
+
+def log_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "ledger" / "events.log"
+
+
+def analytics_mark_path(data_dir: str | Path) -> Path:
+    """The log position up to which every usage event is in ClickHouse (whoever inserts them)."""
+    return Path(data_dir) / "ledger" / "analytics.position"
+
+
+def read_mark(path: Path) -> int:
+    return int(path.read_text()) if path.exists() else 0
+
+
+def save_mark(path: Path, position: int) -> None:
+    """Atomically (a crash leaves the old mark or the new one, never an empty file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(position))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Checkpoint:
@@ -152,9 +182,9 @@ class EmbeddedLedger:
                  checkpoint_every: int = 20_000, analytics_interval_s: float = 1.0,
                  group_commit_s: float = 0.002, started_commit_s: float = 0.02) -> None:
         root = Path(data_dir) / "ledger"
-        self.log = EventLog(root / "events.log")
+        self.log = EventLog(log_path(data_dir))
         self.checkpoint = Checkpoint(root / "totals.json")
-        self.analytics_mark = root / "analytics.position"
+        self.analytics_mark = analytics_mark_path(data_dir)
         self.tz_of = tz_of
         self.view = SpendView(tz_of=tz_of)
         self.on_batch = on_batch
@@ -177,6 +207,8 @@ class EmbeddedLedger:
         self.started_written = 0
         self.orphans_charged = 0           # at start: calls a crash cut short, charged their reservation
         self.open_calls: dict[str, CallStarted] = {}   # durable started records no usage event closed yet
+        # event id -> (org tz, spend keys, the keys the view counted it in), from submit to write
+        self._keys: dict[str, tuple[str, list[str], list[str]]] = {}
 
     async def start(self) -> None:
         position, totals = self.checkpoint.load()
@@ -208,8 +240,12 @@ class EmbeddedLedger:
         return self.log.end
 
     def submit(self, event: UsageEvent) -> None:
-        """Never blocks the request: the writer task owns durability."""
-        self.view.add_local(event)
+        """Never blocks the request: the writer task owns durability. The event's spend keys are
+        computed once, here, for the view and for the fold after the write."""
+        if spends(event):
+            tz = self.tz_of(event.org)
+            keys = keys_in(event, tz)
+            self._keys[event.event_id] = (tz, keys, self.view.add_local(event, keys))
         self._queue.put_nowait(event)
         self.events_submitted += 1
         self._usage_arrived.set()
@@ -266,18 +302,25 @@ class EmbeddedLedger:
         end = self.log.end
         totals = self.view.folded
         events: list[UsageEvent] = []
-        open_calls = self.open_calls
+        open_calls, tz_of, computed = self.open_calls, self.tz_of, self._keys
         placed: list[tuple[UsageEvent, int, int]] = []
+        counted: dict[str, list[str]] = {}
         for ev, pos in zip(batch, positions):
             if isinstance(ev, CallStarted):
                 open_calls[ev.started_event_id] = ev
                 continue
             open_calls.pop(ev.event_id, None)
-            totals.update(fold(totals, ev, self.tz_of))
+            known = computed.pop(ev.event_id, None)
+            # the keys from submit, unless the org's time zone changed since
+            keys = known[1] if known is not None and known[0] == tz_of(ev.org) else None
+            totals.update(fold(totals, ev, tz_of, keys))
+            if known is not None:
+                counted[ev.event_id] = known[2]
             placed.append((ev, 0, pos))
             events.append(ev)
-        self.view.placed_many(placed)
+        # Progress first: each event placed below then leaves the view's local part at once.
         self.view.advance(0, positions[-1])
+        self.view.placed_many(placed, counted)
         self.events_written += len(events)
         self.started_written += len(batch) - len(events)
         if self.on_batch is not None and events:
@@ -316,7 +359,7 @@ class EmbeddedLedger:
         except Exception:
             log.exception("analytics insert of log positions [%d, %d) failed; replaying from %d", first, end, first)
             return False
-        await asyncio.to_thread(self.analytics_mark.write_text, str(end))   # off the loop
+        await asyncio.to_thread(save_mark, self.analytics_mark, end)   # off the loop
         return True
 
     async def _catch_up_analytics(self) -> bool:
@@ -326,7 +369,7 @@ class EmbeddedLedger:
         analytics outage reads a large log, and the loop serves calls meanwhile."""
         if self.on_batch is None:
             return True
-        start = await asyncio.to_thread(self._analytics_start)
+        start = await asyncio.to_thread(read_mark, self.analytics_mark)
         while True:
             batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000)
             if not batch:
@@ -334,9 +377,6 @@ class EmbeddedLedger:
             if not await self._analytics(batch, first, end):
                 return False
             start = end
-
-    def _analytics_start(self) -> int:
-        return int(self.analytics_mark.read_text()) if self.analytics_mark.exists() else 0
 
     def _log_slice(self, start: int, limit: int) -> tuple[list[UsageEvent], int, int]:
         """Up to ``limit`` usage events from log position ``start``: (events, first position, end)."""

@@ -15,7 +15,7 @@ because user and workspace names are only unique inside one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from llmgw.core.events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
                                UsageEvent, micro_of_nano)
@@ -26,6 +26,8 @@ from llmgw.core.spend_keys import BUDGET_TAGS, KEY, ORG, TAG, USER, USER_TAG, WO
 _NOT_SPENT = frozenset({REJECTED_BUDGET, REJECTED_RATE, REJECTED_POLICY})
 
 TzOf = Callable[[str], str]
+_new = object.__new__
+_set = object.__setattr__
 
 
 def utc(_org: str) -> str:
@@ -48,10 +50,14 @@ class Totals:
         return micro_of_nano(self.spend_nano_usd)
 
     def plus(self, other: "Totals") -> "Totals":
-        return Totals(spend_nano_usd=self.spend_nano_usd + other.spend_nano_usd,
-                      requests=self.requests + other.requests,
-                      input_tokens=self.input_tokens + other.input_tokens,
-                      output_tokens=self.output_tokens + other.output_tokens)
+        # Built field by field, as the frozen dataclass's own __init__ does, without its keyword
+        # parsing: a fold makes one per spend key of every event (~28), 40% cheaper this way.
+        out = _new(Totals)
+        _set(out, "spend_nano_usd", self.spend_nano_usd + other.spend_nano_usd)
+        _set(out, "requests", self.requests + other.requests)
+        _set(out, "input_tokens", self.input_tokens + other.input_tokens)
+        _set(out, "output_tokens", self.output_tokens + other.output_tokens)
+        return out
 
     def to_list(self) -> list[int]:
         """``[spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd]``: the first
@@ -96,20 +102,31 @@ def contribution(event: UsageEvent) -> Totals:
                   output_tokens=event.tokens.output)
 
 
+def spends(event: UsageEvent) -> bool:
+    """Whether the event adds to its keys at all (rejections do not)."""
+    return event.outcome not in _NOT_SPENT
+
+
 def keys_of(event: UsageEvent, tz_of: TzOf = utc) -> list[str]:
     """Spend keys of an event. Windows are chosen by the call's start time:
     that is when its reservation was checked against the budget."""
-    tz = tz_of(event.org)
+    return keys_in(event, tz_of(event.org))
+
+
+def keys_in(event: UsageEvent, tz: str) -> list[str]:
+    """``keys_of`` with the org's time zone already looked up."""
     starts = {w: window_start(w, event.ts_start_ms, tz) for w in WINDOWS}
     return [spend_key(dim, ent, w, starts[w]) for dim, ent in entities(event) for w in WINDOWS]
 
 
-def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc) -> dict[str, Totals]:
-    """New absolute totals of every key the event changes (empty if none)."""
+def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc,
+         keys: Sequence[str] | None = None) -> dict[str, Totals]:
+    """New absolute totals of every key the event changes (empty if none). ``keys``: the event's
+    ``keys_of`` when the caller already computed them (the embedded ledger, at submit)."""
     add = contribution(event)
     if add == ZERO:
         return {}
-    return {k: totals.get(k, ZERO).plus(add) for k in keys_of(event, tz_of)}
+    return {k: totals.get(k, ZERO).plus(add) for k in (keys_of(event, tz_of) if keys is None else keys)}
 
 
 def fold_all(events: Iterable[UsageEvent], tz_of: TzOf = utc) -> dict[str, Totals]:

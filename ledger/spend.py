@@ -18,7 +18,7 @@ them): each snapshot partition holds that partition's partial totals, and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from llmgw.core.events import UsageEvent, micro_of_nano
 from .fold import ZERO, Totals, contribution, keys_of, TzOf, utc
@@ -51,24 +51,31 @@ class SpendView:
         return self.folded.get(key, ZERO)
 
     # -- this proxy's own calls -------------------------------------------------
-    def add_local(self, event: UsageEvent) -> None:
+    def add_local(self, event: UsageEvent, keys: list[str] | None = None) -> list[str]:
         """Count a settled call at once, before we know where the log put it (summed per key:
-        nothing of the event is kept, see ``ledger/local_sums.py``)."""
+        nothing of the event is kept, see ``ledger/local_sums.py``). ``keys``: its ``keys_of`` under
+        the org's zone now, if the caller has them. Returns the keys it was counted in."""
         amount = contribution(event).spend_nano_usd
         if not amount:
-            return
+            return []
         zone, n = self._zones.get(event.org, ("", 0))
-        zone = zone if n else self.tz_of(event.org)
+        if not n:
+            zone = self.tz_of(event.org)
         self._zones[event.org] = (zone, n + 1)
-        self.local.add(keys_of(event, lambda _org: zone), amount)
+        if keys is None or (n and self.tz_of(event.org) != zone):
+            keys = keys_of(event, lambda _org: zone)
+        self.local.add(keys, amount)
+        return keys
 
     def placed(self, event: UsageEvent, partition: int, position: int) -> None:
         """The log acknowledged ``event`` (counted by ``add_local``) at ``position``."""
         self.placed_many(((event, partition, position),))
 
-    def placed_many(self, placements: Iterable[tuple[UsageEvent, int, int]]) -> None:
+    def placed_many(self, placements: Iterable[tuple[UsageEvent, int, int]],
+                    counted: Mapping[str, list[str]] | None = None) -> None:
         """One acknowledgement batch: (event, partition, position) of each event ``add_local``
-        counted. Each must be placed once; it leaves the local sums once the snapshot passes it."""
+        counted. Each must be placed once; it leaves the local sums once the snapshot passes it.
+        ``counted``: event id -> the keys ``add_local`` returned, where the caller kept them."""
         for event, partition, position in placements:
             amount = contribution(event).spend_nano_usd
             if not amount:
@@ -79,7 +86,10 @@ class SpendView:
             else:
                 self._zones.pop(event.org, None)
                 zone = zone if n else self.tz_of(event.org)
-            self.local.place(keys_of(event, lambda _org: zone), amount, partition, position)
+            keys = counted.get(event.event_id) if counted is not None else None
+            if keys is None:
+                keys = keys_of(event, lambda _org: zone)
+            self.local.place(keys, amount, partition, position)
         self.local.seal()
 
     # -- the processor's snapshot --------------------------------------------------

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from llmgw.proxy.reports import web as analytics_web
 from llmgw.analytics.bodies import BodySink
+from llmgw.analytics.supervisor import runs_apart
 from llmgw.ledger.configlog import open_config_log
 from llmgw.ledger.driver import Ledger
 from llmgw.pricing import load_catalog
@@ -171,7 +172,7 @@ async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
     if settings.embedded:
         from llmgw.ledger.embedded import EmbeddedLedger
         hook = None
-        if settings.analytics:
+        if settings.analytics and not runs_apart(settings):     # else the analytics process reads the log
             from llmgw.analytics.embedded import analytics_hook
             hook = await analytics_hook(settings.analytics_dsn)
         return EmbeddedLedger(settings.data_dir, tz_of=tz_of, on_batch=hook)
@@ -192,6 +193,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None, transport: Tran
     app[OPS] = ops
     app[parts.ALERTS] = parts.AlertsSlot()
     app.cleanup_ctx.extend([
+        parts.analytics_process_ctx(settings),
         gateway_ctx(settings, ledger, observers=(ops.on_event,), capture_sink=capture, transport=transport),
         batches.batches_ctx(settings),
         admin_ctx,

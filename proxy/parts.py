@@ -1,7 +1,7 @@
 """The background parts a gateway runs beside serving, one aiohttp cleanup context each.
 
 Each part is built here, from the settings and the gateway, and nowhere else:
-the alert evaluator (embedded mode), the audit trail landing in ClickHouse
+the analytics process (embedded mode), the alert evaluator (embedded mode), the audit trail landing in ClickHouse
 (embedded mode with analytics), the captured-bodies writer, and the proxy count
 from Kafka heartbeats. The parts themselves (``ledger.alerting``,
 ``analytics.audit_landing``, ``analytics.bodies``, ``ledger.presence``) know
@@ -14,12 +14,15 @@ from typing import AsyncIterator, Callable, Coroutine
 
 from aiohttp import web
 
+from llmgw.analytics import store
 from llmgw.analytics.audit_landing import land_forever
 from llmgw.analytics.bodies import BodySink
+from llmgw.analytics.supervisor import AnalyticsProcess, runs_apart
 from llmgw.ledger.alerting import AlertEngine, AlertOptions, AlertsSlot, supervise
 from llmgw.ledger.alert_store import FileAlertStore
 from llmgw.ledger.configlog import open_config_log
 from llmgw.ledger.presence import Presence
+from llmgw.core.settings import Settings
 
 from .context import GATEWAY
 
@@ -36,6 +39,25 @@ async def _owned(coro: Coroutine[None, None, None], name: str) -> AsyncIterator[
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def analytics_process_ctx(settings: Settings) -> CleanupContext:
+    """Embedded mode with analytics: ClickHouse and its inserts in a child process
+    (``analytics/process.py``), up before the ledger starts and stopped after it flushed."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if not runs_apart(settings):
+            yield
+            return
+        location = store.serve_through(settings.analytics_dsn)
+        proc = AnalyticsProcess(settings)
+        try:
+            await proc.start()
+            async for _ in _owned(proc.supervise(), "llmgw-analytics-process"):
+                yield
+        finally:
+            await proc.stop()
+            store.stop_serving_through(location)
+    return ctx
 
 
 async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -91,4 +113,4 @@ async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-__all__ = ["ALERTS", "AlertsSlot", "alerts_ctx", "audit_landing_ctx", "capture_ctx", "presence_ctx"]
+__all__ = ["ALERTS", "AlertsSlot", "alerts_ctx", "analytics_process_ctx", "audit_landing_ctx", "capture_ctx", "presence_ctx"]

@@ -22,7 +22,9 @@ class GatewayHarness:
     def __init__(self, fake: Any, data_dir: Path, ledger: Any = None, transport: Any = None, **overrides: Any) -> None:
         self.fake = fake
         self.data_dir = data_dir
-        values = dict(host="127.0.0.1", port=0, data_dir=str(data_dir), analytics=False,
+        # analytics_process=False: a test's analytics share the session's chDB engine in this process
+        # (tests/fixtures/chdb.py); tests/test_analytics_process.py runs the separate process.
+        values = dict(host="127.0.0.1", port=0, data_dir=str(data_dir), analytics=False, analytics_process=False,
                       openai_base_url=fake.openai_base_url, openai_api_key=fake.openai_key,
                       anthropic_base_url=fake.anthropic_base_url, anthropic_api_key=fake.anthropic_key,
                       gateway_id="test-gw")

@@ -1,0 +1,146 @@
+"""The embedded gateway's analytics process: ClickHouse beside the gateway, not inside it.
+
+``llmgw serve`` (embedded, analytics on) starts it as a child
+(``analytics/supervisor.py``): ``python -m llmgw.analytics.process --data-dir D
+--dsn DSN``. It
+
+- follows the gateway's ledger log into ClickHouse (``LogTail``: exactly once,
+  resuming from its mark after a crash of either process);
+- owns the chDB engine (one process per path) and serves it to everyone else
+  over ClickHouse's HTTP interface on loopback (``analytics/chdb_http.py``),
+  published in ``<chdb path>.server.json`` where ``store.connect`` finds it;
+- prints ``ready`` on stdout once both run, then nothing else there;
+- on SIGTERM (the gateway stopping, after its ledger flushed) inserts what is
+  left and exits; if the gateway dies it notices (``PR_SET_PDEATHSIG`` and its
+  parent pid changing) and exits the same way, so none is left behind.
+
+One per data dir: it holds ``ledger/analytics.lock`` (``flock``).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from llmgw.analytics import store
+from llmgw.analytics.chdb_http import Engine, http_app
+from llmgw.analytics.log_tail import LogTail
+from llmgw.analytics.sink import Sink
+from llmgw.analytics.supervisor import LOCKED_EXIT, READY
+from llmgw.core.settings import Settings
+
+log = logging.getLogger("llmgw.analytics.process")
+FINAL_PASS_S = 20.0               # at stop: how long the last catch-up may take
+
+
+def lock_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "ledger" / "analytics.lock"
+
+
+async def run(settings: Settings, parent_pid: int, interval_s: float, batch_events: int) -> None:
+    """Tail and serve until SIGTERM/SIGINT or the parent's death; then a last catch-up."""
+    dsn = settings.analytics_dsn
+    target = store.Target.from_dsn(dsn)
+    served = target.kind == "chdb" and target.location != ":memory:"
+    if served:
+        store.Server.file(target.location).unlink(missing_ok=True)     # a dead predecessor's
+    client = await asyncio.to_thread(store.connect, dsn)
+    sink = Sink(client, str(client.database))
+    await asyncio.to_thread(sink.ensure_schema)
+    tail = LogTail(settings.data_dir, sink, batch_events)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner: web.AppRunner | None = None
+    engine: Engine | None = None
+    try:
+        if served:
+            engine = Engine(target.location)
+            token = secrets.token_urlsafe(32)
+            runner = web.AppRunner(http_app(engine, token), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            store.Server(f"http://127.0.0.1:{port}", token, os.getpid()).publish(target.location)
+        os.write(1, READY)
+        await _follow(tail, stop, parent_pid, interval_s)
+    finally:
+        if served:
+            store.Server.unpublish(target.location, os.getpid())
+        if runner is not None:
+            await runner.cleanup()
+        if engine is not None:
+            engine.close()
+    try:
+        async with asyncio.timeout(FINAL_PASS_S):
+            n = await asyncio.to_thread(tail.catch_up)
+        log.info("analytics process stopping: last pass inserted %d events", n)
+    except TimeoutError:
+        log.error("analytics process stopping: the last pass took over %.0fs; the rest is inserted at the "
+                  "next start (from mark %d)", FINAL_PASS_S, tail.mark)
+    store.close_all()
+
+
+async def _follow(tail: LogTail, stop: asyncio.Event, parent_pid: int, interval_s: float) -> None:
+    while not stop.is_set():
+        if parent_pid and os.getppid() != parent_pid:
+            log.warning("analytics process: the gateway (pid %d) is gone; stopping", parent_pid)
+            return
+        try:
+            await asyncio.to_thread(tail.catch_up)
+        except Exception:     # the store may be failing for a while: the mark stays, the next pass retries
+            log.exception("analytics insert from log mark %d failed; retrying", tail.mark)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux); the parent-pid check covers the rest."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))    # PR_SET_PDEATHSIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmgw.analytics.process")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--config", default="")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--interval-s", type=float, default=1.0, help="how often the log is read")
+    parser.add_argument("--batch-events", type=int, default=5000, help="events per insert at most")
+    args = parser.parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent()
+        if os.getppid() != args.parent_pid:
+            return 1
+    settings = Settings.load(data_dir=args.data_dir, clickhouse_dsn=args.dsn, config=args.config or None)
+    from llmgw.core.logs import configure_logging
+    configure_logging(settings, stream=sys.stderr)
+    path = lock_path(settings.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"llmgw analytics: another analytics process holds {path}", file=sys.stderr)
+            return LOCKED_EXIT
+        asyncio.run(run(settings, args.parent_pid, args.interval_s, args.batch_events))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
