@@ -150,6 +150,17 @@ def is_stream(resp: UpstreamResponse) -> bool:
     return resp.content_type in ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose status line and headers leave in the same write as its first bytes.
+
+    aiohttp's ``StreamResponse`` sends them on ``prepare`` (one more send to the client per call);
+    its ``Response`` buffers them until the body, through this class attribute. The relay writes
+    at once when the first upstream chunk arrives, even an empty one, so a client sees the
+    headers no later than the provider's first byte, and the bytes it gets are the same."""
+
+    _send_headers_immediately = False
+
+
 class Relay:
     """Streams upstream bytes to the client; records when output first appeared."""
 
@@ -165,12 +176,13 @@ class Relay:
 
     async def stream(self, request: web.Request, upstream: UpstreamResponse,
                      extra_headers: Mapping[str, str]) -> web.StreamResponse:
-        resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
+        resp = _HeadersWithFirstChunk(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
         await resp.prepare(request)
         meter = self.meter
         # an error answered as a stream is scrubbed too (scrub_error_body does the whole-body ones)
         secret = _sent_credential(upstream) if upstream.status >= 400 else b""
         scrub = StreamScrub(secret) if secret else None
+        headers_out = False
         try:
             async for chunk in upstream.content.iter_any():
                 out = meter.feed(chunk)
@@ -183,6 +195,9 @@ class Relay:
                     if self.kept is not None and len(self.kept) <= self.keep_bytes:
                         self.kept += out
                     await resp.write(out)
+                elif not headers_out:
+                    await resp.write(b"")           # the headers alone: the provider has begun
+                headers_out = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True
             return resp
