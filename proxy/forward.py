@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -48,16 +48,10 @@ FORWARDED_QUERY = ("beta",)
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in incoming.items():
-        lk = k.lower()
-        if lk in _DROP_UP or lk.startswith("x-llmgw-"):
-            continue
-        out.add(k, v)
-    out["accept-encoding"] = "identity"     # usage must be readable without inflating
-    out.update(target.upstream.auth_headers())
-    return out
+def goes_up(name: str) -> bool:
+    """Whether a client's request header travels upstream (everything but ``_DROP_UP`` and ``x-llmgw-*``)."""
+    lk = name.lower()
+    return lk not in _DROP_UP and not lk.startswith("x-llmgw-")
 
 
 def passes_down(name: str) -> bool:
@@ -68,12 +62,39 @@ def passes_down(name: str) -> bool:
     return lk.startswith(_PASS_DOWN_PREFIXES) and _CREDENTIAL_WORDS.isdisjoint(lk.split("-"))
 
 
+class _Verdicts(dict[str, bool]):
+    """A header name's verdict, worked out once per spelling: the same few names come on every call.
+    Names come from clients and providers, so the table is bounded."""
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def __missing__(self, name: str) -> bool:
+        if len(self) >= 4096:
+            self.clear()
+        verdict = self[name] = self.rule(name)
+        return verdict
+
+
+_GOES_UP, _PASSES_DOWN = _Verdicts(goes_up), _Verdicts(passes_down)
+
+
+def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
+    up = _GOES_UP
+    out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in incoming.items() if up[k]])
+    out["accept-encoding"] = "identity"     # usage must be readable without inflating
+    out.update(target.upstream.auth_headers())
+    return out
+
+
 def downstream_headers(upstream: UpstreamResponse, extra: Mapping[str, str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in upstream.headers.items():
-        if passes_down(k):
-            out.add(k, v)
-    out.update(extra)
+    down = _PASSES_DOWN
+    out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in upstream.headers.items() if down[k]])
+    if extra:
+        out.update(extra)
     return out
 
 

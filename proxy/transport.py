@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 
 class UpstreamBody(Protocol):
@@ -64,11 +65,19 @@ class Transport(Protocol):
 class AiohttpTransport:
     """The network: a request on the upstream's pooled session."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "_urls")
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        # Parsed once per URL string (aiohttp parses a str on every request): an upstream's calls
+        # go to a few URLs. Bounded, since a path can carry a model name a client chose.
+        self._urls: dict[str, URL] = {}
 
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> UpstreamResponse:
-        return await self.session.request(method, url, data=body, headers=headers)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return await self.session.request(method, parsed, data=body, headers=headers)
