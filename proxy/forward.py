@@ -203,7 +203,11 @@ class Relay:
         # an error answered as a stream is scrubbed too (scrub_error_body does the whole-body ones)
         secret = _sent_credential(upstream) if upstream.status >= 400 else b""
         scrub = StreamScrub(secret) if secret else None
-        headers_out = False
+        headers_out, last = False, b""
+        # A body that can say it has ended (aiohttp's reader: the provider's last bytes and the end of
+        # its chunked body usually arrive together) lets the last bytes go out with the end of the
+        # stream, in one send; a whole short reply, headers included, is then one send.
+        ended = getattr(upstream.content, "at_eof", None)
         try:
             async for chunk in upstream.content.iter_any():
                 out = meter.feed(chunk)
@@ -215,6 +219,10 @@ class Relay:
                     self.bytes_out += len(out)
                     if self.kept is not None and len(self.kept) <= self.keep_bytes:
                         self.kept += out
+                if ended is not None and ended():
+                    last = out
+                    break
+                if out:
                     await resp.write(out)
                 elif not headers_out:
                     await resp.write(b"")           # the headers alone: the provider has begun
@@ -228,9 +236,7 @@ class Relay:
             held = meter.tail()
             if scrub is not None:
                 held = scrub.feed(held) + scrub.tail()
-            if held:
-                await resp.write(held)
-            await resp.write_eof()
+            await resp.write_eof(last + held if held else last)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True
         return resp
