@@ -88,13 +88,26 @@ class IntRates:
     catalog entry and tier."""
 
     __slots__ = ("exp", "input", "output", "cache_write_5m", "cache_write_1h", "cache_read", "reasoning",
-                 "prompt_max", "completion_max")
+                 "prompt_max", "completion_max", "scale", "nano_mul", "nano_den")
+    exp: int
+    scale: int                  # 10**exp
+    nano_mul: int               # micro x 1000 / 10**exp as a product (exp <= 3) ...
+    nano_den: int               # ... or a quotient (exp > 3)
+    input: int
+    output: int
+    cache_write_5m: int
+    cache_write_1h: int
+    cache_read: int
+    reasoning: int | None
+    prompt_max: int
+    completion_max: int
 
     def __init__(self, rates: Rates) -> None:
         values = (rates.input, rates.output, rates.cache_write_5m, rates.cache_write_1h, rates.cache_read,
                   rates.reasoning if rates.reasoning is not None else Decimal(0))
         exp = max(0, *(-int(v.as_tuple().exponent) for v in values))
-        self.exp = exp
+        self.exp, self.scale = exp, 10 ** exp
+        self.nano_mul, self.nano_den = (10 ** (3 - exp), 1) if exp <= 3 else (1, 10 ** (exp - 3))
         (self.input, self.output, self.cache_write_5m, self.cache_write_1h, self.cache_read,
          reasoning) = (int(v.scaleb(exp, MONEY_CONTEXT)) for v in values)
         self.reasoning = None if rates.reasoning is None else reasoning
@@ -111,15 +124,15 @@ class IntRates:
 
     def nano(self, scaled_micro: int) -> int:
         """``scaled_micro / 10**exp`` micro-USD in nano-USD, rounded half to even (``round_nano``)."""
-        if self.exp <= 3:
-            return scaled_micro * 10 ** (3 - self.exp)
-        den = 10 ** (self.exp - 3)
+        den = self.nano_den
+        if den == 1:
+            return scaled_micro * self.nano_mul
         q, r = divmod(scaled_micro, den)
         return q + 1 if 2 * r > den or (2 * r == den and q % 2) else q
 
     def micro_ceiling(self, scaled_micro: int) -> int:
         """``scaled_micro / 10**exp`` micro-USD rounded up to whole micro-USD."""
-        return -(-scaled_micro // 10 ** self.exp)
+        return -(-scaled_micro // self.scale)
 
 
 _INT_RATES: dict[tuple[int, bool, str | None], tuple[Price, IntRates | None]] = {}
