@@ -15,6 +15,9 @@ The contract a transport keeps, because the relay and ``forward.open_upstream`` 
   ``asyncio.TimeoutError``) when the body breaks off;
 - ``request_info.headers`` are the headers that were sent (the relay scrubs the credential they carry
   out of an error streamed back).
+- the body may also have ``at_eof()`` (aiohttp's reader has it): True once the provider's body has
+  ended, so the relay sends the last bytes together with the end of the stream; without it, the
+  end goes in a send of its own.
 
 The Responses WebSocket (``websocket.py``) opens its upstream socket on the session directly.
 """
