@@ -164,4 +164,5 @@ def configure_logging(settings: Settings, stream: Any = None) -> OffLoopHandler:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # not in our lines, and each costs a lookup per record
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False   # ours is llmgw.access, without query strings
+    logging._srcfile = None     # no caller lookup (a frame walk per record): no formatter here prints it
     return handler

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, localcontext
 
 from llmgw.core.events import Tokens
-from llmgw.pricing.cost import MONEY_CONTEXT, WEB_SEARCH, cost, fee_exact
+from llmgw.pricing.cost import MONEY_CONTEXT, WEB_SEARCH, cost, fee_exact, int_rates
 from llmgw.pricing.price import STANDARD_TIERS, Price
 
 # Tokens a provider adds to a request that are not in its body. Tallied from the
@@ -167,11 +167,17 @@ def worst_case(price: Price, shape: RequestShape) -> int:
     if price.long_context is not None and prompt > price.long_context.above_prompt_tokens:
         prompts.add(price.long_context.above_prompt_tokens)   # priced at the base tier
     uses = web_search_uses(shape)
+    tiers = candidate_tiers(price, shape.service_tier)
+    if not uses:                            # integer rates (cost.IntRates): the same bound, exactly
+        fast = [int_rates(price, p, tier) for tier in tiers for p in prompts]
+        if all(r is not None for r in fast):
+            return max(r.micro_ceiling(r.prompt_max * prompt + r.completion_max * output)
+                       for r in fast if r is not None)
     with localcontext(MONEY_CONTEXT):
         fees = fee_exact(price, WEB_SEARCH, uses) if uses else Decimal(0)
         worst = max(
             rates.prompt_max * prompt + rates.completion_max * output
-            for tier in candidate_tiers(price, shape.service_tier)
+            for tier in tiers
             for rates in (price.rates_for(p, tier) for p in prompts)
         )
         return int((worst + fees).to_integral_value(rounding=ROUND_CEILING))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -48,16 +48,10 @@ FORWARDED_QUERY = ("beta",)
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in incoming.items():
-        lk = k.lower()
-        if lk in _DROP_UP or lk.startswith("x-llmgw-"):
-            continue
-        out.add(k, v)
-    out["accept-encoding"] = "identity"     # usage must be readable without inflating
-    out.update(target.upstream.auth_headers())
-    return out
+def goes_up(name: str) -> bool:
+    """Whether a client's request header travels upstream (everything but ``_DROP_UP`` and ``x-llmgw-*``)."""
+    lk = name.lower()
+    return lk not in _DROP_UP and not lk.startswith("x-llmgw-")
 
 
 def passes_down(name: str) -> bool:
@@ -68,12 +62,39 @@ def passes_down(name: str) -> bool:
     return lk.startswith(_PASS_DOWN_PREFIXES) and _CREDENTIAL_WORDS.isdisjoint(lk.split("-"))
 
 
+class _Verdicts(dict[str, bool]):
+    """A header name's verdict, worked out once per spelling: the same few names come on every call.
+    Names come from clients and providers, so the table is bounded."""
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def __missing__(self, name: str) -> bool:
+        if len(self) >= 4096:
+            self.clear()
+        verdict = self[name] = self.rule(name)
+        return verdict
+
+
+_GOES_UP, _PASSES_DOWN = _Verdicts(goes_up), _Verdicts(passes_down)
+
+
+def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:
+    up = _GOES_UP
+    out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in incoming.items() if up[k]])
+    out["accept-encoding"] = "identity"     # usage must be readable without inflating
+    out.update(target.upstream.auth_headers())
+    return out
+
+
 def downstream_headers(upstream: UpstreamResponse, extra: Mapping[str, str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in upstream.headers.items():
-        if passes_down(k):
-            out.add(k, v)
-    out.update(extra)
+    down = _PASSES_DOWN
+    out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in upstream.headers.items() if down[k]])
+    if extra:
+        out.update(extra)
     return out
 
 
@@ -150,6 +171,17 @@ def is_stream(resp: UpstreamResponse) -> bool:
     return resp.content_type in ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose status line and headers leave in the same write as its first bytes.
+
+    aiohttp's ``StreamResponse`` sends them on ``prepare`` (one more send to the client per call);
+    its ``Response`` buffers them until the body, through this class attribute. The relay writes
+    at once when the first upstream chunk arrives, even an empty one, so a client sees the
+    headers no later than the provider's first byte, and the bytes it gets are the same."""
+
+    _send_headers_immediately = False
+
+
 class Relay:
     """Streams upstream bytes to the client; records when output first appeared."""
 
@@ -165,12 +197,17 @@ class Relay:
 
     async def stream(self, request: web.Request, upstream: UpstreamResponse,
                      extra_headers: Mapping[str, str]) -> web.StreamResponse:
-        resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
+        resp = _HeadersWithFirstChunk(status=upstream.status, headers=downstream_headers(upstream, extra_headers))
         await resp.prepare(request)
         meter = self.meter
         # an error answered as a stream is scrubbed too (scrub_error_body does the whole-body ones)
         secret = _sent_credential(upstream) if upstream.status >= 400 else b""
         scrub = StreamScrub(secret) if secret else None
+        headers_out, last = False, b""
+        # A body that can say it has ended (aiohttp's reader: the provider's last bytes and the end of
+        # its chunked body usually arrive together) lets the last bytes go out with the end of the
+        # stream, in one send; a whole short reply, headers included, is then one send.
+        ended = getattr(upstream.content, "at_eof", None)
         try:
             async for chunk in upstream.content.iter_any():
                 out = meter.feed(chunk)
@@ -182,7 +219,14 @@ class Relay:
                     self.bytes_out += len(out)
                     if self.kept is not None and len(self.kept) <= self.keep_bytes:
                         self.kept += out
+                if ended is not None and ended():
+                    last = out
+                    break
+                if out:
                     await resp.write(out)
+                elif not headers_out:
+                    await resp.write(b"")           # the headers alone: the provider has begun
+                headers_out = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True
             return resp
@@ -192,9 +236,7 @@ class Relay:
             held = meter.tail()
             if scrub is not None:
                 held = scrub.feed(held) + scrub.tail()
-            if held:
-                await resp.write(held)
-            await resp.write_eof()
+            await resp.write_eof(last + held if held else last)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.client_gone = True
         return resp

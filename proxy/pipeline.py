@@ -79,16 +79,16 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
+    chunks, size, content = [], 0, request.content
     try:
-        async for chunk in request.content.iter_chunked(1 << 16):
+        while chunk := await content.readany():        # whatever has arrived: a small body is one read
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
     except RequestPayloadError as exc:      # a Content-Encoding the body does not have, or a cut chunk
         raise unreadable_body(request, exc) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def unreadable_body(request: web.Request, exc: RequestPayloadError) -> UnreadableBody:

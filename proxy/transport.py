@@ -15,6 +15,9 @@ The contract a transport keeps, because the relay and ``forward.open_upstream`` 
   ``asyncio.TimeoutError``) when the body breaks off;
 - ``request_info.headers`` are the headers that were sent (the relay scrubs the credential they carry
   out of an error streamed back).
+- the body may also have ``at_eof()`` (aiohttp's reader has it): True once the provider's body has
+  ended, so the relay sends the last bytes together with the end of the stream; without it, the
+  end goes in a send of its own.
 
 The Responses WebSocket (``websocket.py``) opens its upstream socket on the session directly.
 """
@@ -25,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 
 class UpstreamBody(Protocol):
@@ -64,11 +68,19 @@ class Transport(Protocol):
 class AiohttpTransport:
     """The network: a request on the upstream's pooled session."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "_urls")
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        # Parsed once per URL string (aiohttp parses a str on every request): an upstream's calls
+        # go to a few URLs. Bounded, since a path can carry a model name a client chose.
+        self._urls: dict[str, URL] = {}
 
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> UpstreamResponse:
-        return await self.session.request(method, url, data=body, headers=headers)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return await self.session.request(method, parsed, data=body, headers=headers)

@@ -195,3 +195,65 @@ def test_bad_usage_is_refused_not_priced() -> None:
         cost(Tokens(input=1), price("gpt-5"), batch=True, service_tier="priority")
     with pytest.raises(ValueError, match="web_search"):   # no fee known: never silently zero
         cost(Tokens(input=1), price("text-embedding-3-small"), web_search_calls=1)
+
+
+# -- the integer hot path (cost.IntRates) against the Decimal arithmetic, every entry and tier ---------
+
+import importlib  # noqa: E402
+from decimal import Decimal  # noqa: E402
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from llmgw.pricing import RequestShape, worst_case  # noqa: E402
+from llmgw.pricing.catalog import shipped_entries  # noqa: E402
+from llmgw.pricing.price import Rates, ServiceTier  # noqa: E402
+
+ENTRIES = shipped_entries()
+# A rate with more places than any catalog figure (7 and 12), and a long-context tier stacked on a
+# tier of its own rates (a divided ratio), so the rounding of the integer path is exercised too.
+_ODD = Rates(Decimal("0.1234567"), Decimal("1.000000000001"), Decimal("0.5"), Decimal("2"), Decimal("0.0000001"),
+             Decimal("3.3333333"))
+ENTRIES.append(ENTRIES[0].__class__(
+    provider="test", model="odd", effective_from_ms=0, rates=_ODD, version="test/odd@1",
+    long_context=None, service_tiers=(ServiceTier("priority", multiplier=Decimal("1.75")),
+                                      ServiceTier("flex", rates=_ODD.scaled(Decimal("0.3333333333")))),
+    context_window=1_000_000, max_output_tokens=64_000))
+
+
+def _tiers(p: Price) -> list[str | None]:
+    return [None, "auto", "default", "unlisted", *(t.name for t in p.service_tiers)]
+
+
+def _decimal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the package exports the function ``cost``, so its module is reached by name
+    cost_mod, estimate_mod = (importlib.import_module(f"llmgw.pricing.{m}") for m in ("cost", "estimate"))
+    monkeypatch.setattr(cost_mod, "int_rates", lambda *a: None)
+    monkeypatch.setattr(estimate_mod, "int_rates", lambda *a: None)
+
+
+counts = st.integers(0, 3_000_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(i=st.integers(0, len(ENTRIES) - 1), tier=st.integers(0, 8), inp=counts, w5=counts, w1=counts,
+       read=counts, out=counts, reasoning=st.integers(0, 100), body=st.integers(0, 2_000_000),
+       max_out=st.none() | st.integers(0, 200_000), images=st.integers(0, 3), n=st.integers(1, 3))
+def test_integer_rates_charge_and_bound_exactly_what_decimal_does(
+        i: int, tier: int, inp: int, w5: int, w1: int, read: int, out: int, reasoning: int, body: int,
+        max_out: int | None, images: int, n: int) -> None:
+    p = ENTRIES[i]
+    tiers = _tiers(p)
+    t = tiers[tier % len(tiers)]
+    tokens = Tokens(input=inp, cache_write_5m=w5, cache_write_1h=w1, cache_read=read, output=out,
+                    reasoning=out * reasoning // 100)
+    shape = RequestShape(body, max_out, t, images, n=n)
+    fast_cost = cost(tokens, p, service_tier=t)
+    try:
+        fast_worst: int | None = worst_case(p, shape)
+    except ValueError:                       # an entry with no output limit and a request without one
+        fast_worst = None
+    with pytest.MonkeyPatch.context() as mp:
+        _decimal_only(mp)
+        assert cost(tokens, p, service_tier=t) == fast_cost
+        if fast_worst is not None:
+            assert worst_case(p, shape) == fast_worst

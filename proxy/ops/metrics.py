@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -72,7 +72,8 @@ class Metrics:
         self.spend = Counter("llmgw_spend_micro_usd", "Spend metered, micro-USD (the ledger is the truth)",
                              registry=r)
         self.tokens = Counter("llmgw_tokens", "Tokens metered", ["direction"], registry=r)
-        self.in_flight = Gauge("llmgw_requests_in_flight", "Model API requests being served", registry=r)
+        self.in_flight = InFlight()
+        r.register(self.in_flight)
         r.register(LedgerCollector(ledger_state))
         r.register(AnomalyCollector())      # llmgw_usage_anomalies_total{wire,kind} (proxy/usage.py)
         r.register(HoldsCollector(open_holds))
@@ -110,6 +111,23 @@ class Metrics:
         self._duration[(api,)].observe(duration_s)
         if refusal is not None:
             self._refusals[(refusal,)].inc()
+
+
+class InFlight(Collector):
+    """``llmgw_requests_in_flight``: a plain count the ops middleware moves twice per request,
+    read at scrape (a prometheus ``Gauge`` takes a lock on every move). Moved from the event loop only."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def dec(self) -> None:
+        self.count -= 1
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge("llmgw_requests_in_flight", "Model API requests being served", float(self.count))
 
 
 class LedgerCollector(Collector):
