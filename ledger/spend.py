@@ -26,12 +26,14 @@ class SpendView:
     folded: dict[str, Totals] = field(default_factory=dict)
     # Snapshot progress: highest source position folded, per log partition.
     progress: dict[int, int] = field(default_factory=dict)
-    _local: dict[str, int] = field(default_factory=dict)
+    # This proxy's settled spend the snapshot does not show yet, nano-USD per key (read by the
+    # budget check on every call; changed only here).
+    local: dict[str, int] = field(default_factory=dict)
     _pending: deque[_Pending] = field(default_factory=deque)   # (partition, position, keys, nano_usd)
     _unplaced: dict[str, tuple[list[str], int]] = field(default_factory=dict)
 
     def spent_nano(self, key: str) -> int:
-        return self.folded.get(key, ZERO).spend_nano_usd + self._local.get(key, 0)
+        return self.folded.get(key, ZERO).spend_nano_usd + self.local.get(key, 0)
 
     def spent(self, key: str) -> int:
         """Micro-USD, rounded up from the exact nanos."""
@@ -48,7 +50,7 @@ class SpendView:
             return
         keys = keys_of(event, self.tz_of)
         for k in keys:
-            self._local[k] = self._local.get(k, 0) + amount
+            self.local[k] = self.local.get(k, 0) + amount
         self._unplaced[event.event_id] = (keys, amount)
 
     def placed(self, event_id: str, partition: int, position: int) -> None:
@@ -83,11 +85,11 @@ class SpendView:
 
     def _drop(self, keys: list[str], amount: int) -> None:
         for k in keys:
-            left = self._local.get(k, 0) - amount
+            left = self.local.get(k, 0) - amount
             if left:
-                self._local[k] = left
+                self.local[k] = left
             else:
-                self._local.pop(k, None)
+                self.local.pop(k, None)
 
     @property
     def local_backlog(self) -> int:
