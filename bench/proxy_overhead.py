@@ -467,8 +467,9 @@ async def main() -> None:
         names = [n for n in targets if n not in ("direct", "tcp-hop")]
         if rows:
             summary(rows, names, f"{time.strftime('%Y-%m-%d', time.gmtime())} (llmgw at commit {commit}, load "
-                                 f"{load0[0]:.1f}-{os.getloadavg()[0]:.1f}, {cores} cores shared by load, fake and "
-                                 f"targets{', targets pinned apart' if target_cpus else ''})")
+                                 f"{load0[0]:.1f}-{os.getloadavg()[0]:.1f}, {cores} cores; "
+                                 + (f"targets on core {cores - 1}, load generator, fake, broker and ledger worker "
+                                    "on the others)" if target_cpus else "load generator, fake and targets share them)"))
         print("\n## Memory\n\n| target | RSS at rest MB | RSS per 1,000 open streams MB |\n|---|---|---|")
         for name, (url, k, pid, extra) in targets.items():
             if pid:
