@@ -7,6 +7,21 @@ Run by hand (not part of the test suite), loopback only:
     python bench/proxy_overhead.py --seconds 10 --concurrency 1,64,512
     python bench/proxy_overhead.py --concurrency '' --paced 64,512   # only model-paced streams
     python bench/proxy_overhead.py --baseline /tmp/llmgw-old      # also llmgw from another checkout
+    python bench/proxy_overhead.py --portkey --litellm /tmp/litellm-venv/bin/litellm --kafka --workers 2
+                                   # the peers side by side, and llmgw in Kafka mode with 1 and 2 workers
+
+Portkey's open-source gateway (npm ``@portkey-ai/gateway`` 1.15.2) is installed by the bench into
+``--portkey-dir`` on first use and run with node. As shipped it answers every streamed request 500:
+its ResponseService appends its own headers (``x-portkey-trace-id``...) to the upstream fetch
+Response, whose headers are immutable (``TypeError: immutable``). The bench applies a one-line fix
+to ``build/start-server.js`` before starting it (``PORTKEY_FIX``): the response is copied into a new
+``Response`` (same body stream, status and headers, now mutable) before its headers are updated.
+
+``--kafka`` runs llmgw in Kafka mode too (a local broker from deploy/kafka/kafka.sh, one
+``llmgw ledger worker``); ``--workers N[,M]`` adds llmgw in Kafka mode with N processes on one port
+(``serve --workers``), since the embedded ledger has a single writer. The CPU and memory of a
+multi-process target are summed over its process tree. At the end a summary table (each cell
+``llmgw / peers...``, ready for the README) and the resident memory of each target at rest.
 
 Two kinds of load. *Saturating*: the fake answers at once and every client sends its next call as
 soon as one ends, so the numbers measure throughput and, once the target's core is full, queueing.
@@ -65,6 +80,40 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (a ``serve --workers`` supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def tree_cpu_ms(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            total += cpu_ms(p)
+        except OSError:
+            pass
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            total += rss_mb(p)
+        except OSError:
+            pass
+    return total
+
+
 async def wait_http(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
@@ -96,7 +145,7 @@ class Result:
 
 
 async def load(url: str, key: str, concurrency: int, seconds: float, stream: bool,
-               spread_s: float = 0.0, warm_s: float = 0.0) -> Result:
+               spread_s: float = 0.0, warm_s: float = 0.0, extra: dict[str, str] | None = None) -> Result:
     """``concurrency`` clients, each sending its next call when the last one ends.
 
     ``spread_s``: client i starts ``i * spread_s / concurrency`` late. With model-paced streams and
@@ -107,7 +156,7 @@ async def load(url: str, key: str, concurrency: int, seconds: float, stream: boo
     """
     body = orjson.dumps({"model": "gpt-4o-mini", "stream": stream,
                          "messages": [{"role": "user", "content": "Say hello in five words."}]})
-    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json", **(extra or {})}
     res = Result()
     begin = time.monotonic()
     stop = begin + warm_s + seconds
@@ -144,12 +193,12 @@ async def load(url: str, key: str, concurrency: int, seconds: float, stream: boo
     return res
 
 
-async def open_streams(url: str, key: str, n: int, pid: int) -> float:
+async def open_streams(url: str, key: str, n: int, pid: int, extra: dict[str, str] | None = None) -> float:
     """RSS growth of the target per 1,000 concurrently open streams."""
     body = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 64,
                          "messages": [{"role": "user", "content": "slow"}]})
-    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-    before = rss_mb(pid)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json", **(extra or {})}
+    before = tree_rss_mb(pid)
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as http:
         opened = asyncio.Event()
@@ -162,7 +211,7 @@ async def open_streams(url: str, key: str, n: int, pid: int) -> float:
                 await r.content.readany()
                 count += 1
                 if count == n:
-                    peak = rss_mb(pid)
+                    peak = tree_rss_mb(pid)
                     opened.set()
                 await opened.wait()
                 async for _ in r.content.iter_any():
@@ -181,21 +230,55 @@ def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None 
 
 
 async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], log: Path,
-                      cpus: set[int] | None) -> tuple[subprocess.Popen, str, str]:
+                      cpus: set[int] | None, workers: int = 1) -> tuple[subprocess.Popen, str, str]:
     """A gateway on its embedded default, run from the checkout at ``root``, with one key: (process,
     base URL, key). A checkout from before the ``llmgw`` namespace (no ``core/``) runs its own top-level
     ``proxy`` package; a newer one runs the installed ``llmgw``."""
     cli = "llmgw.proxy.cli" if (root / "core").is_dir() else "proxy.cli"
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
             "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(root)}
+            "PYTHONPATH": os.pathsep.join(filter(None, [env.get("PYTHONPATH", "") if root == ROOT else "", str(root)]))}
     key = subprocess.run([sys.executable, "-m", cli, "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                          check=True, cwd=root).stdout.strip().splitlines()[-1]
     port = free_port()
-    gw = start([sys.executable, "-m", cli, "serve", "--port", str(port)], genv, log, cpus, cwd=root)
+    gw = start([sys.executable, "-m", cli, "serve", "--port", str(port)]
+               + (["--workers", str(workers)] if workers != 1 else []), genv, log, cpus, cwd=root)
     await wait_http(f"http://127.0.0.1:{port}/healthz")
     return gw, f"http://127.0.0.1:{port}/v1", key
+
+
+PORTKEY_VERSION = "1.15.2"
+# Portkey 1.15.2's streaming fix (module docstring): the one place its ResponseService updates the
+# headers of the response it returns, which for a stream is the upstream fetch Response itself.
+PORTKEY_FIX = ("this.updateHeaders(i,n.cacheStatus,o)",
+               "i=new Response(i.body,i),this.updateHeaders(i,n.cacheStatus,o)")
+
+
+def portkey_server(cache: Path) -> Path:
+    """Portkey's gateway installed into ``cache`` (npm, once) with the streaming fix applied."""
+    server = cache / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if not server.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(cache),
+                        f"@portkey-ai/gateway@{PORTKEY_VERSION}"], check=True, stdout=subprocess.DEVNULL)
+    text = server.read_text()
+    if PORTKEY_FIX[1] not in text:
+        if text.count(PORTKEY_FIX[0]) != 1:
+            raise RuntimeError(f"{server}: the line the streaming fix replaces is not there once; "
+                               f"is it @portkey-ai/gateway {PORTKEY_VERSION}?")
+        server.with_suffix(".js.orig").write_text(text)
+        server.write_text(text.replace(PORTKEY_FIX[0], PORTKEY_FIX[1]))
+    return server
+
+
+def start_kafka(tmp: Path, env: dict[str, str]) -> tuple[str, Path]:
+    """A local broker (deploy/kafka/kafka.sh): its bootstrap address and state directory."""
+    sh = ROOT / "deploy" / "kafka" / "kafka.sh"
+    subprocess.run([str(sh), "fetch"], env=env, check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([str(sh), "start", str(tmp / "kafka")], env=env, check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()
+    return out[-1].strip(), tmp / "kafka"
 
 
 def litellm_config(path: Path, fake_openai: str) -> None:
@@ -212,9 +295,13 @@ def litellm_config(path: Path, fake_openai: str) -> None:
         "  drop_params: true\n")
 
 
-async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[int], seconds: float,
+Target = tuple[str, str, "int | None", "dict[str, str] | None"]      # url, key, pid, extra headers
+Row = tuple[str, bool, int, float, float, float, float]       # target, stream, c, +p50, +p99, req/s, CPU/1k
+
+
+async def table(targets: dict[str, Target], levels: list[int], seconds: float,
                 gaps: bool, kinds: tuple[bool, ...] = (False, True), spread_s: float = 0.0,
-                warm_s: float = 0.0, rounds: int = 1) -> None:
+                warm_s: float = 0.0, rounds: int = 1, rows: list[Row] | None = None) -> None:
     """One markdown table; every row's added numbers are against the direct row of its round.
 
     ``rounds``: the cell again, each target after the other, as often: a p99 over ~800 calls is
@@ -225,12 +312,12 @@ async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[in
     print("|---" * (12 + 2 * gaps) + "|")
     for stream, c, _ in itertools.product(kinds, levels, range(rounds)):
         base: Result | None = None
-        for name, (url, k, pid) in targets.items():
+        for name, (url, k, pid, extra) in targets.items():
             if not warm_s:
-                await load(url, k, min(c, 8), 1.0, stream)            # warm-up
-            c0 = cpu_ms(pid) if pid else 0.0
-            r = await load(url, k, c, seconds, stream, spread_s, warm_s)
-            cpu = (cpu_ms(pid) - c0) * 1000 / max(r.calls, 1) if pid else float("nan")
+                await load(url, k, min(c, 8), 1.0, stream, extra=extra)            # warm-up
+            c0 = tree_cpu_ms(pid) if pid else 0.0
+            r = await load(url, k, c, seconds, stream, spread_s, warm_s, extra)
+            cpu = (tree_cpu_ms(pid) - c0) * 1000 / max(r.calls, 1) if pid else float("nan")
             if name == "direct":
                 base = r
             p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
@@ -239,9 +326,25 @@ async def table(targets: dict[str, tuple[str, str, int | None]], levels: list[in
                    t50 - base.pct(base.ttfb, .5), g99 - base.pct(base.gaps, .99)
                    ) if base and name != "direct" else (0, 0, 0, 0)
             gap_cells = f" {g99:.2f} | {add[3]:+.2f} |" if gaps else ""
+            if rows is not None and name != "direct":
+                rows.append((name, stream, c, add[0], add[1], len(r.latencies) / r.elapsed, cpu))
             print(f"| {name} | {'stream' if stream else 'chat'} | {c} | {len(r.latencies) / r.elapsed:.0f} "
                   f"| {p50:.2f} | {p99:.2f} | {add[0]:+.2f} | {add[1]:+.2f} | {t50:.2f} | {add[2]:+.2f} "
                   f"|{gap_cells} {cpu:.0f} | {r.errors} |", flush=True)
+
+
+def summary(rows: list[Row], names: list[str], head: str) -> None:
+    """The same-run table of the README: one row per kind and concurrency, each cell the targets'
+    figures in ``names`` order, separated by `` / ``."""
+    print(f"\n## Same-run comparison, {head}\n\nCells: {' / '.join(names)}.\n")
+    print("| kind | c | +p50 ms | +p99 ms | req/s | CPU ms per 1k calls |\n|---|---|---|---|---|---|")
+    seen = dict.fromkeys((stream, c) for _, stream, c, *_ in rows)
+    for stream, c in seen:
+        cell = {x[0]: x[3:] for x in rows if x[1] == stream and x[2] == c}
+        cols = []
+        for i, fmt in enumerate(("{:.2f}", "{:.1f}", "{:.0f}", "{:.0f}")):
+            cols.append(" / ".join(fmt.format(cell[n][i]) if n in cell else "-" for n in names))
+        print(f"| {'chat SSE' if stream else 'chat'} | {c} | " + " | ".join(cols) + " |")
 
 
 async def main() -> None:
@@ -249,6 +352,11 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--concurrency", default="1,64,512")
     ap.add_argument("--litellm", default="", help="path to the litellm CLI (its own venv)")
+    ap.add_argument("--portkey", action="store_true",
+                    help=f"also Portkey's open-source gateway {PORTKEY_VERSION} (node; npm-installed on first use)")
+    ap.add_argument("--portkey-dir", default=str(Path.home() / ".cache" / "llmgw-bench" / f"portkey-{PORTKEY_VERSION}"))
+    ap.add_argument("--kafka", action="store_true", help="also llmgw in Kafka mode (local broker, one ledger worker)")
+    ap.add_argument("--workers", default="", help="also llmgw in Kafka mode with these process counts, e.g. 2,4")
     ap.add_argument("--baseline", default="", help="another llmgw checkout (e.g. a git worktree of an older "
                                                     "commit), run beside this one as target llmgw@<commit>")
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS measurement")
@@ -274,6 +382,8 @@ async def main() -> None:
         os.sched_setaffinity(0, set(range(cores - 1)))          # this load generator, and the fake below
     env = dict(os.environ)
     procs: list[subprocess.Popen] = []
+    kafka_dirs: list[tuple[Path, dict[str, str]]] = []
+    rows: list[Row] = []
     try:
         fport = free_port()
         procs.append(start([sys.executable, "-m", "tests.fake_provider", "--port", str(fport)], env, tmp / "fake.log"))
@@ -286,9 +396,26 @@ async def main() -> None:
                      "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log", target_cpus)
         procs.append(hop)
         await wait_http(f"http://127.0.0.1:{hport}/openai/v1/models")
-        targets = {"direct": (fake + "/openai/v1", "sk-openai-upstream-test", None),
-                   "tcp-hop": (f"http://127.0.0.1:{hport}/openai/v1", "sk-openai-upstream-test", hop.pid),
-                   "llmgw": (gw_url, key, gw.pid)}
+        targets: dict[str, Target] = {
+            "direct": (fake + "/openai/v1", "sk-openai-upstream-test", None, None),
+            "tcp-hop": (f"http://127.0.0.1:{hport}/openai/v1", "sk-openai-upstream-test", hop.pid, None),
+            "llmgw": (gw_url, key, gw.pid, None)}
+        workers = [int(x) for x in args.workers.split(",") if x]
+        if args.kafka or workers:
+            kenv = {**env, "LLMGW_KAFKA_CACHE": env.get("LLMGW_KAFKA_CACHE", str(ROOT / "deploy" / "kafka" / ".cache"))}
+            bootstrap, kafka_dir = start_kafka(tmp, kenv)
+            kafka_dirs.append((kafka_dir, kenv))
+            kafka_env = {**env, "LLMGW_KAFKA_BOOTSTRAP": bootstrap, "LLMGW_TOPIC_PREFIX": f"bench{os.getpid()}",
+                         "LLMGW_ANALYTICS": "0"}
+            lw = start([sys.executable, "-m", "llmgw.proxy.cli", "ledger", "worker"],
+                       {**kafka_env, "LLMGW_DATA_DIR": str(tmp / "ledger")},
+                       tmp / "ledger.log")
+            procs.append(lw)
+            for n in ([1] if args.kafka else []) + workers:
+                kp, k_url, k_key = await start_llmgw(ROOT, tmp / f"gw-kafka-{n}", fake, kafka_env,
+                                                     tmp / f"gw-kafka-{n}.log", target_cpus, workers=n)
+                procs.append(kp)
+                targets[f"llmgw kafka x{n}"] = (k_url, k_key, kp.pid, None)
         if args.baseline:
             base_root = Path(args.baseline).resolve()
             old, old_url, old_key = await start_llmgw(base_root, tmp / "gw-base", fake, env, tmp / "gw-base.log",
@@ -296,7 +423,7 @@ async def main() -> None:
             procs.append(old)
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=base_root).stdout.strip()
-            targets[f"llmgw@{commit}"] = (old_url, old_key, old.pid)
+            targets[f"llmgw@{commit}"] = (old_url, old_key, old.pid, None)
         if args.litellm:
             lport = free_port()
             litellm_config(tmp / "litellm.yaml", fake + "/openai/v1")
@@ -304,13 +431,25 @@ async def main() -> None:
                         "--num_workers", "1"], env, tmp / "litellm.log", target_cpus)
             procs.append(lp)
             await wait_http(f"http://127.0.0.1:{lport}/health/liveliness", timeout_s=180)
-            targets["litellm"] = (f"http://127.0.0.1:{lport}/v1", "sk-bench-master", lp.pid)
-        print(f"# {time.strftime('%Y-%m-%d %H:%M')} commit {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()} "
-              f"cores {cores} seconds/cell {args.seconds}"
+            targets["litellm"] = (f"http://127.0.0.1:{lport}/v1", "sk-bench-master", lp.pid, None)
+        if args.portkey:
+            pport = free_port()
+            pk = start(["node", str(portkey_server(Path(args.portkey_dir))), f"--port={pport}", "--headless"],
+                       {**env, "NODE_ENV": "production"}, tmp / "portkey.log", target_cpus)
+            procs.append(pk)
+            await wait_http(f"http://127.0.0.1:{pport}/", timeout_s=60)
+            targets["portkey"] = (f"http://127.0.0.1:{pport}/v1", "sk-openai-upstream-test", pk.pid,
+                                  {"x-portkey-provider": "openai", "x-portkey-custom-host": fake + "/openai/v1"})
+        at_rest = {name: tree_rss_mb(pid) for name, (_, _, pid, _) in targets.items() if pid}
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip()
+        load0 = os.getloadavg()
+        print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} commit {commit} "
+              f"cores {cores} seconds/cell {args.seconds}, load average {load0[0]:.1f} at the start"
               + (f", targets pinned to core {cores - 1}, load and fake to the others" if target_cpus else ""))
         if levels:
             print("\n## Saturating: an instant 5-word reply, each client sends again at once\n")
-            await table(targets, levels, args.seconds, gaps=False)
+            await table(targets, levels, args.seconds, gaps=False, rows=rows)
         if paced:
             reply = {"delay_s": args.ttft_ms / 1000, "chunks": args.chunks, "chunk_delay_s": args.chunk_ms / 1000}
             async with aiohttp.ClientSession() as http:
@@ -325,10 +464,17 @@ async def main() -> None:
                         warm_s=spread_s + stream_s, rounds=args.rounds)
         async with aiohttp.ClientSession() as http:    # slow streams, so they stay open together
             await http.post(fake + "/_fake/default_reply", json={"chunks": 100, "chunk_delay_s": 0.05})
-        for name, (url, k, pid) in targets.items():
-            if pid and args.streams:
-                per_k = await open_streams(url, k, args.streams, pid)
-                print(f"# {name}: RSS +{per_k:.1f} MB per 1,000 open streams", flush=True)
+        names = [n for n in targets if n not in ("direct", "tcp-hop")]
+        if rows:
+            summary(rows, names, f"{time.strftime('%Y-%m-%d', time.gmtime())} (llmgw at commit {commit}, load "
+                                 f"{load0[0]:.1f}-{os.getloadavg()[0]:.1f}, {cores} cores; "
+                                 + (f"targets on core {cores - 1}, load generator, fake, broker and ledger worker "
+                                    "on the others)" if target_cpus else "load generator, fake and targets share them)"))
+        print("\n## Memory\n\n| target | RSS at rest MB | RSS per 1,000 open streams MB |\n|---|---|---|")
+        for name, (url, k, pid, extra) in targets.items():
+            if pid:
+                per_k = await open_streams(url, k, args.streams, pid, extra) if args.streams else float("nan")
+                print(f"| {name} | {at_rest[name]:.0f} | +{per_k:.1f} |", flush=True)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -337,6 +483,9 @@ async def main() -> None:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for kafka_dir, kenv in kafka_dirs:
+            subprocess.run([str(ROOT / "deploy" / "kafka" / "kafka.sh"), "stop", str(kafka_dir)], env=kenv,
+                           check=False, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

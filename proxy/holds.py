@@ -40,8 +40,9 @@ class OpenHolds:
         self.swept = 0
         self.swept_micro_usd = 0
 
-    def add(self, r: "Reservation") -> None:
-        self._open[id(r)] = (r, time.monotonic())
+    def add(self, r: "Reservation", at_s: float | None = None) -> None:
+        """``at_s``: when it was placed (monotonic), if the caller already read the clock."""
+        self._open[id(r)] = (r, time.monotonic() if at_s is None else at_s)
 
     def discard(self, r: "Reservation") -> None:
         self._open.pop(id(r), None)

@@ -59,6 +59,9 @@ from .ratelimit import EMPTY, ProxyCount, RateBook, RateLimiter, Ticket
 
 # Waiting for a window shorter than this to reset is worth an SDK retry.
 _RETRY_WORTH_S = 60
+# Resolved plans kept per generation: at most twice this many callers x tag sets in memory.
+_PLANS_PER_GENERATION = 250_000
+_PlanKey = tuple[str, str, str, str, tuple[str, ...]]
 # A refusal that calls in flight can lift: retry after their typical duration (the median of the
 # last _DURATIONS calls on this proxy), within these bounds; _SETTLE_DEFAULT_S before any call ended.
 _SETTLE_MIN_S, _SETTLE_MAX_S, _SETTLE_DEFAULT_S = 1, 30, 5
@@ -93,6 +96,39 @@ class Hold:
     applied: Applied
     window_end_ms: int
     carve_keys: tuple[str, ...] = ()      # spend measured elsewhere and not counted here
+    strict: bool = False                  # the budget holds the worst case (``applied.budget.hold``)
+
+
+class _Plan:
+    """One caller's budgets for one set of tags, resolved once (``BudgetBook.effective``, the
+    windows, the spend keys) and reused by every check until ``valid_until`` (a window ends or an
+    exception expires) or the config changes: a check then costs a few dict lookups per budget,
+    whatever the number of budgets and keys configured.
+
+    ``keys`` is each spend key once, in the order of its first hold (a key capped twice holds the
+    larger amount once); ``modes`` says per key which holds cap it: 1 predicted, 2 strict, 3 both.
+    ``plain``: no hold carves spend out (the common case, checked without the general path)."""
+
+    __slots__ = ("valid_from", "valid_until", "holds", "held", "keys", "modes", "all_strict", "plain")
+
+    def __init__(self, valid_from: int, valid_until: int, holds: list[Hold]) -> None:
+        self.valid_from, self.valid_until, self.holds = valid_from, valid_until, holds
+        self.held = tuple(holds)
+        modes: dict[str, int] = {}
+        for h in holds:
+            modes[h.key] = modes.get(h.key, 0) | (2 if h.strict else 1)
+        self.keys = tuple(modes)
+        self.modes = tuple(modes.values())
+        self.all_strict = all(h.strict for h in holds)
+        self.plain = not any(h.carve_keys for h in holds)
+
+    def amounts(self, est: "Estimate") -> tuple[int, ...]:
+        """The hold on each of ``keys``: the largest any of its budgets asks for."""
+        worst, pred = est.worst_micro_usd, est.predicted_micro_usd
+        if worst == pred:
+            return (worst,) * len(self.keys)
+        both = max(worst, pred)
+        return tuple(pred if m == 1 else worst if m == 2 else both for m in self.modes)
 
 
 @dataclass(slots=True)
@@ -139,7 +175,9 @@ class Policy:
                  proxies: ProxyCount | None = None, clock: Callable[[], int] | None = None,
                  waits: WaitQueue | None = None) -> None:
         self.view = view
-        self._holds: dict[tuple[str, str, str, str, tuple[str, ...]], tuple[int, int, list[Hold]]] = {}
+        self._plans: dict[_PlanKey, _Plan] = {}
+        self._plans_old: dict[_PlanKey, _Plan] = {}     # the previous generation (``_plan``)
+        self._pool: dict[Hold, Hold] = {}               # one Hold object per distinct hold
         self.book = book
         self.tz_of = tz_of
         self.increase_hint = increase_hint
@@ -172,7 +210,8 @@ class Policy:
     @book.setter
     def book(self, book: BudgetBook) -> None:
         self._book = book
-        self._holds.clear()
+        self._plans, self._plans_old = {}, {}
+        self._pool.clear()
 
     def reload(self, state: ConfigState) -> None:
         """Rebuild every index derived from the config log."""
@@ -221,7 +260,7 @@ class Policy:
         prediction (its hold is the worst case) but still teaches it."""
         basis = Basis((f"key:{p.key_id}", f"user:{p.org}/{p.user}"), model, shape.body_bytes, shape.n)
         worst = worst_case(price, shape)
-        if now_ms is not None and all(h.applied.budget.hold == "strict" for h in self.holds_for(p, tags, now_ms)):
+        if now_ms is not None and self._plan(p, tags, now_ms).all_strict:
             return Estimate(worst, worst, basis)
         profile = self.predictor.profile(basis.who, model)
         return Estimate(worst, predicted(price, shape, profile), basis, profile is not None)
@@ -231,24 +270,41 @@ class Policy:
         ends, an exception expires or the config changes (no scan over all budgets).
         Only the key's own tags and the gateway's (``llmgw...``) are trusted to lift or
         narrow a cap (``BudgetBook.effective``)."""
+        return self._plan(p, tags, now_ms).holds
+
+    def _plan(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> _Plan:
+        """The cached plan, else the previous generation's (moved to this one), else resolved.
+        Two generations instead of one bounded dict: when the cache fills, the callers seen
+        since the last turn keep their plans, so 100,000 keys in use do not all miss at once."""
         ck = (p.key_id, p.org, p.workspace, p.user, tags)
-        hit = self._holds.get(ck)
-        if hit is not None and now_ms < hit[0] and now_ms >= hit[1]:
-            return hit[2]
+        plan = self._plans.get(ck)
+        if plan is not None and plan.valid_from <= now_ms < plan.valid_until:
+            return plan
+        plan = self._plans_old.pop(ck, None)
+        if plan is None or not plan.valid_from <= now_ms < plan.valid_until:
+            plan = self._resolve(p, tags, now_ms)
+        if len(self._plans) >= _PLANS_PER_GENERATION:
+            self._plans_old, self._plans = self._plans, {}
+            self._pool.clear()
+        self._plans[ck] = plan
+        return plan
+
+    def _resolve(self, p: Principal, tags: tuple[str, ...], now_ms: int) -> _Plan:
+        """The straightforward computation the plan caches: every budget that applies, in its window."""
         tz = self.tz_of(p.org)
         out = []
         valid_from, valid_until = 0, self._book.next_expiry_ms(now_ms)
         trusted = tuple(t for t in tags if t in p.tags or t.startswith("llmgw"))
+        pool = self._pool
         for a in self._book.effective(p, tags, now_ms, trusted):
             w = a.budget.window
             start, end = self._window(w, now_ms, tz)
             valid_from, valid_until = max(valid_from, start), min(valid_until, end)
             carve = tuple(spend_key(dim, ent, w, start) for dim, ent in a.carve_out)
-            out.append(Hold(spend_key(a.spend_dim, a.entity, w, start), a.budget.limit_micro_usd, a, end, carve))
-        if len(self._holds) > 200_000:
-            self._holds.clear()
-        self._holds[ck] = (valid_until, valid_from, out)
-        return out
+            h = Hold(spend_key(a.spend_dim, a.entity, w, start), a.budget.limit_micro_usd, a, end, carve,
+                     a.budget.hold == "strict")
+            out.append(pool.setdefault(h, h))       # callers sharing a budget share its Hold
+        return _Plan(valid_from, valid_until, out)
 
     def _window(self, window: str, now_ms: int, tz: str) -> tuple[int, int]:
         b = self._bounds.get((window, tz))
@@ -271,31 +327,56 @@ class Policy:
         after a restart: proxy/batch_book.py). ``swept=False``: a hold that may rightly stay open
         longer than any stream (a batch's, for up to a day) is kept out of the open-hold sweeper.
         """
-        est = Estimate.of(estimate)
-        holds = self.holds_for(p, tags, now_ms)
-        n = max(1, self.proxies())
+        est = estimate if type(estimate) is Estimate else Estimate.of(estimate)
+        plan = self._plan(p, tags, now_ms)
+        holds = plan.holds
         model, by = "", None
-        over = [(h, *m) for h in holds if (m := self._over(h, est.hold(h.applied.budget.hold), n)) is not None]
-        if over and not force:
-            est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
+        if holds and not force:
+            n = max(1, self.proxies())
+            over = self._over_all(plan, est, n)
+            if over:
+                est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
         ticket = EMPTY if force else self.limiter.acquire(p, tokens, max_wait_ms)   # raises before any hold
         if not holds:
             return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis,
                                worst_micro_usd=est.worst_micro_usd)
-        held: dict[str, int] = {}
-        for h in holds:                     # a spend key capped twice holds the larger amount once
-            held[h.key] = max(held.get(h.key, 0), est.hold(h.applied.budget.hold))
-        res, exp = self._reserved, self._exposed
-        extra = tuple(max(est.worst_micro_usd - a, 0) for a in held.values())
-        for (k, a), x in zip(held.items(), extra):
+        keys, amounts, worst = plan.keys, plan.amounts(est), est.worst_micro_usd
+        res = self._reserved
+        for k, a in zip(keys, amounts):
             res[k] = res.get(k, 0) + a
-            if x:
-                exp[k] = exp.get(k, 0) + x
-        r = Reservation(max(held.values()), tuple(holds), True, model, ticket, tuple(held), by,
-                        tuple(held.values()), est.basis, self._mono(), extra, est.worst_micro_usd)
+        if worst > min(amounts):            # predicted holds: their worst case beyond the hold
+            extra = tuple(max(worst - a, 0) for a in amounts)
+            exp = self._exposed
+            for k, x in zip(keys, extra):
+                if x:
+                    exp[k] = exp.get(k, 0) + x
+        else:
+            extra = (0,) * len(keys)
+        placed = self._mono()
+        r = Reservation(max(amounts), plan.held, True, model, ticket, keys, by, amounts, est.basis, placed,
+                        extra, worst)
         if swept:
-            self.holds.add(r)           # for the sweeper and the open-hold gauges (holds.py)
+            self.holds.add(r, placed)       # for the sweeper and the open-hold gauges (holds.py)
         return r
+
+    def _over_all(self, plan: _Plan, est: Estimate, n: int) -> list[tuple[Hold, int, int, int]]:
+        """``_over`` of every hold, as (hold, used, margin, reserved) for those the estimate does
+        not fit; the plain case (one proxy, no carve-out) inlined: this runs on every call."""
+        if n > 1 or not plan.plain:
+            return [(h, *m) for h in plan.holds
+                    if (m := self._over(h, est.hold(h.applied.budget.hold), n)) is not None]
+        view, res = self.view, self._reserved
+        folded, local = view.folded, view.local.sums
+        worst, pred = est.worst_micro_usd, est.predicted_micro_usd
+        over: list[tuple[Hold, int, int, int]] = []
+        for h in plan.holds:
+            k = h.key
+            held = res.get(k, 0) if res else 0
+            spent = folded.get(k, ZERO).spend_nano_usd + local.get(k, 0) if local else folded.get(k, ZERO).spend_nano_usd
+            used = -(-spent // NANO_PER_MICRO) + held
+            if used + (worst if h.strict else pred) > h.limit_micro_usd:
+                over.append((h, used, 0, held))
+        return over
 
     def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True,
                 observed: Tokens | None = None) -> None:
@@ -304,10 +385,11 @@ class Policy:
         after the call's event went to the ledger (which counts the real cost at once):
         never a moment where neither counts. ``observed``: the usage of a call that
         completed normally, which later predicted holds of this key and model learn from."""
-        if forwarded:
-            self.limiter.settle(r.rate, tokens_used)
-        else:
-            self.limiter.cancel(r.rate)
+        if r.rate.open:
+            if forwarded:
+                self.limiter.settle(r.rate, tokens_used)
+            else:
+                self.limiter.cancel(r.rate)
         if observed is not None and r.basis is not None:
             self.predictor.observe(r.basis, observed)
         if not r.open:
@@ -316,13 +398,21 @@ class Policy:
         self.holds.discard(r)
         if forwarded and r.placed_s:
             self._durations.append(self._mono() - r.placed_s)
-        for book, amounts in ((self._reserved, r.amounts), (self._exposed, r.extra)):
-            for k, a in zip(r.keys, amounts):
-                left = book.get(k, 0) - a
+        res = self._reserved
+        for k, a in zip(r.keys, r.amounts):
+            left = res.get(k, 0) - a
+            if left > 0:
+                res[k] = left
+            else:
+                res.pop(k, None)
+        exp = self._exposed
+        if exp:                              # empty unless predicted holds are open
+            for k, x in zip(r.keys, r.extra):
+                left = exp.get(k, 0) - x
                 if left > 0:
-                    book[k] = left
+                    exp[k] = left
                 else:
-                    book.pop(k, None)
+                    exp.pop(k, None)
 
     def settle_time_s(self) -> int:
         """How long a call in flight typically takes to settle here: a refusal it can lift says so."""

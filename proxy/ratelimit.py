@@ -48,6 +48,8 @@ MINUTE_MS, DAY_MS = 60_000, 86_400_000
 METRICS: dict[str, tuple[str, int]] = {"rpm": (REQUESTS, MINUTE_MS), "tpm": (TOKENS, MINUTE_MS),
                                        "rpd": (REQUESTS, DAY_MS), "tpd": (TOKENS, DAY_MS)}
 _NEVER_MS = 1 << 62
+# Callers whose limits are kept resolved, per generation (``RateBook.effective``).
+_CACHED_CALLERS = 250_000
 # A refusal whose capacity frees later than this says x-should-retry: false (as budgets do).
 _RETRY_WORTH_S = 60
 
@@ -143,7 +145,10 @@ class RateBook:
             else:
                 self._by_scope.setdefault((lim.scope_kind, lim.name), []).append(lim)
         self.count = len(limits)
+        # Two generations (as Policy's plans): when the cache fills, the callers seen since the last
+        # turn keep their resolution, so 100,000 keys in use do not all resolve again at once.
         self._cache: dict[tuple[str, str, str, str], tuple[AppliedLimit, ...]] = {}
+        self._cache_old: dict[tuple[str, str, str, str], tuple[AppliedLimit, ...]] = {}
 
     @classmethod
     def from_state(cls, state: ConfigState) -> "RateBook":
@@ -154,6 +159,10 @@ class RateBook:
         hit = self._cache.get(ck)
         if hit is not None:
             return hit
+        hit = self._cache_old.pop(ck, None)
+        if hit is not None:
+            self._cache[ck] = hit
+            return hit
         out: list[AppliedLimit] = []
         if self.count:
             for kind in KINDS:
@@ -162,8 +171,8 @@ class RateBook:
                     chosen = [x for x in own if x.metric == metric] or [
                         d for d in self._defaults.get(kind, ()) if d.metric == metric and d.org in ("", p.org)]
                     out.extend(AppliedLimit.of(x, p.entity(kind)) for x in chosen)
-        if len(self._cache) > 100_000:
-            self._cache.clear()
+        if len(self._cache) >= _CACHED_CALLERS:
+            self._cache_old, self._cache = self._cache, {}
         self._cache[ck] = res = tuple(out)
         return res
 

@@ -179,3 +179,19 @@ def test_wait_allowance_is_bounded():
     assert q.allowance_ms({"x-llmgw-wait": "-1"}) == 0
     q.waiting = 1
     assert q.allowance_ms({"x-llmgw-wait": "1"}) == 0  # the queue is full: refuse instead
+
+
+def test_a_full_cache_of_resolved_callers_keeps_answering_the_same(monkeypatch):
+    from llmgw.proxy import ratelimit as R
+
+    monkeypatch.setattr(R, "_CACHED_CALLERS", 3)
+    book = R.RateBook([R.RateLimit("user", "*", "rpm", 60), R.RateLimit("user", "u2", "rpm", 5),
+                       R.RateLimit("key", "k4", "tpm", 1_000)])
+    callers = [Principal(f"k{i}", "acme", "w", f"u{i}") for i in range(8)]
+    fresh = [R.RateBook([R.RateLimit("user", "*", "rpm", 60), R.RateLimit("user", "u2", "rpm", 5),
+                         R.RateLimit("key", "k4", "tpm", 1_000)]).effective(p) for p in callers]
+    for _ in range(3):                       # past several generation turns, in two orders
+        assert [book.effective(p) for p in callers] == fresh
+        assert [book.effective(p) for p in reversed(callers)] == fresh[::-1]
+    assert [a.limit.limit for a in book.effective(callers[2])] == [5]
+    assert [a.limit.metric for a in book.effective(callers[4])] == ["rpm", "tpm"]
