@@ -9,26 +9,40 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 HOUR, DAY, WEEK, MONTH = "hour", "day", "week", "month"
 WINDOWS = (HOUR, DAY, WEEK, MONTH)
 
 
 @lru_cache(maxsize=256)
-def _zone(tz: str) -> ZoneInfo | timezone:
+def zone(tz: str) -> ZoneInfo | timezone:
+    """The zone of a name ``check_zone`` accepted. Its rules are read from the system's tzdata
+    once per process (a few KB; ``ZoneInfo`` keeps them too), the first time a window needs them."""
     return timezone.utc if tz in ("", "UTC") else ZoneInfo(tz)
 
 
-@lru_cache(maxsize=1)
-def _iana() -> frozenset[str]:
-    return frozenset(available_timezones()) | {"UTC"}
+@lru_cache(maxsize=1024)
+def _is_zone(tz: str) -> bool:
+    # Loading the one zone asked for, not listing the whole tzdata tree (available_timezones walks
+    # hundreds of files): this runs in an admin request, on the serving loop.
+    if tz == "UTC" or tz in _NOT_ZONES:
+        return tz == "UTC"
+    try:
+        zone(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+# Files in the tzdata tree that are not zones users name (available_timezones leaves them out too).
+_NOT_ZONES = frozenset({"", "posixrules", "Factory", "localtime"})
 
 
 def check_zone(tz: object) -> str:
     """An IANA time zone name (``Europe/Paris``, ``America/New_York``, ``UTC``), or ``ValueError``:
     an org's day and month windows start at its local midnight, so a typo must not pass for UTC."""
-    if not isinstance(tz, str) or tz not in _iana():
+    if not isinstance(tz, str) or len(tz) > 64 or not _is_zone(tz):
         raise ValueError(f"time zone {str(tz)[:60]!r}: expected an IANA name such as Europe/Paris, "
                          "America/New_York or UTC")
     return tz
@@ -46,7 +60,7 @@ def org_zones(file_config: Mapping[str, Any], org_records: Iterable[Mapping[str,
 
 
 def _local(ts_ms: int, tz: str) -> datetime:
-    return datetime.fromtimestamp(ts_ms / 1000, _zone(tz))
+    return datetime.fromtimestamp(ts_ms / 1000, zone(tz))
 
 
 def _ms(dt: datetime) -> int:
@@ -80,7 +94,7 @@ def _next(window: str, start: datetime) -> datetime:
 
 def _reattach(local_naive_like: datetime, tz: str) -> datetime:
     """Re-resolve a wall-clock time in its zone after date arithmetic (DST-safe)."""
-    return local_naive_like.replace(tzinfo=None).replace(tzinfo=_zone(tz))
+    return local_naive_like.replace(tzinfo=None).replace(tzinfo=zone(tz))
 
 
 def window_bounds(window: str, ts_ms: int, tz: str = "UTC") -> tuple[int, int]:

@@ -28,9 +28,9 @@ month.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
-from zoneinfo import ZoneInfo
+
 
 from llmgw.core.budgets import Applied, Budget, BudgetBook, micro_to_usd
 from llmgw.core.principal import Principal
@@ -39,7 +39,7 @@ from llmgw.core import spend_keys as F
 from llmgw.core.config import ConfigState
 from llmgw.ledger.fold import TzOf
 from llmgw.core.spend_keys import parse_spend_key, spend_key
-from llmgw.core.windows import window_bounds
+from llmgw.core.windows import window_bounds, zone
 
 DEFAULT_THRESHOLDS_PCT = (50, 75, 90, 100)
 THRESHOLD, RUNWAY = "threshold", "runway"
@@ -308,7 +308,7 @@ def ordinal(n: int) -> str:
 
 
 def _local(ts_ms: int, tz: str) -> datetime:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc if tz in ("", "UTC") else ZoneInfo(tz))
+    return datetime.fromtimestamp(ts_ms / 1000, zone(tz))
 
 
 def _tzname(tz: str) -> str:

@@ -11,6 +11,8 @@ The file is removed at a clean stop; a stale one (its pid gone) is ignored.
 """
 from __future__ import annotations
 
+import asyncio
+
 import os
 import secrets
 import socket
@@ -150,7 +152,7 @@ class GatewayConfigLog:
         self._log = log
 
     async def append(self, rec: ConfigRecord) -> None:
-        self.append_many([rec])
+        await asyncio.to_thread(self.append_many, [rec])     # a blocking HTTP call: off the caller's loop
 
     def append_many(self, records: Iterable[ConfigRecord]) -> None:
         self.gateway.request("POST", "/admin/config/records",

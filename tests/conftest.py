@@ -112,6 +112,8 @@ def blockbuster() -> Iterator[BlockBuster]:
         fn.can_block_predicate = _or_called_by_a_test(fn.can_block_predicate)
         # Startup, before the gateway serves: opening the ledger's files and the price catalog may block.
         fn.can_block_in("proxy/app.py", {"ctx", "_default_ledger"})
+        # A time zone's rules, read once per process the first time a window needs them (core/windows.py).
+        fn.can_block_in("core/windows.py", {"zone"})
     _Raised.errors.clear()
     original, _bb_module.BlockingError = _bb_module.BlockingError, _Raised.Error  # type: ignore[misc]
     bb.activate()

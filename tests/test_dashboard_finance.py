@@ -138,8 +138,8 @@ async def test_finance_view_in_chromium(gateway: GatewayHarness, tmp_path: Path)
     today_utc = datetime.now(ZoneInfo("UTC")).date()
     assert default_shown == f"{today_utc.replace(day=1)} to {today_utc} (UTC)"      # month to date
     assert picker == ["all (UTC days)", "acme (America/New_York days)"]
-    today_ny = datetime.now(ZoneInfo("America/New_York")).date()
-    assert tz_shown == f"{today_ny.replace(day=1)} to {today_ny} (America/New_York), org acme"
+    # the form carries the range it showed: picking an org keeps those days, now read in its zone
+    assert tz_shown == f"{today_utc.replace(day=1)} to {today_utc} (America/New_York), org acme"
     assert past_shown.startswith("2025-01-01 to 2025-01-31") and "No spend in this range." in past_rows
     assert "since=2025-01-01" in past_csv and "until=2025-01-31" in past_csv
     assert "set by owner-key (owner)" in notice and "monthly budget $1,500.00" in notice, notice

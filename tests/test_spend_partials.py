@@ -48,7 +48,7 @@ def test_a_proxys_own_call_is_counted_once_whichever_partition_it_landed_in() ->
     view = SpendView()
     view.apply_snapshot(key, Totals(spend_nano_usd=1_000, requests=1), 0)
     view.add_local(ev)
-    view.placed(ev.event_id, 3, 10)
+    view.placed(ev, 3, 10)
     view.advance(0, 50)                                   # another partition moves on: still local
     assert view.spent_nano(key) == 8_000
     view.apply_snapshot(key, Totals(spend_nano_usd=7_000, requests=1), 3)

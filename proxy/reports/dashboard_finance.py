@@ -22,11 +22,12 @@ from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
+
 
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
+from llmgw.core.windows import zone
 from llmgw.analytics import dashboard_html
 from llmgw.analytics.dashboard_html import dollars
 from llmgw.analytics.queries import DIMENSIONS, format_usd
@@ -51,15 +52,15 @@ class Range:
     tz: str
 
     def bounds_ms(self) -> tuple[int, int]:
-        zone = ZoneInfo(self.tz)
-        start = datetime(self.since.year, self.since.month, self.since.day, tzinfo=zone)
-        end = datetime(self.until.year, self.until.month, self.until.day, tzinfo=zone) + timedelta(days=1)
+        local = zone(self.tz)
+        start = datetime(self.since.year, self.since.month, self.since.day, tzinfo=local)
+        end = datetime(self.until.year, self.until.month, self.until.day, tzinfo=local) + timedelta(days=1)
         return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
 def parse_range(query: Any, tz: str, now_ms: int) -> Range:
     """``since``/``until`` as local days; default month to date. ValueError on a bad date or order."""
-    today = datetime.fromtimestamp(now_ms / 1000, ZoneInfo(tz)).date()
+    today = datetime.fromtimestamp(now_ms / 1000, zone(tz)).date()
     since = date.fromisoformat(query["since"]) if query.get("since") else today.replace(day=1)
     until = date.fromisoformat(query["until"]) if query.get("until") else today
     if until < since:

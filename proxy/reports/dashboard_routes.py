@@ -249,8 +249,9 @@ async def static(request: web.Request) -> web.Response:
     if kind is None:
         raise web.HTTPNotFound()
     body = _static_cache.get(name)
-    if body is None:
-        body = _static_cache[name] = resources.files("llmgw.analytics").joinpath("static", name).read_bytes()
+    if body is None:                  # read once, off the loop: the package may sit on a slow disk
+        body = _static_cache[name] = await asyncio.to_thread(
+            resources.files("llmgw.analytics").joinpath("static", name).read_bytes)
     return web.Response(body=body, content_type=kind, charset="utf-8",
                         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 
