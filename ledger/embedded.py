@@ -44,6 +44,8 @@ class EventLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
         self._f = open(path, "ab")
+        self._durable_end = self._f.tell()
+        self._torn = False        # a failed append may have left bytes past _durable_end
 
     def _repair(self) -> None:
         """Drop a torn last line left by a crash mid-write (it was never acknowledged)."""
@@ -63,22 +65,43 @@ class EventLog:
             log.warning("ledger log %s had a torn last line; truncated %d bytes", self.path, size - cut)
 
     def append(self, events: Sequence[Record]) -> list[int]:
-        """Write and fsync; the positions returned are durable."""
-        pos = self._f.tell()
+        """Write and fsync; the positions returned are durable.
+
+        A failed append (a short write, a failed fsync) is cut off before the next one: the caller
+        retries the same records, and what the failed attempt left in the file must not count them
+        a second time."""
+        if self._torn:
+            self._cut_to(self._durable_end)
+        pos = self._durable_end
         out, chunks = [], []
         for ev in events:
             line = encode_record(ev) + b"\n"
             out.append(pos)
             chunks.append(line)
             pos += len(line)
-        self._f.write(b"".join(chunks))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(b"".join(chunks))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except BaseException:
+            self._torn = True
+            raise
+        self._durable_end = pos
         return out
+
+    def _cut_to(self, end: int) -> None:
+        try:
+            self._f.close()             # may flush what the failed append left buffered: cut below
+        except OSError:
+            pass
+        os.truncate(self.path, end)
+        self._f = open(self.path, "ab")
+        self._torn = False
+        log.warning("ledger log %s: cut an unacknowledged append back to %d bytes", self.path, end)
 
     @property
     def end(self) -> int:
-        return self._f.tell()
+        return self._durable_end
 
     def read_from(self, position: int) -> Iterator[tuple[int, int, UsageEvent]]:
         """(position, position after it, event) for every usage event from ``position``."""

@@ -1,0 +1,69 @@
+"""A failed append to the embedded ledger's log (a disk full mid-write) is retried by the writer:
+the retry must leave each event in the log once, so the fold, ClickHouse and rebuild count it once."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from llmgw.ledger.embedded import EmbeddedLedger, EventLog, log_events, log_path
+from llmgw.ledger.fold import fold_all
+
+from tests.test_embedded_fold import random_event
+
+
+class DiskFullOnce:
+    """The log's file: the first ``fail`` writes put half their bytes on disk, then raise ENOSPC."""
+
+    def __init__(self, f: Any, fail: int = 1) -> None:
+        self._f, self.fail = f, fail
+
+    def write(self, data: bytes) -> int:
+        if self.fail:
+            self.fail -= 1
+            self._f.write(data[: len(data) // 2])
+            self._f.flush()
+            raise OSError(28, "No space left on device")
+        n: int = self._f.write(data)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def test_an_append_that_failed_half_way_is_cut_before_the_retry(tmp_path: Path) -> None:
+    rnd = random.Random(3)
+    first, batch = [random_event(rnd) for _ in range(3)], [random_event(rnd) for _ in range(5)]
+    log = EventLog(tmp_path / "events.log")
+    log.append(first)
+    end = log.end
+    log._f = DiskFullOnce(log._f)  # type: ignore[assignment]
+    try:
+        log.append(batch)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the injected disk-full write did not fail")
+    assert log.end == end                                   # nothing of the failed batch is acknowledged
+    positions = log.append(batch)                           # the writer's retry
+    assert positions[0] == end
+    assert [e.event_id for e in log_events(tmp_path / "events.log")] == [e.event_id for e in first + batch]
+    log.close()
+
+
+async def test_the_ledger_retries_a_failed_write_and_counts_each_event_once(tmp_path: Path) -> None:
+    ledger = EmbeddedLedger(tmp_path)
+    await ledger.start()
+    try:
+        ledger.log._f = DiskFullOnce(ledger.log._f, fail=2)  # type: ignore[assignment]
+        rnd = random.Random(11)
+        events = [random_event(rnd) for _ in range(50)]
+        for ev in events:
+            ledger.submit(ev)
+        await ledger.flush(timeout_s=10)
+        logged = log_events(log_path(tmp_path))
+        assert sorted(e.event_id for e in logged) == sorted(e.event_id for e in events)
+        assert ledger.view.folded == fold_all(events)
+        assert ledger.view.local_backlog == 0
+    finally:
+        await ledger.stop()
