@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -251,11 +251,16 @@ def main() -> int:
     if args.load_only:
         asyncio.run(load_only(args.bootstrap, args.prefix, args.rate, args.seconds, args.load_orgs))
         return 0
-    go = lambda b: asyncio.run(run(b, args.events, args.rate, args.partitions, args.load_rate,  # noqa: E731
-                                   args.load_orgs, args.worker_process))
-    if args.bootstrap:
-        go(args.bootstrap)
-        return 0
+    on_a_broker(args.bootstrap, lambda b: asyncio.run(run(b, args.events, args.rate, args.partitions,
+                                                          args.load_rate, args.load_orgs, args.worker_process)))
+    return 0
+
+
+def on_a_broker(bootstrap: str, go: Callable[[str], object]) -> None:
+    """Run ``go`` on the broker at ``bootstrap``, or on a throwaway one (deploy/kafka/kafka.sh's jars)."""
+    if bootstrap:
+        go(bootstrap)
+        return
     from tests.fixtures.kafka import KafkaBroker
     broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="llmgw-bench-kafka-")))
     broker.start()
@@ -263,7 +268,6 @@ def main() -> int:
         go(broker.bootstrap)
     finally:
         broker.stop()
-    return 0
 
 
 if __name__ == "__main__":

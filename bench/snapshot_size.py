@@ -43,7 +43,7 @@ from llmgw.ledger.kafka_ledger import KafkaLedger  # noqa: E402
 from llmgw.ledger.topics import (PartitionReader, Topics, decode_progress, ensure_topics,  # noqa: E402
                                  is_progress_key)
 
-from bench.snapshot_freshness import machine  # noqa: E402
+from bench.snapshot_freshness import machine, on_a_broker  # noqa: E402
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -167,16 +167,7 @@ def main() -> int:
     if args.follow:
         asyncio.run(follow(args.bootstrap, args.prefix))
         return 0
-    if args.bootstrap:
-        asyncio.run(run(args.bootstrap, args.budgets, args.partitions))
-        return 0
-    from tests.fixtures.kafka import KafkaBroker
-    broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="llmgw-bench-kafka-")))
-    broker.start()
-    try:
-        asyncio.run(run(broker.bootstrap, args.budgets, args.partitions))
-    finally:
-        broker.stop()
+    on_a_broker(args.bootstrap, lambda b: asyncio.run(run(b, args.budgets, args.partitions)))
     return 0
 
 

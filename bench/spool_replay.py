@@ -37,7 +37,7 @@ from llmgw.core.events import Tokens, UsageEvent, new_event_id  # noqa: E402
 from llmgw.ledger.kafka_ledger import KafkaLedger  # noqa: E402
 from llmgw.ledger.topics import Topics, ensure_topics  # noqa: E402
 
-from bench.snapshot_freshness import machine  # noqa: E402
+from bench.snapshot_freshness import machine, on_a_broker  # noqa: E402
 
 DEAD = "127.0.0.1:9"
 
@@ -141,18 +141,8 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--no-fold", action="store_true", help="measure the replay only (no worker)")
     args = ap.parse_args()
-    go = lambda b: asyncio.run(run(b, args.outage_s, args.rate, args.users, args.partitions,  # noqa: E731
-                                   not args.no_fold))
-    if args.bootstrap:
-        go(args.bootstrap)
-        return 0
-    from tests.fixtures.kafka import KafkaBroker
-    broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="llmgw-bench-kafka-")))
-    broker.start()
-    try:
-        go(broker.bootstrap)
-    finally:
-        broker.stop()
+    on_a_broker(args.bootstrap, lambda b: asyncio.run(run(b, args.outage_s, args.rate, args.users,
+                                                          args.partitions, not args.no_fold)))
     return 0
 
 

@@ -130,6 +130,7 @@ class OffLoopHandler(logging.handlers.QueueHandler):
         target.setFormatter(logging.Formatter("%(message)s"))    # the line arrives formatted
         self.listener = logging.handlers.QueueListener(self.queue, target)
         self.listener.start()
+        self._writing = True
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = super().prepare(record)
@@ -137,13 +138,15 @@ class OffLoopHandler(logging.handlers.QueueHandler):
         return record
 
     def flush(self) -> None:
-        """Wait until every line handed over so far is written (logging.shutdown calls this at exit)."""
-        if self.listener._thread is not None:
+        """Wait until every line handed over so far is written (logging.shutdown calls this at exit):
+        stopping the listener drains the queue, and a new one takes the lines that follow."""
+        if self._writing:
             self.listener.stop()
             self.listener.start()
 
     def close(self) -> None:
-        if self.listener._thread is not None:
+        if self._writing:
+            self._writing = False
             self.listener.stop()
         super().close()
 

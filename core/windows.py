@@ -22,21 +22,21 @@ def zone(tz: str) -> ZoneInfo | timezone:
     return timezone.utc if tz in ("", "UTC") else ZoneInfo(tz)
 
 
+# Files in the tzdata tree that are not zones users name (available_timezones leaves them out too).
+_NOT_ZONES = frozenset({"", "posixrules", "Factory", "localtime"})
+
+
 @lru_cache(maxsize=1024)
 def _is_zone(tz: str) -> bool:
     # Loading the one zone asked for, not listing the whole tzdata tree (available_timezones walks
     # hundreds of files): this runs in an admin request, on the serving loop.
-    if tz == "UTC" or tz in _NOT_ZONES:
-        return tz == "UTC"
+    if tz in _NOT_ZONES:
+        return False
     try:
         zone(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
-
-
-# Files in the tzdata tree that are not zones users name (available_timezones leaves them out too).
-_NOT_ZONES = frozenset({"", "posixrules", "Factory", "localtime"})
 
 
 def check_zone(tz: object) -> str:

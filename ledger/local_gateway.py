@@ -12,7 +12,6 @@ The file is removed at a clean stop; a stale one (its pid gone) is ignored.
 from __future__ import annotations
 
 import asyncio
-
 import os
 import secrets
 import socket
