@@ -68,6 +68,7 @@ def _slow_tests() -> frozenset[str]:
 # with our code on the stack fails the test, except where this file allows it.
 _SCANNED = ["llmgw.core", "llmgw.pricing", "llmgw.ledger", "llmgw.analytics", "llmgw.proxy"]
 _TESTS_DIR = str(Path(__file__).resolve().parent) + os.sep
+_CHECKOUT = str(Path(__file__).resolve().parent.parent) + os.sep      # our frames, for the error message
 
 
 def _called_by_a_test() -> bool:
@@ -100,7 +101,7 @@ class _Raised:
     class Error(BlockingError):
         def __init__(self, func: str) -> None:
             where = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-3]
-                     if "/llmgw/" in f.filename or f"{os.sep}llmgw{os.sep}" in f.filename or "/work/" in f.filename]
+                     if f.filename.startswith(_CHECKOUT) or f"{os.sep}llmgw{os.sep}" in f.filename]
             super().__init__(f"{func} from {' <- '.join(reversed(where[-4:]))}")
             _Raised.errors.append(self)
 
