@@ -210,6 +210,9 @@ async def test_config_and_alert_topics_get_3_replicas_and_min_isr_2(kafka_cluste
     await KafkaConfigLog(kafka_cluster.bootstrap, f"{prefix}.config").ensure_topic()
     await ensure_alert_topic(kafka_cluster.bootstrap, f"{prefix}.alerts")
     for topic in (f"{prefix}.config", f"{prefix}.alerts"):
+        async def described() -> bool:        # the broker asked may learn of a new topic a moment later
+            return bool((await topic_layout(kafka_cluster.bootstrap, topic))[0])
+        await until(described, 30, what=f"{topic} described with its partitions")
         layout, min_isr = await topic_layout(kafka_cluster.bootstrap, topic)
         assert [len(replicas) for _, replicas, _ in layout.values()] == [3] and min_isr == "2", topic
 
