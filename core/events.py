@@ -169,12 +169,15 @@ class UsageEvent:
 
     @property
     def ledger_key(self) -> str:
-        """Kafka key: every event of one organization lands in one partition.
+        """Kafka key: the call's own ``event_id``.
 
-        All budgets of an org (org, workspace, user, key, tag) then fold in
-        order in one place, so a fold can be exact per partition.
+        One organization's calls spread over every partition, so over every
+        ledger worker; every copy of an event (a spool's re-send), its call's
+        started record and an orphan charge share the key, so one partition
+        holds them in order and de-duplicates them. Each partition's fold is a
+        partial sum per spend key; readers add the partitions (docs/ledger.md).
         """
-        return self.org
+        return self.event_id
 
     def tag_map(self) -> dict[str, str]:
         out: dict[str, str] = {}

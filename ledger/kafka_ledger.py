@@ -2,8 +2,9 @@
 
 ``submit`` counts a settled call in the local spend view at once and queues
 it; nothing on the client's path waits for Kafka. One sender task owns the
-idempotent producer (``acks=all``), sends each event keyed by
-``event.ledger_key`` to ``{prefix}.usage`` and, on the ack, tells the view
+idempotent producer (``acks=all``), sends each event keyed by its call
+(``started.usage_key``: the ``event_id``, so one organization's calls spread
+over every partition) to ``{prefix}.usage`` and, on the ack, tells the view
 where the event landed (``view.placed``).
 
 When Kafka does not take an event (the producer cannot start, a send fails,
@@ -15,9 +16,9 @@ previous run is replayed on start and its events are counted in the local
 view meanwhile.
 
 Guarantee: no loss; duplicates only as the same ``event_id`` (an event whose
-ack was lost is sent again), which the processor's fold skips. Order per key
-is the submit order (of first copies): one producer, one batch at a time,
-and aiokafka keeps each partition in order. Events are only in memory
+ack was lost is sent again, with the same key, so into the same partition),
+which the processor's fold skips. Order per key is the submit order (of
+first copies): one producer, one batch at a time, and aiokafka keeps each partition in order. Events are only in memory
 between ``submit`` and the sender's next step (milliseconds; up to
 ``send_timeout_s`` while Kafka first stops answering, before the spooling
 starts) or, while the spool is full, in the overflow ``spool_full`` reports.
@@ -29,7 +30,8 @@ usage event never comes (``docs/ledger.md``, "Crash-safe metering").
 
 ``SnapshotFollower`` reads ``{prefix}.snapshots`` from the beginning
 (``read_committed``) into the view (``apply_snapshot``; ``advance`` on the
-processor's ``__progress__|<p>`` records) and keeps following it.
+processor's ``__progress__|<p>`` records) and keeps following it. A snapshot
+record is partition p's partial total of its key; the view adds the partitions.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from .fold import TzOf, utc
 from .fold_watch import FoldWatch
 from .spend import SpendView
 from .spool import DEFAULT_MAX_BYTES, Spool
-from .started import CallStarted, Record, encode_record, record_id
+from .started import CALL_KEY, USAGE_KEYS, CallStarted, Record, encode_record, record_id, usage_key as usage_key_of
 from .topics import Topics, decode_progress, decode_snapshot, ensure_topics, is_progress_key
 
 if TYPE_CHECKING:
@@ -82,8 +84,11 @@ class KafkaLedger:
                  retry_backoff_s: float = 0.5, batch_max: int = 500, linger_ms: int = 5,
                  follow_snapshots: bool = True, create_topics: bool = True, worker_group: str = "",
                  fold_watch_interval_s: float = 1.0, replication_factor: int = 0,
-                 min_insync_replicas: int = 0) -> None:
+                 min_insync_replicas: int = 0, usage_key: str = CALL_KEY) -> None:
         self.bootstrap = bootstrap
+        self.usage_key = usage_key
+        if usage_key not in USAGE_KEYS:
+            raise ValueError(f"LLMGW_USAGE_KEY={usage_key!r}: expected one of {', '.join(USAGE_KEYS)}")
         self.topics = Topics(topic_prefix)
         self.replication = (replication_factor, min_insync_replicas)   # 0: ensure_topics' defaults
         self.usage_topic, self.snapshot_topic = self.topics.usage, self.topics.snapshots
@@ -138,7 +143,8 @@ class KafkaLedger:
                    tz_of=tz_of, gateway_id=settings.gateway_id,
                    spool_max_bytes=getattr(settings, "spool_max_bytes", DEFAULT_MAX_BYTES),
                    replication_factor=settings.kafka_replication_factor,
-                   min_insync_replicas=settings.kafka_min_insync_replicas)
+                   min_insync_replicas=settings.kafka_min_insync_replicas,
+                   usage_key=settings.usage_key)
 
     # -- the Ledger protocol ---------------------------------------------------------
     def submit(self, event: UsageEvent) -> None:
@@ -403,7 +409,8 @@ class KafkaLedger:
                 if broken is None:
                     try:
                         async with asyncio.timeout_at(deadline):
-                            fut = await producer.send(self.usage_topic, encode_record(ev), key=ev.ledger_key.encode())
+                            fut = await producer.send(self.usage_topic, encode_record(ev),
+                                                      key=usage_key_of(ev, self.usage_key))
                     except (TimeoutError, KafkaError) as exc:
                         broken = exc
                     if fut is not None:

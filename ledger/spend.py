@@ -10,12 +10,10 @@ Spend is held in nano-USD (the events' precision); ``spent`` gives micro-USD
 rounded up, which compared with ``>`` against an integer micro-USD limit is
 exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
 
-On Kafka a spend key is folded in every usage partition its calls landed in.
-Events are keyed by organization today (``UsageEvent.ledger_key``), so that is
-one partition, except for a ``key_id`` two orgs share. The view does not rely
-on that: each snapshot partition holds that partition's partial totals, and
-``folded`` is their sum over the partitions, updated as each partial arrives,
-so keying events by call would need no change here.
+On Kafka a spend key is folded in every usage partition its calls landed in
+(events are keyed by call, so one organization's spend spreads over all of
+them): each snapshot partition holds that partition's partial totals, and
+``folded`` is their sum over the partitions, updated as each partial arrives.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ A call's usage event is built when the call ends. A gateway killed mid-stream
 served and bills the call. So before the upstream request is opened the
 gateway writes a ``CallStarted`` record to the same durable log its usage
 events go to (the embedded ledger's log; in Kafka mode the usage topic, with
-the same key as the usage event, so both land in one partition and fold in
-order). The usage event closes it: same ``event_id``.
+the same key as the usage event, the call's ``event_id``, so both land in one
+partition and fold in order). The usage event closes it: same ``event_id``.
 
 A started record that nothing closes is an **orphan**. It is charged its
 reservation, the worst case the gateway held for the call before forwarding
@@ -54,8 +54,8 @@ class CallStarted:
 
     @property
     def ledger_key(self) -> str:
-        """Same key as the call's usage event: one partition, folded in order."""
-        return self.org
+        """Same key as the call's usage event (its ``event_id``): one partition, folded in order."""
+        return self.started_event_id
 
     def orphan_event(self) -> UsageEvent:
         """The charge for a call whose usage event never came: its reservation, flagged."""
@@ -76,6 +76,24 @@ Record = UsageEvent | CallStarted
 def record_id(rec: Record) -> str:
     """Unique per record (a call's started record and its usage event share ``event_id``)."""
     return f"started:{rec.started_event_id}" if isinstance(rec, CallStarted) else rec.event_id
+
+
+# How the usage topic is keyed (``LLMGW_USAGE_KEY``): by the call (its event id, the default: an
+# organization's calls spread over every partition) or by the org (the keying before, kept for a
+# rolling upgrade while readers that take one partition's totals as a key's whole are still running).
+CALL_KEY, ORG_KEY = "call", "org"
+USAGE_KEYS = (CALL_KEY, ORG_KEY)
+
+
+def usage_key(rec: Record, keying: str = CALL_KEY) -> bytes:
+    """The usage-topic key of a record. A pure function of the record, so every copy of it (the
+    spool's re-sends) lands in the partition of the first, and a call's started record and its usage
+    event share one partition, in order: the two things the per-partition fold needs."""
+    if keying == ORG_KEY:
+        return rec.org.encode()
+    if keying != CALL_KEY:
+        raise ValueError(f"usage key {keying!r}: expected one of {', '.join(USAGE_KEYS)}")
+    return rec.ledger_key.encode()
 
 
 def encode_record(rec: Record) -> bytes:
@@ -113,5 +131,6 @@ def decode_record(data: bytes | str | Mapping[str, Any]) -> Record:
     return decode_started(raw) if is_started(raw) else decode(raw)
 
 
-__all__ = ["CallStarted", "GATEWAY_CRASH", "Record", "STARTED_KEY", "decode_record", "decode_started",
-           "encode_record", "is_started", "record_id", "usage_event_of"]
+__all__ = ["CALL_KEY", "CallStarted", "GATEWAY_CRASH", "ORG_KEY", "Record", "STARTED_KEY", "USAGE_KEYS",
+           "decode_record", "decode_started", "encode_record", "is_started", "record_id", "usage_event_of",
+           "usage_key"]

@@ -2,12 +2,14 @@
 
 Three topics per deployment, named from one prefix (default ``llmgw``):
 
-- ``{prefix}.usage``: usage events, key = ``event.ledger_key`` (the org), value = ``events.encode``.
+- ``{prefix}.usage``: usage events, key = ``started.usage_key`` (the call's ``event_id``; the org on
+  topics written before, or with ``LLMGW_USAGE_KEY=org``), value = ``events.encode``.
   Kept forever by default (``llmgw ledger rebuild`` refolds it from offset 0) and stamped with the
   broker's append time, which the worker's duplicate horizon is measured in (``ledger/worker.py``).
 - ``{prefix}.snapshots``: compacted, the same partition count, co-partitioned: what the worker folds
   from usage partition p it writes to snapshot partition p, explicitly. Key = spend key, value =
-  ``{"t": [spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd], "p": p, "o": offset}``
+  ``{"t": [spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd], "p": p, "o": offset}``,
+  partition p's partial totals of the key (a key's total is the sum over the partitions)
   (``Totals.to_list``: the micro figure is the nanos rounded up; a record without the fifth value,
   written before nano-USD, is read as micro x 1000), plus one
   progress record per transaction, key ``__progress__|{p}``, value ``{"p": p, "o": offset}``, where

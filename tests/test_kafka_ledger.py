@@ -66,24 +66,27 @@ async def read_topic(bootstrap: str, topic: str, want_ids: set[str], *, idle_s: 
 
 
 def check_log(records: list[ConsumerRecord[bytes, bytes]], submitted: list[UsageEvent]) -> int:
-    """Every submitted event is on the log; copies only as the same event_id; first copies in submit
-    order per key; each record keyed by ledger_key. Returns the number of duplicate copies."""
+    """Every submitted event is on the log; copies only as the same event_id (so in the same
+    partition); first copies in submit order per partition; each record keyed by its call. Returns
+    the number of duplicate copies."""
     by_offset = sorted(records, key=lambda r: (r.partition, r.offset))
     events = [decode(r.value or b"") for r in by_offset]
     for r, ev in zip(by_offset, events):
-        assert r.key == ev.ledger_key.encode()
+        assert r.key == ev.event_id.encode()
     counts = collections.Counter(ev.event_id for ev in events)
     assert set(counts) == {ev.event_id for ev in submitted}, "lost or foreign events"
     original = {ev.event_id: ev for ev in submitted}
     assert all(ev == original[ev.event_id] for ev in events), "a copy differs from the original"
-    first_seen: dict[str, list[str]] = collections.defaultdict(list)
-    done: set[str] = set()
-    for ev in events:
-        if ev.event_id not in done:
-            done.add(ev.event_id)
-            first_seen[ev.ledger_key].append(ev.event_id)
-    for key in first_seen:
-        assert first_seen[key] == [ev.event_id for ev in submitted if ev.ledger_key == key], f"{key} out of order"
+    first_seen: dict[int, list[str]] = collections.defaultdict(list)
+    partition_of: dict[str, int] = {}
+    for r, ev in zip(by_offset, events):
+        if ev.event_id in partition_of:
+            assert partition_of[ev.event_id] == r.partition, "a copy in another partition"
+        else:
+            partition_of[ev.event_id] = r.partition
+            first_seen[r.partition].append(ev.event_id)
+    for p, ids in first_seen.items():
+        assert ids == [ev.event_id for ev in submitted if partition_of.get(ev.event_id) == p], f"{p} out of order"
     return sum(counts.values()) - len(counts)
 
 
@@ -171,9 +174,10 @@ async def test_kafka_down_30s_while_calls_continue_loses_nothing(
         await late.stop(5)
         records = await read_topic(bootstrap, f"{prefix}.usage", {e.event_id for e in submitted + late_events})
 
-    ours = [r for r in records if r.key != b"late"]
+    late_ids = {e.event_id for e in late_events}
+    ours = [r for r in records if decode(r.value or b"").event_id not in late_ids]
     dups = check_log(ours, submitted)
-    assert check_log([r for r in records if r.key == b"late"], late_events) == 0
+    assert check_log([r for r in records if decode(r.value or b"").event_id in late_ids], late_events) == 0
     outage_events = len(submitted) - before_outage
     print(f"\noutage test: {len(submitted)} submitted ({outage_events} during/after the outage), "
           f"{spooled_during} in the spool before the broker returned, {ledger.events_spooled} spooled in all, "
@@ -287,15 +291,20 @@ async def test_snapshot_follower_applies_snapshots_and_advances_the_view(kafka_b
                 # play the processor: fold the events it read, publish totals then progress in one transaction
                 records = await read_topic(kafka_bootstrap, f"{prefix}.usage", {e.event_id for e in evs},
                                            idle_s=0.2)
-                partition = records[0].partition
-                last = max(r.offset for r in records)
+                # each event's partition folds it: one transaction per partition, totals then progress
+                by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = collections.defaultdict(list)
+                for r in records:
+                    by_partition[r.partition].append(r)
+                assert len(by_partition) > 1, "ten calls of one org spread over the partitions"
+                for partition, part in sorted(by_partition.items()):
+                    last = max(r.offset for r in part)
+                    async with txn.transaction():
+                        for k, t in fold_all([decode(r.value) for r in part]).items():
+                            await txn.send(snaps, snapshot_value(t.to_list(), partition, last), key=k.encode(),
+                                           partition=partition)
+                        await txn.send_and_wait(snaps, encode_progress(partition, last),
+                                                key=progress_key(partition).encode(), partition=partition)
                 totals = fold_all(evs)
-                async with txn.transaction():
-                    for k, t in totals.items():
-                        await txn.send(snaps, snapshot_value(t.to_list(), partition, last), key=k.encode(),
-                                       partition=partition)
-                    await txn.send_and_wait(snaps, encode_progress(partition, last),
-                                            key=progress_key(partition).encode(), partition=partition)
                 t0 = time.monotonic()
                 while ledger.view.local_backlog:
                     await asyncio.sleep(0.01)

@@ -1,0 +1,152 @@
+"""How the usage topic is keyed (``ledger.started.usage_key``), as pure functions: by the call, so one
+organization's calls spread over every partition, while each call's records (started record, usage
+event, every spool copy, the orphan charge) share one partition; and the partial sums each partition
+folds add up to exactly what one partition folding everything gives. The broker-side proof is in
+tests/test_ledger_worker.py (two workers, a proxy's snapshot view)."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings, strategies as st
+
+from llmgw.core import events as E
+from llmgw.core.settings import Settings
+from llmgw.ledger.fold import ZERO, Totals, fold_all
+from llmgw.ledger.kafka_ledger import KafkaLedger
+from llmgw.ledger.orphans import encode_tick
+from llmgw.ledger.spend import SpendView
+from llmgw.ledger.started import (CALL_KEY, ORG_KEY, CallStarted, decode_record, encode_record, usage_key)
+from llmgw.ledger.worker import OpenCalls, SeenIds, fold_record
+
+T0 = 1_764_000_000_000
+HOUR_MS = 3_600_000
+partition_of = DefaultPartitioner()    # what the proxy's producer does with the key (murmur2, as Java's)
+
+
+def partition(rec: CallStarted | E.UsageEvent, partitions: int, keying: str = CALL_KEY) -> int:
+    return int(partition_of(usage_key(rec, keying), list(range(partitions)), list(range(partitions))))
+
+
+def call(i: int, org: str = "acme", user: str = "alice", cost: int = 1_000, reserved: int = 5_000,
+         salt: int = 0) -> tuple[CallStarted, E.UsageEvent]:
+    """A call's started record and its usage event (same id, same attribution)."""
+    event_id = E.uuid7_of(T0 + i, (salt << 32) | i)
+    started = CallStarted(event_id, T0 + i, org, "backend", user, f"{org}-key", "anthropic", "messages",
+                          "claude-sonnet-4-5", reserved, "gw-1")
+    usage = E.UsageEvent(event_id, T0 + i, T0 + i + 10, org, "backend", user, f"{org}-key", "anthropic",
+                         "messages", "claude-sonnet-4-5", "claude-sonnet-4-5", E.Tokens(input=3, output=4),
+                         cost_nano_usd=cost)
+    return started, usage
+
+
+# -- one call, one partition; one org, every partition ---------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(i=st.integers(0, 2**31), org=st.text(min_size=1, max_size=12), user=st.text(max_size=12),
+       salt=st.integers(0, 2**40), partitions=st.integers(1, 64))
+def test_every_record_of_a_call_lands_in_one_partition(i: int, org: str, user: str, salt: int,
+                                                        partitions: int) -> None:
+    started, usage = call(i, org, user, salt=salt)
+    copies = [started, usage, started.orphan_event(),
+              decode_record(encode_record(started)), decode_record(encode_record(usage))]  # a spool's re-sends
+    for keying in (CALL_KEY, ORG_KEY):
+        assert len({usage_key(r, keying) for r in copies}) == 1
+        assert len({partition(r, partitions, keying) for r in copies}) == 1
+    assert usage_key(usage) == usage.event_id.encode() == usage.ledger_key.encode()
+
+
+def test_one_organizations_calls_spread_over_every_partition_by_call_and_sit_in_one_by_org() -> None:
+    calls = [call(i, salt=7)[1] for i in range(4_000)]
+    by_call = Counter(partition(u, 8) for u in calls)
+    assert sorted(by_call) == list(range(8))
+    assert min(by_call.values()) > 4_000 / 8 * 0.8, by_call        # murmur2 spreads evenly (deterministic ids)
+    assert len({partition(u, 8, ORG_KEY) for u in calls}) == 1       # the old keying: one hot partition
+
+
+def test_an_unknown_keying_is_refused_before_anything_is_sent(tmp_path: object) -> None:
+    started, usage = call(1)
+    with pytest.raises(ValueError, match="usage key"):
+        usage_key(usage, "user")
+    with pytest.raises(ValueError, match="LLMGW_USAGE_KEY"):
+        KafkaLedger("127.0.0.1:9", str(tmp_path), usage_key="budget")
+    assert Settings.load({}).usage_key == CALL_KEY
+    assert Settings.load({"LLMGW_USAGE_KEY": "org"}).usage_key == ORG_KEY
+    assert KafkaLedger.from_settings(Settings.load({"LLMGW_USAGE_KEY": "org"})).usage_key == ORG_KEY
+
+
+# -- partial sums per partition add up to the one-partition fold -------------------------------------
+calls_plan = st.lists(st.tuples(st.integers(0, 3),            # user
+                                st.integers(0, 2_000_000),     # real cost (nano-USD)
+                                st.booleans(),                 # the gateway crashed: no usage event
+                                st.integers(0, 2),             # spool copies of the usage event
+                                st.booleans()),                # a spool copy of the started record
+                      min_size=1, max_size=60)
+
+
+def log_of(plan: list[tuple[int, int, bool, int, bool]], salt: int, rng: random.Random
+           ) -> tuple[list[CallStarted | E.UsageEvent], list[E.UsageEvent]]:
+    """One org's records in append order (calls overlapping, copies after their originals), and what
+    the ledger must charge: each finished call its real cost once, each crashed call its reservation."""
+    pending: list[list[CallStarted | E.UsageEvent]] = []
+    charged: list[E.UsageEvent] = []
+    for i, (user, cost, crashed, copies, started_twice) in enumerate(plan):
+        started, usage = call(i, user=f"u{user}", cost=cost, reserved=3_000_000, salt=salt)
+        recs: list[CallStarted | E.UsageEvent] = [started] + [started] * started_twice
+        if crashed:
+            charged.append(started.orphan_event())
+        else:
+            recs += [usage] * (1 + copies)
+            charged.append(usage)
+        pending.append(recs)
+    out: list[CallStarted | E.UsageEvent] = []
+    while pending:                      # interleave the calls, each call's records kept in order
+        recs = rng.choice(pending)
+        out.append(recs.pop(0))
+        if not recs:
+            pending.remove(recs)
+    return out, charged
+
+
+def fold_partitions(log: list[CallStarted | E.UsageEvent], partitions: int, keying: str
+                    ) -> dict[int, dict[str, Totals]]:
+    """Each partition folded on its own, as a worker does (``fold_record``: ids once, orphans charged),
+    then a tick past ``orphan_after`` in each, as a worker writes to an idle partition."""
+    after_ms = HOUR_MS
+    state = {p: ({}, SeenIds(24 * HOUR_MS), OpenCalls(after_ms)) for p in range(partitions)}
+    ts = T0
+    for rec in log:
+        ts += 1
+        totals, seen, calls = state[partition(rec, partitions, keying)]
+        _, changed = fold_record(totals, seen, encode_record(rec), ts, lambda _: "UTC", calls)
+        totals.update(changed)
+    for totals, seen, calls in state.values():
+        _, changed = fold_record(totals, seen, encode_tick(ts + after_ms + 1), ts + after_ms + 1,
+                                 lambda _: "UTC", calls)
+        totals.update(changed)
+    return {p: s[0] for p, s in state.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(plan=calls_plan, salt=st.integers(0, 2**40), partitions=st.integers(1, 12), seed=st.integers(0, 2**32))
+def test_partials_folded_per_partition_sum_to_every_call_charged_once(
+        plan: list[tuple[int, int, bool, int, bool]], salt: int, partitions: int, seed: int) -> None:
+    log, charged = log_of(plan, salt, random.Random(seed))
+    expected = fold_all(charged)
+    one = fold_partitions(log, 1, CALL_KEY)[0]
+    by_org = fold_partitions(log, partitions, ORG_KEY)
+    by_call = fold_partitions(log, partitions, CALL_KEY)
+    for parts in (by_org, by_call):
+        summed: dict[str, Totals] = {}
+        for totals in parts.values():
+            for k, t in totals.items():
+                summed[k] = summed.get(k, ZERO).plus(t)
+        assert summed == expected == one
+    # and a proxy's view, fed the partitions' snapshot records interleaved, shows the same sums
+    view = SpendView()
+    records = [(p, k, t) for p, totals in by_call.items() for k, t in totals.items()]
+    random.Random(seed).shuffle(records)
+    for p, k, t in records:
+        view.apply_snapshot(k, t, p)
+    assert view.folded == expected
