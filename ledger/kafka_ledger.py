@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -53,7 +54,8 @@ from .fold import TzOf, utc
 from .fold_watch import FoldWatch
 from .spend import SpendView
 from .spool import DEFAULT_MAX_BYTES, Spool
-from .started import CALL_KEY, USAGE_KEYS, CallStarted, Record, encode_record, record_id, usage_key as usage_key_of
+from .started import (CALL_KEY, ORG_KEY, USAGE_KEYS, CallStarted, Record, encode_record, record_id,
+                      usage_key as usage_key_of)
 from .topics import Topics, decode_progress, decode_snapshot, ensure_topics, is_progress_key
 
 if TYPE_CHECKING:
@@ -165,6 +167,7 @@ class KafkaLedger:
         """Open the spool (replaying a previous run's events into the view) and start the
         sender and the snapshot follower. Does not need Kafka: they connect and retry on their own."""
         spool = await asyncio.to_thread(Spool, self.spool_dir, max_bytes=self.spool_max_bytes)
+        self.usage_key = await asyncio.to_thread(self._keying_of, spool)
         pending = spool.iter_pending()
         while chunk := await asyncio.to_thread(lambda: list(itertools.islice(pending, 5_000))):
             for ev in chunk:      # the snapshot does not show these yet: count them here meanwhile
@@ -178,6 +181,34 @@ class KafkaLedger:
             self._tasks.append(loop.create_task(self.follower.run(), name="llmgw-snapshot-follower"))
         if self.fold_watch is not None:
             self._tasks.append(loop.create_task(self.fold_watch.run(), name="llmgw-fold-watch"))
+
+    def _keying_of(self, spool: Spool) -> str:
+        """The keying this process sends with: the configured one, unless the spool holds records a
+        process keyed otherwise. A spooled record may already be on Kafka (its ack was lost); sent again
+        under another key it would land in another partition, whose fold cannot see it is a copy. So a
+        spool is only ever continued with the keying it was written with (a spool from before keying
+        was configurable was keyed by org), and a new keying takes effect at a start with an empty spool."""
+        marker = self.spool_dir / "keying"
+        if spool.depth_events:
+            written = marker.read_text().strip() if marker.exists() else ORG_KEY
+            if written != self.usage_key:
+                log.warning("LLMGW_USAGE_KEY=%s waits for the spool to empty: its %d records were keyed by "
+                            "%s, and so is everything this process sends", self.usage_key, spool.depth_events,
+                            written, extra={"event": "ledger_keying_kept"})
+            return written if written in USAGE_KEYS else ORG_KEY
+        if not marker.exists() or marker.read_text().strip() != self.usage_key:
+            tmp = marker.with_suffix(".tmp")       # durable before any record is spooled under it
+            with open(tmp, "w") as f:
+                f.write(self.usage_key + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+            dir_fd = os.open(self.spool_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self.usage_key
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything submitted so far is acked by Kafka (not merely spooled).

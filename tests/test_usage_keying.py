@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -18,6 +19,7 @@ from llmgw.ledger.fold import ZERO, Totals, fold_all
 from llmgw.ledger.kafka_ledger import KafkaLedger
 from llmgw.ledger.orphans import encode_tick
 from llmgw.ledger.spend import SpendView
+from llmgw.ledger.spool import Spool
 from llmgw.ledger.started import (CALL_KEY, ORG_KEY, CallStarted, decode_record, encode_record, usage_key)
 from llmgw.ledger.worker import OpenCalls, SeenIds, fold_record
 
@@ -74,6 +76,36 @@ def test_an_unknown_keying_is_refused_before_anything_is_sent(tmp_path: object) 
     assert Settings.load({}).usage_key == CALL_KEY
     assert Settings.load({"LLMGW_USAGE_KEY": "org"}).usage_key == ORG_KEY
     assert KafkaLedger.from_settings(Settings.load({"LLMGW_USAGE_KEY": "org"})).usage_key == ORG_KEY
+
+
+async def keying_after_start(data_dir: Path, configured: str) -> str:
+    ledger = KafkaLedger("127.0.0.1:9", data_dir, usage_key=configured, follow_snapshots=False,
+                         connect_timeout_s=0.2, send_timeout_s=0.2, retry_backoff_s=0.05)
+    await ledger.start()
+    try:
+        return ledger.usage_key
+    finally:
+        await ledger.stop(0.5)
+
+
+async def test_a_spool_is_continued_with_the_keying_it_was_written_with(tmp_path: Path) -> None:
+    """A spooled record may already be on Kafka; re-sent under another key it would land in another
+    partition and count twice. So a changed LLMGW_USAGE_KEY waits for a start with an empty spool."""
+    spool_dir = tmp_path / "spool"
+    assert await keying_after_start(tmp_path, ORG_KEY) == ORG_KEY           # empty spool: as configured
+    assert (spool_dir / "keying").read_text() == "org\n"
+    spool = Spool(spool_dir)
+    spool.append([call(1)[0], call(1)[1]])                                    # left over, keyed by org
+    spool.close()
+    assert await keying_after_start(tmp_path, CALL_KEY) == ORG_KEY           # kept while records are left
+    assert await keying_after_start(tmp_path, CALL_KEY) == ORG_KEY
+    (spool_dir / "keying").unlink()                                           # a spool from before the setting
+    assert await keying_after_start(tmp_path, CALL_KEY) == ORG_KEY
+    spool = Spool(spool_dir)
+    spool.ack(len(spool.peek()))                                              # Kafka took them
+    spool.close()
+    assert await keying_after_start(tmp_path, CALL_KEY) == CALL_KEY          # empty: the new keying
+    assert (spool_dir / "keying").read_text() == "call\n"
 
 
 # -- partial sums per partition add up to the one-partition fold -------------------------------------
