@@ -25,9 +25,8 @@ from llmgw.ledger.kafka_rebuild import compare, read_snapshots
 from llmgw.ledger.retention import expired
 from llmgw.ledger.started import usage_key
 from llmgw.ledger.topics import PartitionReader, Topics, ensure_topics
-from llmgw.ledger.worker import LedgerWorker
 from tests.fixtures.kafka import KafkaBroker, unique_topic
-from tests.test_ledger_worker import ProgressWatcher, produce
+from tests.test_ledger_worker import new_worker, produce, wait_caught_up
 
 pytestmark = pytest.mark.kafka
 
@@ -37,25 +36,6 @@ def call(org: str, user: str, cost: int, ts_ms: int) -> UsageEvent:
                       user=user, key_id=f"k-{org}", provider="openai", api="chat", model_requested="gpt-4o",
                       model_served="gpt-4o", tokens=Tokens(input=12, output=7), cost_micro_usd=cost,
                       request_id=new_event_id())
-
-
-def new_worker(bootstrap: str, topics: Topics, **options: object) -> LedgerWorker:
-    return LedgerWorker(bootstrap, topics, group_id=f"{topics.prefix}-ledger", session_timeout_ms=6_000,
-                        heartbeat_interval_ms=1_000, **options)  # type: ignore[arg-type]
-
-
-async def wait_caught_up(bootstrap: str, topics: Topics, timeout_s: float = 60.0) -> None:
-    """Until the snapshots' progress reached the last record of every usage partition (the worker's
-    ticks are transactions: their commit marker takes an offset that no record has)."""
-    last: dict[int, int] = {}
-    async with PartitionReader(bootstrap) as reader:
-        tps = [TopicPartition(topics.usage, p) for p in range(topics.partitions)]
-        ends = await reader.end_offsets(tps)
-        start: dict[TopicPartition, int | None] = {tp: max(0, ends[tp] - 3) for tp in tps}
-        async for tp, records in reader.read(start):
-            last[tp.partition] = records[-1].offset
-    async with ProgressWatcher(bootstrap, topics) as watcher:
-        await watcher.wait_for({p: o + 1 for p, o in last.items()}, timeout_s)
 
 
 async def snapshot_records(bootstrap: str, topics: Topics) -> list[tuple[str, bytes | None]]:

@@ -1,8 +1,8 @@
 """Chaos on the real broker: the ledger stays exact through kill -9, rebalances and a broker restart.
 
 Three "proxies" (idempotent producers that re-send whatever they were not told was delivered, as
-a proxy's spool does) send 20,000 events keyed by org while two workers run as separate
-processes. Mid-run a worker is killed with SIGKILL three times (a replacement starts each time)
+a proxy's spool does) send 20,000 events keyed by call (so each org in every partition) while two
+workers run as separate processes. Mid-run a worker is killed with SIGKILL three times (a replacement starts each time)
 and the broker is restarted once; then 100 delivered events are sent again on purpose. When the
 workers have caught up, every aggregate in the snapshot topic must equal ``fold_all`` over the
 unique events (nothing lost, nothing counted twice) and ``llmgw ledger rebuild`` must agree.

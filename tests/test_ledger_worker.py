@@ -100,9 +100,18 @@ class ProgressWatcher:
 
 
 async def wait_caught_up(bootstrap: str, topics: Topics, timeout_s: float = 60.0) -> None:
-    ends = await usage_ends(bootstrap, topics)
+    """Until the snapshots' progress reached the last record of every usage partition. Not its end
+    offset: a transaction that wrote to the usage topic (a worker's tick or orphan-charge copy)
+    leaves a commit marker there, which takes an offset that no record has."""
+    last: dict[int, int] = {}
+    async with PartitionReader(bootstrap) as reader:
+        tps = [TopicPartition(topics.usage, p) for p in range(topics.partitions)]
+        ends = await reader.end_offsets(tps)
+        start: dict[TopicPartition, int | None] = {tp: max(0, ends[tp] - 20) for tp in tps}
+        async for tp, records in reader.read(start):
+            last[tp.partition] = records[-1].offset
     async with ProgressWatcher(bootstrap, topics) as watcher:
-        await watcher.wait_for(ends, timeout_s)
+        await watcher.wait_for({p: o + 1 for p, o in last.items()}, timeout_s)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
