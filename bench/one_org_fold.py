@@ -3,26 +3,30 @@
 Run by hand (not part of the test suite):
 
     python bench/one_org_fold.py                                  # throwaway broker, 200,000 events per run
-    python bench/one_org_fold.py --workers 1,2,4 --keying call,org --events 200000 --rebuild-events 1000000
+    python bench/one_org_fold.py --workers 1,2,4 --keying key,call,org --events 200000 --rebuild-events 1000000
     python bench/one_org_fold.py --bootstrap HOST:PORT
 
-Every event belongs to one org (``acme``: 200 users, 10 workspaces, 50 keys, half with a project tag),
-which is the case the usage topic's keying decides: keyed by org (``LLMGW_USAGE_KEY=org``) they all
-land in one partition, so one worker folds them whatever the group's size; keyed by call (the
-default) they spread over every partition and each worker folds its partitions' partial sums.
+Every event belongs to one org (``acme``: 200 users in 10 workspaces, two API keys each, half the calls with a
+project tag): the case the usage topic's keying (``LLMGW_USAGE_KEY``) decides. Keyed by org they all land in
+one partition, so one worker folds them whatever the group's size; keyed by API key (the default)
+or by call they spread over the partitions and each worker folds its partitions' partial sums.
 
 Per (keying, workers): fresh topics (``--partitions``, default 8); ``workers`` worker processes
-(``python -m llmgw.ledger.worker``) start and fold one warm-up event per partition, once more after
-the group is Stable with every worker, so every partition is acquired before the clock starts; then one producer writes the backlog
-and the clock runs until every partition's progress record reached its end (the commit holding its
-last event). The snapshot is then read back and must equal ``fold_all`` of every event sent. The
-workers' CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` after they exit.
+(``python -m llmgw.ledger.worker``) start and fold one warm-up event per partition, and once more
+when the group is Stable with every worker, so every partition is acquired before the clock
+starts. The workers are then paused (SIGSTOP; their session timeout is 120 s) while one producer
+writes the backlog, and resumed (SIGCONT): the clock runs from there until every partition's
+progress record reached its end (the commit holding its last event), so it times the fold of a
+backlog, not the producer. The snapshot is then read back and must equal ``fold_all`` of every
+event sent. The workers' CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` after they exit. Also
+printed per keying: how many (partition, spend key) partials the snapshot holds against spend
+keys, which is what a gateway's view and a starting gateway's download grow with.
 
-Rebuild: ``--rebuild-events`` one-org events keyed by call on their own topic, refolded by
+Rebuild: ``--rebuild-events`` one-org events keyed by API key on their own topic, refolded by
 ``fold_topic`` (what ``llmgw ledger rebuild`` runs), compared with ``fold_all``.
 
-The workers, the producer and the broker share this machine's cores: the scaling a run can show is
-capped by the cores left over; the header prints the CPU count and load.
+The workers and the broker share this machine's cores: the scaling a run can show is capped by the
+cores left over; the header prints the CPU count and load.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from llmgw.ledger.fold import fold_all  # noqa: E402
 from llmgw.ledger.kafka_rebuild import fold_topic, read_snapshots  # noqa: E402
 from llmgw.ledger.started import usage_key  # noqa: E402
 from llmgw.ledger.topics import (PartitionReader, Topics, decode_progress, ensure_topics,  # noqa: E402
-                                 is_progress_key)
+                                 is_progress_key, read_snapshot_partitions)
 
 
 def one_org(n: int, seed: int = 1) -> list[UsageEvent]:
@@ -57,10 +61,10 @@ def one_org(n: int, seed: int = 1) -> list[UsageEvent]:
     rng, now = random.Random(seed), int(time.time() * 1000)
     out = []
     for _ in range(n):
-        start = now - rng.randrange(3_600_000)
-        out.append(UsageEvent(
+        start, user = now - rng.randrange(3_600_000), rng.randrange(200)
+        out.append(UsageEvent(                        # each user in one workspace, with two keys of its own
             event_id=new_event_id(), ts_start_ms=start, ts_end_ms=start + 2_000, org="acme",
-            workspace=f"ws{rng.randrange(10)}", user=f"user{rng.randrange(200)}", key_id=f"acme-k{rng.randrange(50)}",
+            workspace=f"ws{user % 10}", user=f"user{user}", key_id=f"acme-u{user}-k{rng.randrange(2)}",
             provider="openai", api="chat", model_requested="gpt-4o", model_served="gpt-4o",
             tokens=Tokens(input=rng.randrange(5_000), output=rng.randrange(1_000)),
             cost_nano_usd=rng.randrange(100_000_000), tags=(("project:p1",) if rng.random() < 0.5 else ())))
@@ -123,7 +127,8 @@ async def fold_run(bootstrap: str, keying: str, workers: int, evs: list[UsageEve
     topics = await ensure_topics(bootstrap, Topics(f"oneorg{time.time_ns()}-{keying}-{workers}w", partitions))
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs = [subprocess.Popen([sys.executable, "-m", "llmgw.ledger.worker", "--bootstrap", bootstrap,
-                               "--prefix", topics.prefix, "--partitions", str(partitions), "--log-level", "WARNING"])
+                               "--prefix", topics.prefix, "--partitions", str(partitions), "--log-level", "WARNING",
+                               "--session-timeout-ms", "120000", "--heartbeat-interval-ms", "3000"])
              for _ in range(workers)]
     try:
         warm = one_org(2 * partitions, seed=99)
@@ -134,9 +139,16 @@ async def fold_run(bootstrap: str, keying: str, workers: int, evs: list[UsageEve
         for p, e in enumerate(warm[partitions:]):     # and again once the group holds every worker
             await produce(bootstrap, topics.usage, [e], keying, partition=p)
         await wait_folded(bootstrap, topics, await ends_of(bootstrap, topics), timeout_s=180)
+        for proc in procs:                            # the backlog is written while the workers are paused
+            proc.send_signal(signal.SIGSTOP)
         began = time.perf_counter()
-        await produce(bootstrap, topics.usage, evs, keying)
-        produced_s = time.perf_counter() - began
+        try:
+            await produce(bootstrap, topics.usage, evs, keying)
+        finally:
+            produced_s = time.perf_counter() - began
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+        began = time.perf_counter()
         ends = await ends_of(bootstrap, topics)
         await wait_folded(bootstrap, topics, ends, timeout_s=1_800)
         fold_s = time.perf_counter() - began
@@ -146,13 +158,17 @@ async def fold_run(bootstrap: str, keying: str, workers: int, evs: list[UsageEve
         for proc in procs:
             proc.wait(60)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    async with PartitionReader(bootstrap) as reader:
+        by_partition, _ = await read_snapshot_partitions(reader, topics, list(range(partitions)))
     live = await read_snapshots(bootstrap, topics)
+    partials = sum(len(keys) for keys in by_partition.values())
     assert live == fold_all(warm + evs), "the snapshot differs from fold_all"
     spread = {p: end - 2 for p, end in sorted(ends.items())}    # events per partition (minus the warm-up)
     worker_cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     return {"keying": keying, "workers": workers, "events": len(evs), "fold_s": fold_s, "produce_s": produced_s,
             "rate": len(evs) / fold_s, "busy_partitions": sum(1 for n in spread.values() if n > 0),
-            "max_partition_share": max(spread.values()) / len(evs), "worker_cpu_s": worker_cpu_s}
+            "max_partition_share": max(spread.values()) / len(evs), "worker_cpu_s": worker_cpu_s,
+            "partials": partials, "spend_keys": len(live)}
 
 
 async def rebuild_run(bootstrap: str, n: int, partitions: int) -> dict[str, float]:
@@ -161,7 +177,7 @@ async def rebuild_run(bootstrap: str, n: int, partitions: int) -> dict[str, floa
     expected = fold_all(evs)
     pure_s = time.perf_counter() - t
     topics = await ensure_topics(bootstrap, Topics(f"oneorg{time.time_ns()}-rebuild", partitions))
-    await produce(bootstrap, topics.usage, evs, "call")
+    await produce(bootstrap, topics.usage, evs, "key")
     t = time.perf_counter()
     rebuilt = await fold_topic(bootstrap, topics)
     rebuild_s = time.perf_counter() - t
@@ -181,7 +197,8 @@ async def run(bootstrap: str, args: argparse.Namespace) -> None:
             print(f"  keyed by {keying:4} {workers} worker(s): {row['rate']:>8,.0f} events/s "
                   f"({row['fold_s']:.1f} s; produced in {row['produce_s']:.1f} s), "
                   f"{row['busy_partitions']} busy partitions, largest {row['max_partition_share']:.0%} of events, "
-                  f"workers' CPU {row['worker_cpu_s']:.1f} s", flush=True)
+                  f"workers' CPU {row['worker_cpu_s']:.1f} s; snapshot {row['partials']:,} partials of "
+                  f"{row['spend_keys']:,} spend keys", flush=True)
     by = collections.defaultdict(dict)
     for row in rows:
         by[row["keying"]][row["workers"]] = row["rate"]
@@ -201,7 +218,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--keying", default="call,org", help="call (LLMGW_USAGE_KEY default), org, or both")
+    ap.add_argument("--keying", default="key,call,org", help="any of key (the default keying), call, org")
     ap.add_argument("--rebuild-events", type=int, default=1_000_000, help="0: skip the rebuild")
     args = ap.parse_args()
     on_a_broker(args.bootstrap, lambda b: asyncio.run(run(b, args)))

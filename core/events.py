@@ -169,15 +169,16 @@ class UsageEvent:
 
     @property
     def ledger_key(self) -> str:
-        """Kafka key: the call's own ``event_id``.
+        """Kafka key (the default keying, ``ledger.started.usage_key``): the call's API key.
 
-        One organization's calls spread over every partition, so over every
-        ledger worker; every copy of an event (a spool's re-send), its call's
-        started record and an orphan charge share the key, so one partition
-        holds them in order and de-duplicates them. Each partition's fold is a
-        partial sum per spend key; readers add the partitions (docs/ledger.md).
+        One organization's keys spread over every partition, so over every
+        ledger worker, while each spend key of a key (and mostly of a user)
+        is folded in one partition. Every copy of an event (a spool's re-send),
+        its call's started record and an orphan charge share the key, so one
+        partition holds them in order and de-duplicates them. Each partition's
+        fold is a partial sum per spend key; readers add the partitions.
         """
-        return self.event_id
+        return self.key_id
 
     def tag_map(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -49,7 +49,7 @@ class Settings:
     shutdown_timeout_s: float = 30.0   # SIGTERM: open streams get this long to finish, then events flush
     orphan_after_s: float = 3600.0     # Kafka mode: the ledger worker charges a call with no usage event after this
     snapshot_retain_closed_s: float = 86_400.0   # Kafka mode: a closed window's totals leave the snapshot after this (0: never)
-    usage_key: str = "call"            # Kafka mode: usage topic key, "call" (spread) or "org" (rolling upgrade; docs/ledger.md)
+    usage_key: str = "key"             # Kafka mode: usage topic key, "key" (API key), "call" or "org" (docs/ledger.md)
     otel: bool = False                 # emit OpenTelemetry spans/metrics if opentelemetry is installed
     workers: int = 1                   # `llmgw serve` processes on one port (Kafka mode; proxy/workers.py)
     upstream_auth: bool = True         # `serve` refuses to start with no upstream credential (--no-upstream-auth)

@@ -2,9 +2,9 @@
 
 ``submit`` counts a settled call in the local spend view at once and queues
 it; nothing on the client's path waits for Kafka. One sender task owns the
-idempotent producer (``acks=all``), sends each event keyed by its call
-(``started.usage_key``: the ``event_id``, so one organization's calls spread
-over every partition) to ``{prefix}.usage`` and, on the ack, tells the view
+idempotent producer (``acks=all``), sends each event keyed by
+``started.usage_key`` (its API key by default, so one organization's calls
+spread over every partition) to ``{prefix}.usage`` and, on the ack, tells the view
 where the event landed (``view.placed``).
 
 When Kafka does not take an event (the producer cannot start, a send fails,
@@ -54,7 +54,7 @@ from .fold import TzOf, utc
 from .fold_watch import FoldWatch
 from .spend import SpendView
 from .spool import DEFAULT_MAX_BYTES, Spool
-from .started import (CALL_KEY, ORG_KEY, USAGE_KEYS, CallStarted, Record, encode_record, record_id,
+from .started import (KEY_KEY, ORG_KEY, USAGE_KEYS, CallStarted, Record, encode_record, record_id,
                       usage_key as usage_key_of)
 from .topics import Topics, decode_progress, decode_snapshot, ensure_topics, is_progress_key
 
@@ -86,7 +86,7 @@ class KafkaLedger:
                  retry_backoff_s: float = 0.5, batch_max: int = 500, linger_ms: int = 5,
                  follow_snapshots: bool = True, create_topics: bool = True, worker_group: str = "",
                  fold_watch_interval_s: float = 1.0, replication_factor: int = 0,
-                 min_insync_replicas: int = 0, usage_key: str = CALL_KEY) -> None:
+                 min_insync_replicas: int = 0, usage_key: str = KEY_KEY) -> None:
         self.bootstrap = bootstrap
         self.usage_key = usage_key
         if usage_key not in USAGE_KEYS:

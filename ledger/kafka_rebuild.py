@@ -74,8 +74,8 @@ async def fold_topic(bootstrap: str, topics: Topics, *, tz_of: TzOf = utc, horiz
         seen: dict[int, SeenIds] = {p: SeenIds(horizon_ms) for p in parts}
         after_ms = default_orphan_after(horizon_ms) if orphan_after_ms is None else orphan_after_ms
         calls: dict[int, OpenCalls] = {p: OpenCalls(after_ms) for p in parts}
-        # Each partition folds its own partial totals (a spend key's calls spread over every partition,
-        # keyed by call), exactly as the workers do; a key's total is their sum.
+        # Each partition folds its own partial totals (an org's calls spread over every partition,
+        # keyed by API key or by call), exactly as the workers do; a key's total is their sum.
         per_partition: dict[int, dict[str, Totals]] = defaultdict(dict)
         async for tp, records in reader.read(start, end):
             state, ids = per_partition[tp.partition], seen[tp.partition]

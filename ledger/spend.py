@@ -11,7 +11,7 @@ rounded up, which compared with ``>`` against an integer micro-USD limit is
 exact. A difference of keys (a carve-out) is taken in nanos: ``spent_nano``.
 
 On Kafka a spend key is folded in every usage partition its calls landed in
-(events are keyed by call, so one organization's spend spreads over all of
+(events are keyed by API key, so one organization's spend spreads over all of
 them): each snapshot partition holds that partition's partial totals, and
 ``folded`` is their sum over the partitions, updated as each partial arrives.
 """

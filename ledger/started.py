@@ -5,8 +5,8 @@ A call's usage event is built when the call ends. A gateway killed mid-stream
 served and bills the call. So before the upstream request is opened the
 gateway writes a ``CallStarted`` record to the same durable log its usage
 events go to (the embedded ledger's log; in Kafka mode the usage topic, with
-the same key as the usage event, the call's ``event_id``, so both land in one
-partition and fold in order). The usage event closes it: same ``event_id``.
+the same key as the usage event, ``usage_key``, so both land in one partition
+and fold in order). The usage event closes it: same ``event_id``.
 
 A started record that nothing closes is an **orphan**. It is charged its
 reservation, the worst case the gateway held for the call before forwarding
@@ -54,8 +54,8 @@ class CallStarted:
 
     @property
     def ledger_key(self) -> str:
-        """Same key as the call's usage event (its ``event_id``): one partition, folded in order."""
-        return self.started_event_id
+        """Same key as the call's usage event (its API key): one partition, folded in order."""
+        return self.key_id
 
     def orphan_event(self) -> UsageEvent:
         """The charge for a call whose usage event never came: its reservation, flagged."""
@@ -78,22 +78,29 @@ def record_id(rec: Record) -> str:
     return f"started:{rec.started_event_id}" if isinstance(rec, CallStarted) else rec.event_id
 
 
-# How the usage topic is keyed (``LLMGW_USAGE_KEY``): by the call (its event id, the default: an
-# organization's calls spread over every partition) or by the org (the keying before, kept for a
-# rolling upgrade while readers that take one partition's totals as a key's whole are still running).
-CALL_KEY, ORG_KEY = "call", "org"
-USAGE_KEYS = (CALL_KEY, ORG_KEY)
+# How the usage topic is keyed (``LLMGW_USAGE_KEY``, docs/ledger.md "No hot organization"):
+# - "key", the default: by the call's API key. An organization's keys spread over every partition;
+#   a key's (and so mostly a user's) spend keys stay in one partition, so the snapshot holds about
+#   one partial per spend key, as with org keying.
+# - "call": by the call's event id. Even one key's calls spread over every partition, for a single
+#   key hotter than a worker folds; its spend keys then hold up to one partial per partition.
+# - "org": the keying before, for a rolling upgrade while gateways that take one partition's
+#   totals as a key's whole are still running.
+KEY_KEY, CALL_KEY, ORG_KEY = "key", "call", "org"
+USAGE_KEYS = (KEY_KEY, CALL_KEY, ORG_KEY)
 
 
-def usage_key(rec: Record, keying: str = CALL_KEY) -> bytes:
-    """The usage-topic key of a record. A pure function of the record, so every copy of it (the
-    spool's re-sends) lands in the partition of the first, and a call's started record and its usage
-    event share one partition, in order: the two things the per-partition fold needs."""
+def usage_key(rec: Record, keying: str = KEY_KEY) -> bytes:
+    """The usage-topic key of a record. A pure function of the record and the keying, so every copy
+    of it (the spool's re-sends) lands in the partition of the first, and a call's started record and
+    its usage event share one partition, in order: the two things the per-partition fold needs."""
+    if keying == KEY_KEY:
+        return rec.key_id.encode()
+    if keying == CALL_KEY:
+        return (rec.started_event_id if isinstance(rec, CallStarted) else rec.event_id).encode()
     if keying == ORG_KEY:
         return rec.org.encode()
-    if keying != CALL_KEY:
-        raise ValueError(f"usage key {keying!r}: expected one of {', '.join(USAGE_KEYS)}")
-    return rec.ledger_key.encode()
+    raise ValueError(f"usage key {keying!r}: expected one of {', '.join(USAGE_KEYS)}")
 
 
 def encode_record(rec: Record) -> bytes:
@@ -131,6 +138,6 @@ def decode_record(data: bytes | str | Mapping[str, Any]) -> Record:
     return decode_started(raw) if is_started(raw) else decode(raw)
 
 
-__all__ = ["CALL_KEY", "CallStarted", "GATEWAY_CRASH", "ORG_KEY", "Record", "STARTED_KEY", "USAGE_KEYS",
-           "decode_record", "decode_started", "encode_record", "is_started", "record_id", "usage_event_of",
-           "usage_key"]
+__all__ = ["CALL_KEY", "CallStarted", "GATEWAY_CRASH", "KEY_KEY", "ORG_KEY", "Record", "STARTED_KEY",
+           "USAGE_KEYS", "decode_record", "decode_started", "encode_record", "is_started", "record_id",
+           "usage_event_of", "usage_key"]

@@ -2,8 +2,8 @@
 
 Three topics per deployment, named from one prefix (default ``llmgw``):
 
-- ``{prefix}.usage``: usage events, key = ``started.usage_key`` (the call's ``event_id``; the org on
-  topics written before, or with ``LLMGW_USAGE_KEY=org``), value = ``events.encode``.
+- ``{prefix}.usage``: usage events, key = ``started.usage_key`` (the call's API key; its event id
+  or its org with ``LLMGW_USAGE_KEY=call|org``; the org on topics written before), value = ``events.encode``.
   Kept forever by default (``llmgw ledger rebuild`` refolds it from offset 0) and stamped with the
   broker's append time, which the worker's duplicate horizon is measured in (``ledger/worker.py``).
 - ``{prefix}.snapshots``: compacted, the same partition count, co-partitioned: what the worker folds

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.kafka
 
 def call(org: str, user: str, cost: int, ts_ms: int) -> UsageEvent:
     return UsageEvent(event_id=new_event_id(), ts_start_ms=ts_ms, ts_end_ms=ts_ms + 40, org=org, workspace="ws",
-                      user=user, key_id=f"k-{org}", provider="openai", api="chat", model_requested="gpt-4o",
+                      user=user, key_id=f"k-{org}-{user}", provider="openai", api="chat", model_requested="gpt-4o",
                       model_served="gpt-4o", tokens=Tokens(input=12, output=7), cost_micro_usd=cost,
                       request_id=new_event_id())
 

@@ -20,6 +20,7 @@ from llmgw.core.events import Tokens, UsageEvent, decode, new_event_id
 from llmgw.ledger.fold import Totals, fold_all, keys_of
 from llmgw.ledger.kafka_config import KafkaConfigLog
 from llmgw.ledger.kafka_ledger import KafkaLedger
+from llmgw.ledger.started import usage_key
 from llmgw.ledger.topics import encode_progress, encode_snapshot, progress_key
 from tests.fixtures.kafka import KafkaBroker, create_topics, unique_topic
 
@@ -31,7 +32,7 @@ DEAD_BOOTSTRAP = "127.0.0.1:9"   # discard port: nothing listens, connections ar
 def event(i: int, org: str = "acme", cost: int = 1_000) -> UsageEvent:
     now = int(time.time() * 1000)
     return UsageEvent(event_id=new_event_id(), ts_start_ms=now, ts_end_ms=now + 50, org=org, workspace="ws",
-                      user=f"u{i % 3}", key_id=f"k-{org}", provider="openai", api="chat",
+                      user=f"u{i % 3}", key_id=f"k-{org}-{i % 4}", provider="openai", api="chat",
                       model_requested="gpt-4o", model_served="gpt-4o", tokens=Tokens(input=10, output=5),
                       cost_micro_usd=cost, request_id=f"r{i}")
 
@@ -67,12 +68,12 @@ async def read_topic(bootstrap: str, topic: str, want_ids: set[str], *, idle_s: 
 
 def check_log(records: list[ConsumerRecord[bytes, bytes]], submitted: list[UsageEvent]) -> int:
     """Every submitted event is on the log; copies only as the same event_id (so in the same
-    partition); first copies in submit order per partition; each record keyed by its call. Returns
-    the number of duplicate copies."""
+    partition); first copies in submit order per partition; each record keyed by ``usage_key``.
+    Returns the number of duplicate copies."""
     by_offset = sorted(records, key=lambda r: (r.partition, r.offset))
     events = [decode(r.value or b"") for r in by_offset]
     for r, ev in zip(by_offset, events):
-        assert r.key == ev.event_id.encode()
+        assert r.key == usage_key(ev)
     counts = collections.Counter(ev.event_id for ev in events)
     assert set(counts) == {ev.event_id for ev in submitted}, "lost or foreign events"
     original = {ev.event_id: ev for ev in submitted}
@@ -295,7 +296,7 @@ async def test_snapshot_follower_applies_snapshots_and_advances_the_view(kafka_b
                 by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = collections.defaultdict(list)
                 for r in records:
                     by_partition[r.partition].append(r)
-                assert len(by_partition) > 1, "ten calls of one org spread over the partitions"
+                assert len(by_partition) > 1, "ten calls of one org (four keys) spread over the partitions"
                 for partition, part in sorted(by_partition.items()):
                     last = max(r.offset for r in part)
                     async with txn.transaction():

@@ -1,8 +1,8 @@
-"""How the usage topic is keyed (``ledger.started.usage_key``), as pure functions: by the call, so one
-organization's calls spread over every partition, while each call's records (started record, usage
-event, every spool copy, the orphan charge) share one partition; and the partial sums each partition
-folds add up to exactly what one partition folding everything gives. The broker-side proof is in
-tests/test_ledger_worker.py (two workers, a proxy's snapshot view)."""
+"""How the usage topic is keyed (``ledger.started.usage_key``), as pure functions: by API key or by
+call, so one organization's calls spread over every partition, while each call's records (started
+record, usage event, every spool copy, the orphan charge) share one partition; and the partial
+sums each partition folds add up to exactly what one partition folding everything gives. The
+broker-side proof is tests/test_one_org_spread.py (two workers, a gateway's snapshot view)."""
 from __future__ import annotations
 
 import random
@@ -20,7 +20,8 @@ from llmgw.ledger.kafka_ledger import KafkaLedger
 from llmgw.ledger.orphans import encode_tick
 from llmgw.ledger.spend import SpendView
 from llmgw.ledger.spool import Spool
-from llmgw.ledger.started import (CALL_KEY, ORG_KEY, CallStarted, decode_record, encode_record, usage_key)
+from llmgw.ledger.started import (CALL_KEY, KEY_KEY, ORG_KEY, USAGE_KEYS, CallStarted, decode_record, encode_record,
+                                  usage_key)
 from llmgw.ledger.worker import OpenCalls, SeenIds, fold_record
 
 T0 = 1_764_000_000_000
@@ -28,17 +29,17 @@ HOUR_MS = 3_600_000
 partition_of = DefaultPartitioner()    # what the proxy's producer does with the key (murmur2, as Java's)
 
 
-def partition(rec: CallStarted | E.UsageEvent, partitions: int, keying: str = CALL_KEY) -> int:
+def partition(rec: CallStarted | E.UsageEvent, partitions: int, keying: str = KEY_KEY) -> int:
     return int(partition_of(usage_key(rec, keying), list(range(partitions)), list(range(partitions))))
 
 
 def call(i: int, org: str = "acme", user: str = "alice", cost: int = 1_000, reserved: int = 5_000,
-         salt: int = 0) -> tuple[CallStarted, E.UsageEvent]:
+         salt: int = 0, key: str = "") -> tuple[CallStarted, E.UsageEvent]:
     """A call's started record and its usage event (same id, same attribution)."""
-    event_id = E.uuid7_of(T0 + i, (salt << 32) | i)
-    started = CallStarted(event_id, T0 + i, org, "backend", user, f"{org}-key", "anthropic", "messages",
+    event_id, key = E.uuid7_of(T0 + i, (salt << 32) | i), key or f"{org}-key"
+    started = CallStarted(event_id, T0 + i, org, "backend", user, key, "anthropic", "messages",
                           "claude-sonnet-4-5", reserved, "gw-1")
-    usage = E.UsageEvent(event_id, T0 + i, T0 + i + 10, org, "backend", user, f"{org}-key", "anthropic",
+    usage = E.UsageEvent(event_id, T0 + i, T0 + i + 10, org, "backend", user, key, "anthropic",
                          "messages", "claude-sonnet-4-5", "claude-sonnet-4-5", E.Tokens(input=3, output=4),
                          cost_nano_usd=cost)
     return started, usage
@@ -47,24 +48,29 @@ def call(i: int, org: str = "acme", user: str = "alice", cost: int = 1_000, rese
 # -- one call, one partition; one org, every partition ---------------------------------------------
 @settings(max_examples=200, deadline=None)
 @given(i=st.integers(0, 2**31), org=st.text(min_size=1, max_size=12), user=st.text(max_size=12),
-       salt=st.integers(0, 2**40), partitions=st.integers(1, 64))
-def test_every_record_of_a_call_lands_in_one_partition(i: int, org: str, user: str, salt: int,
+       key=st.text(min_size=1, max_size=12), salt=st.integers(0, 2**40), partitions=st.integers(1, 64))
+def test_every_record_of_a_call_lands_in_one_partition(i: int, org: str, user: str, key: str, salt: int,
                                                         partitions: int) -> None:
-    started, usage = call(i, org, user, salt=salt)
+    started, usage = call(i, org, user, salt=salt, key=key)
     copies = [started, usage, started.orphan_event(),
               decode_record(encode_record(started)), decode_record(encode_record(usage))]  # a spool's re-sends
-    for keying in (CALL_KEY, ORG_KEY):
+    for keying in USAGE_KEYS:
         assert len({usage_key(r, keying) for r in copies}) == 1
         assert len({partition(r, partitions, keying) for r in copies}) == 1
-    assert usage_key(usage) == usage.event_id.encode() == usage.ledger_key.encode()
+    assert usage_key(usage) == key.encode() == usage.ledger_key.encode() == started.ledger_key.encode()
+    assert usage_key(usage, CALL_KEY) == usage.event_id.encode()
 
 
-def test_one_organizations_calls_spread_over_every_partition_by_call_and_sit_in_one_by_org() -> None:
-    calls = [call(i, salt=7)[1] for i in range(4_000)]
-    by_call = Counter(partition(u, 8) for u in calls)
-    assert sorted(by_call) == list(range(8))
-    assert min(by_call.values()) > 4_000 / 8 * 0.8, by_call        # murmur2 spreads evenly (deterministic ids)
+def test_one_organizations_calls_spread_over_every_partition_by_key_or_call_and_sit_in_one_by_org() -> None:
+    calls = [call(i, salt=7, key=f"acme-k{i % 200}")[1] for i in range(4_000)]
+    for keying in (KEY_KEY, CALL_KEY):
+        spread = Counter(partition(u, 8, keying) for u in calls)
+        assert sorted(spread) == list(range(8))
+        assert min(spread.values()) > 4_000 / 8 * 0.6, spread      # murmur2 spreads (deterministic ids)
     assert len({partition(u, 8, ORG_KEY) for u in calls}) == 1       # the old keying: one hot partition
+    one_key = [call(i, salt=7)[1] for i in range(400)]               # one key: spread only by call
+    assert len({partition(u, 8, KEY_KEY) for u in one_key}) == 1
+    assert len({partition(u, 8, CALL_KEY) for u in one_key}) == 8
 
 
 def test_an_unknown_keying_is_refused_before_anything_is_sent(tmp_path: object) -> None:
@@ -73,7 +79,7 @@ def test_an_unknown_keying_is_refused_before_anything_is_sent(tmp_path: object) 
         usage_key(usage, "user")
     with pytest.raises(ValueError, match="LLMGW_USAGE_KEY"):
         KafkaLedger("127.0.0.1:9", str(tmp_path), usage_key="budget")
-    assert Settings.load({}).usage_key == CALL_KEY
+    assert Settings.load({}).usage_key == KEY_KEY
     assert Settings.load({"LLMGW_USAGE_KEY": "org"}).usage_key == ORG_KEY
     assert KafkaLedger.from_settings(Settings.load({"LLMGW_USAGE_KEY": "org"})).usage_key == ORG_KEY
 
@@ -124,7 +130,7 @@ def log_of(plan: list[tuple[int, int, bool, int, bool]], salt: int, rng: random.
     pending: list[list[CallStarted | E.UsageEvent]] = []
     charged: list[E.UsageEvent] = []
     for i, (user, cost, crashed, copies, started_twice) in enumerate(plan):
-        started, usage = call(i, user=f"u{user}", cost=cost, reserved=3_000_000, salt=salt)
+        started, usage = call(i, user=f"u{user}", cost=cost, reserved=3_000_000, salt=salt, key=f"k{i % 5}")
         recs: list[CallStarted | E.UsageEvent] = [started] + [started] * started_twice
         if crashed:
             charged.append(started.orphan_event())
@@ -167,9 +173,9 @@ def test_partials_folded_per_partition_sum_to_every_call_charged_once(
     log, charged = log_of(plan, salt, random.Random(seed))
     expected = fold_all(charged)
     one = fold_partitions(log, 1, CALL_KEY)[0]
-    by_org = fold_partitions(log, partitions, ORG_KEY)
-    by_call = fold_partitions(log, partitions, CALL_KEY)
-    for parts in (by_org, by_call):
+    by_keying = {keying: fold_partitions(log, partitions, keying) for keying in USAGE_KEYS}
+    by_call = by_keying[CALL_KEY]
+    for parts in by_keying.values():
         summed: dict[str, Totals] = {}
         for totals in parts.values():
             for k, t in totals.items():
