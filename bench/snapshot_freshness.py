@@ -157,11 +157,11 @@ async def run(bootstrap: str, events: int, rate: float, partitions: int, load_ra
             acked.setdefault(ev.event_id, now)
         placed(placements)
 
-    def on_applied(key: str, totals: Totals | None) -> None:
+    def on_applied(key: str, totals: Totals | None, partition: int = 0) -> None:
         ev = org_key.get(key)
         if ev is not None and totals is not None and totals.requests:
             visible.setdefault(ev, time.perf_counter())
-        applied(key, totals)
+        applied(key, totals, partition)
 
     a.view.placed_many = on_placed       # type: ignore[method-assign]
     b.view.apply_snapshot = on_applied   # type: ignore[method-assign]

@@ -4,8 +4,8 @@
 it; nothing on the client's path waits for Kafka. One sender task owns the
 idempotent producer (``acks=all``), sends each event keyed by
 ``started.usage_key`` (its API key by default, so one organization's calls
-spread over every partition) to ``{prefix}.usage`` and, on the ack, tells the view
-where the event landed (``view.placed``).
+spread over every partition) to ``{prefix}.usage`` and, on the ack, tells
+the view where the event landed (``view.placed``).
 
 When Kafka does not take an event (the producer cannot start, a send fails,
 or no ack within ``send_timeout_s``) the event goes to the local spool
@@ -18,8 +18,9 @@ view meanwhile.
 Guarantee: no loss; duplicates only as the same ``event_id`` (an event whose
 ack was lost is sent again, with the same key, so into the same partition),
 which the processor's fold skips. Order per key is the submit order (of
-first copies): one producer, one batch at a time, and aiokafka keeps each partition in order. Events are only in memory
-between ``submit`` and the sender's next step (milliseconds; up to
+first copies): one producer, one batch at a time, and aiokafka keeps each
+partition in order. Events are only in memory between ``submit`` and the
+sender's next step (milliseconds; up to
 ``send_timeout_s`` while Kafka first stops answering, before the spooling
 starts) or, while the spool is full, in the overflow ``spool_full`` reports.
 
