@@ -25,16 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy_overhead as po  # noqa: E402
 
 ROOT = po.ROOT
-PACKAGES = ("core", "pricing", "ledger", "analytics", "proxy")
-
-
-def link_tree(root: Path, into: Path) -> Path:
-    """``into/llmgw/<pkg>`` -> ``root/<pkg>``: ``import llmgw`` then loads that checkout."""
-    pkg = into / "llmgw"
-    pkg.mkdir(parents=True)
-    for name in PACKAGES:
-        (pkg / name).symlink_to(root / name)
-    return into
+link_tree = po.link_tree
 
 
 def children(pid: int) -> list[int]:
@@ -58,6 +49,7 @@ async def start(root: Path, tmp: Path, name: str, fake: str) -> tuple[subprocess
     data = tmp / f"data-{name}"
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
             "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
+    print(f"# {name}: llmgw.proxy.cli from {po.imported_from('llmgw.proxy.cli', genv, root)}", flush=True)
     key = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                          check=True, cwd=root).stdout.strip().splitlines()[-1]

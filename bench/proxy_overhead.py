@@ -7,6 +7,8 @@ Run by hand (not part of the test suite), loopback only:
     python bench/proxy_overhead.py --seconds 10 --concurrency 1,64,512
     python bench/proxy_overhead.py --concurrency '' --paced 64,512   # only model-paced streams
     python bench/proxy_overhead.py --baseline /tmp/llmgw-old      # also llmgw from another checkout
+                                   # (each llmgw runs its own checkout through a link tree; the
+                                   # file each one imports is printed first)
     python bench/proxy_overhead.py --portkey --litellm /tmp/litellm-venv/bin/litellm --kafka --workers 2
                                    # the peers side by side, and llmgw in Kafka mode with 1 and 2 workers
 
@@ -229,15 +231,47 @@ def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None 
                             preexec_fn=pin)
 
 
+PACKAGES = ("core", "pricing", "ledger", "analytics", "proxy")
+
+
+def link_tree(root: Path, into: Path) -> Path:
+    """``into/llmgw/<pkg>`` -> ``root/<pkg>``: with ``into`` first on PYTHONPATH, ``import llmgw`` loads
+    the checkout at ``root``. Without it the editable install decides, and it points at one checkout
+    (or at none on a machine where that path does not exist) whichever side of a pairing runs."""
+    pkg = into / "llmgw"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGES:
+        link = pkg / name
+        if not link.is_symlink():
+            link.symlink_to(root / name)
+    return into
+
+
+def checkout_env(root: Path, env: dict[str, str], tmp: Path) -> tuple[dict[str, str], str]:
+    """The environment and CLI module that run the llmgw code of the checkout at ``root``: its folders
+    linked under ``llmgw`` in a directory of ``tmp``, that directory alone on PYTHONPATH. A checkout
+    from before the ``llmgw`` namespace (no ``core/``) runs its own top-level ``proxy`` package."""
+    if not (root / "core").is_dir():
+        return {**env, "PYTHONPATH": str(root)}, "proxy.cli"
+    paths = link_tree(root, tmp / ("paths-" + str(root).strip("/").replace("/", "+")))
+    return {**env, "PYTHONPATH": str(paths)}, "llmgw.proxy.cli"
+
+
+def imported_from(cli: str, env: dict[str, str], root: Path) -> str:
+    """The real path of the CLI module a process started with ``env`` imports: the check that each side
+    of a pairing runs its own checkout."""
+    return subprocess.run([sys.executable, "-c", f"import os, {cli} as m; print(os.path.realpath(m.__file__))"],
+                          env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
+
+
 async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], log: Path,
                       cpus: set[int] | None, workers: int = 1) -> tuple[subprocess.Popen, str, str]:
-    """A gateway on its embedded default, run from the checkout at ``root``, with one key: (process,
-    base URL, key). A checkout from before the ``llmgw`` namespace (no ``core/``) runs its own top-level
-    ``proxy`` package; a newer one runs the installed ``llmgw``."""
-    cli = "llmgw.proxy.cli" if (root / "core").is_dir() else "proxy.cli"
-    genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
-            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": os.pathsep.join(filter(None, [env.get("PYTHONPATH", "") if root == ROOT else "", str(root)]))}
+    """A gateway on its embedded default, run from the checkout at ``root`` (``checkout_env``), with one
+    key: (process, base URL, key). Prints which file its CLI module is imported from."""
+    cenv, cli = checkout_env(root, env, data.parent)
+    genv = {**cenv, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
+            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
+    print(f"# {data.name}: {cli} from {imported_from(cli, genv, root)}", flush=True)
     key = subprocess.run([sys.executable, "-m", cli, "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
                          check=True, cwd=root).stdout.strip().splitlines()[-1]
@@ -407,8 +441,9 @@ async def main() -> None:
             kafka_dirs.append((kafka_dir, kenv))
             kafka_env = {**env, "LLMGW_KAFKA_BOOTSTRAP": bootstrap, "LLMGW_TOPIC_PREFIX": f"bench{os.getpid()}",
                          "LLMGW_ANALYTICS": "0"}
-            lw = start([sys.executable, "-m", "llmgw.proxy.cli", "ledger", "worker"],
-                       {**kafka_env, "LLMGW_DATA_DIR": str(tmp / "ledger")},
+            lenv, lcli = checkout_env(ROOT, kafka_env, tmp)
+            lw = start([sys.executable, "-m", lcli, "ledger", "worker"],
+                       {**lenv, "LLMGW_DATA_DIR": str(tmp / "ledger")},
                        tmp / "ledger.log")
             procs.append(lw)
             for n in ([1] if args.kafka else []) + workers:
