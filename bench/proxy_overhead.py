@@ -264,13 +264,17 @@ def imported_from(cli: str, env: dict[str, str], root: Path) -> str:
                           env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
 
 
+# The gateways' LLMGW_LOG_LEVEL (--log-level): WARNING leaves the access line (one per call, INFO) out.
+LOG_LEVEL = "WARNING"
+
+
 async def start_llmgw(root: Path, data: Path, fake: str, env: dict[str, str], log: Path,
                       cpus: set[int] | None, workers: int = 1) -> tuple[subprocess.Popen, str, str]:
     """A gateway on its embedded default, run from the checkout at ``root`` (``checkout_env``), with one
     key: (process, base URL, key). Prints which file its CLI module is imported from."""
     cenv, cli = checkout_env(root, env, data.parent)
     genv = {**cenv, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
-            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
+            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": LOG_LEVEL}
     print(f"# {data.name}: {cli} from {imported_from(cli, genv, root)}", flush=True)
     key = subprocess.run([sys.executable, "-m", cli, "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
@@ -393,6 +397,9 @@ async def main() -> None:
     ap.add_argument("--workers", default="", help="also llmgw in Kafka mode with these process counts, e.g. 2,4")
     ap.add_argument("--baseline", default="", help="another llmgw checkout (e.g. a git worktree of an older "
                                                     "commit), run beside this one as target llmgw@<commit>")
+    ap.add_argument("--log-level", default="WARNING",
+                    help="the gateways' LLMGW_LOG_LEVEL; INFO (the default of `llmgw serve`) adds an access "
+                         "line per call to stderr, which the bench sends to a file")
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS measurement")
     ap.add_argument("--paced", default="64", help="concurrency levels of model-paced streams ('' for none)")
     ap.add_argument("--paced-seconds", type=float, default=15)
@@ -407,6 +414,8 @@ async def main() -> None:
                     help="targets on the last core, the load generator and the fake on the others: "
                          "as if the load came from another machine")
     args = ap.parse_args()
+    global LOG_LEVEL
+    LOG_LEVEL = args.log_level
     levels = [int(x) for x in args.concurrency.split(",") if x]
     paced = [int(x) for x in args.paced.split(",") if x]
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
