@@ -18,8 +18,8 @@ own parser errors quote the offending header line verbatim):
 """
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import re
 import sys
 import threading
@@ -122,37 +122,43 @@ class OffLoopHandler(logging.Handler):
 
     A log line is written from the event loop (an access line per call, a warning mid-stream); a
     ``StreamHandler`` there blocks every call in flight whenever stderr's reader (journald, a pipe,
-    a terminal) is slow. The queue is unbounded: a line is never dropped, and a stalled reader costs
+    a terminal) is slow. The buffer is unbounded: a line is never dropped, and a stalled reader costs
     memory instead of latency.
 
-    The caller's side is one ``format`` and one queue put: no handler lock (the formatter keeps no
-    state between records) and no copy of the record (the queue carries the finished line). The
-    writer takes every line waiting when it wakes and writes them in one ``write`` and one
-    ``flush``: under load that is one system call for many access lines instead of two per line."""
+    The caller's side is one ``format``, one append and one ``Event.set``: no handler lock (the
+    formatter keeps no state between records), no copy of the record, and no thread woken per line.
+    The writer, once woken, lets lines gather for ``GATHER_S`` and writes all of them in one
+    ``write`` and one ``flush``: under load, one wake-up and one system call for many access lines
+    instead of a thread switch and a write per line. A line reaches stderr at most ``GATHER_S``
+    after it was logged (``flush``, and so ``logging.shutdown`` at exit, writes at once)."""
 
-    BATCH = 512                     # lines per write at most
+    GATHER_S = 0.02
 
     def __init__(self, target: logging.StreamHandler[Any]) -> None:
         super().__init__()
         self.setFormatter(target.formatter)
         self.target = target
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._lines: collections.deque[str] = collections.deque()
+        self._wake = threading.Event()
+        self._writer: tuple[threading.Thread, threading.Event] | None = None
         self._writer_lock = threading.Lock()         # flush and close may come from two threads
         self._start()
 
     def _start(self) -> None:
-        self._writer = threading.Thread(target=self._write, name="llmgw-log-writer", daemon=True)
-        self._writer.start()
+        stop = threading.Event()
+        writer = threading.Thread(target=self._write, args=(stop,), name="llmgw-log-writer", daemon=True)
+        self._writer = writer, stop
+        writer.start()
 
     def _stop(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            self.queue.put(None)                     # the writer writes what came before, then ends
+        if self._writer is not None:
+            (writer, stop), self._writer = self._writer, None
+            stop.set()                               # the writer writes every line there is, then ends
+            self._wake.set()
             writer.join()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # Handler.handle would take self.lock around emit; the queue is what serializes the lines.
+        # Handler.handle would take self.lock around emit; the deque is what orders the lines.
         rv = self.filter(record)
         if rv:
             self.emit(rv if isinstance(rv, logging.LogRecord) else record)
@@ -160,24 +166,25 @@ class OffLoopHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.queue.put(self.format(record))
+            self._lines.append(self.format(record))
         except Exception:
             self.handleError(record)
+            return
+        self._wake.set()
 
-    def _write(self) -> None:
-        q, terminator = self.queue, self.target.terminator
+    def _write(self, stop: threading.Event) -> None:
+        lines, terminator = self._lines, self.target.terminator
         while True:
-            batch = [q.get()]
-            while len(batch) < self.BATCH:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            lines = [line for line in batch if line is not None]
-            end = len(lines) != len(batch)
-            if lines:
-                self._write_lines(terminator.join(lines) + terminator)
-            if end:
+            self._wake.wait()
+            self._wake.clear()                       # a line appended from here on sets it again
+            if not stop.is_set():
+                stop.wait(self.GATHER_S)             # let a burst gather; a stop cuts it short
+            batch = []
+            while lines:
+                batch.append(lines.popleft())
+            if batch:
+                self._write_lines(terminator.join(batch) + terminator)
+            if stop.is_set() and not lines:
                 return
 
     def _write_lines(self, text: str) -> None:
@@ -191,8 +198,7 @@ class OffLoopHandler(logging.Handler):
 
     def flush(self) -> None:
         """Wait until every line handed over so far is written (logging.shutdown calls this at exit):
-        the writer ends once it has written the lines before the stop mark, and a new one takes the
-        lines that follow."""
+        the writer writes what there is and ends, and a new one takes the lines that follow."""
         with self._writer_lock:
             if self._writer is not None:
                 self._stop()

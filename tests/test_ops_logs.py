@@ -109,6 +109,36 @@ def test_the_gateway_log_handler_never_writes_on_the_callers_thread():
     assert written_by and threading.current_thread().name not in written_by
 
 
+def test_the_gateway_log_handler_writes_every_line_once_in_order_across_flushes():
+    """Lines leave in batches from the writer thread: none lost, none doubled, each thread's in its order,
+    also when flushes (a writer stopping and a new one starting) come in the middle of them."""
+    buf = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        handler = configure_logging(Settings(log_level="INFO"), stream=buf)
+
+        def burst(n: int) -> None:
+            for i in range(300):
+                logging.getLogger("llmgw.test").info("line", extra={"event": "t", "n": n, "i": i})
+                if i % 97 == 0:
+                    handler.flush()
+        threads = [threading.Thread(target=burst, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        handler.flush()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+    got = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    assert all(o["event"] == "t" for o in got) and len(got) == 900
+    for n in range(3):
+        assert [o["i"] for o in got if o["n"] == n] == list(range(300))
+
+
 async def test_each_request_logs_one_access_line(fake_provider, tmp_path, json_lines):
     h = GatewayHarness(fake_provider, tmp_path)
     await h.start()
