@@ -48,7 +48,7 @@ async def start(root: Path, tmp: Path, name: str, fake: str) -> tuple[subprocess
     env = {**os.environ, "PYTHONPATH": str(link_tree(root, tmp / f"paths-{name}"))}
     data = tmp / f"data-{name}"
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
-            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": "WARNING"}
+            "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": po.LOG_LEVEL}
     print(f"# {name}: llmgw.proxy.cli from {po.imported_from('llmgw.proxy.cli', genv, root)}", flush=True)
     key = subprocess.run([sys.executable, "-m", "llmgw.proxy.cli", "keys", "create", "--org", "bench",
                           "--workspace", "w", "--user", "u"], env=genv, capture_output=True, text=True,
@@ -66,7 +66,10 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--log-level", default="WARNING", help="the gateways' LLMGW_LOG_LEVEL (INFO: an access "
+                                                         "line per call, the default of `llmgw serve`)")
     args = ap.parse_args()
+    po.LOG_LEVEL = args.log_level
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-cpu-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -84,7 +87,8 @@ async def main() -> None:
                                     cwd=root).stdout.strip()
             targets[f"{name}@{commit}"] = (gw, url, key)
         print(f"# {time.strftime('%Y-%m-%d %H:%M')} c={args.concurrency} {args.seconds}s/cell, "
-              f"{args.rounds} rounds, cores {os.cpu_count()}\n")
+              f"{args.rounds} rounds, log level {args.log_level}, cores {os.cpu_count()}, "
+              f"load average {os.getloadavg()[0]:.1f} at the start\n")
         print("| target | kind | round | req/s | gateway CPU ms/1k | analytics process ms/1k | sum | errors |")
         print("|---|---|---|---|---|---|---|---|")
         for stream in (False, True):
