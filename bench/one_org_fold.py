@@ -18,7 +18,9 @@ starts. The workers are then paused (SIGSTOP; their session timeout is 120 s) wh
 writes the backlog, and resumed (SIGCONT): the clock runs from there until every partition's
 progress record reached its end (the commit holding its last event), so it times the fold of a
 backlog, not the producer. The snapshot is then read back and must equal ``fold_all`` of every
-event sent. The workers' CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` after they exit. Also
+event sent. The workers' CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` after they exit, and
+each worker's from ``/proc/<pid>/stat`` before it is stopped: how evenly the fold's work is split,
+which is what the throughput scales with where each worker has a core of its own. Also
 printed per keying: how many (partition, spend key) partials the snapshot holds against spend
 keys, which is what a gateway's view and a starting gateway's download grow with.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import resource
 import signal
 import subprocess
@@ -107,6 +110,12 @@ async def wait_folded(bootstrap: str, topics: Topics, ends: dict[int, int], time
         await consumer.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_stable(bootstrap: str, group: str, members: int, timeout_s: float = 120) -> None:
     """Until the workers' group is Stable with ``members`` members (no rebalance left to come)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -152,6 +161,7 @@ async def fold_run(bootstrap: str, keying: str, workers: int, evs: list[UsageEve
         ends = await ends_of(bootstrap, topics)
         await wait_folded(bootstrap, topics, ends, timeout_s=1_800)
         fold_s = time.perf_counter() - began
+        worker_cpu = [cpu_seconds(proc.pid) for proc in procs]   # each worker's share of the fold
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -168,7 +178,7 @@ async def fold_run(bootstrap: str, keying: str, workers: int, evs: list[UsageEve
     return {"keying": keying, "workers": workers, "events": len(evs), "fold_s": fold_s, "produce_s": produced_s,
             "rate": len(evs) / fold_s, "busy_partitions": sum(1 for n in spread.values() if n > 0),
             "max_partition_share": max(spread.values()) / len(evs), "worker_cpu_s": worker_cpu_s,
-            "partials": partials, "spend_keys": len(live)}
+            "partials": partials, "spend_keys": len(live), "per_worker_cpu_s": sorted(worker_cpu, reverse=True)}
 
 
 async def rebuild_run(bootstrap: str, n: int, partitions: int) -> dict[str, float]:
@@ -197,8 +207,9 @@ async def run(bootstrap: str, args: argparse.Namespace) -> None:
             print(f"  keyed by {keying:4} {workers} worker(s): {row['rate']:>8,.0f} events/s "
                   f"({row['fold_s']:.1f} s; produced in {row['produce_s']:.1f} s), "
                   f"{row['busy_partitions']} busy partitions, largest {row['max_partition_share']:.0%} of events, "
-                  f"workers' CPU {row['worker_cpu_s']:.1f} s; snapshot {row['partials']:,} partials of "
-                  f"{row['spend_keys']:,} spend keys", flush=True)
+                  f"workers' CPU {row['worker_cpu_s']:.1f} s (each: "
+                  f"{', '.join(f'{c:.1f}' for c in row['per_worker_cpu_s'])}); snapshot {row['partials']:,} "
+                  f"partials of {row['spend_keys']:,} spend keys", flush=True)
     by = collections.defaultdict(dict)
     for row in rows:
         by[row["keying"]][row["workers"]] = row["rate"]
