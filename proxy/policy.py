@@ -55,7 +55,7 @@ from .holds import OpenHolds
 from .prediction import Basis, HoldPredictor
 from llmgw.core.principal import Principal
 from .queueing import WaitQueue
-from .ratelimit import EMPTY, ProxyCount, RateBook, RateLimiter, Ticket
+from .ratelimit import EMPTY, AppliedLimit, ProxyCount, RateBook, RateLimiter, Ticket
 
 # Waiting for a window shorter than this to reset is worth an SDK retry.
 _RETRY_WORTH_S = 60
@@ -107,9 +107,12 @@ class _Plan:
 
     ``keys`` is each spend key once, in the order of its first hold (a key capped twice holds the
     larger amount once); ``modes`` says per key which holds cap it: 1 predicted, 2 strict, 3 both.
-    ``plain``: no hold carves spend out (the common case, checked without the general path)."""
+    ``plain``: no hold carves spend out (the common case, checked without the general path).
+    ``rates``: the caller's rate limits as resolved by the rate book they came from (the plan's key
+    names the caller as ``RateBook.effective`` does), so a check skips that lookup too."""
 
-    __slots__ = ("valid_from", "valid_until", "holds", "held", "keys", "modes", "all_strict", "plain")
+    __slots__ = ("valid_from", "valid_until", "holds", "held", "keys", "modes", "all_strict", "plain",
+                 "zeros", "rates")
 
     def __init__(self, valid_from: int, valid_until: int, holds: list[Hold]) -> None:
         self.valid_from, self.valid_until, self.holds = valid_from, valid_until, holds
@@ -121,10 +124,11 @@ class _Plan:
         self.modes = tuple(modes.values())
         self.all_strict = all(h.strict for h in holds)
         self.plain = not any(h.carve_keys for h in holds)
+        self.zeros = (0,) * len(self.keys)
+        self.rates: tuple[RateBook, tuple[AppliedLimit, ...]] | None = None
 
-    def amounts(self, est: "Estimate") -> tuple[int, ...]:
+    def amounts(self, worst: int, pred: int) -> tuple[int, ...]:
         """The hold on each of ``keys``: the largest any of its budgets asks for."""
-        worst, pred = est.worst_micro_usd, est.predicted_micro_usd
         if worst == pred:
             return (worst,) * len(self.keys)
         both = max(worst, pred)
@@ -327,55 +331,93 @@ class Policy:
         after a restart: proxy/batch_book.py). ``swept=False``: a hold that may rightly stay open
         longer than any stream (a batch's, for up to a day) is kept out of the open-hold sweeper.
         """
-        est = estimate if type(estimate) is Estimate else Estimate.of(estimate)
+        if isinstance(estimate, Estimate):
+            est: Estimate | None = estimate
+            worst, pred = estimate.worst_micro_usd, estimate.predicted_micro_usd
+        else:                               # an int is both holds; its Estimate only made if refused
+            est, worst = None, estimate
+            pred = worst
         plan = self._plan(p, tags, now_ms)
         holds = plan.holds
         model, by = "", None
         if holds and not force:
             n = max(1, self.proxies())
-            over = self._over_all(plan, est, n)
+            over = self._over_all(plan, worst, pred, n)
             if over:
-                est, model, by = self._downgrade(holds, over, est, downgrade, n, now_ms)
-        ticket = EMPTY if force else self.limiter.acquire(p, tokens, max_wait_ms)   # raises before any hold
+                est, model, by = self._downgrade(holds, over, est or Estimate(worst, pred), downgrade, n,
+                                                 now_ms)
+                worst, pred = est.worst_micro_usd, est.predicted_micro_usd
+        if force:
+            ticket = EMPTY
+        else:                               # raises before any hold
+            limiter = self.limiter
+            rates = plan.rates
+            if rates is None or rates[0] is not limiter.book:
+                rates = plan.rates = (limiter.book, limiter.book.effective(p))
+            ticket = limiter.acquire(p, tokens, max_wait_ms, rates[1])
+        basis = None if est is None else est.basis
         if not holds:
-            return Reservation(est.predicted_micro_usd, (), False, model, ticket, basis=est.basis,
-                               worst_micro_usd=est.worst_micro_usd)
-        keys, amounts, worst = plan.keys, plan.amounts(est), est.worst_micro_usd
+            return Reservation(pred, (), False, model, ticket, basis=basis, worst_micro_usd=worst)
+        keys = plan.keys
         res = self._reserved
-        for k, a in zip(keys, amounts):
-            res[k] = res.get(k, 0) + a
-        if worst > min(amounts):            # predicted holds: their worst case beyond the hold
-            extra = tuple(max(worst - a, 0) for a in amounts)
-            exp = self._exposed
-            for k, x in zip(keys, extra):
-                if x:
-                    exp[k] = exp.get(k, 0) + x
+        if worst == pred:                   # one amount on every key, no worst case beyond it
+            amounts = (worst,) * len(keys)
+            for k in keys:
+                res[k] = res.get(k, 0) + worst
+            extra = plan.zeros
         else:
-            extra = (0,) * len(keys)
+            amounts = plan.amounts(worst, pred)
+            for k, a in zip(keys, amounts):
+                res[k] = res.get(k, 0) + a
+            if worst > min(amounts):        # predicted holds: their worst case beyond the hold
+                extra = tuple(max(worst - a, 0) for a in amounts)
+                exp = self._exposed
+                for k, x in zip(keys, extra):
+                    if x:
+                        exp[k] = exp.get(k, 0) + x
+            else:
+                extra = plan.zeros
         placed = self._mono()
-        r = Reservation(max(amounts), plan.held, True, model, ticket, keys, by, amounts, est.basis, placed,
+        r = Reservation(max(amounts), plan.held, True, model, ticket, keys, by, amounts, basis, placed,
                         extra, worst)
         if swept:
             self.holds.add(r, placed)       # for the sweeper and the open-hold gauges (holds.py)
         return r
 
-    def _over_all(self, plan: _Plan, est: Estimate, n: int) -> list[tuple[Hold, int, int, int]]:
-        """``_over`` of every hold, as (hold, used, margin, reserved) for those the estimate does
-        not fit; the plain case (one proxy, no carve-out) inlined: this runs on every call."""
-        if n > 1 or not plan.plain:
-            return [(h, *m) for h in plan.holds
-                    if (m := self._over(h, est.hold(h.applied.budget.hold), n)) is not None]
-        view, res = self.view, self._reserved
+    def _over_all(self, plan: _Plan, worst: int, pred: int, n: int) -> list[tuple[Hold, int, int, int]]:
+        """``_over`` of every hold (holding ``worst`` where strict, else ``pred``), as (hold, used,
+        margin, reserved) for those it does not fit. Inlined (``measure3``, ``_exposure``,
+        ``_over``): this runs on every call. The plain case is shortest: no carve-out, and either
+        one proxy or nothing of this proxy's unconfirmed (no open hold, no settled call the
+        snapshot does not show), where the margin for the other proxies is 0."""
+        view, res, exp = self.view, self._reserved, self._exposed
         folded, local = view.folded, view.local.sums
-        worst, pred = est.worst_micro_usd, est.predicted_micro_usd
         over: list[tuple[Hold, int, int, int]] = []
+        if plan.plain and (n == 1 or not (res or exp or local)):
+            for h in plan.holds:
+                k = h.key
+                held = res.get(k, 0) if res else 0
+                spent = folded.get(k, ZERO).spend_nano_usd + local.get(k, 0) if local else folded.get(k, ZERO).spend_nano_usd
+                used = -(-spent // NANO_PER_MICRO) + held
+                if used + (worst if h.strict else pred) > h.limit_micro_usd:
+                    over.append((h, used, 0, held))
+            return over
         for h in plan.holds:
             k = h.key
+            conf = folded.get(k, ZERO).spend_nano_usd          # what the snapshot confirms
+            spent = conf + local.get(k, 0) if local else conf
             held = res.get(k, 0) if res else 0
-            spent = folded.get(k, ZERO).spend_nano_usd + local.get(k, 0) if local else folded.get(k, ZERO).spend_nano_usd
+            seen = exp.get(k, 0) if exp else 0
+            for c in h.carve_keys:
+                c_conf = folded.get(c, ZERO).spend_nano_usd
+                conf -= c_conf
+                spent -= c_conf + local.get(c, 0)
+                held -= res.get(c, 0)
+                seen -= exp.get(c, 0)
             used = -(-spent // NANO_PER_MICRO) + held
-            if used + (worst if h.strict else pred) > h.limit_micro_usd:
-                over.append((h, used, 0, held))
+            margin = (n - 1) * max(used + (-conf // NANO_PER_MICRO) + seen, 0) if n > 1 else 0   # used - ceil(conf)
+            if used + margin + (worst if h.strict else pred) > h.limit_micro_usd:
+                over.append((h, used, margin, held))
         return over
 
     def release(self, r: Reservation, tokens_used: int | None = None, *, forwarded: bool = True,

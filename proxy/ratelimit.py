@@ -121,7 +121,8 @@ class AppliedLimit:
 
     limit: RateLimit
     entity: str
-    bucket_key: tuple[str, str, str]          # (metric, scope kind, entity): one bucket per key
+    bucket_key: str                           # "metric|scope kind|entity": one bucket per key (a str
+                                              # keeps its hash: one lookup reads one object, not four)
     tokens: bool                              # counts tokens (else requests)
     period_ms: int
     rate: int                                 # units per period = scaled units refilled per ms
@@ -129,7 +130,7 @@ class AppliedLimit:
 
     @classmethod
     def of(cls, limit: RateLimit, entity: str) -> "AppliedLimit":
-        return cls(limit, entity, (limit.metric, limit.scope_kind, entity), limit.unit == TOKENS,
+        return cls(limit, entity, f"{limit.metric}|{limit.scope_kind}|{entity}", limit.unit == TOKENS,
                    limit.period_ms, limit.limit, limit.capacity * limit.period_ms)
 
 
@@ -219,12 +220,18 @@ class _Bucket:
 class Ticket:
     """What one admitted call took from each bucket; settled or cancelled exactly once."""
 
-    charges: tuple[tuple[AppliedLimit, int], ...]     # (limit, units charged)
+    applied: tuple[AppliedLimit, ...]                 # the limits charged
+    tokens: int = 0                                   # charged to each token limit (1 to the others)
     wait_ms: int = 0
     open: bool = True
 
+    @property
+    def charges(self) -> tuple[tuple[AppliedLimit, int], ...]:
+        """(limit, units charged) of each limit."""
+        return tuple((a, self.tokens if a.tokens else 1) for a in self.applied)
 
-EMPTY = Ticket((), 0, False)
+
+EMPTY = Ticket((), 0, 0, False)
 
 
 class RateLimiter:
@@ -233,38 +240,57 @@ class RateLimiter:
         self.book = book
         self.proxies = proxies or ProxyCount()
         self.clock = clock or (lambda: time.monotonic_ns() // 1_000_000)
-        self._buckets: dict[tuple[str, str, str], _Bucket] = {}
+        self._buckets: dict[str, _Bucket] = {}
         self._sweep_at = 10_000
 
     # -- admission -----------------------------------------------------------------
-    def acquire(self, p: Principal, tokens: int, max_wait_ms: int = 0) -> Ticket:
+    def acquire(self, p: Principal, tokens: int, max_wait_ms: int = 0,
+                applied: tuple[AppliedLimit, ...] | None = None) -> Ticket:
         """Charge one request and ``tokens`` to every limit that applies, or raise ``RateLimited``.
 
         With ``max_wait_ms`` a call that would have to wait at most that long is
         charged now (its capacity is booked ahead, so callers are served in
         order) and the ticket says how long to wait before forwarding.
+        ``applied``: ``book.effective(p)``, if the caller keeps it already.
         """
-        applied = self.book.effective(p)
+        if applied is None:
+            applied = self.book.effective(p)
         if not applied:
             return EMPTY
         now, share = self.clock(), max(1, self.proxies())
+        buckets = self._buckets
         wait_ms, worst = 0, applied[0]
-        plan: list[tuple[AppliedLimit, _Bucket, int, int]] = []
+        charged: list[_Bucket] = []
+        needs: list[int] = []
         for a in applied:
-            b = self._refilled(a, now, share)
-            units = tokens if a.tokens else 1
-            need = units * a.period_ms * share
-            short = min(need, a.cap) - b.level
+            b = buckets.get(a.bucket_key)
+            if b is None:                         # ``_refilled`` inlined: this runs on every call
+                if len(buckets) >= self._sweep_at:
+                    self._sweep(now)
+                b = buckets[a.bucket_key] = _Bucket(a.cap, now, share, a.limit)
+            elif b.share != share:
+                b = self._refilled(a, now, share)
+            else:
+                b.limit = a.limit
+                if now > b.t_ms:
+                    level = b.level + a.rate * (now - b.t_ms)
+                    b.level = a.cap if level > a.cap else level
+                    b.t_ms = now
+                elif b.level > a.cap:
+                    b.level = a.cap
+            need = (tokens if a.tokens else 1) * a.period_ms * share
+            short = (need if need < a.cap else a.cap) - b.level
             if short > 0 or not a.rate:           # a limit of 0 blocks every call
                 w = -(-short // a.rate) if a.rate else _NEVER_MS
                 if w > wait_ms:
                     wait_ms, worst = w, a
-            plan.append((a, b, need, units))
+            charged.append(b)
+            needs.append(need)
         if wait_ms > max_wait_ms:
             raise _refusal(worst, wait_ms, tokens, share)
-        for _, b, need, _ in plan:
+        for b, need in zip(charged, needs):
             b.level -= need
-        return Ticket(tuple((a, units) for a, _, _, units in plan), wait_ms)
+        return Ticket(applied, tokens, wait_ms)
 
     def settle(self, t: Ticket, tokens_used: int | None) -> None:
         """The call is over: token charges become the real count (None keeps the worst case)."""
@@ -273,9 +299,10 @@ class RateLimiter:
         t.open = False
         if tokens_used is None:
             return
-        for a, units in t.charges:
-            if a.tokens and units != tokens_used:
-                self._give_back(a, units - tokens_used)
+        if t.tokens != tokens_used:
+            for a in t.applied:
+                if a.tokens:
+                    self._give_back(a, t.tokens - tokens_used)
 
     def cancel(self, t: Ticket) -> None:
         """The call never went upstream: everything it took goes back."""
