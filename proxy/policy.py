@@ -61,7 +61,7 @@ from .ratelimit import EMPTY, AppliedLimit, ProxyCount, RateBook, RateLimiter, T
 _RETRY_WORTH_S = 60
 # Resolved plans kept per generation: at most twice this many callers x tag sets in memory.
 _PLANS_PER_GENERATION = 250_000
-_PlanKey = tuple[str, str, str, str, tuple[str, ...]]
+_PlanKey = tuple[str, tuple[str, ...]]      # (key id, tags): the plan names the rest of its caller
 # A refusal that calls in flight can lift: retry after their typical duration (the median of the
 # last _DURATIONS calls on this proxy), within these bounds; _SETTLE_DEFAULT_S before any call ended.
 _SETTLE_MIN_S, _SETTLE_MAX_S, _SETTLE_DEFAULT_S = 1, 30, 5
@@ -112,10 +112,11 @@ class _Plan:
     names the caller as ``RateBook.effective`` does), so a check skips that lookup too."""
 
     __slots__ = ("valid_from", "valid_until", "holds", "held", "keys", "modes", "all_strict", "plain",
-                 "zeros", "rates")
+                 "zeros", "rates", "org", "workspace", "user")
 
-    def __init__(self, valid_from: int, valid_until: int, holds: list[Hold]) -> None:
+    def __init__(self, valid_from: int, valid_until: int, holds: list[Hold], p: Principal) -> None:
         self.valid_from, self.valid_until, self.holds = valid_from, valid_until, holds
+        self.org, self.workspace, self.user = p.org, p.workspace, p.user
         self.held = tuple(holds)
         modes: dict[str, int] = {}
         for h in holds:
@@ -126,6 +127,11 @@ class _Plan:
         self.plain = not any(h.carve_keys for h in holds)
         self.zeros = (0,) * len(self.keys)
         self.rates: tuple[RateBook, tuple[AppliedLimit, ...]] | None = None
+
+    def serves(self, p: Principal, now_ms: int) -> bool:
+        """Valid now, for this caller (the cache key is its key id and tags: the rest is checked here)."""
+        return (self.valid_from <= now_ms < self.valid_until and self.user == p.user
+                and self.workspace == p.workspace and self.org == p.org)
 
     def amounts(self, worst: int, pred: int) -> tuple[int, ...]:
         """The hold on each of ``keys``: the largest any of its budgets asks for."""
@@ -280,12 +286,13 @@ class Policy:
         """The cached plan, else the previous generation's (moved to this one), else resolved.
         Two generations instead of one bounded dict: when the cache fills, the callers seen
         since the last turn keep their plans, so 100,000 keys in use do not all miss at once."""
-        ck = (p.key_id, p.org, p.workspace, p.user, tags)
+        ck = (p.key_id, tags)
         plan = self._plans.get(ck)
-        if plan is not None and plan.valid_from <= now_ms < plan.valid_until:
+        if (plan is not None and plan.valid_from <= now_ms < plan.valid_until and plan.user == p.user
+                and plan.workspace == p.workspace and plan.org == p.org):       # ``serves``, inlined
             return plan
         plan = self._plans_old.pop(ck, None)
-        if plan is None or not plan.valid_from <= now_ms < plan.valid_until:
+        if plan is None or not plan.serves(p, now_ms):
             plan = self._resolve(p, tags, now_ms)
         if len(self._plans) >= _PLANS_PER_GENERATION:
             self._plans_old, self._plans = self._plans, {}
@@ -308,7 +315,7 @@ class Policy:
             h = Hold(spend_key(a.spend_dim, a.entity, w, start), a.budget.limit_micro_usd, a, end, carve,
                      a.budget.hold == "strict")
             out.append(pool.setdefault(h, h))       # callers sharing a budget share its Hold
-        return _Plan(valid_from, valid_until, out)
+        return _Plan(valid_from, valid_until, out, p)
 
     def _window(self, window: str, now_ms: int, tz: str) -> tuple[int, int]:
         b = self._bounds.get((window, tz))
@@ -354,7 +361,7 @@ class Policy:
             rates = plan.rates
             if rates is None or rates[0] is not limiter.book:
                 rates = plan.rates = (limiter.book, limiter.book.effective(p))
-            ticket = limiter.acquire(p, tokens, max_wait_ms, rates[1])
+            ticket = limiter.acquire(p, tokens, max_wait_ms, rates[1]) if rates[1] else EMPTY
         basis = None if est is None else est.basis
         if not holds:
             return Reservation(pred, (), False, model, ticket, basis=basis, worst_micro_usd=worst)
@@ -378,7 +385,7 @@ class Policy:
             else:
                 extra = plan.zeros
         placed = self._mono()
-        r = Reservation(max(amounts), plan.held, True, model, ticket, keys, by, amounts, basis, placed,
+        r = Reservation(worst if worst == pred else max(amounts), plan.held, True, model, ticket, keys, by, amounts, basis, placed,
                         extra, worst)
         if swept:
             self.holds.add(r, placed)       # for the sweeper and the open-hold gauges (holds.py)
@@ -387,13 +394,19 @@ class Policy:
     def _over_all(self, plan: _Plan, worst: int, pred: int, n: int) -> list[tuple[Hold, int, int, int]]:
         """``_over`` of every hold (holding ``worst`` where strict, else ``pred``), as (hold, used,
         margin, reserved) for those it does not fit. Inlined (``measure3``, ``_exposure``,
-        ``_over``): this runs on every call. The plain case is shortest: no carve-out, and either
-        one proxy or nothing of this proxy's unconfirmed (no open hold, no settled call the
-        snapshot does not show), where the margin for the other proxies is 0."""
+        ``_over``): this runs on every call. The plain cases (no carve-out) are shortest: one proxy,
+        or nothing of this proxy's unconfirmed (no open hold nor its exposure, no settled call the
+        snapshot does not show): the margin for the other proxies is 0 then."""
         view, res, exp = self.view, self._reserved, self._exposed
         folded, local = view.folded, view.local.sums
         over: list[tuple[Hold, int, int, int]] = []
-        if plan.plain and (n == 1 or not (res or exp or local)):
+        if plan.plain and not (res or local) and (n == 1 or not exp):   # idle: settled spend only
+            for h in plan.holds:
+                used = -(-folded.get(h.key, ZERO).spend_nano_usd // NANO_PER_MICRO)
+                if used + (worst if h.strict else pred) > h.limit_micro_usd:
+                    over.append((h, used, 0, 0))
+            return over
+        if plan.plain and n == 1:
             for h in plan.holds:
                 k = h.key
                 held = res.get(k, 0) if res else 0

@@ -171,6 +171,14 @@ def test_with_two_proxies_a_settled_call_the_snapshot_does_not_show_yet_is_in_th
          ("reserve", 0, (), 100, 100)])
 
 
+def test_an_open_hold_of_nothing_keeps_its_worst_case_in_the_margin_after_the_other_hold_on_its_key_settles():
+    # the first call holds 0 (worst case 300); once the second settles nothing is held on the key,
+    # but the margin is still 2 x 300: 600 + 401 > 1,000 is refused
+    run([Budget("user", "u1", "day", 1_000)],
+        [("proxies", 3), ("reserve", 0, (), 300, 0), ("reserve", 0, (), 10, 10), ("release", 1),
+         ("reserve", 0, (), 401, 401)])
+
+
 def _reservation(policy: Policy, p: Principal, now_ms: int, amount: int = 100) -> Reservation:
     return policy.reserve(p, (), amount, now_ms)
 
