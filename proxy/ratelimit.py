@@ -259,14 +259,16 @@ class RateLimiter:
             return EMPTY
         now, share = self.clock(), max(1, self.proxies())
         buckets = self._buckets
+        if len(buckets) + len(applied) > self._sweep_at:
+            # before any bucket of this call is refilled: a sweep mid-call could forget a bucket the
+            # call just refilled to full and then charge a bucket nobody holds any more
+            self._sweep(now)
         wait_ms, worst = 0, applied[0]
         charged: list[_Bucket] = []
         needs: list[int] = []
         for a in applied:
             b = buckets.get(a.bucket_key)
             if b is None:                         # ``_refilled`` inlined: this runs on every call
-                if len(buckets) >= self._sweep_at:
-                    self._sweep(now)
                 b = buckets[a.bucket_key] = _Bucket(a.cap, now, share, a.limit)
             elif b.share != share:
                 b = self._refilled(a, now, share)

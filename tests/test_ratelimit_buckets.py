@@ -195,3 +195,18 @@ def test_a_full_cache_of_resolved_callers_keeps_answering_the_same(monkeypatch):
         assert [book.effective(p) for p in reversed(callers)] == fresh[::-1]
     assert [a.limit.limit for a in book.effective(callers[2])] == [5]
     assert [a.limit.metric for a in book.effective(callers[4])] == ["rpm", "tpm"]
+
+
+def test_a_sweep_while_charging_never_drops_a_charge_of_the_same_call():
+    """A new caller's bucket may start a sweep of full buckets mid-charge; the shared workspace bucket
+    this very call just refilled to full must keep its charge (it used to be swept and the charge lost)."""
+    rl, clock, _ = limiter(RateLimit("user", "*", "rpm", 5), RateLimit("workspace", "backend", "rpm", 2, org="acme"))
+    rl.acquire(ALICE, 0)
+    clock.advance(60)                                 # every bucket full again: all of them sweepable
+    rl._sweep_at = 1
+    rl.acquire(BOB, 0)                                # bob's bucket is new: a sweep runs during the call
+    rl._sweep_at = 1
+    rl.acquire(Principal("k3", "acme", "backend", "carol"), 0)
+    with pytest.raises(RateLimited) as exc:           # the workspace's 2 per minute: bob and carol
+        rl.acquire(Principal("k4", "acme", "backend", "dave"), 0)
+    assert "2 requests per minute" in exc.value.message
