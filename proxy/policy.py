@@ -385,8 +385,8 @@ class Policy:
             else:
                 extra = plan.zeros
         placed = self._mono()
-        r = Reservation(worst if worst == pred else max(amounts), plan.held, True, model, ticket, keys, by, amounts, basis, placed,
-                        extra, worst)
+        r = Reservation(worst if worst == pred else max(amounts), plan.held, True, model, ticket, keys, by,
+                        amounts, basis, placed, extra, worst)
         if swept:
             self.holds.add(r, placed)       # for the sweeper and the open-hold gauges (holds.py)
         return r
