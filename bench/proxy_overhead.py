@@ -49,7 +49,6 @@ import itertools
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -343,14 +342,19 @@ async def table(targets: dict[str, Target], levels: list[int], seconds: float,
     """One markdown table; every row's added numbers are against the direct row of its round.
 
     ``rounds``: the cell again, each target after the other, as often: a p99 over ~800 calls is
-    the 8th slowest, so the spread between rounds is part of the result.
+    the 8th slowest, so the spread between rounds is part of the result. The direct call goes first
+    in every cell; the targets rotate behind it from cell to cell (the order favoured the first).
     """
     gap_head = " gap p99 | +gap p99 |" if gaps else ""
     print(f"| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb |{gap_head} CPU ms/1k | errors |")
     print("|---" * (12 + 2 * gaps) + "|")
-    for stream, c, _ in itertools.product(kinds, levels, range(rounds)):
+    first = [n for n in targets if n == "direct"]      # the base of each cell's added numbers
+    others = [n for n in targets if n != "direct"]
+    for cell, (stream, c, _) in enumerate(itertools.product(kinds, levels, range(rounds))):
         base: Result | None = None
-        for name, (url, k, pid, extra) in targets.items():
+        turn = cell % len(others) if others else 0       # the others take turns going first: whoever
+        for name in first + others[turn:] + others[:turn]:   # runs right after another target is penalised
+            url, k, pid, extra = targets[name]
             if not warm_s:
                 await load(url, k, min(c, 8), 1.0, stream, extra=extra)            # warm-up
             c0 = tree_cpu_ms(pid) if pid else 0.0
