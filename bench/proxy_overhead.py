@@ -105,6 +105,20 @@ def tree_cpu_ms(pid: int) -> float:
     return total
 
 
+async def settle(pid: int | None, timeout_s: float = 15.0) -> None:
+    """Until the target's process tree is idle (under 5% of a core over 0.5 s): some targets keep
+    working after their load ends (LiteLLM's background tasks, a once-a-second analytics insert),
+    and that work would otherwise land in the next target's cell."""
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = tree_cpu_ms(pid)
+        await asyncio.sleep(0.5)
+        if tree_cpu_ms(pid) - before < 25:
+            return
+
+
 def tree_rss_mb(pid: int) -> float:
     total = 0.0
     for p in tree(pid):
@@ -343,7 +357,8 @@ async def table(targets: dict[str, Target], levels: list[int], seconds: float,
 
     ``rounds``: the cell again, each target after the other, as often: a p99 over ~800 calls is
     the 8th slowest, so the spread between rounds is part of the result. The direct call goes first
-    in every cell; the targets rotate behind it from cell to cell (the order favoured the first).
+    in every cell; the targets rotate behind it from cell to cell (the order favoured the first),
+    and each one's leftover work ends before the next starts (``settle``).
     """
     gap_head = " gap p99 | +gap p99 |" if gaps else ""
     print(f"| target | kind | conc | req/s | p50 ms | p99 ms | +p50 | +p99 | ttfb p50 | +ttfb |{gap_head} CPU ms/1k | errors |")
@@ -360,6 +375,7 @@ async def table(targets: dict[str, Target], levels: list[int], seconds: float,
             c0 = tree_cpu_ms(pid) if pid else 0.0
             r = await load(url, k, c, seconds, stream, spread_s, warm_s, extra)
             cpu = (tree_cpu_ms(pid) - c0) * 1000 / max(r.calls, 1) if pid else float("nan")
+            await settle(pid)
             if name == "direct":
                 base = r
             p50, p99 = r.pct(r.latencies, .5), r.pct(r.latencies, .99)
