@@ -27,6 +27,7 @@ import orjson
 
 from .driver import EMBEDDED, LedgerHealth
 from llmgw.core.events import UsageEvent
+from llmgw.core.files import atomic_write
 from .fold import Totals, TzOf, fold, keys_in, spends, utc
 from .spend import SpendView
 from .started import CallStarted, Record, decode_record, decode_started, encode_record
@@ -148,12 +149,8 @@ def read_mark(path: Path) -> int:
 
 def save_mark(path: Path, position: int) -> None:
     """Atomically (a crash leaves the old mark or the new one, never an empty file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.write(str(position))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Checkpoint:

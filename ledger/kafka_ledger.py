@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -50,6 +49,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from .driver import KAFKA, UNKNOWN_WORKERS, LedgerHealth
+from llmgw.core.files import atomic_write
 from llmgw.core.events import UsageEvent
 from .fold import TzOf, utc
 from .fold_watch import FoldWatch
@@ -198,17 +198,8 @@ class KafkaLedger:
                             written, extra={"event": "ledger_keying_kept"})
             return written if written in USAGE_KEYS else ORG_KEY
         if not marker.exists() or marker.read_text().strip() != self.usage_key:
-            tmp = marker.with_suffix(".tmp")       # durable before any record is spooled under it
-            with open(tmp, "w") as f:
+            with atomic_write(marker) as f:        # durable before any record is spooled under it
                 f.write(self.usage_key + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, marker)
-            dir_fd = os.open(self.spool_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         return self.usage_key
 
     async def flush(self, timeout_s: float = 5.0) -> None:

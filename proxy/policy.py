@@ -410,7 +410,9 @@ class Policy:
             for h in plan.holds:
                 k = h.key
                 held = res.get(k, 0) if res else 0
-                spent = folded.get(k, ZERO).spend_nano_usd + local.get(k, 0) if local else folded.get(k, ZERO).spend_nano_usd
+                spent = folded.get(k, ZERO).spend_nano_usd
+                if local:
+                    spent += local.get(k, 0)
                 used = -(-spent // NANO_PER_MICRO) + held
                 if used + (worst if h.strict else pred) > h.limit_micro_usd:
                     over.append((h, used, 0, held))
@@ -453,21 +455,9 @@ class Policy:
         self.holds.discard(r)
         if forwarded and r.placed_s:
             self._durations.append(self._mono() - r.placed_s)
-        res = self._reserved
-        for k, a in zip(r.keys, r.amounts):
-            left = res.get(k, 0) - a
-            if left > 0:
-                res[k] = left
-            else:
-                res.pop(k, None)
-        exp = self._exposed
-        if exp:                              # empty unless predicted holds are open
-            for k, x in zip(r.keys, r.extra):
-                left = exp.get(k, 0) - x
-                if left > 0:
-                    exp[k] = left
-                else:
-                    exp.pop(k, None)
+        _take(self._reserved, r.keys, r.amounts)
+        if self._exposed:                    # empty unless predicted holds are open
+            _take(self._exposed, r.keys, r.extra)
 
     def settle_time_s(self) -> int:
         """How long a call in flight typically takes to settle here: a refusal it can lift says so."""
@@ -552,6 +542,16 @@ class Policy:
         if r.model:
             out["x-llmgw-model-downgraded-to"] = r.model
         return out
+
+
+def _take(book: dict[str, int], keys: tuple[str, ...], amounts: tuple[int, ...]) -> None:
+    """A released hold's amounts leave ``book`` (a key at zero leaves it: the books stay small)."""
+    for k, a in zip(keys, amounts):
+        left = book.get(k, 0) - a
+        if left > 0:
+            book[k] = left
+        else:
+            book.pop(k, None)
 
 
 def _human(seconds: int) -> str:
