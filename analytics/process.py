@@ -52,8 +52,8 @@ async def run(settings: Settings, parent_pid: int, interval_s: float, batch_even
     dsn = settings.analytics_dsn
     target = store.Target.from_dsn(dsn)
     served = target.kind == "chdb" and target.location != ":memory:"
-    if served:
-        store.Server.file(target.location).unlink(missing_ok=True)     # a dead predecessor's
+    if served:                                                     # a dead predecessor's
+        await asyncio.to_thread(store.Server.file(target.location).unlink, missing_ok=True)
     client = await asyncio.to_thread(store.connect, dsn)
     sink = Sink(client, str(client.database))
     await asyncio.to_thread(sink.ensure_schema)
@@ -73,12 +73,14 @@ async def run(settings: Settings, parent_pid: int, interval_s: float, batch_even
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            store.Server(f"http://127.0.0.1:{port}", token, os.getpid()).publish(target.location)
+            await asyncio.to_thread(store.Server(f"http://127.0.0.1:{port}", token, os.getpid()).publish,
+                                    target.location)
         os.write(1, READY)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # nobody reads the pipe after READY: never block on it
         await _follow(tail, stop, parent_pid, interval_s)
     finally:
         if served:
-            store.Server.unpublish(target.location, os.getpid())
+            await asyncio.to_thread(store.Server.unpublish, target.location, os.getpid())
         if runner is not None:
             await runner.cleanup()
         if engine is not None:
@@ -90,7 +92,7 @@ async def run(settings: Settings, parent_pid: int, interval_s: float, batch_even
     except TimeoutError:
         log.error("analytics process stopping: the last pass took over %.0fs; the rest is inserted at the "
                   "next start (from mark %d)", FINAL_PASS_S, tail.mark)
-    store.close_all()
+    await asyncio.to_thread(store.close_all)
 
 
 async def _follow(tail: LogTail, stop: asyncio.Event, parent_pid: int, interval_s: float) -> None:
@@ -117,7 +119,7 @@ def _die_with_parent() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmgw.analytics.process")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--dsn", default="", help="default: LLMGW_CLICKHOUSE_DSN (how the gateway passes it)")
     parser.add_argument("--config", default="")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--interval-s", type=float, default=1.0, help="how often the log is read")
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die_with_parent()
         if os.getppid() != args.parent_pid:
             return 1
-    settings = Settings.load(data_dir=args.data_dir, clickhouse_dsn=args.dsn, config=args.config or None)
+    settings = Settings.load(data_dir=args.data_dir, clickhouse_dsn=args.dsn or None, config=args.config or None)
     from llmgw.core.logs import configure_logging
     configure_logging(settings, stream=sys.stderr)
     path = lock_path(settings.data_dir)

@@ -52,6 +52,8 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 
 from llmgw.analytics.cluster import Cluster, ClusterError, create_database, render, storage_tables
 from llmgw.analytics.cluster import migrations_table as migrations_table_on
+from llmgw.core.files import atomic_write
+from llmgw.ledger.local_gateway import pid_alive
 
 DEFAULT_DATABASE = "llmgw"
 _MEMORY = ":memory:"
@@ -151,12 +153,8 @@ class Server:
 
     def publish(self, location: str) -> None:
         """Write the file (mode 0600: the token grants the whole store) atomically."""
-        path = Server.file(location)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(Server.file(location), binary=True) as f:     # 0600 by default
             f.write(orjson.dumps({"url": self.url, "token": self.token, "pid": self.pid}))
-        os.replace(tmp, path)
 
     @staticmethod
     def unpublish(location: str, pid: int) -> None:
@@ -172,19 +170,9 @@ class Server:
             server = Server(str(raw["url"]), str(raw["token"]), int(raw["pid"]))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-        if alive_only and (server.pid == os.getpid() or not _alive(server.pid)):
+        if alive_only and (server.pid == os.getpid() or not pid_alive(server.pid)):
             return None
         return server
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def serve_through(dsn: str) -> str:

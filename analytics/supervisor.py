@@ -77,13 +77,17 @@ class AnalyticsProcess:
 
     async def _start_once(self) -> None:
         s = self.settings
-        argv = [sys.executable, "-m", "llmgw.analytics.process", "--data-dir", s.data_dir, "--dsn", s.analytics_dsn,
+        argv = [sys.executable, "-m", "llmgw.analytics.process", "--data-dir", s.data_dir,
                 "--parent-pid", str(os.getpid()), "--interval-s", str(self.interval_s)]
         if s.config:
             argv += ["--config", s.config]
         # Its own session, so its own process group (uvloop takes no process_group=): a terminal's
         # Ctrl-C reaches the gateway only, which stops it in order.
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        # The DSN goes in the environment, not the command line: a server DSN may carry a password,
+        # and every local user can read a process's arguments.
+        env = {**os.environ, "LLMGW_CLICKHOUSE_DSN": s.analytics_dsn}
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+                                                    env=env)
         self.proc = proc
         assert proc.stdout is not None
         try:
@@ -114,7 +118,7 @@ class AnalyticsProcess:
                 await self.start()
                 self.restarts += 1
                 delay = self.restart_delay_s
-            except AnalyticsProcessError:
+            except Exception:           # AnalyticsProcessError, or the exec itself failing (EMFILE...)
                 log.exception("analytics process restart failed")
                 delay = min(delay * 2, MAX_RESTART_DELAY_S)
 

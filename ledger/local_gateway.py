@@ -76,7 +76,8 @@ def publish(settings: Settings) -> tuple[str, Callable[[], None]]:
     return token, unpublish
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -117,7 +118,7 @@ class LocalGateway:
                 raise GatewayRefused(err.code, message) from None
             except urllib.error.URLError as err:
                 refused = isinstance(err.reason, ConnectionRefusedError)
-                if not refused or time.monotonic() > deadline or not _alive(self.pid):
+                if not refused or time.monotonic() > deadline or not pid_alive(self.pid):
                     raise ConnectionError(f"the gateway at {self.url} (pid {self.pid}) did not answer: "
                                           f"{err.reason}") from None
                 time.sleep(0.1)
@@ -134,7 +135,7 @@ def find(settings: Settings) -> LocalGateway | None:
         d = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if d.get("host") != socket.gethostname() or not _alive(int(d.get("pid") or 0)):
+    if d.get("host") != socket.gethostname() or not pid_alive(int(d.get("pid") or 0)):
         return None
     return LocalGateway(str(d["url"]), str(d["token"]), int(d["pid"]), bool(d.get("embedded")),
                         str(d.get("analytics_dsn") or ""))
