@@ -27,8 +27,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 from clickhouse_connect.driver._backend.chdb_backend import CHDB_TRANSPORT_SETTINGS, ChdbBackend
@@ -41,7 +40,6 @@ _TRANSPORT = frozenset(CHDB_TRANSPORT_SETTINGS | {
     "query", "default_format", "cancel_http_readonly_queries_on_client_close", "user", "password"})
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT_WITH_DATA = re.compile(rb"^\s*(INSERT\s.*?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL)
-_ENGINE_KEY = web.AppKey("engine", object)
 
 
 class Engine:
@@ -147,20 +145,10 @@ def http_app(engine: Engine, token: str) -> web.Application:
         return web.Response(body=body, headers=headers)
 
     app = web.Application(client_max_size=1 << 30)
-    app[_ENGINE_KEY] = engine
     app.router.add_get("/ping", ping)
     app.router.add_route("GET", "/", statement)
     app.router.add_route("POST", "/", statement)
     return app
 
 
-@contextlib.contextmanager
-def opened(path: str, handles: int = 3) -> Iterator[Engine]:
-    engine = Engine(path, handles)
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-__all__ = ["Engine", "http_app", "opened"]
+__all__ = ["Engine", "http_app"]
