@@ -274,6 +274,56 @@ class _Owned:
     closing: ClosingWindows | None = None   # keys by when their closed window expires (retention on)
     next_tick_at: float = 0.0          # monotonic; ticks of an idle partition are spaced by tick_s
 
+    def stage(self, records: Sequence[Any], tz_of: TzOf, retain_closed_ms: int | None) -> _Transaction:
+        """Fold ``records`` (Kafka records: value, timestamp, offset) against the committed state,
+        without touching it: the transaction may still fail, and then nothing of it happened."""
+        batch = self.seen.begin()
+        calls = self.calls.copy()
+        orphans: list[UsageEvent] = []
+        changes = _Staged(self.totals)
+        counts = {FOLDED: 0, DUPLICATE: 0, UNREADABLE: 0, STARTED: 0, TICK: 0, ORPHAN_COPY: 0}
+        unreadable: list[int] = []
+        for r in records:
+            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, tz_of, calls, orphans,
+                                           retain_closed_ms)
+            counts[outcome] += 1
+            changes.update(changed)
+            if outcome == UNREADABLE:
+                unreadable.append(r.offset)
+        gone: list[str] = []
+        if self.closing is not None:
+            # keys whose closed window expired by the batch's clock: the committed ones get a
+            # tombstone; the batch's own new ones are dropped from ``changes`` (never written)
+            for k in [k for k in changes if expired(k, batch.clock_ms, retain_closed_ms)]:
+                del changes[k]
+            gone = self.closing.due(batch.clock_ms)
+        return _Transaction(batch, calls, changes, orphans, gone, counts, unreadable, records[-1].offset)
+
+    def committed(self, txn: _Transaction) -> None:
+        """What the worker holds once ``txn``'s commit returned (and only then)."""
+        new_keys = [k for k in txn.changes if k not in self.totals]
+        self.totals.update(txn.changes)
+        if self.closing is not None:
+            for k in txn.gone:
+                del self.totals[k]
+            self.closing.forget(txn.batch.clock_ms)
+            self.closing.add(new_keys)
+        self.seen.commit(txn.batch)
+        self.calls = txn.calls
+        self.next_offset = txn.last + 1
+
+
+@dataclass
+class _Transaction:
+    batch: SeenBatch
+    calls: OpenCalls
+    changes: _Staged
+    orphans: list[UsageEvent]
+    gone: list[str]                    # committed keys to tombstone
+    counts: dict[str, int]             # records by outcome
+    unreadable: list[int]              # their offsets
+    last: int                          # the last record's offset
+
 
 @dataclass
 class WorkerStats:
@@ -409,24 +459,13 @@ class LedgerWorker:
     async def _fold_and_commit(self, owned: _Owned, records: list[Any]) -> bool:
         """One transaction; False if it failed (the partition is then released)."""
         p = owned.partition
-        batch = owned.seen.begin()
-        calls = owned.calls.copy()
-        orphans: list[UsageEvent] = []
-        changes = _Staged(owned.totals)
-        counts = {FOLDED: 0, DUPLICATE: 0, UNREADABLE: 0, STARTED: 0, TICK: 0, ORPHAN_COPY: 0}
-        for r in records:
-            outcome, changed = fold_record(changes, batch, r.value, r.timestamp, self.tz_of, calls, orphans,
-                                           self.retain_closed_ms)
-            counts[outcome] += 1
-            changes.update(changed)
-            if outcome == UNREADABLE:
-                log.error("usage partition %d offset %d: unreadable event, not folded", p, r.offset,
-                          extra={"event": "ledger_unreadable_event", "partition": p, "offset": r.offset})
-        last = records[-1].offset
-        gone = self._closed(owned, changes, batch.clock_ms)
+        txn = owned.stage(records, self.tz_of, self.retain_closed_ms)
+        for offset in txn.unreadable:
+            log.error("usage partition %d offset %d: unreadable event, not folded", p, offset,
+                      extra={"event": "ledger_unreadable_event", "partition": p, "offset": offset})
         try:
             async with asyncio.timeout(self._txn_timeout_s):
-                await self._commit(owned, changes, last, orphans, gone)
+                await self._commit(owned, txn.changes, txn.last, txn.orphans, txn.gone)
         except ProducerFenced:
             self.stats.fenced += 1
             await self._release(p, retry_s=self._fenced_retry_s, why="fenced by a newer owner", locked=True)
@@ -436,36 +475,18 @@ class LedgerWorker:
             self.stats.failed_transactions += 1
             await self._release(p, retry_s=self._retry_s, why=f"transaction failed: {exc!r}", locked=True)
             return False
-        new_keys = [k for k in changes if k not in owned.totals]
-        owned.totals.update(changes)          # only now: the commit returned
-        if owned.closing is not None:
-            for k in gone:
-                del owned.totals[k]
-            owned.closing.forget(batch.clock_ms)
-            owned.closing.add(new_keys)
-            self.stats.tombstones += len(gone)
-        owned.seen.commit(batch)
-        owned.calls = calls
-        owned.next_offset = last + 1
-        if orphans:
-            self.stats.orphans_charged += len(orphans)
+        owned.committed(txn)
+        self.stats.tombstones += len(txn.gone)
+        if txn.orphans:
+            self.stats.orphans_charged += len(txn.orphans)
             log.warning("usage partition %d: charged %d orphaned calls their reservations (%d micro-USD)",
-                        p, len(orphans), sum(o.cost_micro_usd for o in orphans),
+                        p, len(txn.orphans), sum(o.cost_micro_usd for o in txn.orphans),
                         extra={"event": "ledger_orphans_charged", "partition": p})
         self.stats.transactions += 1
-        self.stats.events_folded += counts[FOLDED]
-        self.stats.duplicates += counts[DUPLICATE]
-        self.stats.unreadable += counts[UNREADABLE]
+        self.stats.events_folded += txn.counts[FOLDED]
+        self.stats.duplicates += txn.counts[DUPLICATE]
+        self.stats.unreadable += txn.counts[UNREADABLE]
         return True
-
-    def _closed(self, owned: _Owned, changes: _Staged, clock_ms: int) -> list[str]:
-        """Keys whose closed window expired by the batch's clock: the committed ones get a tombstone
-        (returned); the batch's own new ones are dropped from ``changes`` (never written)."""
-        if owned.closing is None:
-            return []
-        for k in [k for k in changes if expired(k, clock_ms, self.retain_closed_ms)]:
-            del changes[k]
-        return owned.closing.due(clock_ms)
 
     async def _commit(self, owned: _Owned, changes: Mapping[str, Totals], last: int,
                       orphans: Sequence[UsageEvent] = (), gone: Sequence[str] = ()) -> None:

@@ -12,15 +12,30 @@ from llmgw.ledger.fold import fold_all
 from tests.test_embedded_fold import random_event
 
 
-class DiskFullOnce:
-    """The log's file: the first ``fail`` writes put half their bytes on disk, then raise ENOSPC."""
+class DiskFull:
+    """How many more writes of the log fail: each puts half its bytes on disk, then raises ENOSPC."""
 
-    def __init__(self, f: Any, fail: int = 1) -> None:
-        self._f, self.fail = f, fail
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+
+    def wrap(self, log: EventLog) -> None:
+        """Fail ``log``'s writes, also after it reopens its file to cut a failed append back."""
+        log._f = DiskFullFile(log._f, self)  # type: ignore[assignment]
+        cut_to = log._cut_to
+
+        def cut_and_wrap_again(end: int) -> None:
+            cut_to(end)
+            log._f = DiskFullFile(log._f, self)  # type: ignore[assignment]
+        log._cut_to = cut_and_wrap_again  # type: ignore[method-assign]
+
+
+class DiskFullFile:
+    def __init__(self, f: Any, disk: DiskFull) -> None:
+        self._f, self._disk = f, disk
 
     def write(self, data: bytes) -> int:
-        if self.fail:
-            self.fail -= 1
+        if self._disk.fail:
+            self._disk.fail -= 1
             self._f.write(data[: len(data) // 2])
             self._f.flush()
             raise OSError(28, "No space left on device")
@@ -37,7 +52,8 @@ def test_an_append_that_failed_half_way_is_cut_before_the_retry(tmp_path: Path) 
     log = EventLog(tmp_path / "events.log")
     log.append(first)
     end = log.end
-    log._f = DiskFullOnce(log._f)  # type: ignore[assignment]
+    disk = DiskFull(1)
+    disk.wrap(log)
     try:
         log.append(batch)
     except OSError:
@@ -55,7 +71,8 @@ async def test_the_ledger_retries_a_failed_write_and_counts_each_event_once(tmp_
     ledger = EmbeddedLedger(tmp_path)
     await ledger.start()
     try:
-        ledger.log._f = DiskFullOnce(ledger.log._f, fail=2)  # type: ignore[assignment]
+        disk = DiskFull(2)
+        disk.wrap(ledger.log)
         rnd = random.Random(11)
         events = [random_event(rnd) for _ in range(50)]
         for ev in events:
@@ -65,5 +82,6 @@ async def test_the_ledger_retries_a_failed_write_and_counts_each_event_once(tmp_
         assert sorted(e.event_id for e in logged) == sorted(e.event_id for e in events)
         assert ledger.view.folded == fold_all(events)
         assert ledger.view.local_backlog == 0
+        assert disk.fail == 0                               # both injected failures happened
     finally:
         await ledger.stop()

@@ -6,6 +6,8 @@ the records into transactions.
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 from hypothesis import given, settings, strategies as st
 
 from llmgw.core.events import Tokens, UsageEvent, encode
@@ -13,9 +15,10 @@ from llmgw.core.spend_keys import parse_spend_key
 from llmgw.core.windows import window_bounds
 from llmgw.ledger.fold import Totals
 from llmgw.ledger.retention import LONGEST_MS, ClosingWindows, expired, expires_at_ms
-from llmgw.ledger.worker import SeenIds, _Staged, fold_record
+from llmgw.ledger.worker import SeenIds, _Owned, fold_record
 
 H = 3_600_000
+Record = namedtuple("Record", "value timestamp offset")      # what the worker reads of a Kafka record
 T0 = 1_764_547_200_000          # 2025-12-01 00:00 UTC
 
 
@@ -51,30 +54,23 @@ def test_transactions_with_tombstones_equal_one_pass_at_every_cut(raw: list[tupl
         clock += step_min * 60_000
         ev = _event(same if same < 5 else i, clock - back_h * H)       # a few ids repeat (spool copies)
         log.append((encode(ev), clock))
-    # the worker: transactions of the given sizes; tombstones from ClosingWindows
-    totals: dict[str, Totals] = {}
-    seen, closing = SeenIds(24 * H), ClosingWindows(retain)
+    # the worker's own transaction steps (stage, then what it holds once the commit returned)
+    owned = _Owned(partition=0, producer=None, totals={}, seen=SeenIds(24 * H), next_offset=0,  # type: ignore[arg-type]
+                   closing=ClosingWindows(retain))
     tombstoned: set[str] = set()
     i, k = 0, 0
     while i < len(log):
         batch_records = log[i:i + sizes[k % len(sizes)]]
-        batch, changes = seen.begin(), _Staged(totals)
-        for value, ts in batch_records:
-            _, changed = fold_record(changes, batch, value, ts, lambda _o: "UTC", retain_closed_ms=retain)
-            changes.update(changed)
-        for key in [key for key in changes if expired(key, batch.clock_ms, retain)]:
-            del changes[key]
-        gone = closing.due(batch.clock_ms)
-        new = [key for key in changes if key not in totals]
-        totals.update(changes)                               # "commit"
-        for key in gone:
-            del totals[key]
-        tombstoned.update(gone)
-        closing.forget(batch.clock_ms)
-        closing.add(new)
-        seen.commit(batch)
+        txn = owned.stage([Record(value, ts, i + j) for j, (value, ts) in enumerate(batch_records)],
+                          lambda _o: "UTC", retain)
+        assert not any(expired(key, txn.batch.clock_ms, retain) for key in txn.changes)   # never written
+        assert all(key in owned.totals for key in txn.gone)
+        owned.committed(txn)
+        tombstoned.update(txn.gone)
         i += len(batch_records)
         k += 1
+        totals, seen, closing = owned.totals, owned.seen, owned.closing
+        assert owned.next_offset == i and closing is not None
         # rebuild at this cut: one pass, then drop what expired by the cut's clock
         ids, state = SeenIds(24 * H), {}
         for value, ts in log[:i]:
