@@ -134,13 +134,18 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
-async def test_serve_runs_the_analytics_process_and_leaves_none_behind(env, tmp_path: Path, stop: int) -> None:  # noqa: F811
+def serve(env: dict[str, str]) -> tuple[str, subprocess.Popen[str], str]:
+    """A key, and ``llmgw serve`` started as a user starts it (its analytics process with it)."""
     key = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "alice", env=env).stdout.strip()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    return key, proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_serve_runs_the_analytics_process_and_leaves_none_behind(env, tmp_path: Path, stop: int) -> None:  # noqa: F811
+    key, proc, url = serve(env)
     data = tmp_path / "data"
     try:
         await wait_ready(url, proc)
@@ -163,11 +168,7 @@ async def test_serve_runs_the_analytics_process_and_leaves_none_behind(env, tmp_
 
 
 async def test_a_killed_analytics_process_is_started_again_and_misses_nothing(env, tmp_path: Path) -> None:  # noqa: F811
-    key = llmgw("keys", "create", "--org", "acme", "--workspace", "backend", "--user", "alice", env=env).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmgw.proxy.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    key, proc, url = serve(env)
     data = tmp_path / "data"
     location = str((data / "clickhouse").resolve())
     try:

@@ -161,10 +161,9 @@ async def test_kafka_outage_memory_is_bounded_by_keys_and_every_dollar_counts_on
             try:
                 for _ in range(4):                        # broker stopped: N calls in four rounds
                     calls(1_500)
-                    await asyncio.sleep(0.5)              # the sender spools them
-                    assert ledger.spool is not None
-                    while ledger.spool_depth_events < count - 200:
+                    while ledger.spool_depth_events < count - 200:     # the sender spools them
                         await asyncio.sleep(0.1)
+                    assert ledger.spool is not None
                     sizes.append((ledger.view.local.entries, len(ledger._futures), ledger.overflow_events,
                                   ledger.stats()["queue_events"], gateway_bytes()))
             finally:

@@ -42,6 +42,14 @@ async def test_folded_totals_are_the_reference_fold_of_the_log(tmp_path: Path) -
     assert ledger.view.folded == want
     assert ledger.view.local_backlog == 0
     assert all(ledger.view.spent_nano(k) == t.spend_nano_usd for k, t in want.items())
+    # two keys spelled out, summed here by hand rather than by the fold's own key function: acme's
+    # November in New York (from 04:00 UTC on the 1st) holds all of acme's calls; initech's UTC
+    # December holds its calls from midnight on. A rejected call is in the log but costs nothing.
+    for key, org, since in (("org|acme|month|1793505600000", "acme", 0),
+                            ("org|initech|month|1796083200000", "initech", 1_796_083_200_000)):
+        ok = [e for e in events if e.org == org and e.ts_start_ms >= since and e.outcome == OK]
+        assert ok and ledger.view.folded[key].spend_nano_usd == sum(e.cost_nano_usd for e in ok)
+        assert ledger.view.folded[key].requests == len(ok)
     await ledger.stop()
 
 

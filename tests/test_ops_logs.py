@@ -68,8 +68,8 @@ def test_configure_logging_installs_one_json_handler():
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     buf = io.StringIO()
+    handler = configure_logging(Settings(log_level="INFO", openai_api_key="sk-openai-very-secret"), stream=buf)
     try:
-        handler = configure_logging(Settings(log_level="INFO", openai_api_key="sk-openai-very-secret"), stream=buf)
         assert root.handlers == [handler]
         logging.getLogger("llmgw.test").warning("upstream key was %s", "sk-openai-very-secret",
                                                 extra={"event": "oops"})

@@ -30,9 +30,8 @@ def test_claude_sonnet_4_5_with_5m_and_1h_cache_writes_and_cache_reads() -> None
                 + 37_500     # $3.75 x 10,000
                 + 120_000    # $6    x 20,000
                 + 15_000     # $0.30 x 50,000
-                + 30_000)    # $15   x 2,000
-    assert expected == 205_500   # $0.2055
-    assert cost(tokens, price("claude-sonnet-4-5-20250929")) == Cost(205_500_000, "anthropic/claude-sonnet-4-5@2025-09-29")
+                + 30_000)    # $15   x 2,000  = 205,500 micro-USD, $0.2055
+    assert cost(tokens, price("claude-sonnet-4-5-20250929")) == Cost(expected * 1_000, "anthropic/claude-sonnet-4-5@2025-09-29")
 
 
 def test_claude_haiku_4_5_rounds_once_half_even() -> None:

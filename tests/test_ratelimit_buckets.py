@@ -185,11 +185,11 @@ def test_a_full_cache_of_resolved_callers_keeps_answering_the_same(monkeypatch):
     from llmgw.proxy import ratelimit as R
 
     monkeypatch.setattr(R, "_CACHED_CALLERS", 3)
-    book = R.RateBook([R.RateLimit("user", "*", "rpm", 60), R.RateLimit("user", "u2", "rpm", 5),
-                       R.RateLimit("key", "k4", "tpm", 1_000)])
+    limits = [R.RateLimit("user", "*", "rpm", 60), R.RateLimit("user", "u2", "rpm", 5),
+              R.RateLimit("key", "k4", "tpm", 1_000)]
+    book = R.RateBook(limits)
     callers = [Principal(f"k{i}", "acme", "w", f"u{i}") for i in range(8)]
-    fresh = [R.RateBook([R.RateLimit("user", "*", "rpm", 60), R.RateLimit("user", "u2", "rpm", 5),
-                         R.RateLimit("key", "k4", "tpm", 1_000)]).effective(p) for p in callers]
+    fresh = [R.RateBook(limits).effective(p) for p in callers]     # a new book per caller: nothing cached
     for _ in range(3):                       # past several generation turns, in two orders
         assert [book.effective(p) for p in callers] == fresh
         assert [book.effective(p) for p in reversed(callers)] == fresh[::-1]
