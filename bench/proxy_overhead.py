@@ -40,6 +40,9 @@ measured in one run, not absolute numbers. Added latency is the target's p50/p99
 call's in the same run. CPU is the target process's user+sys CPU-ms per 1,000 calls. ``tcp-hop``
 (bench/tcp_hop.py) only copies TCP bytes through one more process: what it adds is the floor for
 any proxy on this machine, so a gateway's own cost is its added latency minus the hop's.
+``aiohttp-relay`` (bench/aiohttp_relay.py) is the floor under llmgw's design: an aiohttp server
+forwarding through a pooled aiohttp client and streaming the reply back, with nothing of llmgw's
+(no auth, budget, metering or event), so the gap between it and llmgw is llmgw's own work.
 """
 from __future__ import annotations
 
@@ -459,9 +462,15 @@ async def main() -> None:
                      "--to", f"127.0.0.1:{fport}"], env, tmp / "hop.log", target_cpus)
         procs.append(hop)
         await wait_http(f"http://127.0.0.1:{hport}/openai/v1/models")
+        rport = free_port()
+        bare = start([sys.executable, str(ROOT / "bench" / "aiohttp_relay.py"), "--port", str(rport),
+                      "--to", fake], env, tmp / "relay.log", target_cpus)
+        procs.append(bare)
+        await wait_http(f"http://127.0.0.1:{rport}/openai/v1/models")
         targets: dict[str, Target] = {
             "direct": (fake + "/openai/v1", "sk-openai-upstream-test", None, None),
             "tcp-hop": (f"http://127.0.0.1:{hport}/openai/v1", "sk-openai-upstream-test", hop.pid, None),
+            "aiohttp-relay": (f"http://127.0.0.1:{rport}/openai/v1", "sk-openai-upstream-test", bare.pid, None),
             "llmgw": (gw_url, key, gw.pid, None)}
         workers = [int(x) for x in args.workers.split(",") if x]
         if args.kafka or workers:
