@@ -59,6 +59,22 @@ class Totals:
         _set(out, "output_tokens", self.output_tokens + other.output_tokens)
         return out
 
+    def added_to(self, totals: Mapping[str, "Totals"], keys: Iterable[str]) -> dict[str, "Totals"]:
+        """``{k: totals.get(k, ZERO).plus(self)}`` for every key: what a fold does with one event's
+        contribution, with ``plus`` inlined: a method call less per key, ~20% less time in the loop."""
+        s, r, i, o = self.spend_nano_usd, self.requests, self.input_tokens, self.output_tokens
+        get = totals.get
+        out: dict[str, Totals] = {}
+        for k in keys:
+            t = get(k, ZERO)
+            n = _new(Totals)
+            _set(n, "spend_nano_usd", t.spend_nano_usd + s)
+            _set(n, "requests", t.requests + r)
+            _set(n, "input_tokens", t.input_tokens + i)
+            _set(n, "output_tokens", t.output_tokens + o)
+            out[k] = n
+        return out
+
     def to_list(self) -> list[int]:
         """``[spend_micro_usd, requests, input_tokens, output_tokens, spend_nano_usd]``: the first
         four are what snapshot readers before the nano fields read (micro rounded up)."""
@@ -115,8 +131,26 @@ def keys_of(event: UsageEvent, tz_of: TzOf = utc) -> list[str]:
 
 def keys_in(event: UsageEvent, tz: str) -> list[str]:
     """``keys_of`` with the org's time zone already looked up."""
-    starts = {w: window_start(w, event.ts_start_ms, tz) for w in WINDOWS}
-    return [spend_key(dim, ent, w, starts[w]) for dim, ent in entities(event) for w in WINDOWS]
+    ends = _window_ends(tz, event.ts_start_ms // 60_000)
+    return [f"{dim}|{ent}{end}" for dim, ent in entities(event) for end in ends]
+
+
+# (tz, minute) -> "|window|start_ms" of each of WINDOWS: the part of a spend key every event started
+# in that minute shares (window bounds fall on whole minutes: core.windows.window_bounds)
+_ENDS: dict[tuple[str, int], tuple[str, ...]] = {}
+
+
+def _window_ends(tz: str, minute: int) -> tuple[str, ...]:
+    """What ``spend_key(dim, entity, w, start)`` puts after the entity, for every window: made once
+    per zone and minute instead of four window lookups and sixteen keys spelled from scratch per event."""
+    ends = _ENDS.get((tz, minute))
+    if ends is None:
+        ts_ms = minute * 60_000
+        ends = tuple(spend_key("", "", w, window_start(w, ts_ms, tz))[1:] for w in WINDOWS)
+        if len(_ENDS) >= 4_096:             # one entry per zone in use and minute: a bounded memo
+            _ENDS.clear()
+        _ENDS[(tz, minute)] = ends
+    return ends
 
 
 def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc,
@@ -126,7 +160,7 @@ def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc,
     add = contribution(event)
     if add == ZERO:
         return {}
-    return {k: totals.get(k, ZERO).plus(add) for k in (keys_of(event, tz_of) if keys is None else keys)}
+    return add.added_to(totals, keys_of(event, tz_of) if keys is None else keys)
 
 
 def fold_all(events: Iterable[UsageEvent], tz_of: TzOf = utc) -> dict[str, Totals]:

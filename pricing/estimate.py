@@ -162,17 +162,25 @@ def worst_case(price: Price, shape: RequestShape) -> int:
     Compressed bodies must be measured after decoding.
     """
     prompt = prompt_bound(price, shape)
+    if not shape.web_search:                # integer rates (cost.IntRates): the same bound, exactly
+        rates = _worst_rates(price, shape.service_tier, price.is_long_context(prompt))
+        if rates is not None:
+            output = output_bound(price, shape)
+            return max(-(-(prompt_max * prompt + completion_max * output) // scale)
+                       for prompt_max, completion_max, scale in rates)
+    return worst_case_exact(price, shape)
+
+
+def worst_case_exact(price: Price, shape: RequestShape) -> int:
+    """``worst_case`` in Decimal arithmetic, straight from the catalog's rates: the reference the
+    integer path must equal (``tests/test_pricing_cost.py``), and the path of a web search call."""
+    prompt = prompt_bound(price, shape)
     output = output_bound(price, shape)
     prompts = {prompt}
     if price.long_context is not None and prompt > price.long_context.above_prompt_tokens:
         prompts.add(price.long_context.above_prompt_tokens)   # priced at the base tier
     uses = web_search_uses(shape)
     tiers = candidate_tiers(price, shape.service_tier)
-    if not uses:                            # integer rates (cost.IntRates): the same bound, exactly
-        fast = [int_rates(price, p, tier) for tier in tiers for p in prompts]
-        if all(r is not None for r in fast):
-            return max(r.micro_ceiling(r.prompt_max * prompt + r.completion_max * output)
-                       for r in fast if r is not None)
     with localcontext(MONEY_CONTEXT):
         fees = fee_exact(price, WEB_SEARCH, uses) if uses else Decimal(0)
         worst = max(
@@ -181,6 +189,34 @@ def worst_case(price: Price, shape: RequestShape) -> int:
             for rates in (price.rates_for(p, tier) for p in prompts)
         )
         return int((worst + fees).to_integral_value(rounding=ROUND_CEILING))
+
+
+# (id(price), requested tier, long-context side) -> (price, the worst case's integer rates); see _worst_rates
+_WORST_RATES: dict[tuple[int, str | None, bool], tuple[Price, tuple[tuple[int, int, int], ...] | None]] = {}
+
+
+def _worst_rates(price: Price, service_tier: str | None, long: bool) -> tuple[tuple[int, int, int], ...] | None:
+    """``(prompt_max, completion_max, 10**exp)`` of every rate set ``worst_case`` takes the dearest
+    of (each candidate tier; on the long-context side, both sides), made once per price, tier asked
+    and side; None when a rate is not a finite decimal (the Decimal path then). A tier name the
+    entry does not list is served like no name (``candidate_tiers``), and is not a key: the
+    name comes from the client."""
+    key = (id(price), service_tier, long)
+    hit = _WORST_RATES.get(key)
+    if hit is not None and hit[0] is price:
+        return hit[1]
+    if service_tier is not None and service_tier not in STANDARD_TIERS and price.tier(service_tier) is None:
+        return _worst_rates(price, None, long)
+    lc = price.long_context
+    sides = [0] if lc is None else ([lc.above_prompt_tokens + 1, lc.above_prompt_tokens] if long
+                                    else [lc.above_prompt_tokens])
+    found = [int_rates(price, p, tier) for tier in candidate_tiers(price, service_tier) for p in sides]
+    made = (None if any(r is None for r in found)
+            else tuple((r.prompt_max, r.completion_max, r.scale) for r in found if r is not None))
+    if len(_WORST_RATES) > 65_536:          # prices are long-lived catalog entries; this bounds re-imports
+        _WORST_RATES.clear()
+    _WORST_RATES[key] = (price, made)
+    return made
 
 
 def predicted(price: Price, shape: RequestShape, profile: CallProfile | None) -> int:

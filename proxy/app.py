@@ -4,8 +4,10 @@ and background task has one owner), the routes. Nothing registers itself."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-import secrets
+import os
+import random
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -50,10 +52,22 @@ def _adapter_for(request: web.Request) -> Adapter:
     return _ANTHROPIC if "anthropic-version" in request.headers else _OPENAI
 
 
+# Request ids need uniqueness, not secrecy: they are shown to the client (x-llmgw-request-id), logged,
+# and looked up only behind admin auth (/admin/trace). So, like core.events' event ids, a PRNG seeded
+# from os.urandom and reseeded in a forked worker; secrets.token_hex cost a getrandom syscall a request.
+_request_ids = random.Random()
+os.register_at_fork(after_in_child=_request_ids.seed)
+
+
+def new_request_id() -> str:
+    """``req_`` and 96 random bits in hex."""
+    return f"req_{_request_ids.getrandbits(96):024x}"
+
+
 @web.middleware
 async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place a ``GatewayError`` becomes a response, in the caller's API shape."""
-    request[REQUEST_ID] = rid = "req_" + secrets.token_hex(12)
+    request[REQUEST_ID] = rid = new_request_id()
     try:
         _check_header_sizes(request)
         resp = await handler(request)
@@ -167,6 +181,25 @@ async def hold_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(sweeper, return_exceptions=True)
 
 
+# CPython runs a young-generation collection every 700 net container allocations, and one call
+# allocates hundreds that reference counting frees anyway (parsed JSON, events, dicts): at 64
+# concurrent chat calls the collector took ~8% of the gateway's CPU (gc.callbacks over 10 s of
+# load: 717 young collections). At 10,000 the same load ran 10, and the collector took under 1%.
+# Cyclic garbage waits longer before it is freed: at most this many objects' worth.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+async def young_gc_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The collector's young threshold raised to ``GC_YOUNG_THRESHOLD`` (never lowered) while the
+    gateway serves, the process's own restored after (tests run many gateways in one process)."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 async def _default_ledger(settings: Settings, tzs: dict[str, str]) -> Ledger:
     tz_of = lambda org: tzs.get(org, "UTC")  # noqa: E731
     if settings.embedded:
@@ -203,6 +236,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None, transport: Tran
         parts.capture_ctx(capture),
         parts.presence_ctx,
         hold_sweeper_ctx,
+        young_gc_ctx,
     ])
     r = app.router
     r.add_route("HEAD", "/", probe)

@@ -147,6 +147,15 @@ def outcome_of(status: int, usage: Usage, client_gone: bool, upstream_broke: boo
     return E.OK
 
 
+def project_of(tags: tuple[str, ...]) -> str:
+    """The value of the call's ``project`` tag ("" if none; of several, the last, as a dict of the
+    tags would keep): looked for, not a dict of every tag built per call."""
+    for t in reversed(tags):
+        if t.startswith("project:"):
+            return t[8:]
+    return ""
+
+
 class CallRecord:
     """Attribution of one call, fixed before forwarding; turns a usage into an event."""
 
@@ -190,17 +199,18 @@ class CallRecord:
               cost_estimated: bool = False, service_tier: str | None = None) -> E.UsageEvent:
         p, call = self.principal, self.call
         now = time.monotonic()
+        latency_ms = int((now - t0) * 1000)
         tags = call.tags
         return E.UsageEvent(
             event_id=self.event_id, ts_start_ms=self.started_ms,
-            ts_end_ms=self.started_ms + int((now - t0) * 1000),
+            ts_end_ms=self.started_ms + latency_ms,
             org=p.org, workspace=p.workspace, user=p.user, key_id=p.key_id,
             provider=self.provider, api=self.adapter.api, model_requested=self.model_requested,
             model_served=usage.model_served or call.model, tokens=usage.tokens,
             cost_nano_usd=cost_nano_usd, price_version=price_version, outcome=outcome,
-            http_status=status, latency_ms=int((now - t0) * 1000),
+            http_status=status, latency_ms=latency_ms,
             ttft_ms=int((ttft_s - t0) * 1000) if ttft_s is not None else None,
-            project=dict(t.split(":", 1) for t in tags).get("project", ""), tags=tags,
+            project=project_of(tags), tags=tags,
             session_id=self.session_id, request_id=self.request_id, gateway_id=gw.settings.gateway_id,
             stream=call.stream, usage_estimated=not usage.complete and usage.tokens.total > 0,
             cost_estimated=cost_estimated, error_type=usage.error_type,

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings, strategies as st
 
 from llmgw.core import events as E
-from llmgw.ledger.fold import Totals, fold, fold_all, keys_of
-from llmgw.core.spend_keys import parse_spend_key
-from llmgw.core.windows import window_bounds
+from llmgw.ledger.fold import ZERO, Totals, contribution, entities, fold, fold_all, keys_in, keys_of
+from llmgw.core.spend_keys import parse_spend_key, spend_key
+from llmgw.core.windows import WINDOWS, window_bounds, window_start
 
 
 def ms(*args, tz=timezone.utc) -> int:
@@ -55,6 +55,35 @@ def test_fold_counts_every_dimension_and_window():
     assert f"user|acme/alice|day|{ms(2026, 11, 25)}" in changed
     assert f"user.tag|acme/alice/project:pay|month|{ms(2026, 11, 1)}" in changed
     assert not any("agent:x" in k for k in changed)        # only budget tags become dimensions
+
+
+@settings(max_examples=500, deadline=None)
+@given(ts=st.integers(0, 4_000_000_000_000), zone=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata",
+                                                                   "Australia/Lord_Howe", "Asia/Kathmandu"]),
+       tags=st.lists(st.sampled_from(["project:pay", "team:x", "agent:y", "feature:a:b"]), unique=True))
+def test_spend_keys_are_the_windows_of_the_call_start_spelled_by_spend_key(ts, zone, tags):
+    """``keys_in`` spells the window part of a key once per zone and minute: each key is still
+    exactly ``spend_key`` of the window holding the call's start, however the minutes go by."""
+    event = ev(1, ts, tags=tuple(sorted(tags)))
+    for at in (event, ev(1, ts + 59_999, tags=event.tags), ev(1, ts - 1, tags=event.tags)):
+        assert keys_in(at, zone) == [spend_key(dim, ent, w, window_start(w, at.ts_start_ms, zone))
+                                     for dim, ent in entities(at) for w in WINDOWS]
+
+
+amounts = st.integers(0, 10**15)
+
+
+@given(st.lists(st.tuples(amounts, amounts, amounts, amounts), min_size=1, max_size=8), amounts,
+       st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from([(), ("project:pay",)]))
+def test_fold_adds_the_contribution_to_every_key_as_plus_does(before, cost, inp, out, tags):
+    """``fold`` adds field by field without calling ``Totals.plus``: the same totals, keys already
+    held and keys new alike."""
+    event = ev(0, ms(2026, 11, 25, 10), tags=tags, cost_nano_usd=cost).with_(tokens=E.Tokens(input=inp, output=out))
+    keys = keys_of(event)
+    totals = {k: Totals(spend_nano_usd=a, requests=b, input_tokens=c, output_tokens=d)
+              for k, (a, b, c, d) in zip(keys[::2], before)}
+    add = contribution(event)
+    assert fold(totals, event) == {k: totals.get(k, ZERO).plus(add) for k in keys}
 
 
 def test_rejections_cost_nothing_and_adjustments_add_money_only():

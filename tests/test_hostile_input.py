@@ -16,6 +16,7 @@ import aiohttp
 import brotli
 import orjson
 import pytest
+from hypothesis import given, strategies as st
 
 from tests.admin_support import OWNER_KEY, Api
 from tests.gateway_harness import GatewayHarness
@@ -66,6 +67,21 @@ async def test_the_valid_twin_of_every_case_goes_through(hgw: GatewayHarness, fa
 def test_real_model_name_shapes_are_not_refused(model: str) -> None:
     from llmgw.proxy.adapters._common import require_model
     assert require_model({"model": model}) == model
+
+
+@given(st.text(st.sampled_from("a1./-:"), min_size=1, max_size=12))
+def test_a_model_name_with_an_empty_dot_or_dotdot_path_segment_is_refused(model: str) -> None:
+    """``require_model`` looks at path segments only when the name has a slash: the same verdict
+    as splitting every name."""
+    import re
+    from llmgw.proxy.adapters._common import require_model
+    from llmgw.proxy.errors import BadRequest
+    ok = (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]*", model) is not None
+          and all(part not in ("", ".", "..") for part in model.split("/")))
+    try:
+        assert require_model({"model": model}) == model and ok
+    except BadRequest:
+        assert not ok
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "zstd"])

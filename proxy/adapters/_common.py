@@ -40,8 +40,9 @@ def require_model(obj: dict[str, Any]) -> str:
     model = obj.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("`model` is required and must be a non-empty string")
+    # A name starts with a letter or digit (_MODEL): only one with a slash can hold a bad path segment.
     if (len(model) > MAX_MODEL_CHARS or not _MODEL.fullmatch(model)
-            or any(part in ("", ".", "..") for part in model.split("/"))):
+            or ("/" in model and any(part in ("", ".", "..") for part in model.split("/")))):
         shown = model if len(model) <= 80 else model[:80] + "..."
         raise BadRequest(f"`model` {shown!r} is not a model name: use letters, digits and . _ - : / @ + "
                          f"(at most {MAX_MODEL_CHARS} characters, no empty, `.` or `..` path segments)")
