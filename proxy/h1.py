@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import aiohttp
 import httptools
@@ -54,22 +53,20 @@ class _Sent:
 
 
 class _Origin:
-    """Where a request goes: parsed once per URL string."""
+    """Where a request goes, parsed once per URL string by yarl, as aiohttp parses it: the path goes
+    on the wire exactly as with aiohttp (Bedrock's SigV4 signs that form: ``bedrock.SigV4Signer``)."""
 
     __slots__ = ("key", "host", "port", "tls", "authority", "target")
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        u = URL(url)
+        if u.scheme not in ("http", "https") or not u.host or u.port is None:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.authority = host if self.port == default else f"{host}:{self.port}"
-        self.key = (parts.scheme, self.host, self.port)
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.tls = u.scheme == "https"
+        self.host, self.port = u.host, u.port
+        self.authority = u.host_port_subcomponent or u.host
+        self.key = (u.scheme, self.host, self.port)
+        self.target = u.raw_path_qs
 
 
 class H1Response:
@@ -466,6 +463,8 @@ def _request_bytes(method: str, origin: _Origin, body: bytes | None, headers: Ma
     lines.extend(f"{k}: {v}" for k, v in _DEFAULT_HEADERS if k.lower() not in have)
     lines.extend(f"{k}: {v}" for k, v in headers.items())
     if body is not None:
+        if "content-type" not in have:      # what aiohttp says of a body of bytes
+            lines.append("Content-Type: application/octet-stream")
         lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines)
     if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
