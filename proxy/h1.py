@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
+from typing import cast
 
 import aiohttp
 import httptools
@@ -191,8 +192,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)     # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         if self.response is None:           # bytes while idle: the connection cannot be trusted
@@ -360,7 +360,8 @@ class _Pool:
         idle, now = self.idle, time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
+            if not conn.closed and now - conn.idle_since < KEEPALIVE_S and conn.transport is not None \
+                    and not conn.transport.is_closing():
                 return conn
             conn.abort()
         return None

@@ -287,3 +287,24 @@ async def test_a_reader_that_lags_pauses_the_socket_and_loses_nothing() -> None:
             assert await r.read() == body
         t.close()
     assert wire.accepts == 1
+
+
+def test_on_uvloop_too() -> None:
+    """``llmgw serve`` runs on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async def reply(request: bytes, w: asyncio.StreamWriter) -> bool:
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\n\r\n")
+            return True
+
+        async with Wire(reply) as wire:
+            t = H1Transport(5.0, 5.0)
+            for _ in range(3):
+                async with await t.send("POST", wire.url + "/p", b"{}", {}) as r:
+                    assert await r.read() == b"abc"
+            t.close()
+        assert wire.accepts == 1
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
