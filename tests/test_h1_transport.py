@@ -8,13 +8,18 @@ contract (proxy/transport.py) through all of it, reuses connections, and never s
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from llmgw.core import events as E
 from llmgw.proxy.h1 import H1Transport
+from tests.fake_provider import FakeProvider, Reply as FakeReply, Usage
+from tests.gateway_harness import GatewayHarness
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]   # True: keep the connection
 
@@ -308,3 +313,48 @@ def test_on_uvloop_too() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+REQUEST = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+           "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "h1"])
+async def test_a_stream_breaking_off_on_the_wire_is_metered_alike_by_both_clients(
+        client: str, fake_provider: FakeProvider, tmp_path: Path) -> None:
+    """A provider's chunked SSE cut after any byte, then its socket closed: the client gets the bytes
+    before the cut, the call is one ``upstream_error`` event, and the input seen is billed, whichever
+    client carried the call."""
+    fake_provider.script(FakeReply(text="one two three four five six", usage=Usage(input=1200, output=6)))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(fake_provider.anthropic_base_url + "/v1/messages", json=REQUEST,
+                             headers={"x-api-key": fake_provider.anthropic_key,
+                                      "anthropic-version": "2023-06-01"}) as r:
+            body = await r.read()
+    start_end = body.index(b"\n\n", body.index(b"message_start")) + 2
+    cuts = sorted({0, 1, start_end - 1, start_end, len(body) - 1, *random.Random(5).sample(range(1, len(body)), 4)})
+    state = {"cut": 0}
+
+    async def reply(request: bytes, w: asyncio.StreamWriter) -> bool:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        w.write(head + _chunked(body[:state["cut"]], [37], True)[:-5])     # no last chunk: it breaks off
+        await w.drain()
+        return False
+
+    async with Wire(reply) as wire, \
+            GatewayHarness(fake_provider, tmp_path, upstream_client=client, anthropic_base_url=wire.url) as h, \
+            aiohttp.ClientSession() as http:
+        key, _ = h.key()
+        for n, cut in enumerate(cuts, 1):
+            state["cut"] = cut
+            async with http.post(f"{h.url}/v1/messages", json=REQUEST,
+                                 headers={"x-api-key": key, "anthropic-version": "2023-06-01"}) as resp:
+                got = await resp.read()
+            assert resp.status == 200 and got == body[:cut], f"cut at {cut}"
+            events = await h.events()
+            assert len(events) == n, f"cut at {cut}: one event per call"
+            ev = events[-1]
+            assert ev.outcome == E.UPSTREAM_ERROR and ev.provider == "anthropic"
+            if cut >= start_end:
+                assert ev.tokens.input == 1200, f"cut at {cut}: the input seen in message_start is billed"
+    assert len(wire.requests) == len(cuts)
