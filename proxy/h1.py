@@ -407,9 +407,10 @@ class H1Transport:
 
     __slots__ = ("connect_timeout", "read_timeout", "_ssl", "_origins", "_pools")
 
-    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, read_timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: how https upstreams are verified (default: the system's trust store)."""
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._origins: dict[str, _Origin] = {}      # bounded: a path can carry a client's model name
         self._pools: dict[tuple[str, str, int], _Pool] = {}
 
