@@ -1,6 +1,7 @@
 """CPU per 1,000 calls of the embedded gateway, split by process, paired against another checkout.
 
     python bench/embedded_cpu.py --baseline /tmp/llmgw-old [--seconds 10] [--rounds 3]
+    python bench/embedded_cpu.py --baseline . --env LLMGW_UPSTREAM_CLIENT=h1   # one checkout, two settings
 
 Since the analytics insert moved to its own process (``analytics/process.py``), the gateway's
 CPU alone no longer tells the whole cost: each row gives the gateway process's CPU-ms per 1,000
@@ -44,8 +45,9 @@ def tree_cpu_ms(pid: int) -> tuple[float, float]:
     return po.cpu_ms(pid), kids
 
 
-async def start(root: Path, tmp: Path, name: str, fake: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "PYTHONPATH": str(link_tree(root, tmp / f"paths-{name}"))}
+async def start(root: Path, tmp: Path, name: str, fake: str,
+                extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str]:
+    env = {**os.environ, "PYTHONPATH": str(link_tree(root, tmp / f"paths-{name}")), **extra}
     data = tmp / f"data-{name}"
     genv = {**env, "LLMGW_DATA_DIR": str(data), "LLMGW_OPENAI_BASE_URL": fake + "/openai/v1",
             "LLMGW_OPENAI_API_KEY": "sk-openai-upstream-test", "LLMGW_LOG_LEVEL": po.LOG_LEVEL}
@@ -68,6 +70,10 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--log-level", default="WARNING", help="the gateways' LLMGW_LOG_LEVEL (INFO: an access "
                                                          "line per call, the default of `llmgw serve`)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for this checkout's gateway only (repeatable)")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the baseline's gateway only (repeatable)")
     args = ap.parse_args()
     po.LOG_LEVEL = args.log_level
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-cpu-"))
@@ -78,14 +84,16 @@ async def main() -> None:
                               tmp / "fake.log"))
         fake = f"http://127.0.0.1:{fport}"
         await po.wait_http(fake + "/openai/v1/models")
-        roots = {"this": ROOT, "baseline": Path(args.baseline).resolve()}
+        roots = {"this": (ROOT, args.env), "baseline": (Path(args.baseline).resolve(), args.baseline_env)}
         targets = {}
-        for name, root in roots.items():
-            gw, url, key = await start(root, tmp, name, fake)
+        for name, (root, pairs) in roots.items():
+            extra = dict(pair.split("=", 1) for pair in pairs)
+            gw, url, key = await start(root, tmp, name, fake, extra)
             procs.append(gw)
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=root).stdout.strip()
-            targets[f"{name}@{commit}"] = (gw, url, key)
+            label = "".join(f" {v}" for v in extra.values())
+            targets[f"{name}@{commit}{label}"] = (gw, url, key)
         print(f"# {time.strftime('%Y-%m-%d %H:%M')} c={args.concurrency} {args.seconds}s/cell, "
               f"{args.rounds} rounds, log level {args.log_level}, cores {os.cpu_count()}, "
               f"load average {os.getloadavg()[0]:.1f} at the start\n")

@@ -40,6 +40,7 @@ class Settings:
     spool_max_bytes: int = 256 * 1024 * 1024   # Kafka mode: local spool bound while the broker is away
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 600.0
+    upstream_client: str = "h1"        # HTTP client for upstream calls: "h1" (proxy/h1.py, leaner) or "aiohttp"
     stream_max_s: float = 3600.0       # longest stream a hold covers: older holds are swept (proxy/holds.py)
     gateway_id: str = ""
     admin_key: str = ""

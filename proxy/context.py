@@ -29,6 +29,7 @@ from llmgw.core.principal import Principal
 from llmgw.proxy.keys import authenticate, presented_key
 from .policy import Policy
 from .routing import RoutingTable, Target, Upstream
+from .h1 import H1Transport
 from .transport import AiohttpTransport, Transport
 from llmgw.core.settings import Settings
 
@@ -177,13 +178,23 @@ class Gateway:
             return self.transport
         t = self._transports.get(upstream.name)
         if t is None:
-            t = self._transports[upstream.name] = AiohttpTransport(self.session(upstream))
+            s = self.settings
+            if s.upstream_client == "h1":
+                t = H1Transport(s.connect_timeout_s, s.first_byte_timeout_s)
+            elif s.upstream_client == "aiohttp":
+                t = AiohttpTransport(self.session(upstream))
+            else:
+                raise ValueError(f"LLMGW_UPSTREAM_CLIENT must be 'aiohttp' or 'h1', not {s.upstream_client!r}")
+            self._transports[upstream.name] = t
         return t
 
     async def close_sessions(self) -> None:
         for s in self.sessions.values():
             await s.close()
         self.sessions.clear()
+        for t in self._transports.values():
+            if isinstance(t, H1Transport):
+                t.close()
         self._transports.clear()
 
 

@@ -2,10 +2,11 @@
 
 Like httpx's ``AsyncBaseTransport.handle_async_request``, ``Transport.send`` takes a finished request
 (method, URL, body, headers, already signed) and returns the provider's response with its body still
-unread. ``AiohttpTransport`` is the real one (one pooled ``aiohttp.ClientSession`` per upstream,
-``Gateway.transport_for``). A test hands ``create_app(settings, transport=...)`` a transport of its own
-to play a provider that breaks in ways a socket cannot be made to break on cue: a body that stops
-after any byte, a stall, a reset. The relay sees exactly what it would see from the network.
+unread. Two go to the network (``Gateway.transport_for``, ``LLMGW_UPSTREAM_CLIENT``): ``H1Transport``
+(``h1.py``, the default: a lean HTTP/1.1 client, keep-alive pool per origin) and ``AiohttpTransport``
+(one pooled ``aiohttp.ClientSession`` per upstream). A test hands ``create_app(settings, transport=...)``
+a transport of its own to play a provider that breaks in ways a socket cannot be made to break on
+cue: a body that stops after any byte, a stall, a reset. The relay sees exactly what it would see from the network.
 
 The contract a transport keeps, because the relay and ``forward.open_upstream`` rely on it:
 
