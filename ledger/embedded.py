@@ -123,6 +123,12 @@ def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]
     """(position, position after it, record) for every complete line of the log at ``path`` from
     ``position``. A line still being written (no newline yet) ends the reading: readers in another
     process (``analytics/log_tail.py``) never see half a record."""
+    for pos, end, line in read_lines(path, position):
+        yield pos, end, decode_record(line)
+
+
+def read_lines(path: Path, position: int) -> Iterator[tuple[int, int, bytes]]:
+    """``read_records`` undecoded: (position, position after it, the line with its newline)."""
     with open(path, "rb") as f:
         f.seek(position)
         pos = position
@@ -130,7 +136,7 @@ def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]
             if not line.endswith(b"\n"):
                 break
             if line.strip():
-                yield pos, pos + len(line), decode_record(line)
+                yield pos, pos + len(line), line
             pos += len(line)
 
 
