@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class LogTail:
         self.mark_path = analytics_mark_path(data_dir)
         self.sink = sink
         self.batch_events = batch_events
+        self.read = 0                 # usage events read and handed to the sink by this tail
         self.inserted = 0             # events sent to ClickHouse by this tail (known ones not counted)
+        self.stopping = threading.Event()   # set: ``catch_up`` returns before its next insert
         self._last_line: tuple[int, bytes] | None = None   # (mark, the line just before it) once saved here
 
     @property
@@ -75,10 +78,14 @@ class LogTail:
                 first = pos
             batch.append(rec)
             if len(batch) >= self.batch_events:
+                if self.stopping.is_set():
+                    return read
                 self._send(batch, first, end, line)
                 read += len(batch)
                 batch = []
         if batch:
+            if self.stopping.is_set():
+                return read
             self._send(batch, first, end, line)
             read += len(batch)
         elif end > start:
@@ -109,6 +116,7 @@ class LogTail:
         finally:
             os.close(fd)
         self.inserted += self.sink.insert(batch, f"embedded:{first}-{end}")
+        self.read += len(batch)
         self._save_mark(end, last_line)
 
     def _save_mark(self, end: int, last_line: bytes) -> None:
