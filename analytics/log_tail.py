@@ -38,7 +38,8 @@ from pathlib import Path
 
 from llmgw.analytics.sink import Sink
 from llmgw.core.events import UsageEvent
-from llmgw.ledger.embedded import analytics_mark_path, log_path, read_lines, read_mark, save_mark
+from llmgw.ledger.embedded import (analytics_mark_path, is_started_line, log_path, read_lines, read_mark,
+                                  save_mark)
 from llmgw.ledger.started import decode_record
 
 log = logging.getLogger("llmgw.analytics.log_tail")
@@ -71,9 +72,11 @@ class LogTail:
         line = b""
         read = 0
         for pos, end, line in read_lines(self.log, start):
+            if is_started_line(line):
+                continue                       # a started record: the ledger's, not analytics'
             rec = decode_record(line)
             if not isinstance(rec, UsageEvent):
-                continue                       # a started record: the ledger's, not analytics'
+                continue                       # the first bytes are a shortcut; the decoded type rules
             if not batch:
                 first = pos
             batch.append(rec)

@@ -16,8 +16,8 @@ import pytest
 
 from llmgw.analytics.log_tail import LogTail
 from llmgw.core.events import UsageEvent
-from llmgw.ledger.embedded import EventLog, log_path
-from llmgw.ledger.started import encode_record
+from llmgw.ledger.embedded import EventLog, is_started_line, log_path
+from llmgw.ledger.started import CallStarted, decode_record, encode_record
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 
 
@@ -81,3 +81,23 @@ def test_a_cut_under_the_mark_is_noticed_and_every_event_is_stored_once(
     everything = kept + lost_append + [later] + ([] if retry == "nothing yet" else [newer])
     assert stored(analytics_db) == (sorted(e.event_id for e in everything), len(everything))
     assert tail.mark == log.end
+
+
+def test_started_records_are_told_by_their_first_bytes_and_never_become_rows(
+        tmp_path: Path, analytics_db: AnalyticsDB) -> None:
+    events = [usage_event(n) for n in range(3)]
+    started = [CallStarted(e.event_id, e.ts_start_ms, e.org, e.workspace, e.user, e.key_id, e.provider, e.api,
+                           e.model_served, 5_000, model_requested=e.model_requested, tags=e.tags, stream=True)
+               for e in events + [usage_event(9)]]                      # the last call is still open
+    log = EventLog(log_path(tmp_path))
+    log.append([started[0], started[1], events[0], started[2], events[1], events[2], started[3]])
+    log.close()
+    lines = log_path(tmp_path).read_bytes().splitlines(keepends=True)
+    told = [is_started_line(line) for line in lines]
+    assert told == [isinstance(decode_record(line), CallStarted) for line in lines]
+    assert told == [True, True, False, True, False, False, True]
+    tail = LogTail(tmp_path, analytics_db.sink)
+    assert tail.catch_up() == 3
+    assert stored(analytics_db) == (sorted(e.event_id for e in events), 3)
+    assert tail.mark == log.end                                         # past the last started record too
+
