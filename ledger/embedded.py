@@ -402,23 +402,30 @@ class EmbeddedLedger:
         """Send the log from the analytics mark on; False if a batch failed (the mark stays before it).
 
         The mark and the log are read in a thread, a batch at a time: a catch-up after a long
-        analytics outage reads a large log, and the loop serves calls meanwhile."""
+        analytics outage reads a large log, and the loop serves calls meanwhile. It reads only up
+        to the writer's durable end: past it may be the complete lines of an append that failed
+        (its fsync, say), which the writer cuts before retrying its records, often behind newer
+        ones; a mark past them would skip those newer events."""
         if self.on_batch is None:
             return True
         start = await asyncio.to_thread(read_mark, self.analytics_mark)
         while True:
-            batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000)
+            batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000, self.log.end)
             if not batch:
                 return True
             if not await self._analytics(batch, first, end):
                 return False
             start = end
 
-    def _log_slice(self, start: int, limit: int) -> tuple[list[UsageEvent], int, int]:
-        """Up to ``limit`` usage events from log position ``start``: (events, first position, end)."""
+    def _log_slice(self, start: int, limit: int, durable: int) -> tuple[list[UsageEvent], int, int]:
+        """Up to ``limit`` usage events from log position ``start`` on, of those before ``durable``:
+        (events, first position, end)."""
         batch: list[UsageEvent] = []
         first = end = start
-        for pos, end, ev in self.log.read_from(start):
+        for pos, line_end, ev in self.log.read_from(start):
+            if line_end > durable:
+                break
+            end = line_end
             if not batch:
                 first = pos
             batch.append(ev)

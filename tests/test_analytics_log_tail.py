@@ -9,6 +9,8 @@ record before it the tail never read. Every case must still store every event ex
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from llmgw.analytics.log_tail import LogTail
 from llmgw.core.events import UsageEvent
-from llmgw.ledger.embedded import EventLog, is_started_line, log_path
+from llmgw.ledger.embedded import EmbeddedLedger, EventLog, is_started_line, log_path, read_mark
 from llmgw.ledger.started import CallStarted, decode_record, encode_record
 from tests.fixtures.chdb import AnalyticsDB, usage_event
 
@@ -101,3 +103,23 @@ def test_started_records_are_told_by_their_first_bytes_and_never_become_rows(
     assert stored(analytics_db) == (sorted(e.event_id for e in events), 3)
     assert tail.mark == log.end                                         # past the last started record too
 
+
+async def test_the_in_process_catch_up_reads_only_what_the_ledger_acknowledged(tmp_path: Path) -> None:
+    """``EmbeddedLedger._catch_up_analytics`` (analytics in the gateway's process) runs beside the
+    writer: it must not read, and mark, lines of an append the writer is about to cut."""
+    sent: list[UsageEvent] = []
+
+    async def on_batch(events: Sequence[UsageEvent], first: int, end: int) -> None:
+        sent.extend(events)
+
+    ledger = EmbeddedLedger(tmp_path, on_batch=on_batch)   # not started: the test is the writer
+    kept, lost_append, newer = [usage_event(n) for n in range(3)], [usage_event(3)], usage_event(10)
+    await asyncio.to_thread(ledger.log.append, kept)
+    await asyncio.to_thread(append_unacknowledged, ledger.log, lost_append)
+    assert await ledger._catch_up_analytics()
+    assert await asyncio.to_thread(read_mark, ledger.analytics_mark) == ledger.log.end
+    await asyncio.to_thread(ledger.log.append, [newer] + lost_append)     # the writer's retry
+    assert await ledger._catch_up_analytics()
+    ledger.log.close()
+    assert {e.event_id for e in sent} == {e.event_id for e in kept + lost_append + [newer]}
+    assert await asyncio.to_thread(read_mark, ledger.analytics_mark) == ledger.log.end
