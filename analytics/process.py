@@ -11,9 +11,10 @@
   published in ``<chdb path>.server.json`` where ``store.connect`` finds it;
 - prints ``ready`` on stdout once both run, then nothing else there;
 - on SIGTERM (the gateway stopping, after its ledger flushed) inserts what is
-  left, for ``FINAL_PASS_S`` at most (``last_pass``: what it read and inserted
-  is logged, the rest waits for the next start), and exits; if the gateway dies it notices (``PR_SET_PDEATHSIG`` and its
-  parent pid changing) and exits the same way, so none is left behind.
+  left, for ``FINAL_PASS_S`` at most (``last_pass``: it logs what it read and
+  inserted; the rest waits for the next start), and exits; if the gateway dies
+  it notices (``PR_SET_PDEATHSIG`` and its parent pid changing) and exits the
+  same way, so none is left behind.
 
 One per data dir: it holds ``ledger/analytics.lock`` (``flock``).
 """
@@ -96,8 +97,10 @@ async def last_pass(tail: LogTail, timeout_s: float, grace_s: float) -> bool:
 
     The pass runs in a thread, which a timeout cannot stop: past ``timeout_s`` the tail is told to
     start no other insert, and the one under way gets ``grace_s`` to return. Closing the store
-    under it would fail that insert half way (the mark stays, so nothing is lost, but its rows may
-    be half written); if it has not returned by then, False: leave the store open, exit anyway."""
+    would pull the client from under that insert (chDB runs in this process); if it has not
+    returned by then, False: the store is left open, and the process ends when the insert returns
+    or the gateway kills it (``AnalyticsProcess.stop_timeout_s``); the mark never passed that insert, so
+    the next start sends it again and the sink drops what it stored."""
     read, inserted = tail.read, tail.inserted
     final = asyncio.ensure_future(asyncio.to_thread(tail.catch_up))
     done, _ = await asyncio.wait({final}, timeout=timeout_s)
@@ -106,8 +109,8 @@ async def last_pass(tail: LogTail, timeout_s: float, grace_s: float) -> bool:
         done, _ = await asyncio.wait({final}, timeout=grace_s)
     counts = (tail.read - read, tail.inserted - inserted, await asyncio.to_thread(lambda: tail.mark))
     if done and final.exception() is None and not tail.stopping.is_set():
-        log.info("analytics process stopping: last pass read %d, inserted %d events (the rest were stored "
-                 "already); log mark %d", *counts)
+        log.info("analytics process stopping: last pass read %d, inserted %d events (any others read were "
+                 "stored already); log mark %d", *counts)
         return True
     if done and final.exception() is not None:
         log.error("analytics process stopping: the last pass failed after it read %d, inserted %d events; the "
