@@ -130,7 +130,8 @@ async def _follow(tail: LogTail, stop: asyncio.Event, parent_pid: int, interval_
         try:
             await asyncio.to_thread(tail.catch_up)
         except Exception:     # the store may be failing for a while: the mark stays, the next pass retries
-            log.exception("analytics insert from log mark %d failed; retrying", tail.mark)
+            mark = await asyncio.to_thread(lambda: tail.mark)        # a file read: off the loop
+            log.exception("analytics insert from log mark %d failed; retrying", mark)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await stop.wait()
