@@ -11,8 +11,10 @@
   published in ``<chdb path>.server.json`` where ``store.connect`` finds it;
 - prints ``ready`` on stdout once both run, then nothing else there;
 - on SIGTERM (the gateway stopping, after its ledger flushed) inserts what is
-  left and exits; if the gateway dies it notices (``PR_SET_PDEATHSIG`` and its
-  parent pid changing) and exits the same way, so none is left behind.
+  left, for ``FINAL_PASS_S`` at most (``last_pass``: it logs what it read and
+  inserted; the rest waits for the next start), and exits; if the gateway dies
+  it notices (``PR_SET_PDEATHSIG`` and its parent pid changing) and exits the
+  same way, so none is left behind.
 
 One per data dir: it holds ``ledger/analytics.lock`` (``flock``).
 """
@@ -41,6 +43,7 @@ from llmgw.core.settings import Settings
 
 log = logging.getLogger("llmgw.analytics.process")
 FINAL_PASS_S = 20.0               # at stop: how long the last catch-up may take
+INSERT_GRACE_S = 5.0              # then: how long its insert under way may take (the gateway kills at 30 s)
 
 
 def lock_path(data_dir: str | Path) -> Path:
@@ -85,14 +88,38 @@ async def run(settings: Settings, parent_pid: int, interval_s: float, batch_even
             await runner.cleanup()
         if engine is not None:
             engine.close()
-    try:
-        async with asyncio.timeout(FINAL_PASS_S):
-            n = await asyncio.to_thread(tail.catch_up)
-        log.info("analytics process stopping: last pass inserted %d events", n)
-    except TimeoutError:
-        log.error("analytics process stopping: the last pass took over %.0fs; the rest is inserted at the "
-                  "next start (from mark %d)", FINAL_PASS_S, tail.mark)
-    await asyncio.to_thread(store.close_all)
+    if await last_pass(tail, FINAL_PASS_S, INSERT_GRACE_S):
+        await asyncio.to_thread(store.close_all)
+
+
+async def last_pass(tail: LogTail, timeout_s: float, grace_s: float) -> bool:
+    """Insert what is left, for ``timeout_s`` at most; True once no insert runs any more.
+
+    The pass runs in a thread, which a timeout cannot stop: past ``timeout_s`` the tail is told to
+    start no other insert, and the one under way gets ``grace_s`` to return. Closing the store
+    would pull the client from under that insert (chDB runs in this process); if it has not
+    returned by then, False: the store is left open, and the process ends when the insert returns
+    or the gateway kills it (``AnalyticsProcess.stop_timeout_s``); the mark never passed that insert, so
+    the next start sends it again and the sink drops what it stored."""
+    read, inserted = tail.read, tail.inserted
+    final = asyncio.ensure_future(asyncio.to_thread(tail.catch_up))
+    done, _ = await asyncio.wait({final}, timeout=timeout_s)
+    if not done:
+        tail.stopping.set()
+        done, _ = await asyncio.wait({final}, timeout=grace_s)
+    counts = (tail.read - read, tail.inserted - inserted, await asyncio.to_thread(lambda: tail.mark))
+    if done and final.exception() is None and not tail.stopping.is_set():
+        log.info("analytics process stopping: last pass read %d, inserted %d events (any others read were "
+                 "stored already); log mark %d", *counts)
+        return True
+    if done and final.exception() is not None:
+        log.error("analytics process stopping: the last pass failed after it read %d, inserted %d events; the "
+                  "rest is inserted at the next start, from log mark %d", *counts, exc_info=final.exception())
+    else:
+        log.error("analytics process stopping: the last pass took over %.0fs; it read %d, inserted %d events; "
+                  "the rest is inserted at the next start, from log mark %d%s", timeout_s, *counts,
+                  "" if done else f" (an insert still runs after {grace_s:.0f}s more: the store is left open)")
+    return bool(done)
 
 
 async def _follow(tail: LogTail, stop: asyncio.Event, parent_pid: int, interval_s: float) -> None:
@@ -103,7 +130,8 @@ async def _follow(tail: LogTail, stop: asyncio.Event, parent_pid: int, interval_
         try:
             await asyncio.to_thread(tail.catch_up)
         except Exception:     # the store may be failing for a while: the mark stays, the next pass retries
-            log.exception("analytics insert from log mark %d failed; retrying", tail.mark)
+            mark = await asyncio.to_thread(lambda: tail.mark)        # a file read: off the loop
+            log.exception("analytics insert from log mark %d failed; retrying", mark)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await stop.wait()

@@ -30,7 +30,7 @@ from llmgw.core.events import UsageEvent
 from llmgw.core.files import atomic_write
 from .fold import Totals, TzOf, fold, keys_in, spends, utc
 from .spend import SpendView
-from .started import CallStarted, Record, decode_record, decode_started, encode_record
+from .started import STARTED_KEY, CallStarted, Record, decode_record, decode_started, encode_record
 
 log = logging.getLogger("llmgw.ledger")
 
@@ -123,6 +123,12 @@ def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]
     """(position, position after it, record) for every complete line of the log at ``path`` from
     ``position``. A line still being written (no newline yet) ends the reading: readers in another
     process (``analytics/log_tail.py``) never see half a record."""
+    for pos, end, line in read_lines(path, position):
+        yield pos, end, decode_record(line)
+
+
+def read_lines(path: Path, position: int) -> Iterator[tuple[int, int, bytes]]:
+    """``read_records`` undecoded: (position, position after it, the line with its newline)."""
     with open(path, "rb") as f:
         f.seek(position)
         pos = position
@@ -130,8 +136,18 @@ def read_records(path: Path, position: int) -> Iterator[tuple[int, int, Record]]
             if not line.endswith(b"\n"):
                 break
             if line.strip():
-                yield pos, pos + len(line), decode_record(line)
+                yield pos, pos + len(line), line
             pos += len(line)
+
+
+_STARTED_LINE = b'{"' + STARTED_KEY.encode() + b'":'
+
+
+def is_started_line(line: bytes) -> bool:
+    """Whether a log line is a started record, without decoding it: ``encode_record`` writes a
+    started record's ``started_event_id`` first and a usage event's ``event_id`` first. A reader
+    of usage events alone (``analytics/log_tail.py``) skips half the log's lines this way."""
+    return line.startswith(_STARTED_LINE)
 
 
 def log_path(data_dir: str | Path) -> Path:
@@ -386,23 +402,30 @@ class EmbeddedLedger:
         """Send the log from the analytics mark on; False if a batch failed (the mark stays before it).
 
         The mark and the log are read in a thread, a batch at a time: a catch-up after a long
-        analytics outage reads a large log, and the loop serves calls meanwhile."""
+        analytics outage reads a large log, and the loop serves calls meanwhile. It reads only up
+        to the writer's durable end: past it may be the complete lines of an append that failed
+        (its fsync, say), which the writer cuts before retrying its records, often behind newer
+        ones; a mark past them would skip those newer events."""
         if self.on_batch is None:
             return True
         start = await asyncio.to_thread(read_mark, self.analytics_mark)
         while True:
-            batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000)
+            batch, first, end = await asyncio.to_thread(self._log_slice, start, 5000, self.log.end)
             if not batch:
                 return True
             if not await self._analytics(batch, first, end):
                 return False
             start = end
 
-    def _log_slice(self, start: int, limit: int) -> tuple[list[UsageEvent], int, int]:
-        """Up to ``limit`` usage events from log position ``start``: (events, first position, end)."""
+    def _log_slice(self, start: int, limit: int, durable: int) -> tuple[list[UsageEvent], int, int]:
+        """Up to ``limit`` usage events from log position ``start`` on, of those before ``durable``:
+        (events, first position, end)."""
         batch: list[UsageEvent] = []
         first = end = start
-        for pos, end, ev in self.log.read_from(start):
+        for pos, line_end, ev in self.log.read_from(start):
+            if line_end > durable:
+                break
+            end = line_end
             if not batch:
                 first = pos
             batch.append(ev)

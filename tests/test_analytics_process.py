@@ -9,24 +9,28 @@ and neither a clean stop nor a killed gateway leaves it running.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import openai
 import pytest
 
 from llmgw.analytics import store
+from llmgw.analytics.log_tail import LogTail
+from llmgw.analytics.process import last_pass
 from llmgw.analytics.sink import Sink
 from llmgw.analytics.supervisor import READY
 from llmgw.core.events import UsageEvent
 from llmgw.ledger.embedded import (EmbeddedLedger, analytics_mark_path, log_events, log_path, read_mark,
                                   read_records, save_mark)
-from tests.fixtures.chdb import usage_event
+from tests.fixtures.chdb import AnalyticsDB, usage_event
 from tests.test_cli_serve import env, free_port, llmgw, wait_ready  # noqa: F401  (env is a fixture)
 
 
@@ -233,3 +237,56 @@ async def test_the_served_store_takes_inserts_settings_long_parameters_and_repor
     assert refused.value.code == 403
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 0
+
+
+class SlowStore(Sink):
+    """A store whose inserts last until ``until`` is set (the process giving up on its last pass,
+    or the test letting the insert finish)."""
+
+    def __init__(self, db: AnalyticsDB) -> None:
+        super().__init__(db.client, db.database)
+        self.until = threading.Event()
+        self.started = 0
+        self.returned = threading.Event()
+
+    def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None) -> int:
+        self.started += 1
+        self.until.wait()
+        try:
+            return super().insert(events, dedup_token)
+        finally:
+            self.returned.set()
+
+
+def count_rows(db: AnalyticsDB) -> tuple[int, int]:
+    return db.client.query(f"SELECT count(), uniqExact(event_id) FROM {db.database}.usage_events").result_rows[0]
+
+
+async def test_a_last_pass_past_its_deadline_ends_after_the_insert_under_way_and_says_what_is_left(
+        tmp_path: Path, analytics_db: AnalyticsDB, caplog: pytest.LogCaptureFixture) -> None:
+    events = [usage_event(n) for n in range(3)]
+    await write_log(tmp_path, events)
+    slow = SlowStore(analytics_db)
+    tail = LogTail(tmp_path, slow, batch_events=1)
+    slow.until = tail.stopping                     # the insert under way lasts past the deadline
+    with caplog.at_level(logging.INFO, logger="llmgw.analytics.process"):
+        assert await last_pass(tail, timeout_s=0.01, grace_s=60.0)     # the store may close now:
+    assert slow.returned.is_set() and slow.started == 1                # its insert returned, no other began
+    assert "read 1, inserted 1 events" in caplog.text
+    assert f"from log mark {await asyncio.to_thread(lambda: tail.mark)}" in caplog.text
+    # what was left goes in at the next start, once
+    assert await asyncio.to_thread(LogTail(tmp_path, analytics_db.sink).catch_up) == 2
+    assert await asyncio.to_thread(count_rows, analytics_db) == (3, 3)
+
+
+async def test_a_last_pass_whose_insert_outlasts_the_grace_leaves_the_store_open(
+        tmp_path: Path, analytics_db: AnalyticsDB, caplog: pytest.LogCaptureFixture) -> None:
+    await write_log(tmp_path, [usage_event(0)])
+    slow = SlowStore(analytics_db)
+    tail = LogTail(tmp_path, slow)
+    with caplog.at_level(logging.INFO, logger="llmgw.analytics.process"):
+        assert not await last_pass(tail, timeout_s=0.01, grace_s=0.01)
+    assert "the store is left open" in caplog.text and not slow.returned.is_set()
+    slow.until.set()                                   # the insert still finishes against an open store
+    await asyncio.to_thread(slow.returned.wait)
+    assert await asyncio.to_thread(count_rows, analytics_db) == (1, 1)
