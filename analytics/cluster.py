@@ -87,21 +87,25 @@ class Cluster:
         return f"clusterAllReplicas('{self.name}', {database}.{self.local(table)})"
 
 
-def migrations_table(database: str, cluster: Cluster) -> str:
-    """``schema_migrations`` on a cluster: one replica set over every node (no ``{shard}``).
-
-    Replica names are ``{shard}-{replica}``: unique across the cluster even where the
-    ``replica`` macro repeats on every shard.
-    """
+def migrations_table(database: str, cluster: Cluster | None = None) -> str:
+    """``schema_migrations``, on one node or on a cluster: there, one replica set over every node
+    (no ``{shard}``). Replica names are ``{shard}-{replica}``: unique across the cluster even where
+    the ``replica`` macro repeats on every shard."""
+    if cluster is None:
+        on, engine = "", "ReplacingMergeTree"
+    else:
+        on = f" ON CLUSTER {cluster.name}"
+        engine = (f"ReplicatedReplacingMergeTree('/clickhouse/tables/{cluster.name}/{database}/schema_migrations', "
+                  "'{shard}-{replica}')")
     return f"""
-CREATE TABLE IF NOT EXISTS {database}.schema_migrations ON CLUSTER {cluster.name}
+CREATE TABLE IF NOT EXISTS {database}.schema_migrations{on}
 (
     version    UInt32,
     name       String,
     checksum   String,
     applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{cluster.name}/{database}/schema_migrations', '{{shard}}-{{replica}}')
+ENGINE = {engine}
 ORDER BY version
 """
 

@@ -39,6 +39,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,11 +133,12 @@ def _cluster_of(options: dict[str, str]) -> Cluster | None:
 
 
 _lock = threading.Lock()
-_clients: dict[tuple[str, str, str, str, Cluster | None], Client] = {}
+_Key = tuple[str, str, str, str, Cluster | None]    # (kind, location, database, role, cluster)
+_clients: dict[_Key, Client] = {}
 _clusters: dict[int, Cluster] = {}         # id(client) -> the cluster its DSN named
 _chdb_path: str | None = None
 _served: set[str] = set()                      # chDB paths a child of this process serves
-_served_urls: dict[tuple[str, str, str, str, Cluster | None], str] = {}
+_served_urls: dict[_Key, str] = {}            # a served client's key -> the server it was made for
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ def serve_through(dsn: str) -> str:
 def stop_serving_through(location: str) -> None:
     with _lock:
         _served.discard(location)
-        dropped = [_clients.pop(key) for key in list(_clients) if key[:2] == ("served", location)]
+        dropped = _forget(lambda key: key[:2] == ("served", location))
     for client in dropped:
         client.close()
 
@@ -243,12 +245,7 @@ def connect(dsn: str, *, database: str | None = None, role: str = "default") -> 
             client = clickhouse_connect.get_client(
                 dsn=target.location, interface=interface, autogenerate_session_id=False
             )
-        try:
-            _ensure_database(client, db)
-        except BaseException:
-            client.close()
-            raise
-        client.database = db
+        _opened(client, db)
         _clients[key] = client
         if target.cluster is not None:
             _clusters[id(client)] = target.cluster
@@ -275,16 +272,21 @@ def _connect_served(location: str, server: Server | None, db: str, role: str) ->
         stale = _clients.pop(key, None)
     if stale is not None:
         stale.close()
-    client = _served_client(server, db)
+    client = _opened(_served_client(server, db), db)
+    with _lock:
+        _clients[key] = client
+        _served_urls[key] = server.url + server.token
+    return client
+
+
+def _opened(client: Client, db: str) -> Client:
+    """A new client made ready for ``db`` (created if missing), or closed if that failed."""
     try:
         _ensure_database(client, db)
     except BaseException:
         client.close()
         raise
     client.database = db
-    with _lock:
-        _clients[key] = client
-        _served_urls[key] = server.url + server.token
     return client
 
 
@@ -299,21 +301,28 @@ def disconnect(dsn: str, *, database: str | None = None) -> None:
     target = Target.from_dsn(dsn)
     db = check_identifier(database) if database else target.database
     with _lock:
-        dropped = [_clients.pop(key) for key in list(_clients)
-                   if key[0] in (target.kind, "served") and key[1:3] == (target.location, db)]
-        for client in dropped:
-            _clusters.pop(id(client), None)
+        dropped = _forget(lambda key: key[0] in (target.kind, "served") and key[1:3] == (target.location, db))
         _forget_engine_if_unused()
     for client in dropped:
         client.close()
 
 
+def _forget(which: Callable[[_Key], bool]) -> list[Client]:
+    """Drop the cached clients whose key ``which`` picks, with what is kept beside them (the cluster
+    a DSN named, the server a served client was made for); the caller closes them. Under ``_lock``."""
+    dropped = []
+    for key in [k for k in _clients if which(k)]:
+        client = _clients.pop(key)
+        _clusters.pop(id(client), None)
+        _served_urls.pop(key, None)
+        dropped.append(client)
+    return dropped
+
+
 def close_all() -> None:
     """Close every cached client; afterwards another chDB path may be opened."""
     with _lock:
-        clients = list(_clients.values())
-        _clients.clear()
-        _clusters.clear()
+        clients = _forget(lambda key: True)
         _forget_engine_if_unused()
     for client in clients:
         client.close()
@@ -365,23 +374,10 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS {db}.schema_migrations
-(
-    version    UInt32,
-    name       String,
-    checksum   String,
-    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-)
-ENGINE = ReplacingMergeTree
-ORDER BY version
-"""
-
-
 def migrations_table(database: str, cluster: Cluster | None = None) -> str:
     """The DDL of ``{database}.schema_migrations``: replicated over the whole cluster when there is one."""
     db = check_identifier(database)
-    return _MIGRATIONS_TABLE.replace("{db}", db) if cluster is None else migrations_table_on(db, cluster)
+    return migrations_table_on(db, cluster)
 
 
 def plan(database: str, migrations: list[Migration] | None = None,

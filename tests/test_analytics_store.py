@@ -153,6 +153,33 @@ def test_chdb_dedup_log_survives_a_restart(tmp_path: Path) -> None:
     assert counts == ["2", "2"]
 
 
+def test_a_dropped_served_client_leaves_nothing_behind() -> None:
+    """What is kept beside a served client (the server it was made for) goes with it: a location
+    served again later starts clean, and a long-lived process does not collect stale entries."""
+    class Closing:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    a, b = Closing(), Closing()
+    keys = [("served", "/data/a", "llmgw", "default", None), ("served", "/data/b", "llmgw", "reader", None)]
+    with store._lock:
+        for key, client in zip(keys, (a, b)):
+            store._clients[key] = client          # type: ignore[assignment]
+            store._served_urls[key] = "http://127.0.0.1:1" + "token"
+    try:
+        store.stop_serving_through("/data/a")
+        assert a.closed and not b.closed
+        assert keys[0] not in store._clients and keys[0] not in store._served_urls
+        assert store._served_urls[keys[1]]
+    finally:
+        with store._lock:
+            for key in keys:
+                store._clients.pop(key, None)
+                store._served_urls.pop(key, None)
+
+
 def test_public_names() -> None:
     for module in (analytics.store, analytics.sink, analytics.queries, analytics.cli, analytics.embedded,
                    analytics.cluster):
