@@ -175,7 +175,7 @@ def main() -> None:
             policy = Policy.from_config(spent_view(principals, now_ms), state, lambda org: "UTC")
             budgets, limits = len(state.of_type("budget")), len(state.of_type("ratelimit"))
             what = f"{keys:,} keys, {budgets:,} budgets" + (f", {limits:,} rate limits" if limits else "")
-            print(f"| *{what}, {len(policy.view.folded):,} spend keys* | | | | | | |", flush=True)
+            print(f"| *{what}, {len(policy.view.folded):,} spend keys* | | | | | | | |", flush=True)
             warm(policy, principals, now_ms)
             holds = len(policy.holds_for(principals[0], ("project:big",), now_ms))
             cases = [("budgets + rate limits", 1), ("budgets + rate limits, N=3 margin", 3)] if with_limits \

@@ -372,7 +372,9 @@ class RateLimiter:
             b = buckets.get(key)
             if b is None:
                 continue
-            if b.full_at_ms() <= now:
+            lim = b.limit                   # ``b.full_at_ms() <= now``, inlined: this runs on calls
+            missing = (lim.burst or lim.limit) * lim.period_ms - b.level
+            if missing <= 0 or (lim.limit and lim.limit * (now - b.t_ms) >= missing):
                 del buckets[key]
             else:
                 order.append(key)
