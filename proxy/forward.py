@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Callable, Mapping
+from typing import Mapping
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from .routing import Target
-from .transport import Transport, UpstreamResponse
+from .transport import Memo, Transport, UpstreamResponse
 from .types import Call, Meter
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -62,24 +62,8 @@ def passes_down(name: str) -> bool:
     return lk.startswith(_PASS_DOWN_PREFIXES) and _CREDENTIAL_WORDS.isdisjoint(lk.split("-"))
 
 
-class _Verdicts(dict[str, bool]):
-    """A header name's verdict, worked out once per spelling: the same few names come on every call.
-    Names come from clients and providers, so the table is bounded."""
-
-    __slots__ = ("rule",)
-
-    def __init__(self, rule: Callable[[str], bool]) -> None:
-        super().__init__()
-        self.rule = rule
-
-    def __missing__(self, name: str) -> bool:
-        if len(self) >= 4096:
-            self.clear()
-        verdict = self[name] = self.rule(name)
-        return verdict
-
-
-_GOES_UP, _PASSES_DOWN = _Verdicts(goes_up), _Verdicts(passes_down)
+# A header name's verdict, worked out once per spelling: the same few names come on every call.
+_GOES_UP, _PASSES_DOWN = Memo(goes_up, 4096), Memo(passes_down, 4096)
 
 
 def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:

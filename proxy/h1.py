@@ -37,6 +37,8 @@ from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .transport import Memo
+
 KEEPALIVE_S = 15.0          # aiohttp's connector default: an idle connection older than this is closed
 MAX_IDLE = 256              # idle connections kept per (scheme, host, port)
 HIGH_WATER = 1 << 18        # bytes buffered for a lagging reader before the socket stops being read
@@ -411,7 +413,7 @@ class H1Transport:
         """``ssl_context``: how https upstreams are verified (default: the system's trust store)."""
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._ssl = ssl_context
-        self._origins: dict[str, _Origin] = {}      # bounded: a path can carry a client's model name
+        self._origins = Memo(_Origin)
         self._pools: dict[tuple[str, str, int], _Pool] = {}
 
     def pool(self, origin: _Origin) -> _Pool:
@@ -425,11 +427,7 @@ class H1Transport:
 
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> H1Response:
-        origin = self._origins.get(url)
-        if origin is None:
-            if len(self._origins) >= 1024:
-                self._origins.clear()
-            origin = self._origins[url] = _Origin(url)
+        origin = self._origins[url]
         request = _request_bytes(method, origin, body, headers)
         pool = self.pool(origin)
         sent = _Sent(method, url, headers)

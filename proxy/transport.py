@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Protocol
+from typing import Callable, Generic, Protocol, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -66,6 +66,27 @@ class Transport(Protocol):
                    headers: Mapping[str, str]) -> UpstreamResponse: ...
 
 
+V = TypeVar("V")
+
+
+class Memo(dict[str, V], Generic[V]):
+    """``rule(key)``, worked out once per key: a call's URL, a header name. The same few keys come on
+    every call, but keys come from clients and providers (a path can carry a model name a client chose),
+    so the table is bounded: full, it starts again."""
+
+    __slots__ = ("rule", "bound")
+
+    def __init__(self, rule: Callable[[str], V], bound: int = 1024) -> None:
+        super().__init__()
+        self.rule, self.bound = rule, bound
+
+    def __missing__(self, key: str) -> V:
+        if len(self) >= self.bound:
+            self.clear()
+        value = self[key] = self.rule(key)
+        return value
+
+
 class AiohttpTransport:
     """The network: a request on the upstream's pooled session."""
 
@@ -73,15 +94,8 @@ class AiohttpTransport:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        # Parsed once per URL string (aiohttp parses a str on every request): an upstream's calls
-        # go to a few URLs. Bounded, since a path can carry a model name a client chose.
-        self._urls: dict[str, URL] = {}
+        self._urls = Memo(URL)      # aiohttp would parse a str URL on every request
 
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> UpstreamResponse:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 1024:
-                self._urls.clear()
-            parsed = self._urls[url] = URL(url)
-        return await self.session.request(method, parsed, data=body, headers=headers)
+        return await self.session.request(method, self._urls[url], data=body, headers=headers)
