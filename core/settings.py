@@ -15,6 +15,9 @@ from typing import Any, Mapping
 import yaml
 
 
+UPSTREAM_CLIENTS = ("h1", "aiohttp")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -56,6 +59,12 @@ class Settings:
     upstream_auth: bool = True         # `serve` refuses to start with no upstream credential (--no-upstream-auth)
     batch_poll_s: float = 300.0        # how often open batches are asked whether they ended (0: only when read)
     file_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a wrong name fails the start, not each call's first trip upstream
+        if self.upstream_client not in UPSTREAM_CLIENTS:
+            raise ValueError(f"LLMGW_UPSTREAM_CLIENT must be one of {', '.join(UPSTREAM_CLIENTS)}, "
+                             f"not {self.upstream_client!r}")
 
     @property
     def embedded(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from llmgw.core.events import (ADJUSTMENT, NANO_PER_MICRO, REJECTED_BUDGET, REJECTED_POLICY, REJECTED_RATE,
                                UsageEvent, micro_of_nano)
+from llmgw.core.memo import Memo
 from llmgw.core.windows import WINDOWS, window_start
 from llmgw.core.spend_keys import BUDGET_TAGS, KEY, ORG, TAG, USER, USER_TAG, WORKSPACE, WORKSPACE_TAG, spend_key
 
@@ -131,26 +132,22 @@ def keys_of(event: UsageEvent, tz_of: TzOf = utc) -> list[str]:
 
 def keys_in(event: UsageEvent, tz: str) -> list[str]:
     """``keys_of`` with the org's time zone already looked up."""
-    ends = _window_ends(tz, event.ts_start_ms // 60_000)
+    ends = _ENDS[(tz, event.ts_start_ms // 60_000)]
     return [f"{dim}|{ent}{end}" for dim, ent in entities(event) for end in ends]
 
 
-# (tz, minute) -> "|window|start_ms" of each of WINDOWS: the part of a spend key every event started
-# in that minute shares (window bounds fall on whole minutes: core.windows.window_bounds)
-_ENDS: dict[tuple[str, int], tuple[str, ...]] = {}
+def _window_ends(zone_minute: tuple[str, int]) -> tuple[str, ...]:
+    """What ``spend_key(dim, entity, w, start)`` puts after the entity, for every window: the part of a
+    spend key every event started in that zone and minute shares (window bounds fall on whole minutes:
+    ``core.windows.window_bounds``), made once instead of four window lookups and sixteen keys spelled
+    from scratch per event."""
+    tz, minute = zone_minute
+    ts_ms = minute * 60_000
+    return tuple(spend_key("", "", w, window_start(w, ts_ms, tz))[1:] for w in WINDOWS)
 
 
-def _window_ends(tz: str, minute: int) -> tuple[str, ...]:
-    """What ``spend_key(dim, entity, w, start)`` puts after the entity, for every window: made once
-    per zone and minute instead of four window lookups and sixteen keys spelled from scratch per event."""
-    ends = _ENDS.get((tz, minute))
-    if ends is None:
-        ts_ms = minute * 60_000
-        ends = tuple(spend_key("", "", w, window_start(w, ts_ms, tz))[1:] for w in WINDOWS)
-        if len(_ENDS) >= 4_096:             # one entry per zone in use and minute: a bounded memo
-            _ENDS.clear()
-        _ENDS[(tz, minute)] = ends
-    return ends
+# (tz, minute) -> "|window|start_ms" of each of WINDOWS: one entry per zone in use and minute
+_ENDS: Memo[tuple[str, int], tuple[str, ...]] = Memo(_window_ends, 4_096)
 
 
 def fold(totals: Mapping[str, Totals], event: UsageEvent, tz_of: TzOf = utc,

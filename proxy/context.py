@@ -178,14 +178,10 @@ class Gateway:
             return self.transport
         t = self._transports.get(upstream.name)
         if t is None:
-            s = self.settings
-            if s.upstream_client == "h1":
-                t = H1Transport(s.connect_timeout_s, s.first_byte_timeout_s)
-            elif s.upstream_client == "aiohttp":
-                t = AiohttpTransport(self.session(upstream))
-            else:
-                raise ValueError(f"LLMGW_UPSTREAM_CLIENT must be 'aiohttp' or 'h1', not {s.upstream_client!r}")
-            self._transports[upstream.name] = t
+            s = self.settings          # upstream_client is one of the two: Settings checks it
+            t = self._transports[upstream.name] = (
+                H1Transport(s.connect_timeout_s, s.first_byte_timeout_s) if s.upstream_client == "h1"
+                else AiohttpTransport(self.session(upstream)))
         return t
 
     async def close_sessions(self) -> None:

@@ -18,7 +18,9 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from .routing import Target
-from .transport import Memo, Transport, UpstreamResponse
+from llmgw.core.memo import Memo
+
+from .transport import Transport, UpstreamResponse
 from .types import Call, Meter
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -63,7 +65,8 @@ def passes_down(name: str) -> bool:
 
 
 # A header name's verdict, worked out once per spelling: the same few names come on every call.
-_GOES_UP, _PASSES_DOWN = Memo(goes_up, 4096), Memo(passes_down, 4096)
+_GOES_UP: Memo[str, bool] = Memo(goes_up, 4096)
+_PASSES_DOWN: Memo[str, bool] = Memo(passes_down, 4096)
 
 
 def upstream_headers(incoming: Mapping[str, str], target: Target) -> CIMultiDict[str]:

@@ -37,7 +37,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .transport import Memo
+from llmgw.core.memo import Memo
 
 KEEPALIVE_S = 15.0          # aiohttp's connector default: an idle connection older than this is closed
 MAX_IDLE = 256              # idle connections kept per (scheme, host, port)
@@ -413,7 +413,7 @@ class H1Transport:
         """``ssl_context``: how https upstreams are verified (default: the system's trust store)."""
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._ssl = ssl_context
-        self._origins = Memo(_Origin)
+        self._origins: Memo[str, _Origin] = Memo(_Origin)
         self._pools: dict[tuple[str, str, int], _Pool] = {}
 
     def pool(self, origin: _Origin) -> _Pool:

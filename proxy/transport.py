@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Callable, Generic, Protocol, TypeVar
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
+
+from llmgw.core.memo import Memo
 
 
 class UpstreamBody(Protocol):
@@ -66,27 +68,6 @@ class Transport(Protocol):
                    headers: Mapping[str, str]) -> UpstreamResponse: ...
 
 
-V = TypeVar("V")
-
-
-class Memo(dict[str, V], Generic[V]):
-    """``rule(key)``, worked out once per key: a call's URL, a header name. The same few keys come on
-    every call, but keys come from clients and providers (a path can carry a model name a client chose),
-    so the table is bounded: full, it starts again."""
-
-    __slots__ = ("rule", "bound")
-
-    def __init__(self, rule: Callable[[str], V], bound: int = 1024) -> None:
-        super().__init__()
-        self.rule, self.bound = rule, bound
-
-    def __missing__(self, key: str) -> V:
-        if len(self) >= self.bound:
-            self.clear()
-        value = self[key] = self.rule(key)
-        return value
-
-
 class AiohttpTransport:
     """The network: a request on the upstream's pooled session."""
 
@@ -94,7 +75,7 @@ class AiohttpTransport:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self._urls = Memo(URL)      # aiohttp would parse a str URL on every request
+        self._urls: Memo[str, URL] = Memo(URL)      # aiohttp would parse a str URL on every request
 
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> UpstreamResponse:

@@ -418,3 +418,12 @@ async def test_https_with_a_verified_certificate_and_reuse(tls: tuple[ssl.SSLCon
         await untrusting.send("POST", url, b"{}", {})
     server.close()
     assert accepts == 1                            # three calls, one connection (the refused handshake never got one)
+
+
+def test_an_unknown_upstream_client_fails_the_start() -> None:
+    """A wrong LLMGW_UPSTREAM_CLIENT is refused when the settings are read (``serve`` prints it and
+    exits), not on each call's first trip upstream, where it would have been a 500."""
+    from llmgw.core.settings import Settings
+    with pytest.raises(ValueError, match="LLMGW_UPSTREAM_CLIENT must be one of h1, aiohttp, not 'h2'"):
+        Settings.load({"LLMGW_UPSTREAM_CLIENT": "h2"})
+    assert Settings.load({"LLMGW_UPSTREAM_CLIENT": "aiohttp"}).upstream_client == "aiohttp"
