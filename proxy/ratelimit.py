@@ -353,9 +353,15 @@ class RateLimiter:
         return b
 
     def _give_back(self, a: AppliedLimit, units: int) -> None:
-        b = self._buckets.get(a.bucket_key)
-        if b is None:
-            return
+        """Return ``units`` to the bucket, or charge them when negative (a call that used more tokens
+        than its admitted worst case).
+
+        The bucket is refilled to now first: its level is as of its last look, and a charge taken from
+        that older level would be paid out of refill that a full bucket throws away. A forgotten bucket
+        is a full one, so a charge makes it again (before, the charge was dropped)."""
+        if units >= 0 and a.bucket_key not in self._buckets:
+            return                                # full: a give-back would overflow it anyway
+        b = self._refilled(a, self.clock(), max(1, self.proxies()))
         b.level = min(a.cap, b.level + units * a.period_ms * b.share)
 
     def _sweep(self, now: int) -> None:

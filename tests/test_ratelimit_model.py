@@ -76,10 +76,10 @@ class Model:
             b[0] -= need
         return wait
 
-    def give_back(self, a: AppliedLimit, units: int) -> None:
-        b = self.buckets.get(a.bucket_key)
-        if b is not None:
-            b[0] = min(a.cap, b[0] + units * a.period_ms * b[2])
+    def give_back(self, a: AppliedLimit, units: int, now: int, share: int) -> None:
+        """Refilled to now, then credited (or charged, when the call used more than its worst case)."""
+        b = self.refilled(a, now, share)
+        b[0] = min(a.cap, b[0] + units * a.period_ms * b[2])
 
 
 def run(first: list[RateLimit], ops: list[tuple]) -> None:
@@ -116,9 +116,9 @@ def run(first: list[RateLimit], ops: list[tuple]) -> None:
             policy.release(r, used, forwarded=o[0] == "settle")
             for a in applied:
                 if o[0] == "cancel":
-                    model.give_back(a, tokens if a.tokens else 1)
+                    model.give_back(a, tokens if a.tokens else 1, clock[0], count())
                 elif used is not None and a.tokens and tokens != used:
-                    model.give_back(a, tokens - used)
+                    model.give_back(a, tokens - used, clock[0], count())
         got = {k: [b.level, b.t_ms, b.share] for k, b in policy.limiter._buckets.items()}
         assert got == model.buckets
 
