@@ -52,8 +52,10 @@ process starts with them in doubt (the batch only if the mark is not past it).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +64,6 @@ import orjson
 
 from llmgw.analytics.sink import Sink
 from llmgw.core.events import UsageEvent
-from llmgw.core.files import atomic_write
 from llmgw.ledger.embedded import (analytics_mark_path, is_started_line, log_path, read_lines, read_mark,
                                   save_mark)
 from llmgw.ledger.started import decode_record
@@ -171,8 +172,20 @@ class LogTail:
         doubt -= ids                           # stored, and the mark is past them
 
     def _save_sending(self, end: int, batch: set[str], doubt: set[str]) -> None:
-        with atomic_write(self.sending_path, binary=True) as f:
-            f.write(orjson.dumps({"end": end, "batch": sorted(batch), "doubt": sorted(doubt)}))
+        """Replaced whole (a fresh temp file renamed over it), not fsync'd: it must outlive this
+        process, not the machine (an fsync here cost 0.9 ms of CPU per pass, a tenth of the check it
+        saves). A power cut stops the writer too, and a writer that starts cuts no complete line
+        (``EventLog._repair``), so no event of the batch leaves the log to come back later."""
+        fd, tmp = tempfile.mkstemp(dir=self.sending_path.parent, prefix=f".{self.sending_path.name}.",
+                                   suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps({"end": end, "batch": list(batch), "doubt": list(doubt)}))
+            os.replace(tmp, self.sending_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def _load_doubt(self) -> None:
         """What the last process left in doubt: its events in doubt, and the batch it was sending

@@ -221,3 +221,24 @@ def test_events_of_an_insert_that_raised_stay_in_doubt_while_a_cut_took_them_out
     assert tail.catch_up() == 3
     log.close()
     assert stored(analytics_db) == (sorted(e.event_id for e in events[:4]), 4)
+
+
+def test_an_unreadable_sending_record_leaves_every_batch_checked_and_nothing_lost(
+        tmp_path: Path, analytics_db: AnalyticsDB, caplog: pytest.LogCaptureFixture) -> None:
+    """The record names what the last process may have stored; without it the tail cannot tell."""
+    events = [usage_event(n) for n in range(3)]
+    sink = StoresThenTimesOut(analytics_db)
+    log = EventLog(log_path(tmp_path))
+    tail = LogTail(tmp_path, sink)
+    log.append(events[:1])
+    tail.catch_up()
+    tail.sending_path.write_bytes(b'{"end": 1, "batch": ["torn')
+    tail = LogTail(tmp_path, sink)
+    checks = sink.checks
+    for event in events[1:]:
+        log.append([event])
+        assert tail.catch_up() == 1
+    assert sink.checks == checks + 2
+    assert "unreadable" in caplog.text
+    log.close()
+    assert stored(analytics_db) == (sorted(e.event_id for e in events), 3)
