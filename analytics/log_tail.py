@@ -31,8 +31,8 @@ the log again from 0 and the sink drops the events it already holds.
 The sink's known-id check (a query per batch) is needed only when a batch may
 hold an event ClickHouse has already: an event *in doubt*. In the steady state
 none is: every event before the mark was stored by an insert that returned,
-and the log holds each event once, so the events after the mark were never
-sent. The tail then inserts with ``none_stored`` (the dedup token and the
+and the log holds each event once (the ledger's fold, which counts each line,
+relies on that too), so the events after the mark were never sent. The tail then inserts with ``none_stored`` (the dedup token and the
 ReplacingMergeTree still hold). Events are in doubt, and their batch is
 checked,
 
