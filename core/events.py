@@ -198,6 +198,13 @@ class UsageEvent:
 
 _EVENT_FIELDS = frozenset(f.name for f in fields(UsageEvent))
 _TOKEN_FIELDS = frozenset(f.name for f in fields(Tokens))
+# What ``encode`` writes: every field, in declaration order (tokens likewise).
+_EVENT_NAMES = tuple(f.name for f in fields(UsageEvent))
+_TOKEN_NAMES = tuple(f.name for f in fields(Tokens))
+_TOKENS_AT = _EVENT_NAMES.index("tokens")
+_TAGS_AT = _EVENT_NAMES.index("tags")
+_MICRO_AT = _EVENT_NAMES.index("cost_micro_usd")
+_NANO_AT = _EVENT_NAMES.index("cost_nano_usd")
 
 
 def encode(event: UsageEvent) -> bytes:
@@ -206,7 +213,29 @@ def encode(event: UsageEvent) -> bytes:
 
 
 def decode(data: bytes | str | Mapping[str, Any]) -> UsageEvent:
-    raw = orjson.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+    """The event a JSON object (or its bytes) holds: unknown fields ignored, missing ones defaulted.
+
+    An object exactly as this version's ``encode`` writes it (every field, in order: the analytics
+    process decodes each of the embedded log's lines) takes a shortcut: its values, positionally,
+    into the same constructor, with the same conversions. That saves the copy, the field filter and
+    the keyword calls, a third of the decoding's cost (the frozen 37-field constructor, which makes the
+    cost fields agree, is most of the rest). Any other shape
+    (an older or newer writer's, extra or missing fields, a mapping that is not a dict) takes the
+    general path. Both give the same event, or the same error."""
+    raw: Any = orjson.loads(data) if isinstance(data, (bytes, str)) else data
+    if type(raw) is dict and tuple(raw) == _EVENT_NAMES:
+        values = list(raw.values())
+        tok = values[_TOKENS_AT]
+        if type(tok) is dict and tuple(tok) == _TOKEN_NAMES:
+            values[_TOKENS_AT] = Tokens(*map(int, tok.values()))
+            values[_TAGS_AT] = tuple(values[_TAGS_AT] or ())
+            if values[_NANO_AT]:
+                values[_MICRO_AT] = 0          # the charge is the nanos; the micro figure is derived
+            return UsageEvent(*values)
+    return _decode_fields(raw if isinstance(data, (bytes, str)) else dict(data))
+
+
+def _decode_fields(raw: dict[str, Any]) -> UsageEvent:
     known = {k: v for k, v in raw.items() if k in _EVENT_FIELDS}
     tok = known.get("tokens") or {}
     known["tokens"] = Tokens(**{k: int(v) for k, v in tok.items() if k in _TOKEN_FIELDS})

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from llmgw.analytics.log_tail import LogTail
+from llmgw.analytics.sink import Sink
 from llmgw.core.events import UsageEvent
 from llmgw.ledger.embedded import EmbeddedLedger, EventLog, is_started_line, log_path, read_mark
 from llmgw.ledger.started import CallStarted, decode_record, encode_record
@@ -40,6 +41,28 @@ def append_unacknowledged(log: EventLog, events: list[UsageEvent]) -> None:
     log._f = FsyncFails(log._f)  # type: ignore[assignment]
     with pytest.raises(OSError):
         log.append(events)
+
+
+class StoresThenTimesOut(Sink):
+    """A store whose next insert (when ``fail_next``) stores its rows and then raises, as a timeout
+    after ClickHouse's success does; it counts its known-id checks."""
+
+    def __init__(self, db: AnalyticsDB) -> None:
+        super().__init__(db.client, db.database)
+        self.fail_next = False
+        self.checks = 0
+
+    def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None, *,
+               none_stored: bool = False) -> int:
+        sent = super().insert(events, dedup_token, none_stored=none_stored)
+        if self.fail_next:
+            self.fail_next = False
+            raise TimeoutError("the insert timed out after ClickHouse stored its rows")
+        return sent
+
+    def _known_ids(self, chunk: Sequence[UsageEvent]) -> set[str]:
+        self.checks += 1
+        return super()._known_ids(chunk)
 
 
 def stored(db: AnalyticsDB) -> tuple[list[str], int]:
@@ -123,3 +146,99 @@ async def test_the_in_process_catch_up_reads_only_what_the_ledger_acknowledged(t
     ledger.log.close()
     assert {e.event_id for e in sent} == {e.event_id for e in kept + lost_append + [newer]}
     assert await asyncio.to_thread(read_mark, ledger.analytics_mark) == ledger.log.end
+
+
+def test_in_the_steady_state_the_tail_inserts_without_asking_the_store_what_it_holds(
+        tmp_path: Path, analytics_db: AnalyticsDB) -> None:
+    """The known-id check runs on the first pass after a start only; then every event after the mark
+    is one no insert of this tail has sent."""
+    events = [usage_event(n) for n in range(5)]
+    sink = StoresThenTimesOut(analytics_db)
+    log = EventLog(log_path(tmp_path))
+    log.append([events[0]])
+    tail = LogTail(tmp_path, sink)
+    assert tail.catch_up() == 1 and sink.checks == 1
+    for n in range(1, 4):
+        log.append([events[n]])
+        assert tail.catch_up() == 1
+    assert sink.checks == 1
+    log.append([events[4]])
+    tail = LogTail(tmp_path, sink)                   # a restart: the last process may have died in an insert
+    assert tail.catch_up() == 1 and sink.checks == 2
+    log.close()
+    assert stored(analytics_db) == (sorted(e.event_id for e in events), 5)
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_events_of_an_insert_that_raised_are_checked_on_the_next_pass_wherever_the_log_holds_them(
+        tmp_path: Path, analytics_db: AnalyticsDB, restarted: bool) -> None:
+    """The insert stored its rows, then raised (a timeout). The next pass reads them again, cut
+    differently (more events appended meanwhile), so the dedup token differs: only the check drops
+    them. ``restarted``: the process died instead of retrying; the next one knows from the file
+    the tail wrote before sending."""
+    events = [usage_event(n) for n in range(5)]
+    sink = StoresThenTimesOut(analytics_db)
+    log = EventLog(log_path(tmp_path))
+    tail = LogTail(tmp_path, sink)
+    log.append([events[0]])
+    tail.catch_up()                                  # the first pass after the start: now the steady state
+    log.append([events[1], events[2]])
+    sink.fail_next = True
+    with pytest.raises(TimeoutError):
+        tail.catch_up()
+    log.append([events[3]])
+    if restarted:
+        tail = LogTail(tmp_path, sink)
+    assert tail.catch_up() == 3
+    log.append([events[4]])
+    tail.catch_up()
+    log.close()
+    assert stored(analytics_db) == (sorted(e.event_id for e in events), 5)
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_events_of_an_insert_that_raised_stay_in_doubt_while_a_cut_took_them_out_of_the_log(
+        tmp_path: Path, analytics_db: AnalyticsDB, restarted: bool) -> None:
+    """The insert that raised had sent the lines of an unacknowledged append; the writer cuts them
+    (the mark is before them: no cut is seen) and appends them again only after the next pass, behind
+    a newer event. ``restarted``: the process died in the insert and the next one starts in between."""
+    events = [usage_event(n) for n in range(5)]
+    sink = StoresThenTimesOut(analytics_db)
+    log = EventLog(log_path(tmp_path))
+    tail = LogTail(tmp_path, sink)
+    log.append([events[0]])
+    tail.catch_up()
+    lost_append = events[1:3]
+    append_unacknowledged(log, lost_append)
+    sink.fail_next = True
+    with pytest.raises(TimeoutError):
+        tail.catch_up()                              # stored, unmarked
+    log.append([])                                   # the writer's cut, before its retry
+    if restarted:
+        tail = LogTail(tmp_path, sink)
+    assert tail.catch_up() == 0
+    log.append([events[3]] + lost_append)       # the retry, behind an event that arrived meanwhile
+    assert tail.catch_up() == 3
+    log.close()
+    assert stored(analytics_db) == (sorted(e.event_id for e in events[:4]), 4)
+
+
+def test_an_unreadable_sending_record_leaves_every_batch_checked_and_nothing_lost(
+        tmp_path: Path, analytics_db: AnalyticsDB, caplog: pytest.LogCaptureFixture) -> None:
+    """The record names what the last process may have stored; without it the tail cannot tell."""
+    events = [usage_event(n) for n in range(3)]
+    sink = StoresThenTimesOut(analytics_db)
+    log = EventLog(log_path(tmp_path))
+    tail = LogTail(tmp_path, sink)
+    log.append(events[:1])
+    tail.catch_up()
+    tail.sending_path.write_bytes(b'{"end": 1, "batch": ["torn')
+    tail = LogTail(tmp_path, sink)
+    checks = sink.checks
+    for event in events[1:]:
+        log.append([event])
+        assert tail.catch_up() == 1
+    assert sink.checks == checks + 2
+    assert "unreadable" in caplog.text
+    log.close()
+    assert stored(analytics_db) == (sorted(e.event_id for e in events), 3)

@@ -249,11 +249,12 @@ class SlowStore(Sink):
         self.started = 0
         self.returned = threading.Event()
 
-    def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None) -> int:
+    def insert(self, events: Sequence[UsageEvent], dedup_token: str | None = None, *,
+               none_stored: bool = False) -> int:
         self.started += 1
         self.until.wait()
         try:
-            return super().insert(events, dedup_token)
+            return super().insert(events, dedup_token, none_stored=none_stored)
         finally:
             self.returned.set()
 

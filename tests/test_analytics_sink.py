@@ -200,6 +200,17 @@ def test_token_names_the_caller_month_and_events() -> None:
     assert token != _token("kafka:usage:0:1-2", "202611", [usage_event(1), usage_event(3)])
 
 
+@given(st.integers(min_value=-(10 ** 12), max_value=253_402_300_799_999))
+def test_the_month_of_an_event_is_the_utc_month_of_its_start(ts_start_ms: int) -> None:
+    """The month names the partition and is part of the dedup token: it must not change with how it
+    is computed (per day, cached)."""
+    from datetime import datetime, timezone
+
+    from llmgw.analytics.sink import _month
+    expected = datetime.fromtimestamp(ts_start_ms // 1000, tz=timezone.utc).strftime("%Y%m")
+    assert _month(usage_event(0, ts_start_ms=ts_start_ms)) == expected
+
+
 async def test_embedded_hook_inserts_ledger_batches(analytics_db: AnalyticsDB) -> None:
     from llmgw.analytics.embedded import analytics_hook
     on_batch = await analytics_hook(f"{analytics_db.dsn}?database={analytics_db.database}")
