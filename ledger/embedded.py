@@ -317,12 +317,21 @@ class EmbeddedLedger:
                     pass
                 self._drain(batch)
             try:
-                await self._write(batch)
-            except Exception:   # the loop must survive; the batch is retried
+                # fsync off the event loop: the loop keeps relaying streams meanwhile
+                positions = await asyncio.to_thread(self.log.append, batch)
+            except Exception:   # the loop must survive; the batch is retried (the log cut the failed append)
                 log.exception("ledger write failed; retrying batch of %d", len(batch))
                 for ev in batch:
                     self._queue.put_nowait(ev)
                 await asyncio.sleep(0.5)
+                continue
+            # Durable from here: whatever fails below must never append the batch again (the fold at
+            # every start counts each line of the log, so a second copy is a second charge).
+            try:
+                await self._written(batch, positions)
+            except Exception:
+                log.exception("ledger: %d records are durable but what follows their write failed",
+                              len(batch))
 
     def _drain(self, batch: list[Record]) -> None:
         while not self._queue.empty() and len(batch) < 1000:
@@ -332,9 +341,8 @@ class EmbeddedLedger:
     def _only_started(batch: list[Record]) -> bool:
         return all(isinstance(r, CallStarted) for r in batch)
 
-    async def _write(self, batch: list[Record]) -> None:
-        # fsync off the event loop: the loop keeps relaying streams meanwhile
-        positions = await asyncio.to_thread(self.log.append, batch)
+    async def _written(self, batch: list[Record], positions: list[int]) -> None:
+        """Fold a durable batch into the view, hand it to analytics, and checkpoint now and then."""
         end = self.log.end
         totals = self.view.folded
         events: list[UsageEvent] = []
@@ -366,8 +374,10 @@ class EmbeddedLedger:
             self._analytics_end = end
         self._since_checkpoint += len(events)
         if self._since_checkpoint >= self._checkpoint_every:
-            self._since_checkpoint = 0
+            # a failed save (a full disk) is tried again after the next batch: the start folds the log
+            # from the last checkpoint that was saved, so nothing is lost meanwhile
             await asyncio.to_thread(self.checkpoint.save, end, dict(totals), dict(open_calls))
+            self._since_checkpoint = 0
 
     async def _analytics_loop(self) -> None:
         """ClickHouse wants few large inserts: hand it what accumulated, once a second."""

@@ -2,6 +2,7 @@
 the retry must leave each event in the log once, so the fold, ClickHouse and rebuild count it once."""
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,44 @@ async def test_the_ledger_retries_a_failed_write_and_counts_each_event_once(tmp_
         assert disk.fail == 0                               # both injected failures happened
     finally:
         await ledger.stop()
+
+
+async def test_a_failure_after_the_append_never_writes_the_batch_again(tmp_path: Path) -> None:
+    """The checkpoint's save fails (a full disk) after the batch's append was durable: the batch is
+    not appended again (before, the writer re-queued it and the log held it twice: the fold at the
+    next start charged it twice), and the next save is tried after a later batch."""
+    ledger = EmbeddedLedger(tmp_path, checkpoint_every=1)
+    await ledger.start()
+    saves = ledger.checkpoint.save
+    failed = []
+
+    def full_disk_once(*args: Any, **kwargs: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise OSError(28, "No space left on device")
+        saves(*args, **kwargs)
+
+    ledger.checkpoint.save = full_disk_once  # type: ignore[method-assign]
+    rnd = random.Random(5)
+    first, later = [random_event(rnd) for _ in range(4)], [random_event(rnd) for _ in range(3)]
+    try:
+        for ev in first:
+            ledger.submit(ev)
+        await ledger.flush(timeout_s=10)
+        async with asyncio.timeout(10):                 # the save follows the fold: wait for it
+            while not failed:
+                await asyncio.sleep(0.01)
+        for ev in later:
+            ledger.submit(ev)
+        await ledger.flush(timeout_s=10)
+        assert ledger.view.folded == fold_all(first + later)
+    finally:
+        await ledger.stop()
+    logged = [e.event_id for e in log_events(log_path(tmp_path))]
+    assert sorted(logged) == sorted(e.event_id for e in first + later)
+    again = EmbeddedLedger(tmp_path)                    # the next start folds the log from its checkpoint
+    await again.start()
+    try:
+        assert again.view.folded == fold_all(first + later)
+    finally:
+        await again.stop()
