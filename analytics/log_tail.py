@@ -32,9 +32,10 @@ The sink's known-id check (a query per batch) is needed only when a batch may
 hold an event ClickHouse has already: an event *in doubt*. In the steady state
 none is: every event before the mark was stored by an insert that returned,
 and the log holds each event once (the ledger's fold, which counts each line,
-relies on that too), so the events after the mark were never sent. The tail then inserts with ``none_stored`` (the dedup token and the
-ReplacingMergeTree still hold). Events are in doubt, and their batch is
-checked,
+relies on that too: the writer appends a batch again only when its append
+failed and was cut), so the events after the mark were never sent. The tail
+then inserts with ``none_stored`` (the dedup token and the ReplacingMergeTree
+still hold). Events are in doubt, and their batch is checked,
 
 - on the first pass after a start: the last process may have died in an insert
   (or the mark was moved by the in-process hook, ``EmbeddedLedger``);
