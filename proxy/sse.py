@@ -11,7 +11,7 @@ fields, never from byte patterns: a provider may write ``"usage": {`` or
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -22,17 +22,26 @@ class SseSplitter:
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        """Yield every complete event (including its blank-line terminator)."""
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Every complete event (including its blank-line terminator), in order.
+
+        A buffer without a CR (every provider's usual framing) is cut with one ``split`` on LF LF:
+        the same events as the scan below, which finds the first LF LF from the start each time."""
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" not in buf:
+            parts = buf.split(b"\n\n")
+            self._buf = parts.pop()
+            return [p + b"\n\n" for p in parts]
+        events = []
         start = 0
         while True:
             end, sep = _boundary(buf, start)
             if end < 0:
                 break
-            yield buf[start:end + sep]
+            events.append(buf[start:end + sep])
             start = end + sep
         self._buf = buf[start:]
+        return events
 
     @property
     def pending(self) -> bytes:
@@ -66,6 +75,13 @@ def fields_of(event: bytes) -> tuple[bytes, bytes | None]:
     Per the SSE spec a field's value loses one leading space, and several
     ``data:`` lines make one payload joined by newlines (pretty-printed JSON).
     """
+    if event.startswith(b"data:") and b"\r" not in event:
+        # one ``data:`` line and nothing after it but LFs (the usual event): its value, sliced once
+        end = event.find(b"\n")
+        if end < 0:
+            end = len(event)
+        if event.count(b"\n", end) == len(event) - end:
+            return b"", event[6:end] if event[5:6] == b" " else event[5:end]
     name = b""
     parts: list[bytes] = []
     for line in event.splitlines():

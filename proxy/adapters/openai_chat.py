@@ -148,16 +148,20 @@ class ChatMeter:
         self._output_seen = False
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._hide_usage:
-            for event in self._split.feed(chunk):
-                self._look(event)
-            return chunk
-        # Forward whole events only, so the usage chunk can be left out.
-        kept = []
+        hide, kept = self._hide_usage, []
         for event in self._split.feed(chunk):
-            if not self._look(event):
+            # _look's first test, inline for the common case (one call less per event): after the
+            # first output, an event with no ``\\u00``, no ``error`` and only ``"usage":null`` usages
+            # cannot matter; anything else goes to _look, which tests it again in full.
+            if (self._output_seen and b"\\u00" not in event and b"error" not in event
+                    and ((n := event.count(b"usage")) == 0 or n == event.count(b'"usage":null'))):
+                usage_only = False
+            else:
+                usage_only = self._look(event)
+            # Forward whole events only, so the usage chunk can be left out.
+            if hide and not usage_only:
                 kept.append(event)
-        return b"".join(kept)
+        return b"".join(kept) if hide else chunk
 
     def _look(self, event: bytes) -> bool:
         """Observe one event; True if it is the usage-only chunk."""
