@@ -8,6 +8,11 @@ one space, a payload spread over several ``data:`` lines), and ``data_of``
 parses that payload. Meters decide what an event is from these parsed
 fields, never from byte patterns: a provider may write ``"usage": {`` or
 ``"\\u0075sage":{``, and an answer may quote any event name.
+
+Byte searches on this path are written ``buf.find(x) >= 0``, never ``x in buf``: CPython's
+``bytes.__contains__`` first tries its argument as an integer (``65 in b"A"``), and for a bytes
+argument builds a TypeError with its message and throws it away every time (~1,900
+instructions, callgrind; ~70 ns), a dozen times per streamed call. The adapters do the same.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class SseSplitter:
         A buffer without a CR (every provider's usual framing) is cut with one ``split`` on LF LF:
         the same events as the scan below, which finds the first LF LF from the start each time."""
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" not in buf:
+        if buf.find(b"\r") < 0:
             parts = buf.split(b"\n\n")
             self._buf = parts.pop()
             return [p + b"\n\n" for p in parts]
@@ -64,7 +69,7 @@ def event_name(event: bytes) -> bytes:
     the name, as every provider writes it; otherwise from its fields."""
     if event.startswith(b"event:"):
         return event[6:event.find(b"\n")].strip()
-    if b"event:" not in event:
+    if event.find(b"event:") < 0:
         return b""
     return fields_of(event)[0]
 
@@ -75,7 +80,7 @@ def fields_of(event: bytes) -> tuple[bytes, bytes | None]:
     Per the SSE spec a field's value loses one leading space, and several
     ``data:`` lines make one payload joined by newlines (pretty-printed JSON).
     """
-    if event.startswith(b"data:") and b"\r" not in event:
+    if event.startswith(b"data:") and event.find(b"\r") < 0:
         # one ``data:`` line and nothing after it but LFs (the usual event): its value, sliced once
         end = event.find(b"\n")
         if end < 0:

@@ -152,7 +152,7 @@ class InvokeMeter:
     def _chunk(self, payload: bytes) -> None:
         try:
             raw = binascii.a2b_base64(orjson.loads(payload)["bytes"])
-            if b'"content_block_delta"' in raw:        # most events: no usage in them, no need to parse
+            if raw.find(b'"content_block_delta"') >= 0:        # most events: no usage in them, no need to parse
                 kind = b"content_block_delta"
             else:
                 event = orjson.loads(raw)

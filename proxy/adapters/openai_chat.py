@@ -45,7 +45,7 @@ _ERROR_OBJECT = re.compile(rb'error"(?:\s|data:)*:(?:\s|data:)*\{')
 
 def _may_hold_usage(event: bytes) -> bool:
     """False only for an event that cannot hold a ``usage`` object (see ``ChatMeter``)."""
-    if b"\\u00" in event:
+    if event.find(b"\\u00") >= 0:
         return True
     n = event.count(b"usage")
     if n == 0 or n == event.count(b'"usage":null'):
@@ -56,7 +56,7 @@ def _may_hold_usage(event: bytes) -> bool:
 def _may_hold_error(event: bytes) -> bool:
     """False only for an event that cannot be an in-stream error ``{"error": {...}}`` (its key is
     written as those five letters or with a ``\\u00`` escape, which ``_may_hold_usage`` takes)."""
-    return b"error" in event and _ERROR_OBJECT.search(event) is not None
+    return event.find(b"error") >= 0 and _ERROR_OBJECT.search(event) is not None
 
 
 def is_codex(headers: Mapping[str, str]) -> bool:
@@ -153,7 +153,7 @@ class ChatMeter:
             # _look's first test, inline for the common case (one call less per event): after the
             # first output, an event with no ``\\u00``, no ``error`` and only ``"usage":null`` usages
             # cannot matter; anything else goes to _look, which tests it again in full.
-            if (self._output_seen and b"\\u00" not in event and b"error" not in event
+            if (self._output_seen and event.find(b"\\u00") < 0 and event.find(b"error") < 0
                     and ((n := event.count(b"usage")) == 0 or n == event.count(b'"usage":null'))):
                 usage_only = False
             else:

@@ -90,9 +90,10 @@ class ResponsesMeter:
         self._bytes += len(raw)
         if self._output_seen and raw.startswith(_DELTA_FRAME):
             return                  # OpenAI's own spelling of a text delta: nothing to read
-        if (b"\\u00" in raw or (not self._output_seen and b"delta" in raw) or b"response.completed" in raw
-                or b"response.incomplete" in raw or b"response.failed" in raw
-                or (b'"error"' in raw and _ERROR_TYPE.search(raw) is not None)):
+        find = raw.find             # not ``in``: see proxy/sse.py
+        if (find(b"\\u00") >= 0 or (not self._output_seen and find(b"delta") >= 0)
+                or find(b"response.completed") >= 0 or find(b"response.incomplete") >= 0 or find(b"response.failed") >= 0
+                or (find(b'"error"') >= 0 and _ERROR_TYPE.search(raw) is not None)):
             self._observe(loads_object(raw))
 
     @property
