@@ -94,12 +94,7 @@ class H1Response:
     def content(self) -> H1Response:
         return self
 
-    # -- fed by the connection -------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self._wake()
-
+    # -- fed by the connection (which appends to _chunks itself: _Connection.on_body) --
     def _end(self, error: BaseException | None = None) -> None:
         if self._done or self._error is not None:
             return
@@ -181,7 +176,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: H1Response | None = None
         self.headers_future: asyncio.Future[None] | None = None
-        self.raw_headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.got_bytes = False          # any byte of the current response arrived
         self.headers_done = False
         self.close_delimited = False
@@ -228,7 +223,7 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("unrequested response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self.raw_headers.append((name, value))          # decoded together at the end of the headers
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -237,7 +232,8 @@ class _Connection(asyncio.Protocol):
             return
         resp = self.response
         assert resp is not None
-        headers = CIMultiDict(self.raw_headers)
+        headers = CIMultiDict([(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                               for n, v in self.raw_headers])
         self.raw_headers = []
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
@@ -255,7 +251,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         resp = self.response
         assert resp is not None
-        resp._feed(body)
+        # once per chunk of a chunked body (an SSE event, usually): the response's part inline
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        w = resp._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
         if resp._buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -264,7 +265,6 @@ class _Connection(asyncio.Protocol):
         if not self.headers_done:           # the end of an interim response
             return
         resp, self.response = self.response, None
-        self._stop_timer()
         keep = not self.close_delimited and self.parser.should_keep_alive() and not self.closed
         self.headers_done = self.got_bytes = self.close_delimited = False
         if resp is not None:
@@ -283,7 +283,8 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.headers_future = self.loop.create_future()
         self.last_byte = self.loop.time()
-        self.timer = self.loop.call_at(self.last_byte + self.read_timeout, self._check_timeout)
+        if self.timer is None:      # else the last request's timer, still pending, is pushed on when due
+            self.timer = self.loop.call_at(self.last_byte + self.read_timeout, self._check_timeout)
         self.transport.write(request)
         return self.headers_future
 
@@ -302,7 +303,10 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
 
     def _check_timeout(self) -> None:
-        """One timer per request, pushed forward by arriving bytes (no timer re-armed per chunk)."""
+        """One timer per connection, pushed forward by arriving bytes (no timer re-armed per chunk) and
+        left running when a response ends, so that back-to-back requests on a kept-alive connection
+        share it instead of making and cancelling one each: when it fires for an idle connection it
+        stops, and the next request starts a new one."""
         self.timer = None
         if self.response is None:
             return
