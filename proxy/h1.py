@@ -44,6 +44,7 @@ MAX_IDLE = 256              # idle connections kept per (scheme, host, port)
 HIGH_WATER = 1 << 18        # bytes buffered for a lagging reader before the socket stops being read
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_HEADERS = (("Accept", "*/*"), ("User-Agent", aiohttp.http.SERVER_SOFTWARE))
+_DEFAULT_LINES = tuple((k, f"{k}: {v}") for k, v in _DEFAULT_HEADERS)     # (name, its line)
 
 
 class _Sent:
@@ -462,16 +463,18 @@ class H1Transport:
 
 
 def _request_bytes(method: str, origin: _Origin, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+    if not isinstance(headers, (CIMultiDict, CIMultiDictProxy)):
+        headers = CIMultiDict(headers)     # names are looked up regardless of case below
     lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.authority}"]
-    have = {k.lower() for k in headers}
-    lines.extend(f"{k}: {v}" for k, v in _DEFAULT_HEADERS if k.lower() not in have)
-    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    lines += [line for name, line in _DEFAULT_LINES if name not in headers]
+    lines += map(": ".join, headers.items())
     if body is not None:
-        if "content-type" not in have:      # what aiohttp says of a body of bytes
+        if "content-type" not in headers:      # what aiohttp says of a body of bytes
             lines.append("Content-Type: application/octet-stream")
         lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines)
-    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+    breaks = len(lines) - 1
+    if head.count("\n") != breaks or head.count("\r") != breaks:
         # a header value cannot end the line it is on (aiohttp refuses it the same way)
         raise ValueError("Newline or carriage return character detected in HTTP status message or header")
     data = (head + "\r\n\r\n").encode("utf-8")
