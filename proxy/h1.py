@@ -139,9 +139,19 @@ class H1Response:
             conn.resume()
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while data := await self._next():
-            yield data
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """Each part as it arrives. The response is its own iterator, not an async generator: the
+        loop tracks every async generator in a weak set (an add and a removal callback per call)."""
+        return self
+
+    def __aiter__(self) -> H1Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._next()
+        if not data:
+            raise StopAsyncIteration
+        return data
 
     async def read(self) -> bytes:
         parts = []
