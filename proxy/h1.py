@@ -73,6 +73,9 @@ class _Origin:
         self.target = u.raw_path_qs
 
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())    # read-only: one for every response
+
+
 class H1Response:
     """One response: status and headers read, body arriving. Also its own ``content``."""
 
@@ -81,7 +84,7 @@ class H1Response:
 
     def __init__(self, sent: _Sent) -> None:
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self.content_type = "application/octet-stream"
         self.request_info = sent
         self._conn: _Connection | None = None

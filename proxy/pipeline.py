@@ -80,8 +80,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
     chunks, size, content = [], 0, request.content
     try:
         while chunk := await content.readany():        # whatever has arrived: a small body is one read
@@ -89,6 +90,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+            if content.at_eof():        # the whole body was there: no read more to learn it ended
+                break
     except RequestPayloadError as exc:      # a Content-Encoding the body does not have, or a cut chunk
         raise unreadable_body(request, exc) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

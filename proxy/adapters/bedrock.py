@@ -30,7 +30,8 @@ from ..errors import BadRequest, GatewayError, UpstreamError
 from ..eventstream import EventStreamSplitter
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, take_metadata_tags
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, optional_int, parse_object,
+                      take_metadata_tags)
 from .anthropic_messages import AnthropicMeter
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", "converse-stream"
@@ -200,7 +201,7 @@ class ConverseMeter:
     __slots__ = ("usage", "_split", "_call", "_read", "_deltas", "_delta_bytes")
 
     def __init__(self, call: Call | None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._split = EventStreamSplitter()
         self._call = call
         self._read = UsageReader()

@@ -18,7 +18,7 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, data_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import (count_url_images, has_web_search, optional_bool, optional_int, parse_object,
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, optional_int, parse_object,
                       require_messages, require_model, take_metadata_tags)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
@@ -140,7 +140,7 @@ class ChatMeter:
     __slots__ = ("usage", "_call", "_read", "_split", "_hide_usage", "_output_seen")
 
     def __init__(self, hide_usage_chunk: bool, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._call = call
         self._read = UsageReader()
         self._split = SseSplitter()
