@@ -43,6 +43,10 @@ _USAGE_OBJECT = re.compile(rb'usage"(?:\s|data:)*:(?:\s|data:)*\{')
 _ERROR_OBJECT = re.compile(rb'error"(?:\s|data:)*:(?:\s|data:)*\{')
 
 
+# How OpenAI ends every chunk once usage was asked for: an event whose one "usage" is this one holds none.
+_NULL_USAGE_LAST = b'"usage":null}\n\n'
+
+
 def _may_hold_usage(event: bytes) -> bool:
     """False only for an event that cannot hold a ``usage`` object (see ``ChatMeter``)."""
     if event.find(b"\\u00") >= 0:
@@ -154,7 +158,8 @@ class ChatMeter:
             # first output, an event with no ``\\u00``, no ``error`` and only ``"usage":null`` usages
             # cannot matter; anything else goes to _look, which tests it again in full.
             if (self._output_seen and event.find(b"\\u00") < 0 and event.find(b"error") < 0
-                    and ((n := event.count(b"usage")) == 0 or n == event.count(b'"usage":null'))):
+                    and ((n := event.count(b"usage")) == 0 or (n == 1 and event.endswith(_NULL_USAGE_LAST))
+                         or n == event.count(b'"usage":null'))):
                 usage_only = False
             else:
                 usage_only = self._look(event)
