@@ -118,11 +118,20 @@ class H1Response:
     def at_eof(self) -> bool:
         return self._done and not self._chunks
 
-    async def _next(self) -> bytes:
-        """Whatever has arrived (joined), b"" once the body ended; raises if it broke off."""
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """Each part as it arrives. The response is its own iterator, not an async generator: the
+        loop tracks every async generator in a weak set (an add and a removal callback per call)."""
+        return self
+
+    def __aiter__(self) -> H1Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Whatever has arrived (joined); the iteration ends with the body, and raises if it broke off.
+        One coroutine per read: a stream paced like a model reads once per delta."""
         while not self._chunks:
             if self._done:
-                return b""
+                raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
@@ -140,26 +149,12 @@ class H1Response:
         conn = self._conn
         if conn is not None and conn.paused:
             conn.resume()
-        return data
-
-    def iter_any(self) -> AsyncIterator[bytes]:
-        """Each part as it arrives. The response is its own iterator, not an async generator: the
-        loop tracks every async generator in a weak set (an add and a removal callback per call)."""
-        return self
-
-    def __aiter__(self) -> H1Response:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self._next()
         if not data:
             raise StopAsyncIteration
         return data
 
     async def read(self) -> bytes:
-        parts = []
-        while data := await self._next():
-            parts.append(data)
+        parts = [data async for data in self]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
