@@ -105,6 +105,8 @@ def scrub_error_body(status: int, body: bytes, target: Target) -> bytes:
 def client_query(query: Mapping[str, str], allowed: tuple[str, ...] = FORWARDED_QUERY) -> str:
     """The query parameters a client may pass upstream (Claude Code's ``?beta=true``; a batch list's
     paging), plain values only: nothing a client sends may change which URL is called."""
+    if not query:                       # the usual call: no query at all
+        return ""
     return "&".join(f"{k}={query[k]}" for k in allowed if _PLAIN.fullmatch(query.get(k, "")))
 
 

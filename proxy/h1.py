@@ -44,6 +44,7 @@ MAX_IDLE = 256              # idle connections kept per (scheme, host, port)
 HIGH_WATER = 1 << 18        # bytes buffered for a lagging reader before the socket stops being read
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_HEADERS = (("Accept", "*/*"), ("User-Agent", aiohttp.http.SERVER_SOFTWARE))
+_DEFAULT_LINES = tuple((k, f"{k}: {v}") for k, v in _DEFAULT_HEADERS)     # (name, its line)
 
 
 class _Sent:
@@ -72,6 +73,9 @@ class _Origin:
         self.target = u.raw_path_qs
 
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())    # read-only: one for every response
+
+
 class H1Response:
     """One response: status and headers read, body arriving. Also its own ``content``."""
 
@@ -80,7 +84,7 @@ class H1Response:
 
     def __init__(self, sent: _Sent) -> None:
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self.content_type = "application/octet-stream"
         self.request_info = sent
         self._conn: _Connection | None = None
@@ -94,12 +98,7 @@ class H1Response:
     def content(self) -> H1Response:
         return self
 
-    # -- fed by the connection -------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self._wake()
-
+    # -- fed by the connection (which appends to _chunks itself: _Connection.on_body) --
     def _end(self, error: BaseException | None = None) -> None:
         if self._done or self._error is not None:
             return
@@ -119,11 +118,20 @@ class H1Response:
     def at_eof(self) -> bool:
         return self._done and not self._chunks
 
-    async def _next(self) -> bytes:
-        """Whatever has arrived (joined), b"" once the body ended; raises if it broke off."""
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """Each part as it arrives. The response is its own iterator, not an async generator: the
+        loop tracks every async generator in a weak set (an add and a removal callback per call)."""
+        return self
+
+    def __aiter__(self) -> H1Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Whatever has arrived (joined); the iteration ends with the body, and raises if it broke off.
+        One coroutine per read: a stream paced like a model reads once per delta."""
         while not self._chunks:
             if self._done:
-                return b""
+                raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
@@ -141,16 +149,12 @@ class H1Response:
         conn = self._conn
         if conn is not None and conn.paused:
             conn.resume()
+        if not data:
+            raise StopAsyncIteration
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while data := await self._next():
-            yield data
-
     async def read(self) -> bytes:
-        parts = []
-        while data := await self._next():
-            parts.append(data)
+        parts = [data async for data in self]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
@@ -181,7 +185,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: H1Response | None = None
         self.headers_future: asyncio.Future[None] | None = None
-        self.raw_headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.got_bytes = False          # any byte of the current response arrived
         self.headers_done = False
         self.close_delimited = False
@@ -228,7 +232,7 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("unrequested response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self.raw_headers.append((name, value))          # decoded together at the end of the headers
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -237,7 +241,8 @@ class _Connection(asyncio.Protocol):
             return
         resp = self.response
         assert resp is not None
-        headers = CIMultiDict(self.raw_headers)
+        headers = CIMultiDict([(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                               for n, v in self.raw_headers])
         self.raw_headers = []
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
@@ -255,7 +260,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         resp = self.response
         assert resp is not None
-        resp._feed(body)
+        # once per chunk of a chunked body (an SSE event, usually): the response's part inline
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        w = resp._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
         if resp._buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -264,7 +274,6 @@ class _Connection(asyncio.Protocol):
         if not self.headers_done:           # the end of an interim response
             return
         resp, self.response = self.response, None
-        self._stop_timer()
         keep = not self.close_delimited and self.parser.should_keep_alive() and not self.closed
         self.headers_done = self.got_bytes = self.close_delimited = False
         if resp is not None:
@@ -283,7 +292,8 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.headers_future = self.loop.create_future()
         self.last_byte = self.loop.time()
-        self.timer = self.loop.call_at(self.last_byte + self.read_timeout, self._check_timeout)
+        if self.timer is None:      # else the last request's timer, still pending, is pushed on when due
+            self.timer = self.loop.call_at(self.last_byte + self.read_timeout, self._check_timeout)
         self.transport.write(request)
         return self.headers_future
 
@@ -302,7 +312,10 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
 
     def _check_timeout(self) -> None:
-        """One timer per request, pushed forward by arriving bytes (no timer re-armed per chunk)."""
+        """One timer per connection, pushed forward by arriving bytes (no timer re-armed per chunk) and
+        left running when a response ends, so that back-to-back requests on a kept-alive connection
+        share it instead of making and cancelling one each: when it fires for an idle connection it
+        stops, and the next request starts a new one."""
         self.timer = None
         if self.response is None:
             return
@@ -458,16 +471,18 @@ class H1Transport:
 
 
 def _request_bytes(method: str, origin: _Origin, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+    if not isinstance(headers, (CIMultiDict, CIMultiDictProxy)):
+        headers = CIMultiDict(headers)     # names are looked up regardless of case below
     lines = [f"{method} {origin.target} HTTP/1.1", f"Host: {origin.authority}"]
-    have = {k.lower() for k in headers}
-    lines.extend(f"{k}: {v}" for k, v in _DEFAULT_HEADERS if k.lower() not in have)
-    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    lines += [line for name, line in _DEFAULT_LINES if name not in headers]
+    lines += map(": ".join, headers.items())
     if body is not None:
-        if "content-type" not in have:      # what aiohttp says of a body of bytes
+        if "content-type" not in headers:      # what aiohttp says of a body of bytes
             lines.append("Content-Type: application/octet-stream")
         lines.append(f"Content-Length: {len(body)}")
     head = "\r\n".join(lines)
-    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+    breaks = len(lines) - 1
+    if head.count("\n") != breaks or head.count("\r") != breaks:
         # a header value cannot end the line it is on (aiohttp refuses it the same way)
         raise ValueError("Newline or carriage return character detected in HTTP status message or header")
     data = (head + "\r\n\r\n").encode("utf-8")

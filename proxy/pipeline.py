@@ -35,7 +35,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
         return await passthrough(request, gw, target, adapter.upstream_path, call)
     live = await LiveCall.admit(gw, request, principal, adapter, call, target, started_ms, t0)   # admit
     call, target = live.call, live.target
-    outcome, status, relay, usage = E.UPSTREAM_ERROR, 502, None, Usage()
+    outcome, status, relay = E.UPSTREAM_ERROR, 502, None
+    usage: Usage | None = None      # the meter's; an empty one is made only for a call that failed before it
     live.begin()                                    # durable before forwarding: a crash is charged
     try:
         upstream, target = await failover.open_upstream(gw, target, adapter.upstream_path, call,
@@ -63,22 +64,25 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
     except BaseException as exc:
         if isinstance(exc, GatewayError):
             status = exc.status
+            if usage is None:
+                usage = Usage()
             usage.error_type = exc.kind
         elif relay is not None and relay.meter is not None:
             usage = relay.meter.result()
             outcome = E.CANCELLED
         raise
     finally:                                                                              # settle
-        event = live.settle(usage, outcome, status, relay.first_output_s if relay else None,
-                            relay.bytes_out if relay else 0)
+        event = live.settle(usage if usage is not None else Usage(), outcome, status,
+                            relay.first_output_s if relay else None, relay.bytes_out if relay else 0)
         if event is not None and relay is not None and relay.kept is not None and gw.capture_sink is not None:
             gw.capture_sink.put(CapturedCall.of(event.event_id, event.ts_start_ms, event.org, event.workspace,
                                                 event.api, call.body, bytes(relay.kept), relay.keep_bytes))
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
     chunks, size, content = [], 0, request.content
     try:
         while chunk := await content.readany():        # whatever has arrived: a small body is one read
@@ -86,6 +90,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+            if content.at_eof():        # the whole body was there: no read more to learn it ended
+                break
     except RequestPayloadError as exc:      # a Content-Encoding the body does not have, or a cut chunk
         raise unreadable_body(request, exc) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -8,10 +8,15 @@ one space, a payload spread over several ``data:`` lines), and ``data_of``
 parses that payload. Meters decide what an event is from these parsed
 fields, never from byte patterns: a provider may write ``"usage": {`` or
 ``"\\u0075sage":{``, and an answer may quote any event name.
+
+Byte searches on this path are written ``buf.find(x) >= 0``, never ``x in buf``: CPython's
+``bytes.__contains__`` first tries its argument as an integer (``65 in b"A"``), and for a bytes
+argument builds a TypeError with its message and throws it away every time (~1,900
+instructions, callgrind; ~70 ns), a dozen times per streamed call. The adapters do the same.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -22,17 +27,26 @@ class SseSplitter:
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        """Yield every complete event (including its blank-line terminator)."""
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Every complete event (including its blank-line terminator), in order.
+
+        A buffer without a CR (every provider's usual framing) is cut with one ``split`` on LF LF:
+        the same events as the scan below, which finds the first LF LF from the start each time."""
         buf = self._buf + chunk if self._buf else chunk
+        if buf.find(b"\r") < 0:
+            parts = buf.split(b"\n\n")
+            self._buf = parts.pop()
+            return [p + b"\n\n" for p in parts]
+        events = []
         start = 0
         while True:
             end, sep = _boundary(buf, start)
             if end < 0:
                 break
-            yield buf[start:end + sep]
+            events.append(buf[start:end + sep])
             start = end + sep
         self._buf = buf[start:]
+        return events
 
     @property
     def pending(self) -> bytes:
@@ -55,7 +69,7 @@ def event_name(event: bytes) -> bytes:
     the name, as every provider writes it; otherwise from its fields."""
     if event.startswith(b"event:"):
         return event[6:event.find(b"\n")].strip()
-    if b"event:" not in event:
+    if event.find(b"event:") < 0:
         return b""
     return fields_of(event)[0]
 
@@ -66,6 +80,13 @@ def fields_of(event: bytes) -> tuple[bytes, bytes | None]:
     Per the SSE spec a field's value loses one leading space, and several
     ``data:`` lines make one payload joined by newlines (pretty-printed JSON).
     """
+    if event.startswith(b"data:") and event.find(b"\r") < 0:
+        # one ``data:`` line and nothing after it but LFs (the usual event): its value, sliced once
+        end = event.find(b"\n")
+        if end < 0:
+            end = len(event)
+        if event.count(b"\n", end) == len(event) - end:
+            return b"", event[6:end] if event[5:6] == b" " else event[5:end]
     name = b""
     parts: list[bytes] = []
     for line in event.splitlines():

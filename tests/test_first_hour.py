@@ -100,6 +100,15 @@ async def test_a_huge_header_is_answered_431_in_the_api_shape_not_reset(gw, fake
     assert fake_provider.requests == []
 
 
+async def test_headers_each_within_the_limit_pass_however_many(gw, fake_provider):
+    """The limit is per header: several near it (together far past it) are served."""
+    key, _ = gw.key()
+    big = {f"x-trace-{i}": "v" * 8000 for i in range(3)}
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0, default_headers=big) as client:
+        await client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert len(fake_provider.requests) == 1
+
+
 def test_budgets_explain_takes_the_key_as_printed(env):
     key = llmgw("keys", "create", "--org", "acme", "--workspace", "w", "--user", "alice", env=env).stdout.strip()
     out = llmgw("budgets", "explain", "--key", key, env=env)

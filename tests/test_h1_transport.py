@@ -273,6 +273,33 @@ async def test_no_upstream_is_a_connector_error_and_silence_a_timeout() -> None:
     t.close()
 
 
+async def test_silence_times_out_on_a_reused_connection_too() -> None:
+    """The read timer outlives a response, for the next request on the connection to share: that
+    request still gets its whole timeout from when it was sent, and then fails, whether the timer
+    was still running from the last response or had fired and stopped while the connection sat idle."""
+    async def reply(request: bytes, w: asyncio.StreamWriter) -> bool:
+        if b" /silent " in request:
+            await asyncio.sleep(10)
+            return False
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    timeout_s = 0.3
+    loop = asyncio.get_running_loop()
+    async with Wire(reply) as wire:
+        t = H1Transport(5.0, timeout_s)
+        for idle_s in (0.2, 2 * timeout_s):          # the first response's timer still due, then fired
+            async with await t.send("POST", wire.url + "/ok", b"{}", {}) as r:
+                assert await r.read() == b"ok"
+            await asyncio.sleep(idle_s)
+            sent = loop.time()
+            with pytest.raises(asyncio.TimeoutError):
+                await t.send("POST", wire.url + "/silent", b"{}", {})
+            assert loop.time() - sent >= timeout_s * 0.99
+        t.close()
+    assert wire.accepts == 2            # each silent request was sent on the connection reused
+
+
 async def test_a_reader_that_lags_pauses_the_socket_and_loses_nothing() -> None:
     body = bytes(range(256)) * 8192          # 2 MiB: past the high-water mark many times over
 

@@ -17,7 +17,7 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane
-from ._common import (count_url_images, has_web_search, optional_bool, parse_object, require_messages,
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, parse_object, require_messages,
                       require_model, require_positive_int, take_metadata_tags)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -49,7 +49,7 @@ class AnthropicMeter:
                  "_got_input", "_final")
 
     def __init__(self, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._call = call
         self._read = UsageReader()
         self._split = SseSplitter()

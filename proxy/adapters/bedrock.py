@@ -30,7 +30,8 @@ from ..errors import BadRequest, GatewayError, UpstreamError
 from ..eventstream import EventStreamSplitter
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import count_url_images, has_web_search, optional_bool, optional_int, parse_object, take_metadata_tags
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, optional_int, parse_object,
+                      take_metadata_tags)
 from .anthropic_messages import AnthropicMeter
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", "converse-stream"
@@ -152,7 +153,7 @@ class InvokeMeter:
     def _chunk(self, payload: bytes) -> None:
         try:
             raw = binascii.a2b_base64(orjson.loads(payload)["bytes"])
-            if b'"content_block_delta"' in raw:        # most events: no usage in them, no need to parse
+            if raw.find(b'"content_block_delta"') >= 0:        # most events: no usage in them, no need to parse
                 kind = b"content_block_delta"
             else:
                 event = orjson.loads(raw)
@@ -200,7 +201,7 @@ class ConverseMeter:
     __slots__ = ("usage", "_split", "_call", "_read", "_deltas", "_delta_bytes")
 
     def __init__(self, call: Call | None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._split = EventStreamSplitter()
         self._call = call
         self._read = UsageReader()

@@ -20,7 +20,7 @@ from ..errors import BadRequest, GatewayError
 from ..sse import SseSplitter, data_of
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import optional_int, parse_object
+from ._common import NO_TOKENS, optional_int, parse_object
 
 GENERATE, STREAM_GENERATE, COUNT_TOKENS = "generateContent", "streamGenerateContent", "countTokens"
 METHODS = (GENERATE, STREAM_GENERATE, COUNT_TOKENS)
@@ -59,7 +59,7 @@ class GeminiMeter:
     __slots__ = ("usage", "_split", "_output_seen", "_chunks", "_chunk_bytes", "_call", "_read")
 
     def __init__(self, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._split = SseSplitter()
         self._output_seen = False
         self._chunks = 0

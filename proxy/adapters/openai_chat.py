@@ -18,7 +18,7 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, data_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import (count_url_images, has_web_search, optional_bool, optional_int, parse_object,
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, optional_int, parse_object,
                       require_messages, require_model, take_metadata_tags)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
@@ -43,9 +43,13 @@ _USAGE_OBJECT = re.compile(rb'usage"(?:\s|data:)*:(?:\s|data:)*\{')
 _ERROR_OBJECT = re.compile(rb'error"(?:\s|data:)*:(?:\s|data:)*\{')
 
 
+# How OpenAI ends every chunk once usage was asked for: an event whose one "usage" is this one holds none.
+_NULL_USAGE_LAST = b'"usage":null}\n\n'
+
+
 def _may_hold_usage(event: bytes) -> bool:
     """False only for an event that cannot hold a ``usage`` object (see ``ChatMeter``)."""
-    if b"\\u00" in event:
+    if event.find(b"\\u00") >= 0:
         return True
     n = event.count(b"usage")
     if n == 0 or n == event.count(b'"usage":null'):
@@ -56,7 +60,7 @@ def _may_hold_usage(event: bytes) -> bool:
 def _may_hold_error(event: bytes) -> bool:
     """False only for an event that cannot be an in-stream error ``{"error": {...}}`` (its key is
     written as those five letters or with a ``\\u00`` escape, which ``_may_hold_usage`` takes)."""
-    return b"error" in event and _ERROR_OBJECT.search(event) is not None
+    return event.find(b"error") >= 0 and _ERROR_OBJECT.search(event) is not None
 
 
 def is_codex(headers: Mapping[str, str]) -> bool:
@@ -140,7 +144,7 @@ class ChatMeter:
     __slots__ = ("usage", "_call", "_read", "_split", "_hide_usage", "_output_seen")
 
     def __init__(self, hide_usage_chunk: bool, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._call = call
         self._read = UsageReader()
         self._split = SseSplitter()
@@ -148,16 +152,21 @@ class ChatMeter:
         self._output_seen = False
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._hide_usage:
-            for event in self._split.feed(chunk):
-                self._look(event)
-            return chunk
-        # Forward whole events only, so the usage chunk can be left out.
-        kept = []
+        hide, kept = self._hide_usage, []
         for event in self._split.feed(chunk):
-            if not self._look(event):
+            # _look's first test, inline for the common case (one call less per event): after the
+            # first output, an event with no ``\\u00``, no ``error`` and only ``"usage":null`` usages
+            # cannot matter; anything else goes to _look, which tests it again in full.
+            if (self._output_seen and event.find(b"\\u00") < 0 and event.find(b"error") < 0
+                    and ((n := event.count(b"usage")) == 0 or (n == 1 and event.endswith(_NULL_USAGE_LAST))
+                         or n == event.count(b'"usage":null'))):
+                usage_only = False
+            else:
+                usage_only = self._look(event)
+            # Forward whole events only, so the usage chunk can be left out.
+            if hide and not usage_only:
                 kept.append(event)
-        return b"".join(kept)
+        return b"".join(kept) if hide else chunk
 
     def _look(self, event: bytes) -> bool:
         """Observe one event; True if it is the usage-only chunk."""

@@ -7,7 +7,7 @@ from ..errors import GatewayError
 from ..sse import loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, sane, settled
-from ._common import parse_object, require_embedding_input, require_model, take_metadata_tags
+from ._common import NO_TOKENS, parse_object, require_embedding_input, require_model, take_metadata_tags
 from .openai_chat import error_object, openai_usage_tokens
 
 
@@ -15,7 +15,7 @@ class EmbeddingsMeter:
     __slots__ = ("usage", "_call", "_read")
 
     def __init__(self, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._call = call
         self._read = UsageReader()
 

@@ -16,8 +16,8 @@ from ..errors import GatewayError
 from ..sse import SseSplitter, event_name, fields_of, loads_object
 from ..types import Call, Usage
 from ..usage import UsageReader, estimate_missing, sane, settled
-from ._common import (count_url_images, has_web_search, optional_bool, optional_input, optional_int, parse_object,
-                      require_model, take_metadata_tags)
+from ._common import (NO_TOKENS, count_url_images, has_web_search, optional_bool, optional_input, optional_int,
+                      parse_object, require_model, take_metadata_tags)
 from .openai_chat import asks_long_cache_retention, error_object, openai_usage_tokens
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -62,7 +62,7 @@ class ResponsesMeter:
     __slots__ = ("usage", "_call", "_read", "_split", "_output_seen", "_finished", "_bytes")
 
     def __init__(self, call: Call | None = None) -> None:
-        self.usage = Usage()
+        self.usage = Usage(tokens=NO_TOKENS)
         self._call = call
         self._read = UsageReader()
         self._split = SseSplitter()
@@ -90,9 +90,11 @@ class ResponsesMeter:
         self._bytes += len(raw)
         if self._output_seen and raw.startswith(_DELTA_FRAME):
             return                  # OpenAI's own spelling of a text delta: nothing to read
-        if (b"\\u00" in raw or (not self._output_seen and b"delta" in raw) or b"response.completed" in raw
-                or b"response.incomplete" in raw or b"response.failed" in raw
-                or (b'"error"' in raw and _ERROR_TYPE.search(raw) is not None)):
+        find = raw.find             # not ``in``: see proxy/sse.py
+        if (find(b"\\u00") >= 0 or (not self._output_seen and find(b"delta") >= 0)
+                or find(b"response.completed") >= 0 or find(b"response.incomplete") >= 0
+                or find(b"response.failed") >= 0
+                or (find(b'"error"') >= 0 and _ERROR_TYPE.search(raw) is not None)):
             self._observe(loads_object(raw))
 
     @property
