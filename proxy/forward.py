@@ -184,6 +184,17 @@ class Relay:
         self.upstream_broke = False
         self.bytes_out = 0
 
+    async def reply(self, request: web.Request, resp: web.Response) -> web.Response:
+        """Send a whole reply now, before the call is settled, as a stream's last bytes are: the
+        client does not wait for the settle, the event and the metrics (at one client, ~0.1 ms of a
+        call's added latency). aiohttp sends nothing more for a response already sent."""
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            self.client_gone = True
+        return resp
+
     async def stream(self, request: web.Request, upstream: UpstreamResponse,
                      extra_headers: Mapping[str, str]) -> web.StreamResponse:
         resp = _HeadersWithFirstChunk(status=upstream.status, headers=downstream_headers(upstream, extra_headers))

@@ -17,7 +17,7 @@ from llmgw.core import events as E
 
 from . import failover, forward
 from .call import LiveCall, outcome_of, route
-from .context import GATEWAY, Gateway
+from .context import GATEWAY, REQUEST_ID, Gateway
 from .errors import BodyTooLarge, GatewayError, UnreadableBody
 from llmgw.core.capture import CapturedCall, policy_for
 from .routing import Target
@@ -48,6 +48,9 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
             capture = policy_for(gw.config, principal.org, principal.workspace) if gw.capture_sink else None
             relay = forward.Relay(meter, capture.max_bytes if capture else 0)
             extra = gw.policy.remaining_headers(live.reservation)
+            request_id = request.get(REQUEST_ID)
+            if request_id:                  # the reply leaves before error_edge could add it
+                extra["x-llmgw-request-id"] = request_id
             if forward.is_stream(upstream):
                 resp = await relay.stream(request, upstream, extra)                      # stream
             else:
@@ -56,8 +59,8 @@ async def handle(request: web.Request, adapter: Adapter) -> web.StreamResponse:
                 if relay.kept is not None:                    # capture keeps its bound, as in relay.stream
                     relay.kept += body[:relay.keep_bytes + 1]
                 meter.finish_json(body)
-                resp = web.Response(status=status, body=body,
-                                    headers=forward.downstream_headers(upstream, extra))
+                resp = await relay.reply(request, web.Response(status=status, body=body,
+                                                               headers=forward.downstream_headers(upstream, extra)))
             usage = meter.result()                                                        # meter
             outcome = outcome_of(status, usage, relay.client_gone, relay.upstream_broke)
             return resp
