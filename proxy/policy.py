@@ -35,6 +35,7 @@ time; otherwise no wait short of the window's reset helps and, past
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -66,6 +67,9 @@ _PlanKey = tuple[str, tuple[str, ...]]      # (key id, tags): the plan names the
 # last _DURATIONS calls on this proxy), within these bounds; _SETTLE_DEFAULT_S before any call ended.
 _SETTLE_MIN_S, _SETTLE_MAX_S, _SETTLE_DEFAULT_S = 1, 30, 5
 _DURATIONS = 256
+# A key no hold of a kind caps (``_Plan.caps``): the largest 64-bit value (no limit in nanos is), and
+# only ever compared as ``spent > _NO_CAP - hold`` together with ``cap != _NO_CAP``.
+_NO_CAP = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +112,17 @@ class _Plan:
     ``keys`` is each spend key once, in the order of its first hold (a key capped twice holds the
     larger amount once); ``modes`` says per key which holds cap it: 1 predicted, 2 strict, 3 both.
     ``plain``: no hold carves spend out (the common case, checked without the general path).
-    ``rates``: the caller's rate limits as resolved by the rate book they came from (the plan's key
-    names the caller as ``RateBook.effective`` does), so a check skips that lookup too."""
+    ``caps``: per key, the lowest limit of its strict holds, then of its predicted holds, in nano-USD
+    (``_NO_CAP`` where it has none), or None if one does not fit in 64 bits: what ``Policy._fits``
+    compares a plain plan's spend with. One array, not a tuple per key: a check of a caller not seen
+    lately finds each object it reads in memory, not in the CPU cache, and each is one more wait (with
+    100,000 callers, a tuple of ints per key cost ~2 us a check, more than all the arithmetic).
+    ``rate_book``, ``rate_limits``: the caller's rate limits as resolved by the rate book they came
+    from (the plan's key names the caller as ``RateBook.effective`` does), so a check skips that
+    lookup too."""
 
     __slots__ = ("valid_from", "valid_until", "holds", "held", "keys", "modes", "all_strict", "plain",
-                 "zeros", "rates", "org", "workspace", "user")
+                 "zeros", "caps", "rate_book", "rate_limits", "org", "workspace", "user")
 
     def __init__(self, valid_from: int, valid_until: int, holds: list[Hold], p: Principal) -> None:
         self.valid_from, self.valid_until, self.holds = valid_from, valid_until, holds
@@ -126,7 +136,16 @@ class _Plan:
         self.all_strict = all(h.strict for h in holds)
         self.plain = not any(h.carve_keys for h in holds)
         self.zeros = (0,) * len(self.keys)
-        self.rates: tuple[RateBook, tuple[AppliedLimit, ...]] | None = None
+        strict: dict[str, int | None] = dict.fromkeys(self.keys)
+        pred = dict(strict)
+        for h in holds:
+            caps = strict if h.strict else pred
+            cap, limit_nano = caps[h.key], h.limit_micro_usd * NANO_PER_MICRO
+            caps[h.key] = limit_nano if cap is None or limit_nano < cap else cap
+        pairs = [_NO_CAP if c is None else c for k in self.keys for c in (strict[k], pred[k])]
+        self.caps = array("q", pairs) if all(-_NO_CAP <= c <= _NO_CAP for c in pairs) else None
+        self.rate_book: RateBook | None = None
+        self.rate_limits: tuple[AppliedLimit, ...] = ()
 
     def serves(self, p: Principal, now_ms: int) -> bool:
         """Valid now, for this caller (the cache key is its key id and tags: the rest is checked here)."""
@@ -345,27 +364,25 @@ class Policy:
             est, worst = None, estimate
             pred = worst
         plan = self._plan(p, tags, now_ms)
-        holds = plan.holds
+        keys = plan.keys                    # one per hold's key: none when no budget applies
         model, by = "", None
-        if holds and not force:
-            n = max(1, self.proxies())
-            over = self._over_all(plan, worst, pred, n)
+        if keys and not force:
+            n = self.proxies.n
+            over = None if self._fits(plan, worst, pred, n) else self._over_all(plan, worst, pred, n)
             if over:
-                est, model, by = self._downgrade(holds, over, est or Estimate(worst, pred), downgrade, n,
-                                                 now_ms)
+                est, model, by = self._downgrade(plan.holds, over, est or Estimate(worst, pred), downgrade,
+                                                 n, now_ms)
                 worst, pred = est.worst_micro_usd, est.predicted_micro_usd
         if force:
             ticket = EMPTY
         else:                               # raises before any hold
             limiter = self.limiter
-            rates = plan.rates
-            if rates is None or rates[0] is not limiter.book:
-                rates = plan.rates = (limiter.book, limiter.book.effective(p))
-            ticket = limiter.acquire(p, tokens, max_wait_ms, rates[1]) if rates[1] else EMPTY
+            if plan.rate_book is not limiter.book:
+                plan.rate_book, plan.rate_limits = limiter.book, limiter.book.effective(p)
+            ticket = limiter.acquire(p, tokens, max_wait_ms, plan.rate_limits) if plan.rate_limits else EMPTY
         basis = None if est is None else est.basis
-        if not holds:
+        if not keys:
             return Reservation(pred, (), False, model, ticket, basis=basis, worst_micro_usd=worst)
-        keys = plan.keys
         res = self._reserved
         if worst == pred:                   # one amount on every key, no worst case beyond it
             amounts = (worst,) * len(keys)
@@ -391,10 +408,39 @@ class Policy:
             self.holds.add(r, placed)       # for the sweeper and the open-hold gauges (holds.py)
         return r
 
+    def _fits(self, plan: _Plan, worst: int, pred: int, n: int) -> bool:
+        """True when every hold fits, in the cases where no margin is kept for other proxies (one
+        proxy, or nothing of this proxy's unconfirmed) and no hold carves spend out; False when one
+        does not fit or the case is not one of those (``_over_all`` then says which, and why).
+
+        ``_over_all``'s test ``ceil(spent / 1000) + held + hold > limit`` is, for integers,
+        ``spent > (limit - hold - held) x 1000``: per spend key, one comparison against each of its
+        lowest limits (``_Plan.caps``), with no rounding, no list and no object per hold. This runs
+        on every call."""
+        res, exp = self._reserved, self._exposed
+        local = self.view.local.sums
+        caps = plan.caps
+        if caps is None or not plan.plain or (n > 1 and (res or local or exp)):
+            return False
+        folded = self.view.folded
+        worst_n, pred_n = worst * NANO_PER_MICRO, pred * NANO_PER_MICRO
+        pairs = iter(caps)
+        for k, strict_cap, pred_cap in zip(plan.keys, pairs, pairs):    # (strict, predicted) per key
+            spent = folded.get(k, ZERO).spend_nano_usd
+            if local:
+                spent += local.get(k, 0)
+            if res:
+                spent += res.get(k, 0) * NANO_PER_MICRO
+            if ((spent > strict_cap - worst_n and strict_cap != _NO_CAP)
+                    or (spent > pred_cap - pred_n and pred_cap != _NO_CAP)):
+                return False
+        return True
+
     def _over_all(self, plan: _Plan, worst: int, pred: int, n: int) -> list[tuple[Hold, int, int, int]]:
         """``_over`` of every hold (holding ``worst`` where strict, else ``pred``), as (hold, used,
         margin, reserved) for those it does not fit. Inlined (``measure3``, ``_exposure``,
-        ``_over``): this runs on every call. The plain cases (no carve-out) are shortest: one proxy,
+        ``_over``): this runs on every call ``_fits`` leaves to it (a carve-out, a margin for other
+        proxies, a budget over its cap). The plain cases (no carve-out) are shortest: one proxy,
         or nothing of this proxy's unconfirmed (no open hold nor its exposure, no settled call the
         snapshot does not show): the margin for the other proxies is 0 then."""
         view, res, exp = self.view, self._reserved, self._exposed

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from llmgw.core.budgets import Budget, BudgetBook
+from llmgw.core.budgets import Applied, Budget, BudgetBook
 from llmgw.core.config import ConfigRecord, ConfigState
 from llmgw.core.principal import Principal
 from llmgw.core.spend_keys import spend_key
@@ -22,7 +22,7 @@ from llmgw.core.windows import WINDOWS, window_bounds
 from llmgw.ledger.fold import Totals
 from llmgw.ledger.spend import SpendView
 from llmgw.proxy.errors import BudgetExceeded
-from llmgw.proxy.policy import Estimate, Hold, Policy, Reservation
+from llmgw.proxy.policy import Estimate, Hold, Policy, Reservation, _Plan
 
 T0 = int(datetime(2026, 11, 30, 22, 30, tzinfo=timezone.utc).timestamp() * 1000)
 HOUR_MS = 3_600_000
@@ -216,3 +216,41 @@ def test_a_plan_ends_with_its_window_and_with_an_exception():
     with pytest.raises(BudgetExceeded):
         _reservation(policy, alice, T0 + HOUR_MS, 1)
     policy.release(_reservation(policy, alice, T0, 900), 0)   # the old hour had room
+
+
+_FIT_KEYS = ("a", "b", "c")
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_FIT_KEYS), st.integers(0, 50) | st.just(10 ** 16), st.booleans()),
+                min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 9_000), st.integers(0, 20), st.integers(0, 20)),
+                min_size=3, max_size=3),
+       st.integers(0, 30), st.integers(0, 30), st.integers(1, 3), st.integers(0, 3))
+def test_the_quick_fit_check_agrees_with_the_full_one(holds, spends, worst, pred, n, absent):
+    """``Policy._fits`` (per key, against its lowest limits, in nanos) says a call fits exactly when
+    ``_over_all`` finds no budget it does not fit, where no margin is kept for other proxies; and never
+    says it fits when ``_over_all`` finds one (small amounts, so spend lands on the limits often; and a
+    limit too large for the 64-bit caps, checked the long way)."""
+    pred = min(pred, worst)
+    policy = Policy(SpendView(), BudgetBook([]))
+    policy.proxies.set(n)
+    for i, (k, (folded, local, held, exposed)) in enumerate(zip(_FIT_KEYS, spends)):
+        if i < absent:                          # some keys spent nothing here at all
+            continue
+        policy.view.apply_snapshot(k, Totals(spend_nano_usd=folded, requests=1))
+        if local:
+            policy.view.local.add([k], local)
+        if held:
+            policy._reserved[k] = held
+        if exposed:
+            policy._exposed[k] = exposed
+    plan_holds = [Hold(k, limit, Applied(Budget("user", "u1", "day", limit), "user", "acme/u1"), T0, (), strict)
+                  for k, limit, strict in holds]
+    plan = _Plan(0, T0, plan_holds, CALLERS[0])
+    fits, over = policy._fits(plan, worst, pred, n), policy._over_all(plan, worst, pred, n)
+    assert not (fits and over)
+    if plan.caps is None:                       # a limit past 64 bits: always the full check
+        assert not fits and any(limit == 10 ** 16 for _, limit, _ in holds)
+    elif n == 1 or not (policy._reserved or policy.view.local.sums or policy._exposed):
+        assert fits == (not over)
