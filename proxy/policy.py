@@ -136,14 +136,17 @@ class _Plan:
         self.all_strict = all(h.strict for h in holds)
         self.plain = not any(h.carve_keys for h in holds)
         self.zeros = (0,) * len(self.keys)
-        strict: dict[str, int | None] = dict.fromkeys(self.keys)
-        pred = dict(strict)
+        # built on every caller's first check after a config change: one list, no dict per kind
+        at = {k: i for i, k in enumerate(self.keys)}
+        pairs = [_NO_CAP] * (2 * len(self.keys))
+        fits_64 = True
         for h in holds:
-            caps = strict if h.strict else pred
-            cap, limit_nano = caps[h.key], h.limit_micro_usd * NANO_PER_MICRO
-            caps[h.key] = limit_nano if cap is None or limit_nano < cap else cap
-        pairs = [_NO_CAP if c is None else c for k in self.keys for c in (strict[k], pred[k])]
-        self.caps = array("q", pairs) if all(-_NO_CAP <= c <= _NO_CAP for c in pairs) else None
+            i, limit_nano = 2 * at[h.key] + (not h.strict), h.limit_micro_usd * NANO_PER_MICRO
+            if not -_NO_CAP <= limit_nano < _NO_CAP:
+                fits_64 = False
+            elif limit_nano < pairs[i]:
+                pairs[i] = limit_nano
+        self.caps = array("q", pairs) if fits_64 else None
         self.rate_book: RateBook | None = None
         self.rate_limits: tuple[AppliedLimit, ...] = ()
 
