@@ -19,6 +19,7 @@ from llmgw.proxy.adapters import openai_chat as oc
 from llmgw.proxy.adapters.openai_chat import ChatMeter
 from llmgw.proxy.sse import SseSplitter, fields_of, loads_object
 from llmgw.proxy.types import Call
+from tests.test_meter_properties import chunked
 
 PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CALL = Call(model="m", stream=True, body=b'{"model":"m"}', max_output_tokens=1000)
@@ -150,15 +151,6 @@ raw_bytes = st.lists(st.sampled_from([b"\n", b"\r", b"\n\n", b"\r\n\r\n", b"data
                                       b'{"a":1}', b":c", b" "]), max_size=30).map(b"".join)
 
 
-def cut(data: bytes, sizes: list[int]) -> list[bytes]:
-    out, at, k = [], 0, 0
-    while at < len(data):
-        n = sizes[k % len(sizes)]
-        out.append(data[at:at + n])
-        at, k = at + n, k + 1
-    return out
-
-
 sizes = st.lists(st.integers(1, 80), min_size=1, max_size=8)
 
 
@@ -166,7 +158,7 @@ sizes = st.lists(st.integers(1, 80), min_size=1, max_size=8)
 @given(data=st.one_of(streams, raw_bytes), sizes=sizes)
 def test_the_splitter_gives_the_events_of_the_old_scan(data, sizes):
     new, old = SseSplitter(), OldSplitter()
-    for piece in cut(data, sizes):
+    for piece in chunked(data, sizes):
         assert new.feed(piece) == list(old.feed(piece))
         assert new.pending == old.pending
 
@@ -183,7 +175,7 @@ def test_fields_are_read_as_before(event):
 @given(data=streams, sizes=sizes, hide=st.booleans())
 def test_the_chat_meter_forwards_and_meters_as_before(data, sizes, hide):
     new, old = ChatMeter(hide, CALL), OldChatMeter(hide, CALL)
-    for piece in cut(data, sizes):
+    for piece in chunked(data, sizes):
         assert new.feed(piece) == old.feed(piece)
         assert new.saw_output() == old.saw_output()
     assert new.tail() == old.tail()
