@@ -72,7 +72,7 @@ class Gateway:
     config_current: bool = True
     # Every upstream's HTTP calls go through this one instead of the network (tests: proxy/transport.py).
     transport: Transport | None = None
-    _transports: dict[str, Transport] = field(default_factory=dict)
+    _transports: dict[str, H1Transport | AiohttpTransport] = field(default_factory=dict)   # to the network
     # called after every config change, once the policy has reloaded (the batch book holds open batches again)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
 
@@ -173,7 +173,7 @@ class Gateway:
         return s
 
     def transport_for(self, upstream: Upstream) -> Transport:
-        """How a call reaches ``upstream`` over HTTP: its pooled session, unless a transport was given."""
+        """How a call reaches ``upstream`` over HTTP: its pooled connections, unless a transport was given."""
         if self.transport is not None:
             return self.transport
         t = self._transports.get(upstream.name)
@@ -189,8 +189,7 @@ class Gateway:
             await s.close()
         self.sessions.clear()
         for t in self._transports.values():
-            if isinstance(t, H1Transport):
-                t.close()
+            t.close()
         self._transports.clear()
 
 

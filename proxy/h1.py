@@ -8,7 +8,7 @@ gateway needs one request, one response, a pooled keep-alive connection. This mo
 ``transport.py`` to the letter, including aiohttp's exception types, so ``forward.open_upstream``
 maps every failure to the same ``GatewayError`` as with aiohttp.
 
-Chosen by ``LLMGW_UPSTREAM_CLIENT=h1`` (``Gateway.transport_for``).
+The default (``Gateway.transport_for``); ``LLMGW_UPSTREAM_CLIENT=aiohttp`` brings back aiohttp's client.
 
 When a request may be sent again (the rule that keeps a POST from being sent twice):
 

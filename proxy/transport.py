@@ -80,3 +80,6 @@ class AiohttpTransport:
     async def send(self, method: str, url: str, body: bytes | None,
                    headers: Mapping[str, str]) -> UpstreamResponse:
         return await self.session.request(method, self._urls[url], data=body, headers=headers)
+
+    def close(self) -> None:
+        """Nothing of its own to close: the session is the Gateway's, closed with the others."""

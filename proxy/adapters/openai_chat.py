@@ -52,7 +52,7 @@ def _may_hold_usage(event: bytes) -> bool:
     if event.find(b"\\u00") >= 0:
         return True
     n = event.count(b"usage")
-    if n == 0 or n == event.count(b'"usage":null'):
+    if n == 0 or (n == 1 and event.endswith(_NULL_USAGE_LAST)) or n == event.count(b'"usage":null'):
         return False
     return _USAGE_OBJECT.search(event) is not None
 
@@ -154,12 +154,8 @@ class ChatMeter:
     def feed(self, chunk: bytes) -> bytes:
         hide, kept = self._hide_usage, []
         for event in self._split.feed(chunk):
-            # _look's first test, inline for the common case (one call less per event): after the
-            # first output, an event with no ``\\u00``, no ``error`` and only ``"usage":null`` usages
-            # cannot matter; anything else goes to _look, which tests it again in full.
-            if (self._output_seen and event.find(b"\\u00") < 0 and event.find(b"error") < 0
-                    and ((n := event.count(b"usage")) == 0 or (n == 1 and event.endswith(_NULL_USAGE_LAST))
-                         or n == event.count(b'"usage":null'))):
+            # after the first output, most events (text deltas) can hold neither usage nor an error
+            if self._output_seen and not _may_hold_usage(event) and not _may_hold_error(event):
                 usage_only = False
             else:
                 usage_only = self._look(event)
@@ -169,9 +165,8 @@ class ChatMeter:
         return b"".join(kept) if hide else chunk
 
     def _look(self, event: bytes) -> bool:
-        """Observe one event; True if it is the usage-only chunk."""
-        if self._output_seen and not _may_hold_usage(event) and not _may_hold_error(event):
-            return False
+        """Observe one event (``feed`` skipped those that cannot matter); True if it is the usage-only
+        chunk."""
         obj = data_of(event)
         if obj is None:
             return False
